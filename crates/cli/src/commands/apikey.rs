@@ -1,0 +1,68 @@
+//! `opssentinal apikey create`
+
+use anyhow::bail;
+use clap::Subcommand;
+use common::admin;
+use common::auth::Scope;
+use common::config::DatabaseConfig;
+use serde_json::json;
+
+use crate::output::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key for a user. The key is printed once and never stored.
+    #[command(
+        after_help = "Example:\n  opssentinal apikey create --email jane@example.com --name prometheus --scopes events:write --output json"
+    )]
+    Create {
+        /// Email of the key's owner.
+        #[arg(long)]
+        email: String,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes; default: all the owner's role allows.
+        #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
+        scopes: Option<Vec<Scope>>,
+        /// Requests per minute for this key, instead of the defaults.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+fn parse_scope(value: &str) -> Result<Scope, String> {
+    Scope::parse(value).ok_or_else(|| {
+        let all: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown scope {value:?}; scopes are {}", all.join(", "))
+    })
+}
+
+pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
+    match command {
+        ApiKeyCommand::Create {
+            email,
+            name,
+            scopes,
+            rate_limit,
+            database,
+        } => {
+            if scopes.as_ref().is_some_and(Vec::is_empty) {
+                bail!("--scopes must name at least one scope");
+            }
+            let pool = super::connect(&database).await?;
+            let key =
+                admin::create_api_key(&pool, &email, &name, scopes.as_deref(), rate_limit).await?;
+            let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+            if output == Output::Table {
+                println!("API key created. Store it now: it is not shown again.");
+            }
+            output.record(
+                &json!({"id": key.id, "key": key.key, "name": key.name, "scopes": scopes, "rateLimit": key.rate_limit}),
+                &[("id", key.id.clone()), ("key", key.key.clone()), ("scopes", scopes.join(","))],
+            )
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `opssentinal user create|update|list`, and the original flag interface
+//! `opssentinal --user NAME --email E --password P --role R [--update]`.
+
+use std::io::BufRead;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use common::admin::{self, User};
+use common::auth::Role;
+use common::config::DatabaseConfig;
+
+use crate::output::Output;
+
+pub const LEGACY_HELP: &str = "Create or update a user without a subcommand:
+  opssentinal --user \"Jane Doe\" --email jane@example.com --password '…' --role admin
+  opssentinal --email jane@example.com --role responder --update";
+
+/// The original interface, kept for existing scripts.
+#[derive(Debug, Args)]
+pub struct LegacyUserArgs {
+    /// Full name of the user to create (or the new name with --update).
+    #[arg(long = "user")]
+    user: Option<String>,
+    /// Email address (identifies the user for --update).
+    #[arg(long)]
+    email: Option<String>,
+    /// Password (prefer --password-stdin, which keeps it out of shell history).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Role: admin, responder or user.
+    #[arg(long, value_parser = parse_role)]
+    role: Option<Role>,
+    /// Update the existing user with this email instead of creating one.
+    #[arg(long)]
+    update: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    #[command(
+        after_help = "Example:\n  opssentinal user create --name \"Jane Doe\" --email jane@example.com --role responder --password-stdin"
+    )]
+    Create {
+        #[arg(long, visible_alias = "user")]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(long, value_parser = parse_role, default_value = "user")]
+        role: Role,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Change a user's name, password or role (any subset), found by email.
+    #[command(
+        after_help = "Example:\n  opssentinal user update --email jane@example.com --role admin"
+    )]
+    Update {
+        #[arg(long)]
+        email: String,
+        #[arg(long, visible_alias = "user")]
+        name: Option<String>,
+        #[command(flatten)]
+        password: PasswordArgs,
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// List users.
+    #[command(after_help = "Example:\n  opssentinal user list --output json")]
+    List {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// Password (prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn resolve(self) -> anyhow::Result<Option<String>> {
+        resolve_password(self.password, self.password_stdin)
+    }
+}
+
+fn resolve_password(password: Option<String>, stdin: bool) -> anyhow::Result<Option<String>> {
+    if !stdin {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    if line.is_empty() {
+        bail!("no password on standard input");
+    }
+    Ok(Some(line))
+}
+
+fn parse_role(value: &str) -> Result<Role, String> {
+    Role::parse(value)
+        .ok_or_else(|| format!("unknown role {value:?}: use admin, responder or user"))
+}
+
+pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Create {
+            name,
+            email,
+            password,
+            role,
+            database,
+        } => {
+            let password = password
+                .resolve()?
+                .context("a password is required: --password or --password-stdin")?;
+            let pool = super::connect(&database).await?;
+            let user = admin::create_user(&pool, &name, &email, &password, role).await?;
+            print_user(output, &user, "created")
+        }
+        UserCommand::Update {
+            email,
+            name,
+            password,
+            role,
+            database,
+        } => {
+            let password = password.resolve()?;
+            let pool = super::connect(&database).await?;
+            let user =
+                admin::update_user(&pool, &email, name.as_deref(), password.as_deref(), role)
+                    .await?;
+            print_user(output, &user, "updated")
+        }
+        UserCommand::List { database } => {
+            let pool = super::connect(&database).await?;
+            let users = admin::list_users(&pool).await?;
+            let rows = users
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.id.clone(),
+                        u.name.clone(),
+                        u.email.clone(),
+                        u.role.clone(),
+                    ]
+                })
+                .collect();
+            output.list(&users, &["ID", "NAME", "EMAIL", "ROLE"], rows)
+        }
+    }
+}
+
+pub async fn run_legacy(
+    args: LegacyUserArgs,
+    database: &DatabaseConfig,
+    output: Output,
+) -> anyhow::Result<()> {
+    let Some(email) = args.email else {
+        bail!("nothing to do: give a subcommand (see --help) or --user/--email/--password/--role");
+    };
+    let password = resolve_password(args.password, args.password_stdin)?;
+    let pool = super::connect(database).await?;
+    let user = if args.update {
+        admin::update_user(
+            &pool,
+            &email,
+            args.user.as_deref(),
+            password.as_deref(),
+            args.role,
+        )
+        .await?
+    } else {
+        let name = args
+            .user
+            .context("--user NAME is required to create a user (or add --update)")?;
+        let password =
+            password.context("--password (or --password-stdin) is required to create a user")?;
+        let role = args
+            .role
+            .context("--role is required to create a user: admin, responder or user")?;
+        admin::create_user(&pool, &name, &email, &password, role).await?
+    };
+    print_user(
+        output,
+        &user,
+        if args.update { "updated" } else { "created" },
+    )
+}
+
+fn print_user(output: Output, user: &User, verb: &str) -> anyhow::Result<()> {
+    if output == Output::Table {
+        println!("user {verb}");
+    }
+    output.record(
+        user,
+        &[
+            ("id", user.id.clone()),
+            ("name", user.name.clone()),
+            ("email", user.email.clone()),
+            ("role", user.role.clone()),
+        ],
+    )
+}

@@ -1,0 +1,87 @@
+//! `opssentinal`: administration (against PostgreSQL) and the one-process server.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use common::config::DatabaseConfig;
+
+use crate::output::Output;
+
+/// OpsSentinal: incident management for alert sources, responders and dashboards.
+#[derive(Debug, Parser)]
+#[command(name = "opssentinal", version, after_help = commands::user::LEGACY_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    legacy: commands::user::LegacyUserArgs,
+    #[command(flatten)]
+    database: DatabaseConfig,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply pending database migrations.
+    Migrate(commands::migrate::MigrateArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    User(commands::user::UserCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(commands::apikey::ApiKeyCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(commands::service::ServiceCommand),
+    /// Run ingest, a worker and the query API in one process on one port.
+    Serve(Box<commands::serve::ServeArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let output = cli.output;
+    match cli.command {
+        Some(Command::Migrate(args)) => commands::migrate::run(args).await,
+        Some(Command::User(command)) => commands::user::run(command, output).await,
+        Some(Command::Apikey(command)) => commands::apikey::run(command, output).await,
+        Some(Command::Service(command)) => commands::service::run(command, output).await,
+        Some(Command::Serve(args)) => commands::serve::run(*args).await,
+        None => commands::user::run_legacy(cli.legacy, &cli.database, output).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,359 @@
+//! API keys, scopes, roles and password hashing.
+//!
+//! Keys are `osk_` followed by 48 hex characters (192 random bits). Only their SHA-256 is stored:
+//! with that much entropy a fast hash is enough, and it lets every request be checked with one
+//! indexed lookup. Passwords, which people choose, get argon2id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use axum::http::HeaderMap;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+/// The prefix every API key starts with, so leaked keys are easy to recognise and scan for.
+pub const KEY_PREFIX: &str = "osk_";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    #[serde(rename = "events:write")]
+    EventsWrite,
+    #[serde(rename = "incidents:read")]
+    IncidentsRead,
+    #[serde(rename = "incidents:write")]
+    IncidentsWrite,
+    #[serde(rename = "services:read")]
+    ServicesRead,
+    #[serde(rename = "services:write")]
+    ServicesWrite,
+    #[serde(rename = "schedules:read")]
+    SchedulesRead,
+    #[serde(rename = "schedules:write")]
+    SchedulesWrite,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 7] = [
+        Scope::EventsWrite,
+        Scope::IncidentsRead,
+        Scope::IncidentsWrite,
+        Scope::ServicesRead,
+        Scope::ServicesWrite,
+        Scope::SchedulesRead,
+        Scope::SchedulesWrite,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EventsWrite => "events:write",
+            Self::IncidentsRead => "incidents:read",
+            Self::IncidentsWrite => "incidents:write",
+            Self::ServicesRead => "services:read",
+            Self::ServicesWrite => "services:write",
+            Self::SchedulesRead => "schedules:read",
+            Self::SchedulesWrite => "schedules:write",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value.trim())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Responder,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Responder => "responder",
+            Self::User => "user",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "admin" => Some(Self::Admin),
+            "responder" => Some(Self::Responder),
+            "user" => Some(Self::User),
+            _ => None,
+        }
+    }
+
+    /// Whether keys of a user with this role may hold `scope` (DESIGN §3).
+    pub fn allows(self, scope: Scope) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Responder => !matches!(scope, Scope::ServicesWrite | Scope::SchedulesWrite),
+            Self::User => matches!(
+                scope,
+                Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead
+            ),
+        }
+    }
+}
+
+/// A freshly generated API key: the secret (shown once) and what is stored.
+pub struct NewApiKey {
+    pub secret: String,
+    pub prefix: String,
+    pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Random hex token of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+pub fn generate_api_key() -> NewApiKey {
+    let secret = format!("{KEY_PREFIX}{}", random_token(24));
+    NewApiKey {
+        prefix: secret[..KEY_PREFIX.len() + 8].to_owned(),
+        hash: hash_key(&secret),
+        secret,
+    }
+}
+
+pub fn hash_key(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// argon2id hash of a password, in PHC string form.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))?
+        .to_string())
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|hash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
+}
+
+/// The API key a request carries: `Authorization: Bearer KEY`, `Authorization: Api-Key KEY`
+/// (also PagerDuty's `Token token=KEY`), or `X-API-Key: KEY`.
+pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(value.trim()).filter(|v| !v.is_empty());
+    }
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    let key = match scheme.to_ascii_lowercase().as_str() {
+        "bearer" | "api-key" => rest.trim(),
+        "token" => rest.trim().strip_prefix("token=").unwrap_or(rest.trim()),
+        _ => return None,
+    };
+    Some(key).filter(|k| !k.is_empty())
+}
+
+/// Who is calling: a valid, unrevoked API key and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub user_id: String,
+    pub role: Role,
+    /// The key's scopes, capped by the user's role.
+    pub scopes: Vec<Scope>,
+    /// The key's own requests-per-minute limit, if it has one.
+    pub rate_limit: Option<u32>,
+}
+
+impl Principal {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+
+    /// `403 FORBIDDEN` naming the scope unless the key holds it.
+    pub fn require(&self, scope: Scope) -> Result<(), crate::ApiError> {
+        if self.has(scope) {
+            Ok(())
+        } else {
+            Err(crate::ApiError::forbidden_scope(scope.as_str()))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyLookupError {
+    #[error("cannot verify API keys now: {0}")]
+    Unavailable(#[from] sqlx::Error),
+}
+
+struct CachedKey {
+    principal: Option<Principal>,
+    fetched: Instant,
+}
+
+/// Resolves API keys to principals. Postgres is the source of truth; answers are kept in
+/// process for `ttl` (so revocation takes effect within `ttl`), and a stale answer is used while
+/// Postgres is unreachable so events keep flowing for known keys.
+pub struct KeyStore {
+    pool: PgPool,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], CachedKey>>,
+}
+
+/// Beyond this many cached keys (most of them unknown keys from scanners) the cache starts over.
+const MAX_CACHED_KEYS: usize = 100_000;
+
+impl KeyStore {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn lookup(&self, secret: &str) -> Result<Option<Principal>, KeyLookupError> {
+        let hash = hash_key(secret);
+        let stale = {
+            let cache = self.cache.lock().expect("key cache poisoned");
+            match cache.get(&hash) {
+                Some(entry) if entry.fetched.elapsed() < self.ttl => {
+                    return Ok(entry.principal.clone());
+                }
+                Some(entry) => entry.principal.clone(),
+                None => None,
+            }
+        };
+        match self.fetch(&hash).await {
+            Ok(principal) => {
+                let mut cache = self.cache.lock().expect("key cache poisoned");
+                if cache.len() >= MAX_CACHED_KEYS {
+                    cache.clear();
+                }
+                cache.insert(
+                    hash,
+                    CachedKey {
+                        principal: principal.clone(),
+                        fetched: Instant::now(),
+                    },
+                );
+                Ok(principal)
+            }
+            Err(err) if crate::db::is_unavailable(&err) && stale.is_some() => {
+                metrics::counter!("auth_stale_cache_used_total").increment(1);
+                Ok(stale)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn fetch(&self, hash: &[u8; 32]) -> Result<Option<Principal>, sqlx::Error> {
+        let row: Option<(String, String, String, Vec<String>, Option<i32>)> = sqlx::query_as(
+            "update api_keys k set last_used_at = now()
+             from users u
+             where u.id = k.user_id and k.key_hash = $1 and k.revoked_at is null
+             returning k.id, k.user_id, u.role, k.scopes, k.rate_limit",
+        )
+        .bind(hash.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(key_id, user_id, role, scopes, rate_limit)| {
+            let role = Role::parse(&role)?;
+            let scopes = scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s))
+                .filter(|s| role.allows(*s))
+                .collect();
+            Some(Principal {
+                key_id,
+                user_id,
+                role,
+                scopes,
+                rate_limit: rate_limit.map(|n| n.unsigned_abs()),
+            })
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn generated_keys_are_prefixed_and_hash_to_what_is_stored() {
+        let key = generate_api_key();
+        assert!(key.secret.starts_with(KEY_PREFIX));
+        assert_eq!(key.secret.len(), KEY_PREFIX.len() + 48);
+        assert!(key.secret.starts_with(&key.prefix));
+        assert_eq!(hash_key(&key.secret), key.hash);
+        assert!(!format!("{key:?}").contains(&key.secret));
+    }
+
+    #[test]
+    fn all_three_header_styles_carry_the_key() {
+        for (name, value) in [
+            ("authorization", "Bearer osk_abc"),
+            ("authorization", "Api-Key osk_abc"),
+            ("authorization", "Token token=osk_abc"),
+            ("x-api-key", "osk_abc"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            assert_eq!(
+                key_from_headers(&headers),
+                Some("osk_abc"),
+                "{name}: {value}"
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
+        );
+        assert_eq!(key_from_headers(&headers), None);
+    }
+
+    #[test]
+    fn roles_cap_scopes() {
+        assert!(Scope::ALL.iter().all(|s| Role::Admin.allows(*s)));
+        assert!(!Role::Responder.allows(Scope::ServicesWrite));
+        assert!(!Role::Responder.allows(Scope::SchedulesWrite));
+        assert!(Role::Responder.allows(Scope::IncidentsWrite));
+        assert!(Role::User.allows(Scope::IncidentsRead));
+        assert!(!Role::User.allows(Scope::EventsWrite));
+    }
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("battery staple", &hash));
+    }
+}

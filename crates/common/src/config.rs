@@ -1,0 +1,253 @@
+//! Configuration shared by the services, from environment variables (or the same-named flags).
+//! Every field has a default that works on a developer machine with local services, and every
+//! service validates its configuration at start, naming what is wrong.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+/// PostgreSQL connection.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL.
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/opssentinal"
+    )]
+    pub url: String,
+    /// Largest number of pooled connections per process.
+    #[arg(
+        id = "database_max_connections",
+        long = "database-max-connections",
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        if self.max_connections == 0 {
+            bail!("DATABASE_MAX_CONNECTIONS must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Redis, used for rate limits.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL.
+    #[arg(
+        id = "redis_url",
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub url: String,
+    /// Prefix of every Redis key this deployment writes.
+    #[arg(
+        id = "redis_key_prefix",
+        long = "redis-key-prefix",
+        env = "REDIS_KEY_PREFIX",
+        default_value = "opssentinal:"
+    )]
+    pub key_prefix: String,
+    /// How long a rate-limit check may wait for Redis before failing open, in milliseconds.
+    #[arg(
+        id = "redis_timeout_ms",
+        long = "redis-timeout-ms",
+        env = "REDIS_TIMEOUT_MS",
+        default_value_t = 250
+    )]
+    pub timeout_ms: u64,
+}
+
+impl RedisConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        deadpool_redis::redis::parse_redis_url(&self.url)
+            .context("REDIS_URL is not a valid Redis URL")?;
+        if self.timeout_ms == 0 {
+            bail!("REDIS_TIMEOUT_MS must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// NATS JetStream: the event stream and its dead-letter stream.
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfig {
+    /// NATS URL.
+    #[arg(
+        id = "nats_url",
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
+    #[arg(
+        id = "nats_stream",
+        long = "nats-stream",
+        env = "NATS_STREAM",
+        default_value = "OPSSENTINAL_EVENTS"
+    )]
+    pub stream: String,
+    /// Subject prefix: events are published to `<prefix>.events`, dead letters to `<prefix>.dlq`.
+    #[arg(
+        id = "nats_subject_prefix",
+        long = "nats-subject-prefix",
+        env = "NATS_SUBJECT_PREFIX",
+        default_value = "opssentinal"
+    )]
+    pub subject_prefix: String,
+    /// Stream replicas (3 in production, on a 3-node cluster).
+    #[arg(
+        id = "nats_stream_replicas",
+        long = "nats-stream-replicas",
+        env = "NATS_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub replicas: usize,
+    /// Largest size of the event stream in bytes (-1: unlimited). When full, ingest answers 503.
+    #[arg(id = "nats_stream_max_bytes", long = "nats-stream-max-bytes", env = "NATS_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub max_bytes: i64,
+    /// How long ingest waits for JetStream's publish acknowledgement before answering 503, in milliseconds.
+    #[arg(
+        id = "nats_publish_timeout_ms",
+        long = "nats-publish-timeout-ms",
+        env = "NATS_PUBLISH_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub publish_timeout_ms: u64,
+}
+
+impl NatsConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        async_nats::ServerAddr::from_str(&self.url).context("NATS_URL is not a valid NATS URL")?;
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !token_ok(&self.stream) {
+            bail!("NATS_STREAM must be letters, digits, '_' or '-'");
+        }
+        if !self.subject_prefix.split('.').all(token_ok) {
+            bail!(
+                "NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, '_' or '-'"
+            );
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            bail!("NATS_STREAM_REPLICAS must be between 1 and 5");
+        }
+        if self.publish_timeout_ms == 0 {
+            bail!("NATS_PUBLISH_TIMEOUT_MS must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn events_subject(&self) -> String {
+        format!("{}.events", self.subject_prefix)
+    }
+
+    pub fn dlq_subject(&self) -> String {
+        format!("{}.dlq", self.subject_prefix)
+    }
+
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.stream)
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// Default rate limits, per API key and minute.
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitConfig {
+    /// Events per minute per API key (or per routing key) unless the key or service has its own limit.
+    #[arg(
+        id = "rate_limit_events",
+        long = "rate-limit-events",
+        env = "RATE_LIMIT_EVENTS_PER_MINUTE",
+        default_value_t = 100
+    )]
+    pub events_per_minute: u32,
+    /// Requests per minute per API key on every other endpoint.
+    #[arg(
+        id = "rate_limit_api",
+        long = "rate-limit-api",
+        env = "RATE_LIMIT_API_PER_MINUTE",
+        default_value_t = 300
+    )]
+    pub api_per_minute: u32,
+    /// Failed authentications per minute per client address before answering 429.
+    #[arg(
+        id = "rate_limit_auth_failures",
+        long = "rate-limit-auth-failures",
+        env = "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub auth_failures_per_minute: u32,
+    /// How long an API key lookup is cached in process, in seconds (revocation takes effect within it).
+    #[arg(
+        id = "auth_cache_ttl_secs",
+        long = "auth-cache-ttl-secs",
+        env = "AUTH_CACHE_TTL_SECS",
+        default_value_t = 10
+    )]
+    pub auth_cache_ttl_secs: u64,
+}
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.events_per_minute == 0
+            || self.api_per_minute == 0
+            || self.auth_failures_per_minute == 0
+        {
+            bail!("RATE_LIMIT_* values must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// `json` (one object per line, for log shippers) or `pretty` (for people).
+    #[arg(id = "log_format", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub format: LogFormat,
+    /// Log filter in `tracing` syntax, e.g. `info` or `info,worker=debug`.
+    #[arg(
+        id = "log_level",
+        long = "log-level",
+        env = "RUST_LOG",
+        default_value = "info"
+    )]
+    pub filter: String,
+}
+
+/// Parses a listen address, naming the variable on failure.
+pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{name} must be host:port, got {value:?}"))
+}

@@ -1,0 +1,286 @@
+//! Events: the Events API request, its validation, and the envelope ingest publishes to
+//! JetStream and workers apply.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Longest accepted `dedup_key`, in characters.
+pub const MAX_DEDUP_KEY: usize = 255;
+/// Longest accepted `payload.summary`, in characters.
+pub const MAX_SUMMARY: usize = 1024;
+/// Longest accepted `payload.source`, `component`, `group`, `class`, in characters.
+pub const MAX_SHORT_FIELD: usize = 255;
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventAction {
+    Trigger,
+    Acknowledge,
+    Resolve,
+}
+
+impl EventAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trigger => "trigger",
+            Self::Acknowledge => "acknowledge",
+            Self::Resolve => "resolve",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical,
+    Error,
+    Warning,
+    Info,
+}
+
+/// Incident urgency, derived from the alert severity or set by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Urgency {
+    High,
+    Medium,
+    Low,
+}
+
+impl Urgency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "HIGH",
+            Self::Medium => "MEDIUM",
+            Self::Low => "LOW",
+        }
+    }
+}
+
+impl From<Severity> for Urgency {
+    fn from(severity: Severity) -> Self {
+        match severity {
+            Severity::Critical => Self::High,
+            Severity::Error | Severity::Warning => Self::Medium,
+            Severity::Info => Self::Low,
+        }
+    }
+}
+
+/// What the alert says: the `payload` of a trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertPayload {
+    pub summary: String,
+    pub source: String,
+    pub severity: Severity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_details: Option<Map<String, Value>>,
+}
+
+/// `POST /api/events` as sent by an alert source.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventRequest {
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    #[serde(default)]
+    pub service_id: Option<String>,
+    pub event_action: EventAction,
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+    #[serde(default)]
+    pub payload: Option<AlertPayload>,
+}
+
+/// Where a validated event goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServiceRef {
+    RoutingKey(String),
+    ServiceId(String),
+}
+
+impl EventRequest {
+    /// Checks the rules JSON types alone cannot express. Returns the service reference.
+    pub fn validate(&self) -> Result<ServiceRef, ApiError> {
+        let service = match (non_empty(&self.routing_key), non_empty(&self.service_id)) {
+            (Some(key), _) => ServiceRef::RoutingKey(key.to_owned()),
+            (None, Some(id)) => ServiceRef::ServiceId(id.to_owned()),
+            (None, None) => {
+                return Err(ApiError::validation(
+                    "routing_key",
+                    "routing_key or service_id is required",
+                ));
+            }
+        };
+        match &self.dedup_key {
+            Some(key) if key.chars().count() > MAX_DEDUP_KEY => {
+                return Err(ApiError::validation(
+                    "dedup_key",
+                    format!("must be at most {MAX_DEDUP_KEY} characters"),
+                ));
+            }
+            Some(key) if key.trim().is_empty() => {
+                return Err(ApiError::validation("dedup_key", "must not be empty"));
+            }
+            None if self.event_action != EventAction::Trigger => {
+                return Err(ApiError::validation(
+                    "dedup_key",
+                    format!("is required for {}", self.event_action.as_str()),
+                ));
+            }
+            _ => {}
+        }
+        match &self.payload {
+            Some(payload) => payload.validate()?,
+            None if self.event_action == EventAction::Trigger => {
+                return Err(ApiError::validation("payload", "is required for trigger"));
+            }
+            None => {}
+        }
+        Ok(service)
+    }
+}
+
+impl AlertPayload {
+    fn validate(&self) -> Result<(), ApiError> {
+        check_text("payload.summary", &self.summary, MAX_SUMMARY, true)?;
+        check_text("payload.source", &self.source, MAX_SHORT_FIELD, true)?;
+        for (field, value) in [
+            ("payload.component", &self.component),
+            ("payload.group", &self.group),
+            ("payload.class", &self.class),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value, MAX_SHORT_FIELD, false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
+    if required && value.trim().is_empty() {
+        return Err(ApiError::validation(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::validation(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// An accepted event as stored in JetStream (one message per event) and applied by workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// Unique per accepted event; also the JetStream `Nats-Msg-Id`.
+    pub event_id: Uuid,
+    pub service_id: String,
+    pub dedup_key: String,
+    pub action: EventAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<AlertPayload>,
+    /// When ingest accepted the event.
+    pub received_at: Timestamp,
+    /// The API key that sent it, if any (routing-key integrations have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_id: Option<String>,
+}
+
+impl EventEnvelope {
+    /// Whether a worker can apply this envelope at all; a message that fails this is poison.
+    pub fn check_applicable(&self) -> Result<(), String> {
+        if self.action == EventAction::Trigger && self.payload.is_none() {
+            return Err("trigger without payload".into());
+        }
+        if self.dedup_key.is_empty() || self.dedup_key.chars().count() > MAX_DEDUP_KEY {
+            return Err("dedup_key empty or too long".into());
+        }
+        if self.service_id.is_empty() {
+            return Err("service_id empty".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(value: Value) -> EventRequest {
+        serde_json::from_value(value).expect("valid request JSON")
+    }
+
+    fn trigger() -> Value {
+        json!({
+            "routing_key": "rk",
+            "event_action": "trigger",
+            "payload": {"summary": "CPU high", "source": "prom", "severity": "critical"}
+        })
+    }
+
+    #[test]
+    fn a_plain_trigger_is_valid() {
+        assert_eq!(
+            request(trigger()).validate().unwrap(),
+            ServiceRef::RoutingKey("rk".into())
+        );
+    }
+
+    #[test]
+    fn resolve_without_dedup_key_names_the_field() {
+        let err = request(json!({"routing_key": "rk", "event_action": "resolve"}))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "dedup_key");
+    }
+
+    #[test]
+    fn summary_is_counted_in_characters() {
+        let mut body = trigger();
+        body["payload"]["summary"] = json!("é".repeat(MAX_SUMMARY));
+        assert!(request(body.clone()).validate().is_ok());
+        body["payload"]["summary"] = json!("é".repeat(MAX_SUMMARY + 1));
+        let err = request(body).validate().unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "payload.summary");
+    }
+
+    #[test]
+    fn trigger_needs_a_payload_and_a_service() {
+        let err = request(json!({"routing_key": "rk", "event_action": "trigger"}))
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "payload");
+        let mut body = trigger();
+        body.as_object_mut().unwrap().remove("routing_key");
+        let err = request(body).validate().unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "routing_key");
+    }
+
+    #[test]
+    fn severity_maps_to_urgency() {
+        assert_eq!(Urgency::from(Severity::Critical), Urgency::High);
+        assert_eq!(Urgency::from(Severity::Error), Urgency::Medium);
+        assert_eq!(Urgency::from(Severity::Warning), Urgency::Medium);
+        assert_eq!(Urgency::from(Severity::Info), Urgency::Low);
+    }
+}

@@ -1,0 +1,297 @@
+//! The incident state machine of DESIGN §4, as a pure fold over one `(service, dedup_key)`'s
+//! events in stream order.
+//!
+//! Workers use it to apply a batch (starting from the key's open incident) and to re-apply a
+//! key's events when one arrives out of order (starting from "no open incident" after the last
+//! resolve that precedes it: a resolve always leaves the key with no open incident, whatever came
+//! before). Nothing here touches a database or NATS.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::event::{AlertPayload, EventAction, Urgency};
+use crate::ids::incident_id_for_event;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum IncidentStatus {
+    Open,
+    Acknowledged,
+    Resolved,
+    Snoozed,
+    Suppressed,
+}
+
+impl IncidentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "OPEN",
+            Self::Acknowledged => "ACKNOWLEDGED",
+            Self::Resolved => "RESOLVED",
+            Self::Snoozed => "SNOOZED",
+            Self::Suppressed => "SUPPRESSED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value.to_ascii_uppercase().as_str() {
+            "OPEN" | "TRIGGERED" => Self::Open,
+            "ACKNOWLEDGED" => Self::Acknowledged,
+            "RESOLVED" => Self::Resolved,
+            "SNOOZED" => Self::Snoozed,
+            "SUPPRESSED" => Self::Suppressed,
+            _ => return None,
+        })
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new incident was opened.
+    Created,
+    /// The open incident absorbed the alert (alert count +1).
+    Absorbed,
+    Acknowledged,
+    Resolved,
+    /// No open incident to acknowledge or resolve: recorded and ignored.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Absorbed => "absorbed",
+            Self::Acknowledged => "acknowledged",
+            Self::Resolved => "resolved",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+/// The event-derived fields of an incident.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentState {
+    pub id: String,
+    pub title: String,
+    pub description: Option<String>,
+    pub status: IncidentStatus,
+    pub urgency: Urgency,
+    pub alert_count: i32,
+    /// Stream sequence of the event that opened it (`None` for incidents made by hand).
+    pub opened_seq: Option<i64>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub acknowledged_at: Option<Timestamp>,
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// One event as the fold sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct FoldEvent<'a> {
+    pub event_id: Uuid,
+    pub seq: i64,
+    pub action: EventAction,
+    pub payload: Option<&'a AlertPayload>,
+    pub received_at: Timestamp,
+}
+
+/// The state of one key while its events are applied, and every incident the fold changed.
+#[derive(Debug, Default)]
+pub struct KeyFold {
+    open: Option<IncidentState>,
+    closed: Vec<IncidentState>,
+}
+
+impl KeyFold {
+    /// Starts from the key's open incident (or none).
+    pub fn new(open: Option<IncidentState>) -> Self {
+        Self {
+            open,
+            closed: Vec::new(),
+        }
+    }
+
+    /// Applies one event. Returns the outcome and the incident it touched, if any.
+    pub fn apply(&mut self, event: &FoldEvent<'_>) -> (Outcome, Option<String>) {
+        let at = event.received_at;
+        match (event.action, self.open.as_mut()) {
+            (EventAction::Trigger, Some(open)) => {
+                open.alert_count += 1;
+                open.updated_at = at;
+                (Outcome::Absorbed, Some(open.id.clone()))
+            }
+            (EventAction::Trigger, None) => {
+                let payload = event.payload;
+                let incident = IncidentState {
+                    id: incident_id_for_event(event.event_id),
+                    title: payload.map(|p| p.summary.clone()).unwrap_or_default(),
+                    description: payload
+                        .and_then(|p| p.custom_details.as_ref())
+                        .and_then(|details| serde_json::to_string_pretty(details).ok()),
+                    status: IncidentStatus::Open,
+                    urgency: payload.map_or(Urgency::High, |p| p.severity.into()),
+                    alert_count: 1,
+                    opened_seq: Some(event.seq),
+                    created_at: at,
+                    updated_at: at,
+                    acknowledged_at: None,
+                    resolved_at: None,
+                };
+                let id = incident.id.clone();
+                self.open = Some(incident);
+                (Outcome::Created, Some(id))
+            }
+            (EventAction::Acknowledge, Some(open)) => {
+                open.status = IncidentStatus::Acknowledged;
+                open.acknowledged_at.get_or_insert(at);
+                open.updated_at = at;
+                (Outcome::Acknowledged, Some(open.id.clone()))
+            }
+            (EventAction::Resolve, Some(_)) => {
+                let mut incident = self.open.take().expect("matched Some");
+                incident.status = IncidentStatus::Resolved;
+                incident.resolved_at = Some(at);
+                incident.updated_at = at;
+                let id = incident.id.clone();
+                self.closed.push(incident);
+                (Outcome::Resolved, Some(id))
+            }
+            (EventAction::Acknowledge | EventAction::Resolve, None) => (Outcome::Ignored, None),
+        }
+    }
+
+    /// The open incident, if any.
+    pub fn open(&self) -> Option<&IncidentState> {
+        self.open.as_ref()
+    }
+
+    /// Every incident the fold touched: those it resolved, then the one left open (so that
+    /// writing them in this order never has two open incidents for the key at once).
+    pub fn into_incidents(self) -> Vec<IncidentState> {
+        let mut all = self.closed;
+        all.extend(self.open);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Severity;
+
+    fn payload(summary: &str) -> AlertPayload {
+        AlertPayload {
+            summary: summary.into(),
+            source: "test".into(),
+            severity: Severity::Warning,
+            timestamp: None,
+            component: None,
+            group: None,
+            class: None,
+            custom_details: Some(
+                serde_json::json!({"host": "web-01"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        }
+    }
+
+    fn event(seq: i64, action: EventAction, payload: Option<&AlertPayload>) -> FoldEvent<'_> {
+        FoldEvent {
+            event_id: Uuid::now_v7(),
+            seq,
+            action,
+            payload,
+            received_at: Timestamp::from_second(1_700_000_000 + seq).unwrap(),
+        }
+    }
+
+    #[test]
+    fn trigger_absorb_ack_resolve_then_trigger_opens_a_second_incident() {
+        let p = payload("disk full");
+        let mut fold = KeyFold::new(None);
+        let first = event(1, EventAction::Trigger, Some(&p));
+        assert_eq!(fold.apply(&first).0, Outcome::Created);
+        assert_eq!(
+            fold.apply(&event(2, EventAction::Trigger, Some(&p))).0,
+            Outcome::Absorbed
+        );
+        assert_eq!(
+            fold.apply(&event(3, EventAction::Acknowledge, None)).0,
+            Outcome::Acknowledged
+        );
+        assert_eq!(
+            fold.apply(&event(4, EventAction::Acknowledge, None)).0,
+            Outcome::Acknowledged
+        );
+        assert_eq!(
+            fold.apply(&event(5, EventAction::Resolve, None)).0,
+            Outcome::Resolved
+        );
+        assert_eq!(
+            fold.apply(&event(6, EventAction::Resolve, None)).0,
+            Outcome::Ignored
+        );
+        assert_eq!(
+            fold.apply(&event(7, EventAction::Trigger, Some(&p))).0,
+            Outcome::Created
+        );
+
+        let incidents = fold.into_incidents();
+        assert_eq!(incidents.len(), 2);
+        let resolved = &incidents[0];
+        assert_eq!(resolved.id, incident_id_for_event(first.event_id));
+        assert_eq!(resolved.status, IncidentStatus::Resolved);
+        assert_eq!(resolved.alert_count, 2);
+        assert_eq!(resolved.urgency, Urgency::Medium);
+        assert_eq!(
+            resolved.acknowledged_at,
+            Some(Timestamp::from_second(1_700_000_003).unwrap())
+        );
+        assert_eq!(
+            resolved.resolved_at,
+            Some(Timestamp::from_second(1_700_000_005).unwrap())
+        );
+        assert!(
+            resolved
+                .description
+                .as_deref()
+                .unwrap()
+                .contains("\"host\": \"web-01\"")
+        );
+        assert_eq!(incidents[1].status, IncidentStatus::Open);
+        assert_eq!(incidents[1].opened_seq, Some(7));
+    }
+
+    #[test]
+    fn acknowledge_or_resolve_without_an_open_incident_is_ignored() {
+        let mut fold = KeyFold::new(None);
+        assert_eq!(
+            fold.apply(&event(1, EventAction::Acknowledge, None)),
+            (Outcome::Ignored, None)
+        );
+        assert_eq!(
+            fold.apply(&event(2, EventAction::Resolve, None)),
+            (Outcome::Ignored, None)
+        );
+        assert!(fold.into_incidents().is_empty());
+    }
+
+    #[test]
+    fn status_parsing_accepts_triggered_and_any_case() {
+        assert_eq!(
+            IncidentStatus::parse("triggered"),
+            Some(IncidentStatus::Open)
+        );
+        assert_eq!(
+            IncidentStatus::parse("Acknowledged"),
+            Some(IncidentStatus::Acknowledged)
+        );
+        assert_eq!(IncidentStatus::parse("closed"), None);
+    }
+}

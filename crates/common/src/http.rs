@@ -1,0 +1,373 @@
+//! HTTP pieces shared by ingest and query-api: the authentication and rate-limit layer, a JSON
+//! body extractor whose rejections use our error format, fallbacks, and health endpoints.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+
+use crate::auth::{KeyStore, Principal, key_from_headers};
+use crate::config::RateLimitConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::ratelimit::RateLimiter;
+
+/// Which per-key limit a route counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// `POST /api/events` and the other ingestion endpoints.
+    Events,
+    /// Everything else.
+    Api,
+}
+
+/// Authentication and rate limiting, shared by every authenticated route of a process.
+pub struct Gate {
+    pub keys: KeyStore,
+    pub limiter: RateLimiter,
+    pub limits: RateLimitConfig,
+}
+
+impl Gate {
+    pub fn new(pool: PgPool, limiter: RateLimiter, limits: RateLimitConfig) -> Self {
+        let keys = KeyStore::new(pool, Duration::from_secs(limits.auth_cache_ttl_secs));
+        Self {
+            keys,
+            limiter,
+            limits,
+        }
+    }
+
+    fn default_limit(&self, bucket: Bucket) -> u32 {
+        match bucket {
+            Bucket::Events => self.limits.events_per_minute,
+            Bucket::Api => self.limits.api_per_minute,
+        }
+    }
+
+    /// Authenticates the request's API key, then counts it against the key's limit.
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        client: Option<IpAddr>,
+        bucket: Bucket,
+    ) -> Result<Admitted, ApiError> {
+        let client_bucket = client.map(|ip| format!("authfail:{ip}"));
+        let auth_limit = self.limits.auth_failures_per_minute;
+        let Some(secret) = key_from_headers(headers) else {
+            return Err(self
+                .failed_auth(client_bucket.as_deref(), "missing API key")
+                .await);
+        };
+        // A client that keeps failing is turned away before its keys cost a lookup.
+        if let Some(bucket) = &client_bucket
+            && let Ok(decision) = self.limiter.peek(bucket, auth_limit).await
+            && !decision.allowed
+        {
+            return Err(ApiError::rate_limited(decision.retry_after));
+        }
+        let principal = match self.keys.lookup(secret).await {
+            Ok(Some(principal)) => principal,
+            Ok(None) => {
+                return Err(self
+                    .failed_auth(client_bucket.as_deref(), "unknown or revoked API key")
+                    .await);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "API key lookup failed");
+                return Err(ApiError::unavailable(
+                    "cannot verify API keys right now, retry later",
+                    5,
+                ));
+            }
+        };
+        let limit = principal
+            .rate_limit
+            .unwrap_or_else(|| self.default_limit(bucket));
+        let kind = match bucket {
+            Bucket::Events => "events",
+            Bucket::Api => "api",
+        };
+        let decision = self
+            .limiter
+            .check_or_fail_open(&format!("{kind}:{}", principal.key_id), limit)
+            .await;
+        Ok(Admitted {
+            principal,
+            decision,
+        })
+    }
+
+    async fn failed_auth(&self, client_bucket: Option<&str>, message: &str) -> ApiError {
+        metrics::counter!("auth_failures_total").increment(1);
+        if let Some(bucket) = client_bucket
+            && let Some(decision) = self
+                .limiter
+                .check_or_fail_open(bucket, self.limits.auth_failures_per_minute)
+                .await
+            && !decision.allowed
+        {
+            return ApiError::rate_limited(decision.retry_after);
+        }
+        ApiError::unauthorized(message)
+    }
+}
+
+struct Admitted {
+    principal: Principal,
+    decision: Option<crate::ratelimit::Decision>,
+}
+
+/// State of the [`authenticate`] middleware.
+#[derive(Clone)]
+pub struct GateLayer {
+    pub gate: Arc<Gate>,
+    pub bucket: Bucket,
+}
+
+/// Middleware: authenticates, rate-limits, puts the [`Principal`] in the request extensions and
+/// writes the `X-RateLimit-*` headers on whatever the handler answers.
+pub async fn authenticate(
+    State(layer): State<GateLayer>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let admitted = match layer
+        .gate
+        .admit(request.headers(), client, layer.bucket)
+        .await
+    {
+        Ok(admitted) => admitted,
+        Err(err) => return err.into_response(),
+    };
+    if let Some(decision) = admitted.decision
+        && !decision.allowed
+    {
+        metrics::counter!("rate_limited_total", "bucket" => format!("{:?}", layer.bucket))
+            .increment(1);
+        let mut response = ApiError::rate_limited(decision.retry_after).into_response();
+        decision.write_headers(response.headers_mut());
+        return response;
+    }
+    request.extensions_mut().insert(admitted.principal);
+    let mut response = next.run(request).await;
+    if let Some(decision) = admitted.decision {
+        decision.write_headers(response.headers_mut());
+    }
+    response
+}
+
+/// A JSON request body: `415` unless the content type is JSON, `413` past the body limit, `400`
+/// naming the field for malformed JSON or wrong types.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        require_json_content_type(request.headers())?;
+        let bytes = read_body(request, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// `415 UNSUPPORTED_MEDIA_TYPE` unless the request says its body is JSON.
+pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
+/// Reads the whole body, mapping the body limit to `413`.
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
+            } else {
+                ApiError::validation("body", "could not read the request body")
+            }
+        })
+}
+
+/// Parses JSON, naming the field where it went wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::validation("body", format!("malformed JSON: {inner}"))
+            }
+            _ => {
+                let field = if path == "." { "body".to_owned() } else { path };
+                // serde appends " at line X column Y"; the field name says more.
+                let message = inner.to_string();
+                let message = message
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&message)
+                    .to_owned();
+                ApiError::validation(&field, message)
+            }
+        }
+    })
+}
+
+/// `404` in our format for unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// `405` in our format for known paths with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+/// A dependency a service needs to be ready.
+#[derive(Clone)]
+pub enum Dependency {
+    Postgres(PgPool),
+    Redis(deadpool_redis::Pool),
+    Nats(async_nats::Client),
+}
+
+impl Dependency {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
+            Self::Nats(_) => "nats",
+        }
+    }
+
+    async fn check(&self) -> bool {
+        let probe = async {
+            match self {
+                Self::Postgres(pool) => sqlx::query("select 1").execute(pool).await.is_ok(),
+                Self::Redis(pool) => match pool.get().await {
+                    Ok(mut conn) => deadpool_redis::redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                },
+                Self::Nats(client) => {
+                    client.connection_state() == async_nats::connection::State::Connected
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), probe)
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// What `/readyz` checks: `required` must be up for a 200; `optional` are reported only
+/// (e.g. Redis, without which the service degrades but keeps working).
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub required: Vec<Dependency>,
+    pub optional: Vec<Dependency>,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, unauthenticated.
+pub fn health_router(readiness: Readiness) -> axum::Router {
+    let readiness = Arc::new(readiness);
+    let handle = crate::telemetry::metrics_handle();
+    axum::Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let readiness = readiness.clone();
+                async move { ready(&readiness).await }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        handle.render(),
+                    )
+                }
+            }),
+        )
+}
+
+async fn ready(readiness: &Readiness) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ok = true;
+    for dep in &readiness.required {
+        let up = dep.check().await;
+        ok &= up;
+        checks.insert(
+            dep.name().into(),
+            serde_json::json!(if up { "up" } else { "down" }),
+        );
+    }
+    for dep in &readiness.optional {
+        let up = dep.check().await;
+        checks.insert(
+            dep.name().into(),
+            serde_json::json!(if up { "up" } else { "degraded" }),
+        );
+    }
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
+    (status, axum::Json(body)).into_response()
+}
+
+/// A Redis pool whose waits are bounded, so an unreachable Redis costs little per request.
+pub fn redis_pool(url: &str, timeout: Duration) -> anyhow::Result<deadpool_redis::Pool> {
+    let mut config = deadpool_redis::Config::from_url(url);
+    let mut pool_config = deadpool_redis::PoolConfig::new(64);
+    pool_config.timeouts.wait = Some(timeout);
+    pool_config.timeouts.create = Some(timeout);
+    pool_config.timeouts.recycle = Some(timeout);
+    config.pool = Some(pool_config);
+    config
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))
+}

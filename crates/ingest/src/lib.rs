@@ -1,0 +1,61 @@
+//! OpsSentinal ingest: authenticates and rate-limits alert sources, validates their events and
+//! answers `202` once JetStream has stored them.
+
+pub mod config;
+pub mod publisher;
+pub mod routes;
+pub mod services;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use common::event::MAX_BODY_BYTES;
+use common::http::{Bucket, GateLayer, authenticate, health_router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IngestConfig;
+pub use state::AppState;
+
+/// ingest's API routes (authenticated), without health endpoints or fallbacks, so the
+/// one-process mode can merge them with query-api's.
+pub fn api_router(state: Arc<AppState>) -> Router {
+    let gate = GateLayer {
+        gate: state.gate.clone(),
+        bucket: Bucket::Events,
+    };
+    routes::events::router()
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Adds our JSON 404/405 answers to a router.
+pub fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(common::http::not_found)
+        .method_not_allowed_fallback(common::http::method_not_allowed)
+}
+
+/// Serves ingest on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn run(
+    config: IngestConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let (state, readiness) = AppState::connect(&config).await?;
+    common::db::migrate_when_reachable(&state.pool, &shutdown).await?;
+    let app = with_fallbacks(api_router(state).merge(health_router(readiness)));
+    tracing::info!(listen = %listener.local_addr()?, "ingest listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    Ok(())
+}

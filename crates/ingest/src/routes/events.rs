@@ -1,0 +1,80 @@
+//! `POST /api/events`: the Events API (DESIGN §4).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use common::ApiError;
+use common::auth::{Principal, Scope};
+use common::event::{EventEnvelope, EventRequest};
+use common::http::{parse_json, read_body, require_json_content_type};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new().route("/api/events", post(post_event))
+}
+
+#[tracing::instrument(skip_all, fields(api_key.id = %principal.key_id))]
+async fn post_event(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    request: Request,
+) -> Response {
+    match accept(&state, &principal, request).await {
+        Ok(response) => response.into_response(),
+        Err(err) => {
+            metrics::counter!("events_rejected_total", "reason" => err.code.as_str()).increment(1);
+            err.into_response()
+        }
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    principal: &Principal,
+    request: Request,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    principal.require(Scope::EventsWrite)?;
+    require_json_content_type(request.headers())?;
+    let body = read_body(request, &()).await?;
+    let event: EventRequest = parse_json(&body)?;
+    let service = event.validate()?;
+    let service = state.services.resolve(&service).await?;
+    let dedup_key = event
+        .dedup_key
+        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+    let envelope = EventEnvelope {
+        event_id: Uuid::now_v7(),
+        service_id: service.id,
+        dedup_key,
+        action: event.event_action,
+        payload: event.payload,
+        received_at: received_now(),
+        api_key_id: Some(principal.key_id.clone()),
+    };
+    state.publisher.publish(&envelope).await?;
+    metrics::counter!("events_accepted_total", "action" => envelope.action.as_str()).increment(1);
+    tracing::debug!(event.id = %envelope.event_id, service.id = %envelope.service_id, "event accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "success",
+            "message": "Event processed",
+            "dedup_key": envelope.dedup_key,
+            "incident_key": envelope.dedup_key,
+            "event_id": envelope.event_id,
+        })),
+    ))
+}
+
+/// Now, to the microsecond PostgreSQL stores, so the envelope and the database agree exactly.
+fn received_now() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    now.round(jiff::Unit::Microsecond).unwrap_or(now)
+}

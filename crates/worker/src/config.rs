@@ -1,0 +1,146 @@
+//! Worker configuration.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser};
+use common::config::{DatabaseConfig, LogConfig, NatsConfig, parse_listen};
+
+/// How a worker consumes the event stream.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Name of the durable JetStream consumer all workers share.
+    #[arg(
+        long = "worker-consumer",
+        env = "WORKER_CONSUMER",
+        default_value = "workers"
+    )]
+    pub consumer: String,
+    /// Most events applied in one transaction.
+    #[arg(
+        long = "worker-batch-size",
+        env = "WORKER_BATCH_SIZE",
+        default_value_t = 500
+    )]
+    pub batch_size: usize,
+    /// Batches applied at once by one worker process.
+    #[arg(
+        long = "worker-concurrency",
+        env = "WORKER_CONCURRENCY",
+        default_value_t = 2
+    )]
+    pub concurrency: usize,
+    /// Seconds JetStream waits for an acknowledgement before redelivering a message.
+    #[arg(
+        long = "worker-ack-wait-secs",
+        env = "WORKER_ACK_WAIT_SECS",
+        default_value_t = 30
+    )]
+    pub ack_wait_secs: u64,
+    /// Deliveries of a message that keeps failing to apply before it goes to the dead-letter stream.
+    #[arg(
+        long = "worker-max-deliveries",
+        env = "WORKER_MAX_DELIVERIES",
+        default_value_t = 5
+    )]
+    pub max_deliveries: u64,
+    /// Most messages delivered and not yet acknowledged, across all workers.
+    #[arg(
+        long = "worker-max-ack-pending",
+        env = "WORKER_MAX_ACK_PENDING",
+        default_value_t = 20_000
+    )]
+    pub max_ack_pending: i64,
+}
+
+impl WorkerSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.consumer.is_empty()
+            || !self
+                .consumer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!("WORKER_CONSUMER must be letters, digits, '_' or '-'");
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            bail!("WORKER_BATCH_SIZE must be between 1 and 10000");
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            bail!("WORKER_CONCURRENCY must be between 1 and 64");
+        }
+        if self.ack_wait_secs == 0 {
+            bail!("WORKER_ACK_WAIT_SECS must be at least 1");
+        }
+        if self.max_deliveries == 0 {
+            bail!("WORKER_MAX_DELIVERIES must be at least 1");
+        }
+        if self.max_ack_pending < self.batch_size as i64 {
+            bail!("WORKER_MAX_ACK_PENDING must be at least WORKER_BATCH_SIZE");
+        }
+        Ok(())
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+}
+
+/// OpsSentinal worker: applies events from NATS JetStream to PostgreSQL. Run as many as you like.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "opssentinal-worker", version)]
+pub struct WorkerConfig {
+    /// Address of the health and metrics endpoint.
+    #[arg(long = "listen", env = "WORKER_LISTEN", default_value = "0.0.0.0:8083")]
+    pub listen: String,
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        parse_listen("WORKER_LISTEN", &self.listen)?;
+        self.worker.validate()?;
+        self.database.validate()?;
+        self.nats.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        WorkerConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        WorkerConfig::try_parse_from(["opssentinal-worker"])
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_zero_batch_is_refused_by_name() {
+        let config =
+            WorkerConfig::try_parse_from(["opssentinal-worker", "--worker-batch-size", "0"])
+                .unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("WORKER_BATCH_SIZE")
+        );
+    }
+}

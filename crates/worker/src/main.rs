@@ -1,0 +1,11 @@
+use clap::Parser;
+use worker::WorkerConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = WorkerConfig::parse();
+    common::telemetry::init_tracing(&config.log);
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    worker::run(config, listener, common::shutdown::on_signal()).await
+}
