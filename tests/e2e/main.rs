@@ -1,1 +1,7 @@
-fn main() {}
+//! End-to-end tests: the real services against real PostgreSQL, Redis and NATS.
+
+mod delivery;
+mod faults;
+mod ingest_api;
+mod lifecycle;
+mod ordering;

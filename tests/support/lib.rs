@@ -1,1 +1,335 @@
+//! Test support: every test gets its own PostgreSQL database, JetStream stream and subject
+//! prefix, Redis key prefix and consumer name, so the suite runs in parallel and twice in a row.
+//! Services run in process on port 0; fault tests start private servers of their own.
 
+pub mod servers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::admin::{self, CreatedService};
+use common::auth::{Role, Scope};
+use common::config::{
+    DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig,
+};
+use ingest::IngestConfig;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use worker::WorkerSettings;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Waits for `condition` to hold, polling, at most `timeout`. Panics with `what` otherwise.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A unique name for this test's resources: `<prefix>_<unix seconds>_<random>`, so stale ones from
+/// crashed runs can be recognised by age and removed.
+fn unique(prefix: &str) -> String {
+    let now = jiff::Timestamp::now().as_second();
+    format!(
+        "{prefix}_{now}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Resources older than this, left by crashed runs, are removed when a test starts.
+const STALE_AFTER_SECS: i64 = 3600;
+
+fn is_stale(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) else {
+        return false;
+    };
+    let secs = rest.split('_').next().and_then(|s| s.parse::<i64>().ok());
+    secs.is_some_and(|s| jiff::Timestamp::now().as_second() - s > STALE_AFTER_SECS)
+}
+
+/// One test's isolated world.
+pub struct TestEnv {
+    pub pool: PgPool,
+    pub db_name: String,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub nats: NatsConfig,
+    pub limits: RateLimitConfig,
+    pub consumer: String,
+    pub shutdown: CancellationToken,
+    pub http: reqwest::Client,
+    pg_admin_url: String,
+}
+
+impl TestEnv {
+    /// A fresh environment on the shared local services.
+    pub async fn new() -> Self {
+        Self::on(PG_ADMIN_URL, REDIS_URL, NATS_URL).await
+    }
+
+    /// A fresh environment on the given servers (`pg_admin_url` names a database to connect to
+    /// for creating this test's own).
+    pub async fn on(pg_admin_url: &str, redis_url: &str, nats_url: &str) -> Self {
+        let db_name = unique("ostest");
+        let admin = PgPool::connect(pg_admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        drop_stale_databases(&admin).await;
+        sqlx::query(&format!("create database {db_name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = database_url(pg_admin_url, &db_name);
+        let database = DatabaseConfig {
+            url: url.clone(),
+            max_connections: 16,
+        };
+        let pool = common::db::pool(&database).expect("pool");
+        common::db::migrate(&pool).await.expect("migrate");
+        let suffix = db_name.trim_start_matches("ostest_").to_owned();
+        let nats = NatsConfig {
+            url: nats_url.to_owned(),
+            stream: format!("OSTEST_{suffix}"),
+            subject_prefix: format!("ostest.{suffix}"),
+            replicas: 1,
+            max_bytes: -1,
+            publish_timeout_ms: 2000,
+        };
+        delete_stale_streams(nats_url).await;
+        Self {
+            pool,
+            database,
+            redis: RedisConfig {
+                url: redis_url.to_owned(),
+                key_prefix: format!("ostest:{suffix}:"),
+                timeout_ms: 250,
+            },
+            nats,
+            limits: RateLimitConfig {
+                events_per_minute: 100,
+                api_per_minute: 300,
+                auth_failures_per_minute: 30,
+                auth_cache_ttl_secs: 10,
+            },
+            consumer: "workers".into(),
+            shutdown: CancellationToken::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("http client"),
+            pg_admin_url: pg_admin_url.to_owned(),
+            db_name,
+        }
+    }
+
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            listen: "127.0.0.1:0".into(),
+            database: self.database.clone(),
+            redis: self.redis.clone(),
+            nats: self.nats.clone(),
+            limits: self.limits.clone(),
+            log: LogConfig {
+                format: LogFormat::Pretty,
+                filter: "warn".into(),
+            },
+        }
+    }
+
+    /// Starts ingest on a free port and waits until it is ready. Returns its base URL.
+    pub async fn spawn_ingest(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let (config, shutdown) = (self.ingest_config(), self.shutdown.clone());
+        tokio::spawn(async move {
+            ingest::run(config, listener, shutdown)
+                .await
+                .expect("ingest runs")
+        });
+        let base = format!("http://{addr}");
+        let http = self.http.clone();
+        wait_until(Duration::from_secs(20), "ingest to be ready", || {
+            let url = format!("{base}/readyz");
+            let http = http.clone();
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        base
+    }
+
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            consumer: self.consumer.clone(),
+            batch_size: 200,
+            concurrency: 1,
+            ack_wait_secs: 30,
+            max_deliveries: 5,
+            max_ack_pending: 20_000,
+        }
+    }
+
+    /// Starts a worker in process; cancel `stop` to drain it, or abort the set to crash it.
+    pub async fn spawn_worker(
+        &self,
+        settings: &WorkerSettings,
+        stop: CancellationToken,
+    ) -> JoinSet<()> {
+        let client = common::nats::connect(&self.nats, "test-worker")
+            .await
+            .expect("nats");
+        worker::start(settings, &self.nats, self.pool.clone(), client, stop)
+            .await
+            .expect("worker starts")
+    }
+
+    /// A user with `role` and an API key with `scopes` (all the role allows if `None`).
+    pub async fn api_key(
+        &self,
+        role: Role,
+        scopes: Option<&[Scope]>,
+        rate_limit: Option<u32>,
+    ) -> String {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        admin::create_user(
+            &self.pool,
+            "Test User",
+            &email,
+            "correct horse battery",
+            role,
+        )
+        .await
+        .expect("user");
+        admin::create_api_key(&self.pool, &email, "test", scopes, rate_limit)
+            .await
+            .expect("key")
+            .key
+    }
+
+    pub async fn admin_key(&self) -> String {
+        self.api_key(Role::Admin, None, None).await
+    }
+
+    pub async fn service(&self, name: &str) -> CreatedService {
+        admin::create_service(&self.pool, name, "", None)
+            .await
+            .expect("service")
+    }
+
+    /// Posts to `/api/events` with a bearer key.
+    pub async fn post_event(&self, base: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{base}/api/events"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request reaches ingest")
+    }
+
+    /// Number of events applied (stored) so far.
+    pub async fn applied_events(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(-1)
+    }
+
+    /// Waits until `n` events are applied.
+    pub async fn wait_for_applied(&self, n: i64, timeout: Duration) {
+        wait_until(timeout, &format!("{n} applied events"), || async {
+            self.applied_events().await >= n
+        })
+        .await;
+    }
+
+    /// Removes this test's database and streams. Call at the end of a passing test; a failed
+    /// test's leftovers are removed by age when a later test starts.
+    pub async fn cleanup(self) {
+        self.shutdown.cancel();
+        self.pool.close().await;
+        if let Ok(client) = async_nats::connect(&self.nats.url).await {
+            let js = async_nats::jetstream::new(client);
+            let _events = js.delete_stream(&self.nats.stream).await;
+            let _dlq = js.delete_stream(&self.nats.dlq_stream()).await;
+        }
+        if let Ok(admin) = PgPool::connect(&self.pg_admin_url).await {
+            let drop = format!("drop database if exists {} with (force)", self.db_name);
+            let _dropped = sqlx::query(&drop).execute(&admin).await;
+        }
+    }
+}
+
+/// A trigger event body.
+pub fn trigger(routing_key: &str, dedup_key: &str, summary: &str) -> Value {
+    json!({
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup_key,
+        "payload": {"summary": summary, "source": "tests", "severity": "critical", "custom_details": {"host": "web-01"}}
+    })
+}
+
+/// An acknowledge or resolve event body.
+pub fn action(routing_key: &str, dedup_key: &str, event_action: &str) -> Value {
+    json!({"routing_key": routing_key, "event_action": event_action, "dedup_key": dedup_key})
+}
+
+fn database_url(admin_url: &str, db_name: &str) -> String {
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("admin URL has a database");
+    format!("{base}/{db_name}")
+}
+
+async fn drop_stale_databases(admin: &PgPool) {
+    let names: Vec<String> =
+        sqlx::query_scalar("select datname from pg_database where datname like 'ostest_%'")
+            .fetch_all(admin)
+            .await
+            .unwrap_or_default();
+    for name in names.into_iter().filter(|n| is_stale(n, "ostest")) {
+        let drop = format!("drop database if exists {name} with (force)");
+        let _dropped = sqlx::query(&drop).execute(admin).await;
+    }
+}
+
+async fn delete_stale_streams(nats_url: &str) {
+    use futures_util::StreamExt;
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let names: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    for name in names {
+        let base = name.trim_end_matches("_DLQ");
+        if is_stale(base, "OSTEST") {
+            let _deleted = js.delete_stream(&name).await;
+        }
+    }
+}

@@ -211,6 +211,9 @@ pub enum KeyLookupError {
     Unavailable(#[from] sqlx::Error),
 }
 
+/// `(key id, user id, role, scopes, rate limit)` as stored.
+type KeyRow = (String, String, String, Vec<String>, Option<i32>);
+
 struct CachedKey {
     principal: Option<Principal>,
     fetched: Instant,
@@ -273,7 +276,7 @@ impl KeyStore {
     }
 
     async fn fetch(&self, hash: &[u8; 32]) -> Result<Option<Principal>, sqlx::Error> {
-        let row: Option<(String, String, String, Vec<String>, Option<i32>)> = sqlx::query_as(
+        let row: Option<KeyRow> = sqlx::query_as(
             "update api_keys k set last_used_at = now()
              from users u
              where u.id = k.user_id and k.key_hash = $1 and k.revoked_at is null

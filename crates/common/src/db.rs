@@ -14,11 +14,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations"
 /// A pool that connects lazily, so a service can start (and ingest keep accepting) while
 /// PostgreSQL is down.
 pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    Ok(PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .connect_lazy(&config.url)
-        .context("DATABASE_URL")?)
+        .context("DATABASE_URL")
 }
 
 /// Applies pending migrations.

@@ -43,6 +43,9 @@ async fn accept(
     principal.require(Scope::EventsWrite)?;
     require_json_content_type(request.headers())?;
     let body = read_body(request, &()).await?;
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
     let event: EventRequest = parse_json(&body)?;
     let service = event.validate()?;
     let service = state.services.resolve(&service).await?;

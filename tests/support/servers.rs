@@ -1,0 +1,274 @@
+//! Private servers for fault tests: each starts its own NATS, Redis or PostgreSQL on a free
+//! loopback port from the installed binaries, so killing it never touches the shared services.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A free loopback port (the listener is closed before the server binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "opssentinal-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A process killed (SIGKILL) when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _killed = self.0.kill();
+        let _reaped = self.0.wait();
+    }
+}
+
+/// A private nats-server with JetStream.
+pub struct PrivateNats {
+    pub port: u16,
+    process: Option<Process>,
+    store: PathBuf,
+}
+
+impl PrivateNats {
+    pub fn start() -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            process: None,
+            store: scratch_dir("nats"),
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        self.process = Some(Process(child));
+        wait_for_port(self.port, "nats-server");
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.process = None;
+        let _removed = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// A private redis-server that keeps nothing on disk.
+pub struct PrivateRedis {
+    pub port: u16,
+    process: Option<Process>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        wait_for_port(port, "redis-server");
+        Self {
+            port,
+            process: Some(Process(child)),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+}
+
+/// A private PostgreSQL cluster (initdb in a scratch directory), run as the `postgres` user
+/// when the tests run as root.
+pub struct PrivatePostgres {
+    pub port: u16,
+    data: PathBuf,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = postgres_bin_dir();
+        let data = scratch_dir("pg");
+        let port = free_port();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown scratch dir");
+        }
+        let initdb = bin.join("initdb");
+        let status = as_postgres(&initdb)
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let pg = Self { port, data, bin };
+        pg.ctl("start");
+        wait_for_port(port, "postgres");
+        pg
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`: no clean shutdown, like a crash).
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    pub fn start_again(&self) {
+        self.ctl("start");
+        wait_for_port(self.port, "postgres");
+    }
+
+    fn ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        let mut command = as_postgres(&self.bin.join("pg_ctl"));
+        command
+            .args(["-D", &self.data.to_string_lossy(), "-w", "-l"])
+            .arg(self.data.join("log"));
+        match action {
+            "stop" => command.args(["-m", "immediate", "stop"]),
+            _ => command.args(["-o", &options, "start"]),
+        };
+        let status = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl {action} failed");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _stopped = as_postgres(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                &self.data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _removed = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The newest installed PostgreSQL's binaries (Debian keeps them out of PATH).
+fn postgres_bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        let output = Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .expect("PostgreSQL is installed");
+        PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
