@@ -77,6 +77,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[global_allocator]
+    static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     use super::*;
     use clap::CommandFactory;
 

@@ -4,10 +4,10 @@
 //! A limit of `n` per minute admits a burst of `n` and then one request every `60/n` seconds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{self, Script, aio::MultiplexedConnection};
 
 const GCRA: &str = r"
 local now_parts = redis.call('TIME')
@@ -56,16 +56,24 @@ impl Decision {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimiterError {
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("redis: {0}")]
-    Redis(#[from] deadpool_redis::redis::RedisError),
+    Redis(#[from] redis::RedisError),
     #[error("redis did not answer in time")]
     Timeout,
+    #[error("redis was unreachable moments ago; not retrying yet")]
+    Backoff,
 }
 
+/// After Redis could not be reached, checks fail open at once for this long before the next
+/// connection attempt, so an outage adds no latency to requests.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Checks run over one multiplexed connection: every concurrent check is pipelined on it, with
+/// no pool checkout (and its health-check round trip) per request.
 pub struct RateLimiter {
-    pool: deadpool_redis::Pool,
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    down_since: std::sync::Mutex<Option<Instant>>,
     prefix: String,
     script: Script,
     timeout: Duration,
@@ -73,14 +81,57 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(pool: deadpool_redis::Pool, prefix: impl Into<String>, timeout: Duration) -> Self {
-        Self {
-            pool,
+    pub fn new(
+        url: &str,
+        prefix: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, LimiterError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            connection: tokio::sync::Mutex::new(None),
+            down_since: std::sync::Mutex::new(None),
             prefix: prefix.into(),
             script: Script::new(GCRA),
             timeout,
             last_warning: AtomicU64::new(0),
+        })
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
         }
+        if self
+            .down_since
+            .lock()
+            .expect("limiter state poisoned")
+            .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
+        {
+            return Err(LimiterError::Backoff);
+        }
+        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+            .await
+        {
+            Ok(Ok(connection)) => {
+                *self.down_since.lock().expect("limiter state poisoned") = None;
+                *slot = Some(connection.clone());
+                Ok(connection)
+            }
+            Ok(Err(err)) => {
+                *self.down_since.lock().expect("limiter state poisoned") = Some(Instant::now());
+                Err(err.into())
+            }
+            Err(_) => {
+                *self.down_since.lock().expect("limiter state poisoned") = Some(Instant::now());
+                Err(LimiterError::Timeout)
+            }
+        }
+    }
+
+    /// Forgets a connection that failed or stalled, so a later check reconnects.
+    async fn discard(&self) {
+        *self.connection.lock().await = None;
     }
 
     /// Counts one request against `bucket` (limit per minute) and says whether it may pass.
@@ -136,7 +187,7 @@ impl RateLimiter {
         let limit = limit.max(1);
         let key = format!("{}rl:{bucket}", self.prefix);
         let call = async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.connection().await?;
             let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) = self
                 .script
                 .key(key)
@@ -153,8 +204,12 @@ impl RateLimiter {
                 retry_after: retry_after.max(i64::from(allowed == 0)).unsigned_abs(),
             })
         };
-        tokio::time::timeout(self.timeout, call)
+        let result = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| LimiterError::Timeout)?
+            .unwrap_or(Err(LimiterError::Timeout));
+        if matches!(result, Err(LimiterError::Timeout | LimiterError::Redis(_))) {
+            self.discard().await;
+        }
+        result
     }
 }

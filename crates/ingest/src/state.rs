@@ -29,10 +29,10 @@ impl AppState {
         let js = common::nats::jetstream(client.clone(), config.nats.publish_timeout());
         common::nats::ensure_streams(&js, &config.nats).await?;
         let limiter = RateLimiter::new(
-            redis.clone(),
+            &config.redis.url,
             config.redis.key_prefix.clone(),
             config.redis.timeout(),
-        );
+        )?;
         let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
         let publisher = Publisher::new(
             client.clone(),

@@ -1,6 +1,9 @@
 use clap::Parser;
 use query_api::QueryApiConfig;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = QueryApiConfig::parse();

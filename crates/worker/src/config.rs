@@ -23,11 +23,11 @@ pub struct WorkerSettings {
         default_value_t = 500
     )]
     pub batch_size: usize,
-    /// Batches applied at once by one worker process.
+    /// Batches applied at once by one worker process (each key always in the same one).
     #[arg(
         long = "worker-concurrency",
         env = "WORKER_CONCURRENCY",
-        default_value_t = 2
+        default_value_t = 4
     )]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.

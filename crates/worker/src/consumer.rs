@@ -9,7 +9,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
 use backon::Retryable;
 use common::event::EventEnvelope;
-use futures_util::{FutureExt, StreamExt, future::join_all};
+use futures_util::{StreamExt, future::join_all};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -27,35 +27,67 @@ pub struct Consumer {
 /// How many times a batch that hit a deadlock or serialization conflict is retried at once.
 const CONFLICT_RETRIES: usize = 5;
 
+/// How long a batch may wait to fill up once its first message arrived.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+
+/// Sub-batches queued per partition before the fetch loop waits (backpressure).
+const PARTITION_QUEUE: usize = 4;
+
+/// A decoded message, ready to apply.
+type Delivery = (Message, QueuedEvent);
+
 impl Consumer {
-    /// Pulls and applies batches until `shutdown`; the batch in hand is finished and acknowledged first.
+    /// Pulls batches until `shutdown`, then lets every queued batch finish and be acknowledged.
+    ///
+    /// One fetch loop splits each batch by a hash of `(service, dedup_key)` onto
+    /// `settings.concurrency` partitions, each applying its own queue in order on its own
+    /// connection: batches run in parallel, and a key's events are never applied out of order by
+    /// two tasks of the same process (which would cost a re-fold).
     pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
+        let mut partitions = Vec::with_capacity(self.settings.concurrency);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..self.settings.concurrency {
+            let (sender, mut receiver) =
+                tokio::sync::mpsc::channel::<Vec<Delivery>>(PARTITION_QUEUE);
+            partitions.push(sender);
+            let (worker, shutdown) = (self.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while let Some(batch) = receiver.recv().await {
+                    worker.apply_and_dispose(batch, &shutdown).await;
+                }
+            });
+        }
         let mut delay = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.consume(&consumer, &shutdown).await {
-                Ok(()) => return,
+            match self.consume(&consumer, &partitions, &shutdown).await {
+                Ok(()) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "consumer stream failed, reconnecting");
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        drop(partitions);
+        while tasks.join_next().await.is_some() {}
     }
 
     async fn consume(
         &self,
         consumer: &PullConsumer,
+        partitions: &[tokio::sync::mpsc::Sender<Vec<Delivery>>],
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let pull = self.settings.batch_size * self.settings.concurrency;
         let mut messages = consumer
             .stream()
-            .max_messages_per_batch(self.settings.batch_size)
+            .max_messages_per_batch(pull)
             .messages()
             .await?;
+        let capacity = self.settings.batch_size * partitions.len();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -65,36 +97,38 @@ impl Consumer {
                 anyhow::bail!("message stream ended")
             };
             let mut batch = vec![first?];
-            while batch.len() < self.settings.batch_size {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(message))) => batch.push(message),
-                    Some(Some(Err(err))) => {
+            // Under load the batch fills at once; when idle, an event waits at most BATCH_LINGER.
+            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
+            while batch.len() < capacity {
+                match tokio::time::timeout_at(deadline, messages.next()).await {
+                    Ok(Some(Ok(message))) => batch.push(message),
+                    Ok(Some(Err(err))) => {
                         tracing::warn!(error = %err, "error in message stream");
                         break;
                     }
-                    _ => break,
+                    Ok(None) | Err(_) => break,
                 }
             }
-            self.handle(batch, shutdown).await;
+            let mut split: Vec<Vec<Delivery>> = partitions.iter().map(|_| Vec::new()).collect();
+            for message in batch {
+                match decode(&message) {
+                    Ok(event) => {
+                        split[partition_of(&event, partitions.len())].push((message, event))
+                    }
+                    Err(reason) => self.dead_letter(&message, &reason).await,
+                }
+            }
+            for (partition, deliveries) in partitions.iter().zip(split) {
+                if !deliveries.is_empty() && partition.send(deliveries).await.is_err() {
+                    anyhow::bail!("partition task stopped");
+                }
+            }
         }
     }
 
-    /// Decodes, applies and disposes of one batch.
-    pub async fn handle(&self, batch: Vec<Message>, shutdown: &CancellationToken) {
-        let mut messages = Vec::with_capacity(batch.len());
-        let mut events = Vec::with_capacity(batch.len());
-        for message in batch {
-            match decode(&message) {
-                Ok(event) => {
-                    events.push(event);
-                    messages.push(message);
-                }
-                Err(reason) => self.dead_letter(&message, &reason).await,
-            }
-        }
-        if events.is_empty() {
-            return;
-        }
+    /// Applies one partition's batch and disposes of every message in it.
+    async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
+        let (messages, events): (Vec<Message>, Vec<QueuedEvent>) = batch.into_iter().unzip();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(report) => {
@@ -242,6 +276,14 @@ fn decode(message: &Message) -> Result<QueuedEvent, String> {
         seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?,
         envelope,
     })
+}
+
+/// The partition a key's events go to: stable for the process's lifetime.
+fn partition_of(event: &QueuedEvent, partitions: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (&event.envelope.service_id, &event.envelope.dedup_key).hash(&mut hasher);
+    usize::try_from(hasher.finish() % partitions as u64).unwrap_or(0)
 }
 
 fn header_safe(reason: &str) -> String {

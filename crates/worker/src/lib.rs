@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub use config::{WorkerConfig, WorkerSettings};
 use consumer::Consumer;
 
-/// Starts `settings.concurrency` consumer loops and a task that publishes the backlog gauge.
+/// Starts the consumer (with `settings.concurrency` partitions) and a task that publishes the
+/// backlog gauge.
 /// Wait on the returned set to know when they have drained after `shutdown`.
 pub async fn start(
     settings: &WorkerSettings,
@@ -46,9 +47,7 @@ pub async fn start(
         settings: settings.clone(),
     });
     let mut tasks = JoinSet::new();
-    for _ in 0..settings.concurrency {
-        tasks.spawn(worker.clone().run(consumer.clone(), shutdown.clone()));
-    }
+    tasks.spawn(worker.run(consumer.clone(), shutdown.clone()));
     tasks.spawn(report_backlog(consumer, shutdown));
     Ok(tasks)
 }
