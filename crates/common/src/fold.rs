@@ -58,6 +58,9 @@ pub enum Outcome {
     Resolved,
     /// No open incident to acknowledge or resolve: recorded and ignored.
     Ignored,
+    Snoozed,
+    /// A person took an incident back to `OPEN` (un-acknowledge, un-snooze).
+    Reopened,
 }
 
 impl Outcome {
@@ -68,6 +71,8 @@ impl Outcome {
             Self::Acknowledged => "acknowledged",
             Self::Resolved => "resolved",
             Self::Ignored => "ignored",
+            Self::Snoozed => "snoozed",
+            Self::Reopened => "reopened",
         }
     }
 }
@@ -87,15 +92,49 @@ pub struct IncidentState {
     pub updated_at: Timestamp,
     pub acknowledged_at: Option<Timestamp>,
     pub resolved_at: Option<Timestamp>,
+    pub snoozed_until: Option<Timestamp>,
 }
 
-/// One event as the fold sees it.
+/// A person's status change to one incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManualChange {
+    Acknowledge,
+    Resolve,
+    Snooze(Timestamp),
+    /// Back to `OPEN`: un-acknowledge, or un-snooze (also done by the system when a snooze ends).
+    Reopen,
+}
+
+impl ManualChange {
+    /// The `events.action` this change is stored under.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::Acknowledge => "acknowledge",
+            Self::Resolve => "resolve",
+            Self::Snooze(_) => "snooze",
+            Self::Reopen => "reopen",
+        }
+    }
+}
+
+/// What happened, as the fold applies it.
+#[derive(Debug, Clone, Copy)]
+pub enum FoldAction<'a> {
+    /// An alert source's event.
+    Event(EventAction, Option<&'a AlertPayload>),
+    /// A person's change; ignored unless `incident_id` is the key's open incident.
+    Manual {
+        incident_id: &'a str,
+        change: ManualChange,
+    },
+}
+
+/// One event or manual change as the fold sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct FoldEvent<'a> {
     pub event_id: Uuid,
     pub seq: i64,
-    pub action: EventAction,
-    pub payload: Option<&'a AlertPayload>,
+    pub action: FoldAction<'a>,
     pub received_at: Timestamp,
 }
 
@@ -115,17 +154,56 @@ impl KeyFold {
         }
     }
 
-    /// Applies one event. Returns the outcome and the incident it touched, if any.
+    /// Applies one event or change. Returns the outcome and the incident it touched, if any.
     pub fn apply(&mut self, event: &FoldEvent<'_>) -> (Outcome, Option<String>) {
         let at = event.received_at;
-        match (event.action, self.open.as_mut()) {
+        let (incident_id, change) = match event.action {
+            FoldAction::Event(action, payload) => return self.apply_event(event, action, payload),
+            FoldAction::Manual {
+                incident_id,
+                change,
+            } => (incident_id, change),
+        };
+        let Some(open) = self.open.as_mut().filter(|open| open.id == incident_id) else {
+            return (Outcome::Ignored, Some(incident_id.to_owned()));
+        };
+        open.updated_at = at;
+        let outcome = match change {
+            ManualChange::Acknowledge => {
+                open.status = IncidentStatus::Acknowledged;
+                open.acknowledged_at.get_or_insert(at);
+                open.snoozed_until = None;
+                Outcome::Acknowledged
+            }
+            ManualChange::Resolve => return self.resolve(at),
+            ManualChange::Snooze(until) => {
+                open.status = IncidentStatus::Snoozed;
+                open.snoozed_until = Some(until);
+                Outcome::Snoozed
+            }
+            ManualChange::Reopen => {
+                open.status = IncidentStatus::Open;
+                open.snoozed_until = None;
+                Outcome::Reopened
+            }
+        };
+        (outcome, Some(open.id.clone()))
+    }
+
+    fn apply_event(
+        &mut self,
+        event: &FoldEvent<'_>,
+        action: EventAction,
+        payload: Option<&AlertPayload>,
+    ) -> (Outcome, Option<String>) {
+        let at = event.received_at;
+        match (action, self.open.as_mut()) {
             (EventAction::Trigger, Some(open)) => {
                 open.alert_count += 1;
                 open.updated_at = at;
                 (Outcome::Absorbed, Some(open.id.clone()))
             }
             (EventAction::Trigger, None) => {
-                let payload = event.payload;
                 let incident = IncidentState {
                     id: incident_id_for_event(event.event_id),
                     title: payload.map(|p| p.summary.clone()).unwrap_or_default(),
@@ -140,6 +218,7 @@ impl KeyFold {
                     updated_at: at,
                     acknowledged_at: None,
                     resolved_at: None,
+                    snoozed_until: None,
                 };
                 let id = incident.id.clone();
                 self.open = Some(incident);
@@ -148,20 +227,26 @@ impl KeyFold {
             (EventAction::Acknowledge, Some(open)) => {
                 open.status = IncidentStatus::Acknowledged;
                 open.acknowledged_at.get_or_insert(at);
+                open.snoozed_until = None;
                 open.updated_at = at;
                 (Outcome::Acknowledged, Some(open.id.clone()))
             }
-            (EventAction::Resolve, Some(_)) => {
-                let mut incident = self.open.take().expect("matched Some");
-                incident.status = IncidentStatus::Resolved;
-                incident.resolved_at = Some(at);
-                incident.updated_at = at;
-                let id = incident.id.clone();
-                self.closed.push(incident);
-                (Outcome::Resolved, Some(id))
-            }
+            (EventAction::Resolve, Some(_)) => self.resolve(at),
             (EventAction::Acknowledge | EventAction::Resolve, None) => (Outcome::Ignored, None),
         }
+    }
+
+    fn resolve(&mut self, at: Timestamp) -> (Outcome, Option<String>) {
+        let Some(mut incident) = self.open.take() else {
+            return (Outcome::Ignored, None);
+        };
+        incident.status = IncidentStatus::Resolved;
+        incident.resolved_at = Some(at);
+        incident.snoozed_until = None;
+        incident.updated_at = at;
+        let id = incident.id.clone();
+        self.closed.push(incident);
+        (Outcome::Resolved, Some(id))
     }
 
     /// The open incident, if any.
@@ -205,10 +290,60 @@ mod tests {
         FoldEvent {
             event_id: Uuid::now_v7(),
             seq,
-            action,
-            payload,
+            action: FoldAction::Event(action, payload),
             received_at: Timestamp::from_second(1_700_000_000 + seq).unwrap(),
         }
+    }
+
+    fn manual(seq: i64, incident_id: &str, change: ManualChange) -> FoldEvent<'_> {
+        FoldEvent {
+            event_id: Uuid::now_v7(),
+            seq,
+            action: FoldAction::Manual {
+                incident_id,
+                change,
+            },
+            received_at: Timestamp::from_second(1_700_000_100 + seq).unwrap(),
+        }
+    }
+
+    #[test]
+    fn manual_changes_apply_to_their_incident_only_while_it_is_open() {
+        let p = payload("queue backed up");
+        let mut fold = KeyFold::new(None);
+        let (_, id) = fold.apply(&event(1, EventAction::Trigger, Some(&p)));
+        let id = id.unwrap();
+        let until = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(
+            fold.apply(&manual(1, &id, ManualChange::Snooze(until))).0,
+            Outcome::Snoozed
+        );
+        assert_eq!(fold.open().unwrap().snoozed_until, Some(until));
+        assert_eq!(
+            fold.apply(&event(2, EventAction::Trigger, Some(&p))).0,
+            Outcome::Absorbed
+        );
+        assert_eq!(fold.open().unwrap().status, IncidentStatus::Snoozed);
+        assert_eq!(
+            fold.apply(&manual(2, &id, ManualChange::Reopen)).0,
+            Outcome::Reopened
+        );
+        assert_eq!(
+            fold.apply(&manual(2, "inc_other", ManualChange::Resolve)).0,
+            Outcome::Ignored
+        );
+        assert_eq!(
+            fold.apply(&manual(2, &id, ManualChange::Resolve)).0,
+            Outcome::Resolved
+        );
+        assert_eq!(
+            fold.apply(&manual(2, &id, ManualChange::Acknowledge)).0,
+            Outcome::Ignored
+        );
+        let incidents = fold.into_incidents();
+        assert_eq!(incidents[0].status, IncidentStatus::Resolved);
+        assert_eq!(incidents[0].alert_count, 2);
+        assert_eq!(incidents[0].snoozed_until, None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod nats;
 pub mod ratelimit;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 
 pub use error::{ApiError, ErrorCode};

@@ -14,7 +14,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use common::event::{AlertPayload, EventAction, EventEnvelope};
-use common::fold::{FoldEvent, IncidentState, IncidentStatus, KeyFold, Outcome};
+use common::fold::{
+    FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome,
+};
+use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, timestamp};
 use jiff::Timestamp;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -54,7 +57,11 @@ pub async fn apply_batch(
     let (services, keys): (Vec<&str>, Vec<&str>) = by_key.keys().copied().unzip();
     let mut tx = pool.begin().await?;
 
-    let last_seq = lock_keys(&mut tx, &services, &keys).await?;
+    let last_seq: HashMap<(String, String), i64> = lock_keys(&mut tx, &services, &keys)
+        .await?
+        .into_iter()
+        .map(|(s, k, seq)| ((s, k), seq))
+        .collect();
     let event_ids: Vec<Uuid> = by_key
         .values()
         .flatten()
@@ -146,39 +153,6 @@ fn group_by_key(events: &[QueuedEvent]) -> BTreeMap<KeyRef<'_>, Vec<&QueuedEvent
     by_key
 }
 
-/// Creates missing key rows, locks all of them in one sorted statement, returns their last
-/// applied sequence.
-async fn lock_keys(
-    tx: &mut PgConnection,
-    services: &[&str],
-    keys: &[&str],
-) -> Result<HashMap<(String, String), i64>, sqlx::Error> {
-    sqlx::query(
-        r#"insert into alert_keys (service_id, dedup_key, last_seq)
-           select s, k, 0 from unnest($1::text[], $2::text[]) as t(s, k)
-           order by s collate "C", k collate "C"
-           on conflict do nothing"#,
-    )
-    .bind(services)
-    .bind(keys)
-    .execute(&mut *tx)
-    .await?;
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        r#"select a.service_id, a.dedup_key, a.last_seq
-           from alert_keys a join unnest($1::text[], $2::text[]) as t(s, k) on a.service_id = t.s and a.dedup_key = t.k
-           order by a.service_id collate "C", a.dedup_key collate "C"
-           for update of a"#,
-    )
-    .bind(services)
-    .bind(keys)
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows.into_iter().map(|(s, k, seq)| ((s, k), seq)).collect())
-}
-
-const INCIDENT_COLUMNS: &str = "i.id, i.service_id, i.dedup_key, i.title, i.description, i.status, i.urgency, \
-     i.alert_count, i.opened_seq, i.created_at, i.updated_at, i.acknowledged_at, i.resolved_at";
-
 async fn load_open_incidents(
     tx: &mut PgConnection,
     services: &[&str],
@@ -202,59 +176,104 @@ async fn load_open_incidents(
         .collect()
 }
 
-fn incident_from_row(row: &sqlx::postgres::PgRow) -> Result<IncidentState, sqlx::Error> {
-    let decode = |column: &str, what: &str| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("unknown {what}").into(),
-    };
-    let status: String = row.try_get("status")?;
-    let urgency: String = row.try_get("urgency")?;
-    Ok(IncidentState {
-        id: row.try_get("id")?,
-        title: row.try_get("title")?,
-        description: row.try_get("description")?,
-        status: IncidentStatus::parse(&status).ok_or_else(|| decode("status", "status"))?,
-        urgency: serde_json::from_value(serde_json::Value::String(urgency))
-            .map_err(|_| decode("urgency", "urgency"))?,
-        alert_count: row.try_get("alert_count")?,
-        opened_seq: row.try_get("opened_seq")?,
-        created_at: timestamp(row, "created_at")?,
-        updated_at: timestamp(row, "updated_at")?,
-        acknowledged_at: optional_timestamp(row, "acknowledged_at")?,
-        resolved_at: optional_timestamp(row, "resolved_at")?,
-    })
-}
-
-fn timestamp(row: &sqlx::postgres::PgRow, column: &str) -> Result<Timestamp, sqlx::Error> {
-    Ok(row.try_get::<jiff_sqlx::Timestamp, _>(column)?.to_jiff())
-}
-
-fn optional_timestamp(
-    row: &sqlx::postgres::PgRow,
-    column: &str,
-) -> Result<Option<Timestamp>, sqlx::Error> {
-    Ok(row
-        .try_get::<Option<jiff_sqlx::Timestamp>, _>(column)?
-        .map(|t| t.to_jiff()))
-}
-
 fn fold_event(event: &QueuedEvent) -> FoldEvent<'_> {
     FoldEvent {
         event_id: event.envelope.event_id,
         seq: event.seq,
-        action: event.envelope.action,
-        payload: event.envelope.payload.as_ref(),
+        action: FoldAction::Event(event.envelope.action, event.envelope.payload.as_ref()),
         received_at: event.envelope.received_at,
     }
 }
 
-/// An event already in the log, as a re-fold reads it back.
+/// An event or manual change already in the log, as a re-fold reads it back.
 struct StoredEvent {
     event_id: Uuid,
     seq: i64,
-    action: EventAction,
-    payload: Option<AlertPayload>,
+    kind: StoredKind,
     received_at: Timestamp,
+}
+
+enum StoredKind {
+    Event(EventAction, Option<AlertPayload>),
+    Manual {
+        incident_id: String,
+        change: ManualChange,
+    },
+}
+
+impl StoredEvent {
+    fn from_row(
+        row: &sqlx::postgres::PgRow,
+        new_seq: &HashMap<Uuid, i64>,
+    ) -> Result<Self, sqlx::Error> {
+        let event_id: Uuid = row.try_get("event_id")?;
+        let action: String = row.try_get("action")?;
+        let bad = |what: &str| sqlx::Error::ColumnDecode {
+            index: "action".into(),
+            source: what.to_owned().into(),
+        };
+        let kind = if row.try_get::<Option<String>, _>("actor_id")?.is_some() {
+            let incident_id: String = row
+                .try_get::<Option<String>, _>("incident_id")?
+                .ok_or_else(|| bad("manual change without incident"))?;
+            let change = match action.as_str() {
+                "acknowledge" => ManualChange::Acknowledge,
+                "resolve" => ManualChange::Resolve,
+                "reopen" => ManualChange::Reopen,
+                "snooze" => {
+                    let payload: Option<Json<serde_json::Value>> = row.try_get("payload")?;
+                    let until = payload
+                        .and_then(|Json(p)| {
+                            p.get("until")
+                                .and_then(|u| u.as_str())
+                                .and_then(|u| u.parse().ok())
+                        })
+                        .ok_or_else(|| bad("snooze without until"))?;
+                    ManualChange::Snooze(until)
+                }
+                other => return Err(bad(other)),
+            };
+            StoredKind::Manual {
+                incident_id,
+                change,
+            }
+        } else {
+            let action = serde_json::from_value(serde_json::Value::String(action))
+                .map_err(|e| bad(&e.to_string()))?;
+            let payload = row
+                .try_get::<Option<Json<AlertPayload>>, _>("payload")?
+                .map(|Json(p)| p);
+            StoredKind::Event(action, payload)
+        };
+        Ok(Self {
+            event_id,
+            seq: new_seq
+                .get(&event_id)
+                .copied()
+                .unwrap_or(row.try_get("seq")?),
+            kind,
+            received_at: timestamp(row, "received_at")?,
+        })
+    }
+
+    fn fold_event(&self) -> FoldEvent<'_> {
+        let action = match &self.kind {
+            StoredKind::Event(action, payload) => FoldAction::Event(*action, payload.as_ref()),
+            StoredKind::Manual {
+                incident_id,
+                change,
+            } => FoldAction::Manual {
+                incident_id,
+                change: *change,
+            },
+        };
+        FoldEvent {
+            event_id: self.event_id,
+            seq: self.seq,
+            action,
+            received_at: self.received_at,
+        }
+    }
 }
 
 /// Re-applies a key's events in sequence order from the last resolve before `first_seq`.
@@ -266,9 +285,10 @@ async fn refold(
     moved: &[&QueuedEvent],
     writes: &mut Writes,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
+    // Only an alert source's resolve certainly leaves the key with no open incident.
     let (floor,): (i64,) = sqlx::query_as(
         "select coalesce(max(seq), 0) from events
-         where service_id = $1 and dedup_key = $2 and action = 'resolve' and seq < $3",
+         where service_id = $1 and dedup_key = $2 and action = 'resolve' and actor_id is null and seq < $3",
     )
     .bind(service_id)
     .bind(dedup_key)
@@ -276,7 +296,7 @@ async fn refold(
     .fetch_one(&mut *tx)
     .await?;
     let rows = sqlx::query(
-        "select event_id, seq, action, payload, received_at from events
+        "select event_id, seq, action, payload, received_at, actor_id, incident_id from events
          where service_id = $1 and dedup_key = $2 and seq > $3",
     )
     .bind(service_id)
@@ -285,50 +305,42 @@ async fn refold(
     .fetch_all(&mut *tx)
     .await?;
     let new_seq: HashMap<Uuid, i64> = moved.iter().map(|e| (e.envelope.event_id, e.seq)).collect();
-    let mut stored = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let event_id: Uuid = row.try_get("event_id")?;
-        let action: String = row.try_get("action")?;
-        stored.push(StoredEvent {
-            event_id,
-            seq: new_seq
-                .get(&event_id)
-                .copied()
-                .unwrap_or(row.try_get("seq")?),
-            action: serde_json::from_value(serde_json::Value::String(action)).map_err(|e| {
-                sqlx::Error::ColumnDecode {
-                    index: "action".into(),
-                    source: e.into(),
-                }
-            })?,
-            payload: row
-                .try_get::<Option<Json<AlertPayload>>, _>("payload")?
-                .map(|Json(p)| p),
-            received_at: timestamp(row, "received_at")?,
-        });
-    }
+    let stored = rows
+        .iter()
+        .map(|row| StoredEvent::from_row(row, &new_seq))
+        .collect::<Result<Vec<_>, _>>()?;
 
     enum Entry<'a> {
         Stored(&'a StoredEvent),
         Fresh(&'a QueuedEvent),
     }
-    let mut entries: Vec<(i64, Entry<'_>)> =
-        stored.iter().map(|s| (s.seq, Entry::Stored(s))).collect();
-    entries.extend(fresh.iter().map(|e| (e.seq, Entry::Fresh(e))));
-    entries.sort_by_key(|(seq, _)| *seq);
+    // Stream order; a manual change comes right after the stream event it followed.
+    let mut entries: Vec<((i64, bool, Uuid), Entry<'_>)> = stored
+        .iter()
+        .map(|s| {
+            (
+                (
+                    s.seq,
+                    matches!(s.kind, StoredKind::Manual { .. }),
+                    s.event_id,
+                ),
+                Entry::Stored(s),
+            )
+        })
+        .collect();
+    entries.extend(
+        fresh
+            .iter()
+            .map(|e| ((e.seq, false, e.envelope.event_id), Entry::Fresh(e))),
+    );
+    entries.sort_by_key(|(order, _)| *order);
 
     let mut fold = KeyFold::new(None);
     let mut outcomes = Vec::new();
     for (_, entry) in entries {
         match entry {
             Entry::Stored(s) => {
-                let (outcome, incident) = fold.apply(&FoldEvent {
-                    event_id: s.event_id,
-                    seq: s.seq,
-                    action: s.action,
-                    payload: s.payload.as_ref(),
-                    received_at: s.received_at,
-                });
+                let (outcome, incident) = fold.apply(&s.fold_event());
                 writes.stored_event(s.event_id, s.seq, outcome, incident);
             }
             Entry::Fresh(event) => {
@@ -366,23 +378,6 @@ struct Writes {
     key_services: Vec<String>,
     key_keys: Vec<String>,
     key_seqs: Vec<i64>,
-}
-
-#[derive(Default)]
-struct IncidentRows {
-    id: Vec<String>,
-    service_id: Vec<String>,
-    dedup_key: Vec<String>,
-    title: Vec<String>,
-    description: Vec<Option<String>>,
-    status: Vec<&'static str>,
-    urgency: Vec<&'static str>,
-    alert_count: Vec<i32>,
-    opened_seq: Vec<Option<i64>>,
-    created_at: Vec<String>,
-    updated_at: Vec<String>,
-    acknowledged_at: Vec<Option<String>>,
-    resolved_at: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -437,21 +432,7 @@ impl Writes {
             } else {
                 &mut self.open
             };
-            rows.id.push(incident.id);
-            rows.service_id.push(service_id.to_owned());
-            rows.dedup_key.push(dedup_key.to_owned());
-            rows.title.push(incident.title);
-            rows.description.push(incident.description);
-            rows.status.push(incident.status.as_str());
-            rows.urgency.push(incident.urgency.as_str());
-            rows.alert_count.push(incident.alert_count);
-            rows.opened_seq.push(incident.opened_seq);
-            rows.created_at.push(incident.created_at.to_string());
-            rows.updated_at.push(incident.updated_at.to_string());
-            rows.acknowledged_at
-                .push(incident.acknowledged_at.map(|t| t.to_string()));
-            rows.resolved_at
-                .push(incident.resolved_at.map(|t| t.to_string()));
+            rows.push(service_id, dedup_key, incident);
         }
     }
 
@@ -463,8 +444,8 @@ impl Writes {
 
     async fn flush(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         // Resolved incidents first, so a key never has two open incidents mid-statement.
-        upsert_incidents(tx, &self.closed).await?;
-        upsert_incidents(tx, &self.open).await?;
+        self.closed.upsert(tx).await?;
+        self.open.upsert(tx).await?;
         let e = &self.events;
         if !e.event_id.is_empty() {
             sqlx::query(
@@ -512,39 +493,4 @@ impl Writes {
         }
         Ok(())
     }
-}
-
-async fn upsert_incidents(tx: &mut PgConnection, rows: &IncidentRows) -> Result<(), sqlx::Error> {
-    if rows.id.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "insert into incidents (id, service_id, dedup_key, title, description, status, urgency, alert_count,
-                                opened_seq, created_at, updated_at, acknowledged_at, resolved_at)
-         select id, s, k, title, d, st, u, n, seq, c::timestamptz, up::timestamptz, a::timestamptz, r::timestamptz
-         from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int4[],
-                     $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[])
-           as t(id, s, k, title, d, st, u, n, seq, c, up, a, r)
-         on conflict (id) do update set
-           title = excluded.title, description = excluded.description, status = excluded.status,
-           urgency = excluded.urgency, alert_count = excluded.alert_count, opened_seq = excluded.opened_seq,
-           created_at = excluded.created_at, updated_at = excluded.updated_at,
-           acknowledged_at = excluded.acknowledged_at, resolved_at = excluded.resolved_at",
-    )
-    .bind(&rows.id)
-    .bind(&rows.service_id)
-    .bind(&rows.dedup_key)
-    .bind(&rows.title)
-    .bind(&rows.description)
-    .bind(&rows.status)
-    .bind(&rows.urgency)
-    .bind(&rows.alert_count)
-    .bind(&rows.opened_seq)
-    .bind(&rows.created_at)
-    .bind(&rows.updated_at)
-    .bind(&rows.acknowledged_at)
-    .bind(&rows.resolved_at)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

@@ -1,0 +1,154 @@
+//! PostgreSQL helpers shared by the worker (applying events) and query-api (manual changes):
+//! the per-key lock both must take, and reading an incident's event-derived state.
+
+use jiff::Timestamp;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+
+use crate::event::Urgency;
+use crate::fold::{IncidentState, IncidentStatus};
+
+/// Columns [`incident_from_row`] reads, for a table aliased `i`.
+pub const INCIDENT_COLUMNS: &str = "i.id, i.service_id, i.dedup_key, i.title, i.description, i.status, i.urgency, \
+     i.alert_count, i.opened_seq, i.created_at, i.updated_at, i.acknowledged_at, i.resolved_at, i.snoozed_until";
+
+/// Locks the keys' rows (creating missing ones) in one sorted statement, so concurrent lockers
+/// never deadlock; returns each key's last applied stream sequence.
+pub async fn lock_keys(
+    tx: &mut PgConnection,
+    services: &[&str],
+    keys: &[&str],
+) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query(
+        r#"insert into alert_keys (service_id, dedup_key, last_seq)
+           select s, k, 0 from unnest($1::text[], $2::text[]) as t(s, k)
+           order by s collate "C", k collate "C"
+           on conflict do nothing"#,
+    )
+    .bind(services)
+    .bind(keys)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_as(
+        r#"select a.service_id, a.dedup_key, a.last_seq
+           from alert_keys a join unnest($1::text[], $2::text[]) as t(s, k) on a.service_id = t.s and a.dedup_key = t.k
+           order by a.service_id collate "C", a.dedup_key collate "C"
+           for update of a"#,
+    )
+    .bind(services)
+    .bind(keys)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+pub fn incident_from_row(row: &PgRow) -> Result<IncidentState, sqlx::Error> {
+    let decode = |column: &str| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unexpected {column}").into(),
+    };
+    let status: String = row.try_get("status")?;
+    let urgency: String = row.try_get("urgency")?;
+    Ok(IncidentState {
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        status: IncidentStatus::parse(&status).ok_or_else(|| decode("status"))?,
+        urgency: Urgency::parse(&urgency).ok_or_else(|| decode("urgency"))?,
+        alert_count: row.try_get("alert_count")?,
+        opened_seq: row.try_get("opened_seq")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+        acknowledged_at: optional_timestamp(row, "acknowledged_at")?,
+        resolved_at: optional_timestamp(row, "resolved_at")?,
+        snoozed_until: optional_timestamp(row, "snoozed_until")?,
+    })
+}
+
+pub fn timestamp(row: &PgRow, column: &str) -> Result<Timestamp, sqlx::Error> {
+    Ok(row.try_get::<jiff_sqlx::Timestamp, _>(column)?.to_jiff())
+}
+
+pub fn optional_timestamp(row: &PgRow, column: &str) -> Result<Option<Timestamp>, sqlx::Error> {
+    Ok(row
+        .try_get::<Option<jiff_sqlx::Timestamp>, _>(column)?
+        .map(|t| t.to_jiff()))
+}
+
+/// Incidents written column-wise with one statement. An existing incident keeps what people may
+/// have set (title, description, urgency, priority, assignee); the event-derived state is replaced.
+#[derive(Default)]
+pub struct IncidentRows {
+    id: Vec<String>,
+    service_id: Vec<String>,
+    dedup_key: Vec<String>,
+    title: Vec<String>,
+    description: Vec<Option<String>>,
+    status: Vec<&'static str>,
+    urgency: Vec<&'static str>,
+    alert_count: Vec<i32>,
+    opened_seq: Vec<Option<i64>>,
+    created_at: Vec<String>,
+    updated_at: Vec<String>,
+    acknowledged_at: Vec<Option<String>>,
+    resolved_at: Vec<Option<String>>,
+    snoozed_until: Vec<Option<String>>,
+}
+
+impl IncidentRows {
+    pub fn push(&mut self, service_id: &str, dedup_key: &str, incident: IncidentState) {
+        self.id.push(incident.id);
+        self.service_id.push(service_id.to_owned());
+        self.dedup_key.push(dedup_key.to_owned());
+        self.title.push(incident.title);
+        self.description.push(incident.description);
+        self.status.push(incident.status.as_str());
+        self.urgency.push(incident.urgency.as_str());
+        self.alert_count.push(incident.alert_count);
+        self.opened_seq.push(incident.opened_seq);
+        self.created_at.push(incident.created_at.to_string());
+        self.updated_at.push(incident.updated_at.to_string());
+        self.acknowledged_at
+            .push(incident.acknowledged_at.map(|t| t.to_string()));
+        self.resolved_at
+            .push(incident.resolved_at.map(|t| t.to_string()));
+        self.snoozed_until
+            .push(incident.snoozed_until.map(|t| t.to_string()));
+    }
+
+    pub async fn upsert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into incidents (id, service_id, dedup_key, title, description, status, urgency, alert_count,
+                                    opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until)
+             select id, s, k, title, d, st, u, n, seq, c::timestamptz, up::timestamptz, a::timestamptz,
+                    r::timestamptz, z::timestamptz
+             from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::int4[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+               as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z)
+             on conflict (id) do update set
+               status = excluded.status, alert_count = excluded.alert_count, opened_seq = excluded.opened_seq,
+               created_at = excluded.created_at, updated_at = excluded.updated_at,
+               acknowledged_at = excluded.acknowledged_at, resolved_at = excluded.resolved_at,
+               snoozed_until = excluded.snoozed_until",
+        )
+        .bind(&self.id)
+        .bind(&self.service_id)
+        .bind(&self.dedup_key)
+        .bind(&self.title)
+        .bind(&self.description)
+        .bind(&self.status)
+        .bind(&self.urgency)
+        .bind(&self.alert_count)
+        .bind(&self.opened_seq)
+        .bind(&self.created_at)
+        .bind(&self.updated_at)
+        .bind(&self.acknowledged_at)
+        .bind(&self.resolved_at)
+        .bind(&self.snoozed_until)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
