@@ -5,3 +5,4 @@ mod faults;
 mod ingest_api;
 mod lifecycle;
 mod ordering;
+mod query_api;

@@ -179,6 +179,77 @@ impl TestEnv {
         base
     }
 
+    /// Starts query-api on a free port and waits until it is ready. Returns its base URL.
+    pub async fn spawn_query_api(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let config = query_api::QueryApiConfig {
+            listen: "127.0.0.1:0".into(),
+            database: self.database.clone(),
+            redis: self.redis.clone(),
+            limits: self.limits.clone(),
+            log: LogConfig {
+                format: LogFormat::Pretty,
+                filter: "warn".into(),
+            },
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            query_api::run(config, listener, shutdown)
+                .await
+                .expect("query-api runs")
+        });
+        let base = format!("http://{addr}");
+        let http = self.http.clone();
+        wait_until(Duration::from_secs(20), "query-api to be ready", || {
+            let url = format!("{base}/readyz");
+            let http = http.clone();
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        base
+    }
+
+    /// A GET with a bearer key; returns status and JSON body.
+    pub async fn get_json(&self, url: &str, key: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request with a JSON body and a bearer key; returns status and JSON body.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        key: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, url)
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn worker_settings(&self) -> WorkerSettings {
         WorkerSettings {
             consumer: self.consumer.clone(),
@@ -279,6 +350,43 @@ impl TestEnv {
             let _dropped = sqlx::query(&drop).execute(&admin).await;
         }
     }
+}
+
+/// Sends requests (`in_flight` at a time) until one is answered `429`; returns how many were
+/// admitted before it and that answer. With GCRA, a limit of `per_minute` admits a burst of
+/// `per_minute` and then one more every `60 / per_minute` seconds, so callers can check the count
+/// against the elapsed time exactly, however slow the machine.
+pub async fn admitted_until_limited<F, Fut>(
+    in_flight: usize,
+    mut send: F,
+) -> (usize, reqwest::Response, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = reqwest::Response>,
+{
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    loop {
+        let responses = futures_util::future::join_all((0..in_flight).map(|_| send())).await;
+        let mut limited = None;
+        for response in responses {
+            match response.status().as_u16() {
+                429 => limited = limited.or(Some(response)),
+                status if status < 300 => admitted += 1,
+                status => panic!("unexpected status {status}"),
+            }
+        }
+        if let Some(response) = limited {
+            return (admitted, response, started.elapsed());
+        }
+        assert!(admitted < 100_000, "never rate limited");
+    }
+}
+
+/// Whether `admitted` fits a GCRA limit of `per_minute` over `elapsed`.
+pub fn fits_limit(admitted: usize, per_minute: u32, elapsed: Duration) -> bool {
+    let refilled = (elapsed.as_secs_f64() * f64::from(per_minute) / 60.0).ceil() as usize;
+    admitted >= per_minute as usize && admitted <= per_minute as usize + refilled
 }
 
 /// A trigger event body.

@@ -1,14 +1,51 @@
 //! OpsSentinal query API: every `/api/...` endpoint but the events one.
 
 pub mod config;
+mod params;
+pub mod routes;
+pub mod state;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use common::http::{Dependency, Readiness, health_router, redis_pool};
+use axum::Router;
+use common::http::{
+    Bucket, Dependency, Gate, GateLayer, Readiness, authenticate, health_router, redis_pool,
+};
+use common::ratelimit::RateLimiter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::QueryApiConfig;
+pub use state::AppState;
+
+/// The authenticated API routes, without health endpoints or fallbacks (the one-process mode
+/// merges them with ingest's).
+pub fn api_router(state: Arc<AppState>) -> Router {
+    let gate = GateLayer {
+        gate: state.gate.clone(),
+        bucket: Bucket::Api,
+    };
+    Router::new()
+        .merge(routes::incidents::router())
+        .merge(routes::services::router())
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        .with_state(state)
+}
+
+/// Puts snoozed incidents whose snooze ended back to `OPEN`, every second until `shutdown`.
+pub async fn reopen_snoozed(pool: sqlx::PgPool, shutdown: CancellationToken) {
+    loop {
+        if let Err(err) = routes::incidents::reopen_due_snoozes(&pool).await {
+            tracing::warn!(error = %err, "could not reopen snoozed incidents");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
 
 /// Serves the query API on `listener` until `shutdown`.
 pub async fn run(
@@ -20,11 +57,23 @@ pub async fn run(
     let pool = common::db::pool(&config.database)?;
     common::db::migrate_when_reachable(&pool, &shutdown).await?;
     let redis = redis_pool(&config.redis.url, config.redis.timeout())?;
+    let limiter = RateLimiter::new(
+        &config.redis.url,
+        config.redis.key_prefix.clone(),
+        config.redis.timeout(),
+    )?;
+    let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
+    let state = Arc::new(AppState {
+        pool: pool.clone(),
+        gate,
+    });
+    tokio::spawn(reopen_snoozed(pool.clone(), shutdown.clone()));
     let readiness = Readiness {
         required: vec![Dependency::Postgres(pool)],
         optional: vec![Dependency::Redis(redis)],
     };
-    let app = health_router(readiness)
+    let app = api_router(state)
+        .merge(health_router(readiness))
         .fallback(common::http::not_found)
         .method_not_allowed_fallback(common::http::method_not_allowed);
     tracing::info!(listen = %listener.local_addr()?, "query-api listening");

@@ -3,6 +3,7 @@
 //! empty database creates an admin user and API key and prints them once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use clap::Args;
 use common::config::{
@@ -86,15 +87,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let readiness = Readiness {
         required: vec![
             Dependency::Nats(worker_client.clone()),
-            Dependency::Postgres(pool),
+            Dependency::Postgres(pool.clone()),
         ],
         optional: vec![Dependency::Redis(redis_pool(
             &args.redis.url,
             args.redis.timeout(),
         )?)],
     };
-    let app =
-        ingest::with_fallbacks(ingest::api_router(ingest_state).merge(health_router(readiness)));
+    let query_state = Arc::new(query_api::AppState {
+        pool: pool.clone(),
+        gate: ingest_state.gate.clone(),
+    });
+    tokio::spawn(query_api::reopen_snoozed(pool, shutdown.clone()));
+    let app = ingest::with_fallbacks(
+        ingest::api_router(ingest_state)
+            .merge(query_api::api_router(query_state))
+            .merge(health_router(readiness)),
+    );
     tracing::info!(listen = %listener.local_addr()?, "opssentinal serving ingest, worker and query API");
     axum::serve(
         listener,
