@@ -6,3 +6,4 @@ mod ingest_api;
 mod lifecycle;
 mod ordering;
 mod query_api;
+mod schedules;

@@ -1,6 +1,7 @@
 //! OpsSentinal query API: every `/api/...` endpoint but the events one.
 
 pub mod config;
+pub mod oncall;
 mod params;
 pub mod routes;
 pub mod state;
@@ -30,6 +31,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(routes::incidents::router())
         .merge(routes::services::router())
+        .merge(routes::schedules::router())
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
         .with_state(state)
 }

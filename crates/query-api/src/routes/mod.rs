@@ -1,2 +1,3 @@
 pub mod incidents;
+pub mod schedules;
 pub mod services;

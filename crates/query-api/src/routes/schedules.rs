@@ -1,0 +1,593 @@
+//! Schedules and on-call (DESIGN §7): create schedules, layers and overrides; list and read
+//! them; ask who is on call at an instant; render the final shifts of a window.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use common::ApiError;
+use common::auth::{Principal, Scope};
+use common::http::ApiJson;
+use common::ids::new_id;
+use common::store::{optional_timestamp, timestamp};
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::oncall::{Layer, Override, Rotation, Schedule, Source};
+use crate::params::Params;
+use crate::state::AppState;
+
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/schedules", get(list).post(create))
+        .route("/api/schedules/{id}", get(detail))
+        .route("/api/schedules/{id}/layers", post(add_layer))
+        .route("/api/schedules/{id}/overrides", post(add_override))
+        .route("/api/schedules/{id}/on-call", get(on_call))
+        .route("/api/schedules/{id}/shifts", get(shifts))
+}
+
+/// Longest window `shifts` renders at once.
+const MAX_WINDOW: SignedDuration = SignedDuration::from_hours(24 * 93);
+/// How far around an instant `on-call` looks for the start and end of the shift in progress.
+const ON_CALL_HORIZON: SignedDuration = SignedDuration::from_hours(24 * 45);
+/// Longest rotation in hours (30 days).
+const MAX_ROTATION_HOURS: i64 = 720;
+
+fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    body.get(name).filter(|v| !v.is_null())
+}
+
+fn string(body: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<String>, ApiError> {
+    match field(body, name) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.chars().count() <= 255 => Ok(Some(s.trim().to_owned())),
+        Some(Value::String(_)) => Err(ApiError::validation(
+            &format!("{prefix}{name}"),
+            "must be at most 255 characters",
+        )),
+        Some(_) => Err(ApiError::validation(
+            &format!("{prefix}{name}"),
+            "must be a string",
+        )),
+    }
+}
+
+fn instant(
+    body: &Map<String, Value>,
+    name: &str,
+    prefix: &str,
+) -> Result<Option<Timestamp>, ApiError> {
+    string(body, name, prefix)?
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::validation(&format!("{prefix}{name}"), "must be an RFC 3339 timestamp")
+            })
+        })
+        .transpose()
+}
+
+fn zone(name: &str) -> Result<TimeZone, ApiError> {
+    TimeZone::get(name)
+        .map_err(|_| ApiError::validation("timeZone", format!("{name:?} is not an IANA time zone")))
+}
+
+/// A layer as sent by a client, validated.
+struct NewLayer {
+    name: String,
+    start: Timestamp,
+    end: Option<Timestamp>,
+    rotation: &'static str,
+    hours: Option<i64>,
+    handoff: String,
+    users: Vec<String>,
+}
+
+fn parse_layer(value: &Value, prefix: &str) -> Result<NewLayer, ApiError> {
+    let body = value
+        .as_object()
+        .ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
+    let start = instant(body, "start", prefix)?
+        .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
+    let end = instant(body, "end", prefix)?;
+    if end.is_some_and(|end| end <= start) {
+        return Err(ApiError::validation(
+            &format!("{prefix}end"),
+            "must be after start",
+        ));
+    }
+    let (rotation, hours) = match string(body, "rotation", prefix)?.as_deref() {
+        Some("daily") => ("daily", None),
+        Some("weekly") => ("weekly", None),
+        Some("hours") => {
+            let hours = field(body, "rotationHours")
+                .and_then(Value::as_i64)
+                .filter(|h| (1..=MAX_ROTATION_HOURS).contains(h))
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        &format!("{prefix}rotationHours"),
+                        "must be 1 to 720 with rotation \"hours\"",
+                    )
+                })?;
+            ("hours", Some(hours))
+        }
+        _ => {
+            return Err(ApiError::validation(
+                &format!("{prefix}rotation"),
+                "must be daily, weekly or hours",
+            ));
+        }
+    };
+    let handoff = string(body, "handoffTime", prefix)?.unwrap_or_else(|| "09:00".into());
+    let time: Time = handoff
+        .parse()
+        .map_err(|_| ApiError::validation(&format!("{prefix}handoffTime"), "must be HH:MM"))?;
+    let users: Vec<String> = match field(body, "users") {
+        Some(Value::Array(users)) if !users.is_empty() => users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                u.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::validation(&format!("{prefix}users[{i}]"), "must be a user id")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(ApiError::validation(
+                &format!("{prefix}users"),
+                "must list at least one user id",
+            ));
+        }
+    };
+    Ok(NewLayer {
+        name: string(body, "name", prefix)?.unwrap_or_else(|| "Layer".into()),
+        start,
+        end,
+        rotation,
+        hours,
+        handoff: time.strftime("%H:%M").to_string(),
+        users,
+    })
+}
+
+async fn check_users(
+    tx: &mut PgConnection,
+    users: &[String],
+    prefix: &str,
+) -> Result<(), ApiError> {
+    let known: Vec<String> = sqlx::query_scalar("select id from users where id = any($1)")
+        .bind(users)
+        .fetch_all(&mut *tx)
+        .await?;
+    match users.iter().position(|u| !known.contains(u)) {
+        Some(i) => Err(ApiError::validation(
+            &format!("{prefix}[{i}]"),
+            format!("no user {}", users[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn insert_layer(
+    tx: &mut PgConnection,
+    schedule_id: &str,
+    layer: &NewLayer,
+    prefix: &str,
+) -> Result<String, ApiError> {
+    check_users(tx, &layer.users, &format!("{prefix}users")).await?;
+    let id = new_id("lay");
+    sqlx::query(
+        "insert into schedule_layers (id, schedule_id, position, name, starts_at, ends_at, rotation, rotation_hours, handoff_time)
+         select $1, $2, coalesce(max(position) + 1, 0), $3, $4::timestamptz, $5::timestamptz, $6, $7, $8
+         from schedule_layers where schedule_id = $2",
+    )
+    .bind(&id)
+    .bind(schedule_id)
+    .bind(&layer.name)
+    .bind(layer.start.to_string())
+    .bind(layer.end.map(|e| e.to_string()))
+    .bind(layer.rotation)
+    .bind(layer.hours.map(|h| h as i32))
+    .bind(&layer.handoff)
+    .execute(&mut *tx)
+    .await?;
+    for (position, user) in layer.users.iter().enumerate() {
+        sqlx::query(
+            "insert into schedule_layer_members (layer_id, position, user_id) values ($1, $2, $3)",
+        )
+        .bind(&id)
+        .bind(position as i32)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(id)
+}
+
+struct NewOverride {
+    user: String,
+    start: Timestamp,
+    end: Timestamp,
+}
+
+fn parse_override(value: &Value, prefix: &str) -> Result<NewOverride, ApiError> {
+    let body = value
+        .as_object()
+        .ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
+    let user = string(body, "userId", prefix)?
+        .ok_or_else(|| ApiError::validation(&format!("{prefix}userId"), "is required"))?;
+    let start = instant(body, "start", prefix)?
+        .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
+    let end = instant(body, "end", prefix)?
+        .ok_or_else(|| ApiError::validation(&format!("{prefix}end"), "is required"))?;
+    if end <= start {
+        return Err(ApiError::validation(
+            &format!("{prefix}end"),
+            "must be after start",
+        ));
+    }
+    Ok(NewOverride { user, start, end })
+}
+
+async fn insert_override(
+    tx: &mut PgConnection,
+    schedule_id: &str,
+    o: &NewOverride,
+    prefix: &str,
+) -> Result<String, ApiError> {
+    check_users(
+        tx,
+        std::slice::from_ref(&o.user),
+        &format!("{prefix}userId"),
+    )
+    .await
+    .map_err(|_| ApiError::validation(&format!("{prefix}userId"), format!("no user {}", o.user)))?;
+    let id = new_id("ovr");
+    sqlx::query("insert into schedule_overrides (id, schedule_id, user_id, starts_at, ends_at) values ($1, $2, $3, $4::timestamptz, $5::timestamptz)")
+        .bind(&id)
+        .bind(schedule_id)
+        .bind(&o.user)
+        .bind(o.start.to_string())
+        .bind(o.end.to_string())
+        .execute(&mut *tx)
+        .await?;
+    Ok(id)
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Scope::SchedulesWrite)?;
+    let name = string(&body, "name", "")?
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::validation("name", "is required"))?;
+    let time_zone = string(&body, "timeZone", "")?
+        .ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
+    zone(&time_zone)?;
+    let list = |name: &str| match field(&body, name) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => Ok(items.clone()),
+        Some(_) => Err(ApiError::validation(name, "must be an array")),
+    };
+    let layers = list("layers")?
+        .iter()
+        .enumerate()
+        .map(|(i, l)| parse_layer(l, &format!("layers[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let overrides = list("overrides")?
+        .iter()
+        .enumerate()
+        .map(|(i, o)| parse_override(o, &format!("overrides[{i}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = new_id("sch");
+    let mut tx = state.pool.begin().await?;
+    sqlx::query("insert into schedules (id, name, time_zone) values ($1, $2, $3)")
+        .bind(&id)
+        .bind(&name)
+        .bind(&time_zone)
+        .execute(&mut *tx)
+        .await?;
+    for (i, layer) in layers.iter().enumerate() {
+        insert_layer(&mut tx, &id, layer, &format!("layers[{i}].")).await?;
+    }
+    for (i, o) in overrides.iter().enumerate() {
+        insert_override(&mut tx, &id, o, &format!("overrides[{i}].")).await?;
+    }
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "schedule": schedule_json(&state.pool, &id).await? })),
+    ))
+}
+
+async fn add_layer(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Scope::SchedulesWrite)?;
+    let layer = parse_layer(&body, "")?;
+    let mut tx = state.pool.begin().await?;
+    lock_schedule(&mut tx, &id).await?;
+    let layer_id = insert_layer(&mut tx, &id, &layer, "").await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let schedule = schedule_json(&state.pool, &id).await?;
+    let layer = schedule["layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str()))
+        .cloned();
+    Ok((StatusCode::CREATED, Json(json!({ "layer": layer }))))
+}
+
+async fn add_override(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    principal.require(Scope::SchedulesWrite)?;
+    let o = parse_override(&body, "")?;
+    let mut tx = state.pool.begin().await?;
+    lock_schedule(&mut tx, &id).await?;
+    let override_id = insert_override(&mut tx, &id, &o, "").await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"override": {"id": override_id, "userId": o.user, "start": o.start.to_string(), "end": o.end.to_string()}}),
+        ),
+    ))
+}
+
+/// Locks the schedule row (serialising layer positions); `404` when missing.
+async fn lock_schedule(tx: &mut PgConnection, id: &str) -> Result<(), ApiError> {
+    let found: Option<String> =
+        sqlx::query_scalar("select id from schedules where id = $1 for update")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found(format!("schedule {id}")))
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::SchedulesRead)?;
+    let limit = params.integer("limit", 50, 1, 200)?;
+    let offset = params.integer("offset", 0, 0, i64::MAX)?;
+    let rows = sqlx::query("select id, name, time_zone, created_at, updated_at from schedules order by created_at desc, id desc limit $1 offset $2")
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&state.pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from schedules")
+        .fetch_one(&state.pool)
+        .await?;
+    let schedules = rows
+        .iter()
+        .map(|r| {
+            Ok(json!({"id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?,
+                      "timeZone": r.try_get::<String, _>("time_zone")?,
+                      "createdAt": timestamp(r, "created_at")?.to_string(), "updatedAt": timestamp(r, "updated_at")?.to_string()}))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Json(json!({
+        "schedules": schedules,
+        "total": total,
+        "pagination": {"limit": limit, "offset": offset, "hasMore": offset + (schedules.len() as i64) < total},
+    })))
+}
+
+async fn detail(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::SchedulesRead)?;
+    Ok(Json(
+        json!({ "schedule": schedule_json(&state.pool, &id).await? }),
+    ))
+}
+
+/// A schedule with its layers (members in rotation order) and overrides, as JSON and as the
+/// evaluable [`Schedule`].
+async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
+    let row = sqlx::query(
+        "select id, name, time_zone, created_at, updated_at from schedules where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("schedule {id}")))?;
+    let time_zone: String = row.try_get("time_zone")?;
+    let zone = TimeZone::get(&time_zone).map_err(ApiError::internal)?;
+    let layer_rows = sqlx::query(
+        "select l.id, l.name, l.position, l.starts_at, l.ends_at, l.rotation, l.rotation_hours, l.handoff_time,
+                coalesce(json_agg(json_build_object('id', u.id, 'name', u.name) order by m.position)
+                         filter (where u.id is not null), '[]') as users
+         from schedule_layers l
+         left join schedule_layer_members m on m.layer_id = l.id left join users u on u.id = m.user_id
+         where l.schedule_id = $1 group by l.id order by l.position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let override_rows = sqlx::query(
+        "select o.id, o.user_id, u.name, o.starts_at, o.ends_at from schedule_overrides o join users u on u.id = o.user_id
+         where o.schedule_id = $1 order by o.created_at, o.id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let mut layers_json = Vec::new();
+    let mut layers = Vec::new();
+    for r in &layer_rows {
+        let users: Value = r.try_get::<sqlx::types::Json<Value>, _>("users")?.0;
+        let rotation: String = r.try_get("rotation")?;
+        let hours: Option<i32> = r.try_get("rotation_hours")?;
+        let handoff: String = r.try_get("handoff_time")?;
+        let start = timestamp(r, "starts_at")?;
+        let end = optional_timestamp(r, "ends_at")?;
+        layers.push(Layer {
+            id: r.try_get("id")?,
+            start,
+            end,
+            rotation: match (rotation.as_str(), hours) {
+                ("daily", _) => Rotation::Daily,
+                ("weekly", _) => Rotation::Weekly,
+                (_, hours) => Rotation::Hours(i64::from(hours.unwrap_or(24))),
+            },
+            handoff: handoff.parse().map_err(ApiError::internal)?,
+            users: users
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u["id"].as_str().map(str::to_owned))
+                .collect(),
+        });
+        layers_json.push(json!({
+            "id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?,
+            "position": r.try_get::<i32, _>("position")?, "start": start.to_string(), "end": end.map(|e| e.to_string()),
+            "rotation": rotation, "rotationHours": hours, "handoffTime": handoff, "users": users,
+        }));
+    }
+    let mut overrides_json = Vec::new();
+    let mut overrides = Vec::new();
+    for r in &override_rows {
+        let (start, end) = (timestamp(r, "starts_at")?, timestamp(r, "ends_at")?);
+        let user: String = r.try_get("user_id")?;
+        overrides_json.push(json!({"id": r.try_get::<String, _>("id")?, "user": {"id": user, "name": r.try_get::<String, _>("name")?},
+                                   "start": start.to_string(), "end": end.to_string()}));
+        overrides.push(Override {
+            id: r.try_get("id")?,
+            user,
+            start,
+            end,
+        });
+    }
+    let json = json!({
+        "id": row.try_get::<String, _>("id")?, "name": row.try_get::<String, _>("name")?, "timeZone": time_zone,
+        "createdAt": timestamp(&row, "created_at")?.to_string(), "updatedAt": timestamp(&row, "updated_at")?.to_string(),
+        "layers": layers_json, "overrides": overrides_json,
+    });
+    Ok((
+        json,
+        Schedule {
+            zone,
+            layers,
+            overrides,
+        },
+    ))
+}
+
+async fn schedule_json(pool: &PgPool, id: &str) -> Result<Value, ApiError> {
+    Ok(load(pool, id).await?.0)
+}
+
+async fn user_names(
+    pool: &PgPool,
+    ids: Vec<String>,
+) -> Result<std::collections::HashMap<String, (String, String)>, ApiError> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("select id, name, email from users where id = any($1)")
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, email)| (id, (name, email)))
+        .collect())
+}
+
+fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
+    match source {
+        Source::Override(i) => (true, json!(schedule.overrides.get(i).map(|o| o.id.clone()))),
+        Source::Layer(i) => (false, json!(schedule.layers.get(i).map(|l| l.id.clone()))),
+    }
+}
+
+async fn on_call(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::SchedulesRead)?;
+    let at = params.timestamp("at")?.unwrap_or_else(Timestamp::now);
+    let (_, schedule) = load(&state.pool, &id).await?;
+    let Some(shift) = schedule.shift_at(at, ON_CALL_HORIZON) else {
+        return Ok(Json(json!({"onCall": null, "at": at.to_string()})));
+    };
+    let names = user_names(&state.pool, vec![shift.user.clone()]).await?;
+    let (is_override, source_id) = source_json(&schedule, shift.source);
+    let (name, email) = names.get(&shift.user).cloned().unwrap_or_default();
+    Ok(Json(json!({
+        "at": at.to_string(),
+        "onCall": {
+            "user": {"id": shift.user, "name": name, "email": email},
+            "start": shift.start.to_string(), "end": shift.end.to_string(),
+            "override": is_override,
+            if is_override { "overrideId" } else { "layerId" }: source_id,
+        }
+    })))
+}
+
+async fn shifts(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    principal.require(Scope::SchedulesRead)?;
+    let from = params.timestamp("from")?.unwrap_or_else(Timestamp::now);
+    let to = match params.timestamp("to")? {
+        Some(to) => to,
+        None => from
+            .checked_add(SignedDuration::from_hours(24 * 7))
+            .map_err(ApiError::internal)?,
+    };
+    if to <= from {
+        return Err(ApiError::validation("to", "must be after from"));
+    }
+    if to.duration_since(from) > MAX_WINDOW {
+        return Err(ApiError::validation(
+            "to",
+            "the window may span at most 93 days",
+        ));
+    }
+    let (_, schedule) = load(&state.pool, &id).await?;
+    let shifts = schedule.shifts(from, to);
+    let names = user_names(&state.pool, shifts.iter().map(|s| s.user.clone()).collect()).await?;
+    let shifts: Vec<Value> = shifts
+        .iter()
+        .map(|s| {
+            let (is_override, source_id) = source_json(&schedule, s.source);
+            let name = names.get(&s.user).map(|(n, _)| n.clone());
+            json!({"start": s.start.to_string(), "end": s.end.to_string(), "user": {"id": s.user, "name": name},
+                   "override": is_override, if is_override { "overrideId" } else { "layerId" }: source_id})
+        })
+        .collect();
+    Ok(Json(
+        json!({"from": from.to_string(), "to": to.to_string(), "shifts": shifts}),
+    ))
+}
