@@ -21,24 +21,14 @@ use e2e::servers::free_port;
 use e2e::{TestEnv, trigger, wait_until};
 
 fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn release_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("bench binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
     let binary = dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: run scripts/bench.sh",
-        binary.display()
-    );
+    assert!(binary.exists(), "{} is missing: run scripts/bench.sh", binary.display());
     binary
 }
 
@@ -71,10 +61,7 @@ fn spawn(env: &TestEnv, binary: &str, listen_var: &str, port: u16) -> Service {
 
 async fn wait_ready(http: &reqwest::Client, port: u16) {
     wait_until(Duration::from_secs(30), "service readiness", || async {
-        http.get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
     })
     .await;
 }
@@ -87,28 +74,14 @@ struct Load {
 }
 
 /// Sends `events` triggers over `keys` dedup keys with `concurrency` requests in flight.
-async fn send(
-    base: &str,
-    key: &str,
-    routing_key: &str,
-    events: usize,
-    concurrency: usize,
-    keys: usize,
-) -> Load {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
+async fn send(base: &str, key: &str, routing_key: &str, events: usize, concurrency: usize, keys: usize) -> Load {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (http, next) = (http.clone(), next.clone());
-        let (url, key, rk) = (
-            format!("{base}/api/events"),
-            key.to_owned(),
-            routing_key.to_owned(),
-        );
+        let (url, key, rk) = (format!("{base}/api/events"), key.to_owned(), routing_key.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -118,13 +91,7 @@ async fn send(
                 }
                 let body = trigger(&rk, &format!("bench-{}", i % keys), "benchmark alert");
                 let sent = Instant::now();
-                let response = http
-                    .post(&url)
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request");
+                let response = http.post(&url).bearer_auth(&key).json(&body).send().await.expect("request");
                 assert_eq!(response.status(), 202, "event {i} not accepted");
                 latencies.push(sent.elapsed());
             }
@@ -137,12 +104,7 @@ async fn send(
     let elapsed = started.elapsed();
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Load {
-        accepted: latencies.len(),
-        elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    Load { accepted: latencies.len(), elapsed, p50: at(0.50), p99: at(0.99) }
 }
 
 /// Waits until the workers acknowledged every message (each only after its commit), polling the
@@ -150,35 +112,24 @@ async fn send(
 /// that all `n` events are in the database.
 async fn wait_applied(env: &TestEnv, n: usize) -> Instant {
     let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.expect("nats"));
-    wait_until(
-        Duration::from_secs(900),
-        "the workers to drain the stream",
-        || {
-            let js = js.clone();
-            async move {
-                let consumer = js
+    wait_until(Duration::from_secs(900), "the workers to drain the stream", || {
+        let js = js.clone();
+        async move {
+            let consumer = js
                 .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
                     &env.consumer,
                     &env.nats.stream,
                 )
                 .await;
-                match consumer {
-                    Ok(mut c) => c
-                        .info()
-                        .await
-                        .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0),
-                    Err(_) => false,
-                }
+            match consumer {
+                Ok(mut c) => c.info().await.is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0),
+                Err(_) => false,
             }
-        },
-    )
+        }
+    })
     .await;
     let done = Instant::now();
-    assert_eq!(
-        env.applied_events().await,
-        n as i64,
-        "every accepted event applied"
-    );
+    assert_eq!(env.applied_events().await, n as i64, "every accepted event applied");
     done
 }
 
@@ -210,9 +161,7 @@ struct Results {
 async fn one_run(events: usize, concurrency: usize, keys: usize, results: &mut Results) {
     // Phase 1 and 2: ingest alone, then a worker alone drains the backlog.
     let env = TestEnv::new().await;
-    let key = env
-        .api_key(common::auth::Role::Admin, None, Some(100_000_000))
-        .await;
+    let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
     let service = env.service("bench").await;
     let ingest_port = free_port();
     let _ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
@@ -232,21 +181,14 @@ async fn one_run(events: usize, concurrency: usize, keys: usize, results: &mut R
     let drain_started = Instant::now();
     let worker = spawn(&env, "opssentinal-worker", "WORKER_LISTEN", worker_port);
     let drained = wait_applied(&env, load.accepted).await;
-    println!(
-        "  worker drain:   {:>8.0} events/s applied",
-        rate(load.accepted, drained - drain_started)
-    );
-    results
-        .drain_rate
-        .push(rate(load.accepted, drained - drain_started));
+    println!("  worker drain:   {:>8.0} events/s applied", rate(load.accepted, drained - drain_started));
+    results.drain_rate.push(rate(load.accepted, drained - drain_started));
     drop(worker);
     env.cleanup().await;
 
     // Phase 3: both at once.
     let env = TestEnv::new().await;
-    let key = env
-        .api_key(common::auth::Role::Admin, None, Some(100_000_000))
-        .await;
+    let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
     let service = env.service("bench").await;
     let ingest_port = free_port();
     let _ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
@@ -266,14 +208,10 @@ async fn one_run(events: usize, concurrency: usize, keys: usize, results: &mut R
         (done - started).as_secs_f64(),
         rate(load.accepted, done - started)
     );
-    results
-        .both_ingest_rate
-        .push(rate(load.accepted, load.elapsed));
+    results.both_ingest_rate.push(rate(load.accepted, load.elapsed));
     results.both_p50.push(ms(load.p50));
     results.both_p99.push(ms(load.p99));
-    results
-        .end_to_end_rate
-        .push(rate(load.accepted, done - started));
+    results.end_to_end_rate.push(rate(load.accepted, done - started));
     env.cleanup().await;
 }
 
@@ -286,9 +224,7 @@ async fn main() {
     let concurrency = setting("BENCH_CONCURRENCY", 64);
     let keys = setting("BENCH_KEYS", 1000);
     let runs = setting("BENCH_RUNS", 3);
-    println!(
-        "pipeline benchmark: {events} events, {concurrency} in flight, {keys} dedup keys, {runs} runs"
-    );
+    println!("pipeline benchmark: {events} events, {concurrency} in flight, {keys} dedup keys, {runs} runs");
     let mut results = Results::default();
     for run in 1..=runs {
         println!("run {run}:");
@@ -301,10 +237,7 @@ async fn main() {
         median(results.ingest_p50),
         median(results.ingest_p99)
     );
-    println!(
-        "  worker drain:  {:.0} events/s applied",
-        median(results.drain_rate)
-    );
+    println!("  worker drain:  {:.0} events/s applied", median(results.drain_rate));
     println!(
         "  both at once:  {:.0} events/s accepted, p50 {:.2} ms, p99 {:.2} ms, {:.0} events/s end to end",
         median(results.both_ingest_rate),

@@ -29,9 +29,7 @@ fn envelope(service_id: &str, dedup_key: &str, action: EventAction) -> EventEnve
             class: None,
             custom_details: None,
         }),
-        received_at: jiff::Timestamp::now()
-            .round(jiff::Unit::Microsecond)
-            .unwrap(),
+        received_at: jiff::Timestamp::now().round(jiff::Unit::Microsecond).unwrap(),
         api_key_id: None,
     }
 }
@@ -46,12 +44,7 @@ async fn publish_copy(js: &jetstream::Context, env: &TestEnv, event: &EventEnvel
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
     let payload = serde_json::to_vec(event).unwrap();
-    js.publish_with_headers(env.nats.events_subject(), headers, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence
+    js.publish_with_headers(env.nats.events_subject(), headers, payload.into()).await.unwrap().await.unwrap().sequence
 }
 
 /// Waits until every message of the stream has been acknowledged by the workers.
@@ -61,18 +54,12 @@ async fn wait_until_drained(env: &TestEnv, timeout: Duration) {
         let js = js.clone();
         async move {
             let Ok(mut consumer) = js
-                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                    &env.consumer,
-                    &env.nats.stream,
-                )
+                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(&env.consumer, &env.nats.stream)
                 .await
             else {
                 return false;
             };
-            consumer
-                .info()
-                .await
-                .is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
+            consumer.info().await.is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
         }
     })
     .await;
@@ -91,27 +78,18 @@ async fn alert_counts(env: &TestEnv) -> HashMap<String, i32> {
 async fn the_same_event_applied_twenty_times_at_once_takes_effect_once() {
     let env = TestEnv::new().await;
     let service = env.service("API").await;
-    let event = QueuedEvent {
-        seq: 1,
-        envelope: envelope(&service.id, "disk", EventAction::Trigger),
-    };
+    let event = QueuedEvent { seq: 1, envelope: envelope(&service.id, "disk", EventAction::Trigger) };
 
     let results = join_all((0..20).map(|_| {
         let (pool, batch) = (env.pool.clone(), vec![event.clone()]);
         tokio::spawn(async move { apply_batch(&pool, &batch).await })
     }))
     .await;
-    let reports: Vec<_> = results
-        .into_iter()
-        .map(|r| r.unwrap().expect("every attempt succeeds"))
-        .collect();
+    let reports: Vec<_> = results.into_iter().map(|r| r.unwrap().expect("every attempt succeeds")).collect();
     assert_eq!(reports.iter().map(|r| r.outcomes.len()).sum::<usize>(), 1);
     assert_eq!(reports.iter().map(|r| r.duplicates).sum::<usize>(), 19);
     assert_eq!(env.applied_events().await, 1);
-    assert_eq!(
-        alert_counts(&env).await,
-        HashMap::from([("disk".to_owned(), 1)])
-    );
+    assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
     env.cleanup().await;
 }
 
@@ -121,10 +99,7 @@ async fn twenty_copies_in_the_stream_with_three_workers_apply_once() {
     let service = env.service("API").await;
     let mut workers = Vec::new();
     for _ in 0..3 {
-        workers.push(
-            env.spawn_worker(&env.worker_settings(), env.shutdown.clone())
-                .await,
-        );
+        workers.push(env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await);
     }
     let js = jetstream_context(&env).await;
     let event = envelope(&service.id, "disk", EventAction::Trigger);
@@ -134,29 +109,18 @@ async fn twenty_copies_in_the_stream_with_three_workers_apply_once() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "same-id");
     let first = js
-        .publish_with_headers(
-            env.nats.events_subject(),
-            headers.clone(),
-            payload.clone().into(),
-        )
+        .publish_with_headers(env.nats.events_subject(), headers.clone(), payload.clone().into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let again = js
-        .publish_with_headers(env.nats.events_subject(), headers, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let again =
+        js.publish_with_headers(env.nats.events_subject(), headers, payload.into()).await.unwrap().await.unwrap();
     assert!(!first.duplicate && again.duplicate);
 
     wait_until_drained(&env, Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
-    assert_eq!(
-        alert_counts(&env).await,
-        HashMap::from([("disk".to_owned(), 1)])
-    );
+    assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
     env.cleanup().await;
 }
 
@@ -168,9 +132,7 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     settings.ack_wait_secs = 1;
     let js = jetstream_context(&env).await;
     let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
-    let consumer = common::nats::ensure_consumer(&stream, &env.consumer, settings.ack_wait(), 1000)
-        .await
-        .unwrap();
+    let consumer = common::nats::ensure_consumer(&stream, &env.consumer, settings.ack_wait(), 1000).await.unwrap();
     let event = envelope(&service.id, "disk", EventAction::Trigger);
     publish_copy(&js, &env, &event).await;
 
@@ -179,19 +141,14 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     let message = messages.next().await.unwrap().unwrap();
     let seq = i64::try_from(message.info().unwrap().stream_sequence).unwrap();
     let envelope: EventEnvelope = serde_json::from_slice(&message.payload).unwrap();
-    apply_batch(&env.pool, &[QueuedEvent { seq, envelope }])
-        .await
-        .unwrap();
+    apply_batch(&env.pool, &[QueuedEvent { seq, envelope }]).await.unwrap();
     drop(message);
 
     // After the ack wait, JetStream redelivers it to a live worker, which sees it is done.
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
     wait_until_drained(&env, Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
-    assert_eq!(
-        alert_counts(&env).await,
-        HashMap::from([("disk".to_owned(), 1)])
-    );
+    assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
     env.cleanup().await;
 }
 
@@ -200,11 +157,7 @@ fn worker_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     let binary = dir.join("opssentinal-worker");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        binary.display()
-    );
+    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
     binary
 }
 
@@ -212,9 +165,7 @@ fn worker_binary() -> std::path::PathBuf {
 async fn a_worker_killed_mid_batch_loses_nothing() {
     let env = TestEnv::new().await;
     let base = env.spawn_ingest().await;
-    let key = env
-        .api_key(common::auth::Role::Admin, None, Some(1_000_000))
-        .await;
+    let key = env.api_key(common::auth::Role::Admin, None, Some(1_000_000)).await;
     let rk = env.service("API").await.routing_key;
 
     const EVENTS: usize = 3000;
@@ -249,43 +200,29 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "the worker process to apply some events",
-        || async { env.applied_events().await >= 200 },
-    )
+    wait_until(Duration::from_secs(60), "the worker process to apply some events", || async {
+        env.applied_events().await >= 200
+    })
     .await;
     process.kill().unwrap(); // SIGKILL
     process.wait().unwrap();
     let applied_at_kill = env.applied_events().await;
-    assert!(
-        applied_at_kill < EVENTS as i64,
-        "the worker finished before it was killed; nothing was tested"
-    );
+    assert!(applied_at_kill < EVENTS as i64, "the worker finished before it was killed; nothing was tested");
 
     let mut settings = env.worker_settings();
     settings.ack_wait_secs = 2;
     let _worker = env.spawn_worker(&settings, CancellationToken::new()).await;
-    env.wait_for_applied(EVENTS as i64, Duration::from_secs(120))
-        .await;
+    env.wait_for_applied(EVENTS as i64, Duration::from_secs(120)).await;
     wait_until_drained(&env, Duration::from_secs(60)).await;
 
-    let mut stored: Vec<String> = sqlx::query_scalar("select event_id::text from events")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
+    let mut stored: Vec<String> =
+        sqlx::query_scalar("select event_id::text from events").fetch_all(&env.pool).await.unwrap();
     stored.sort();
     accepted.sort();
-    assert_eq!(
-        stored, accepted,
-        "every accepted event is applied exactly once"
-    );
+    assert_eq!(stored, accepted, "every accepted event is applied exactly once");
     let counts = alert_counts(&env).await;
     assert_eq!(counts.len(), KEYS);
-    assert!(
-        counts.values().all(|n| *n as usize == EVENTS / KEYS),
-        "{counts:?}"
-    );
+    assert!(counts.values().all(|n| *n as usize == EVENTS / KEYS), "{counts:?}");
     env.cleanup().await;
 }
 
@@ -300,47 +237,23 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
 
     // Not an event at all; an event for a service that does not exist (can never be applied);
     // then a good event.
-    js.publish(env.nats.events_subject(), "not json".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    publish_copy(
-        &js,
-        &env,
-        &envelope("svc_gone", "orphan", EventAction::Trigger),
-    )
-    .await;
-    publish_copy(
-        &js,
-        &env,
-        &envelope(&service.id, "fine", EventAction::Trigger),
-    )
-    .await;
+    js.publish(env.nats.events_subject(), "not json".into()).await.unwrap().await.unwrap();
+    publish_copy(&js, &env, &envelope("svc_gone", "orphan", EventAction::Trigger)).await;
+    publish_copy(&js, &env, &envelope(&service.id, "fine", EventAction::Trigger)).await;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
 
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     wait_until_drained(&env, Duration::from_secs(60)).await;
-    assert_eq!(
-        alert_counts(&env).await,
-        HashMap::from([("fine".to_owned(), 1)])
-    );
+    assert_eq!(alert_counts(&env).await, HashMap::from([("fine".to_owned(), 1)]));
 
     let dlq = js.get_stream(env.nats.dlq_stream()).await.unwrap();
     let mut reasons = Vec::new();
     for seq in 1..=2 {
         let message = dlq.get_raw_message(seq).await.unwrap();
-        let reason = message
-            .headers
-            .get("OpsSentinal-Reason")
-            .unwrap()
-            .to_string();
+        let reason = message.headers.get("OpsSentinal-Reason").unwrap().to_string();
         reasons.push(reason);
     }
     assert!(reasons[0].contains("undecodable"), "{reasons:?}");
-    assert!(
-        reasons[1].contains("foreign key") || reasons[1].contains("incidents"),
-        "{reasons:?}"
-    );
+    assert!(reasons[1].contains("foreign key") || reasons[1].contains("incidents"), "{reasons:?}");
     env.cleanup().await;
 }

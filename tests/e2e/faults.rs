@@ -14,22 +14,11 @@ async fn nats_unreachable_means_503_and_never_202() {
     let base = env.spawn_ingest().await;
     let key = env.admin_key().await;
     let rk = env.service("API").await.routing_key;
-    assert_eq!(
-        env.post_event(&base, &key, &trigger(&rk, "a", "before"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(env.post_event(&base, &key, &trigger(&rk, "a", "before")).await.status(), 202);
 
     nats.kill();
     for i in 0..3 {
-        let response = env
-            .post_event(
-                &base,
-                &key,
-                &trigger(&rk, &format!("down-{i}"), "while down"),
-            )
-            .await;
+        let response = env.post_event(&base, &key, &trigger(&rk, &format!("down-{i}"), "while down")).await;
         assert_eq!(response.status(), 503);
         assert!(response.headers().contains_key("retry-after"));
         let body: Value = response.json().await.unwrap();
@@ -37,16 +26,9 @@ async fn nats_unreachable_means_503_and_never_202() {
     }
 
     nats.restart();
-    wait_until(
-        Duration::from_secs(30),
-        "ingest to accept again after NATS returned",
-        || async {
-            env.post_event(&base, &key, &trigger(&rk, "after", "back"))
-                .await
-                .status()
-                == 202
-        },
-    )
+    wait_until(Duration::from_secs(30), "ingest to accept again after NATS returned", || async {
+        env.post_event(&base, &key, &trigger(&rk, "after", "back")).await.status() == 202
+    })
     .await;
     env.cleanup().await;
 }
@@ -56,50 +38,23 @@ async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
     let mut redis = PrivateRedis::start();
     let env = TestEnv::on(PG_ADMIN_URL, &redis.url(), NATS_URL).await;
     let base = env.spawn_ingest().await;
-    let _worker = env
-        .spawn_worker(&env.worker_settings(), env.shutdown.clone())
-        .await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let rk = env.service("API").await.routing_key;
-    let response = env
-        .post_event(&base, &key, &trigger(&rk, "a", "limited"))
-        .await;
+    let response = env.post_event(&base, &key, &trigger(&rk, "a", "limited")).await;
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-ratelimit-remaining"], "99");
 
     redis.kill();
     let fresh_key = env.admin_key().await; // never seen before: authenticated from PostgreSQL
     for k in [&key, &fresh_key] {
-        let response = env
-            .post_event(&base, k, &trigger(&rk, "b", "unlimited"))
-            .await;
+        let response = env.post_event(&base, k, &trigger(&rk, "b", "unlimited")).await;
         assert_eq!(response.status(), 202);
     }
     env.wait_for_applied(3, Duration::from_secs(30)).await;
-    let metrics = env
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("rate_limit_fail_open_total") && !l.ends_with(" 0")),
-        "{metrics}"
-    );
-    let ready: Value = env
-        .http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let metrics = env.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("rate_limit_fail_open_total") && !l.ends_with(" 0")), "{metrics}");
+    let ready: Value = env.http.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["redis"], "degraded");
     env.cleanup().await;
 }
@@ -109,40 +64,24 @@ async fn postgres_down_ingest_keeps_accepting_and_workers_catch_up() {
     let postgres = PrivatePostgres::start();
     let env = TestEnv::on(&postgres.admin_url(), REDIS_URL, NATS_URL).await;
     let base = env.spawn_ingest().await;
-    let _worker = env
-        .spawn_worker(&env.worker_settings(), env.shutdown.clone())
-        .await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let rk = env.service("API").await.routing_key;
     for i in 0..10 {
-        assert_eq!(
-            env.post_event(&base, &key, &trigger(&rk, &format!("k{i}"), "before"))
-                .await
-                .status(),
-            202
-        );
+        assert_eq!(env.post_event(&base, &key, &trigger(&rk, &format!("k{i}"), "before")).await.status(), 202);
     }
     env.wait_for_applied(10, Duration::from_secs(30)).await;
 
     postgres.stop();
     for i in 0..10 {
-        let response = env
-            .post_event(&base, &key, &trigger(&rk, &format!("k{i}"), "during"))
-            .await;
-        assert_eq!(
-            response.status(),
-            202,
-            "ingest accepts while PostgreSQL is down"
-        );
+        let response = env.post_event(&base, &key, &trigger(&rk, &format!("k{i}"), "during")).await;
+        assert_eq!(response.status(), 202, "ingest accepts while PostgreSQL is down");
     }
 
     postgres.start_again();
     env.wait_for_applied(20, Duration::from_secs(60)).await;
     let counts: Vec<i32> =
-        sqlx::query_scalar("select alert_count from incidents order by dedup_key")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+        sqlx::query_scalar("select alert_count from incidents order by dedup_key").fetch_all(&env.pool).await.unwrap();
     assert_eq!(counts, vec![2; 10]);
     env.cleanup().await;
 }

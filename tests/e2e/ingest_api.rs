@@ -13,13 +13,9 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
 }
 
 fn has_rate_limit_headers(response: &reqwest::Response) -> bool {
-    [
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-    ]
-    .iter()
-    .all(|h| response.headers().contains_key(*h))
+    ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+        .iter()
+        .all(|h| response.headers().contains_key(*h))
 }
 
 #[tokio::test]
@@ -33,20 +29,8 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
 
     // 401: no key, unknown key, revoked key.
     let (status, error) = error_of(env.http.post(&url).json(&valid).send().await.unwrap()).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (401, "UNAUTHORIZED")
-    );
-    let (status, _) = error_of(
-        env.http
-            .post(&url)
-            .bearer_auth("osk_nope")
-            .json(&valid)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    assert_eq!((status, error["code"].as_str().unwrap()), (401, "UNAUTHORIZED"));
+    let (status, _) = error_of(env.http.post(&url).bearer_auth("osk_nope").json(&valid).send().await.unwrap()).await;
     assert_eq!(status, 401);
     let revoked = env.admin_key().await;
     sqlx::query("update api_keys set revoked_at = now() where key_hash = $1")
@@ -59,9 +43,7 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
 
     // The three header styles are all accepted.
     for request in [
-        env.http
-            .post(&url)
-            .header("Authorization", format!("Api-Key {key}")),
+        env.http.post(&url).header("Authorization", format!("Api-Key {key}")),
         env.http.post(&url).header("X-API-Key", key.as_str()),
         env.http.post(&url).bearer_auth(&key),
     ] {
@@ -69,58 +51,30 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
     }
 
     // 403 names the missing scope.
-    let reader = env
-        .api_key(Role::Responder, Some(&[Scope::IncidentsRead]), None)
-        .await;
+    let reader = env.api_key(Role::Responder, Some(&[Scope::IncidentsRead]), None).await;
     let response = env.post_event(&base, &reader, &valid).await;
     assert!(has_rate_limit_headers(&response));
     let (status, error) = error_of(response).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (403, "FORBIDDEN")
-    );
+    assert_eq!((status, error["code"].as_str().unwrap()), (403, "FORBIDDEN"));
     assert!(error["message"].as_str().unwrap().contains("events:write"));
 
     // 415 and 413.
-    let response = env
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .header("content-type", "text/plain")
-        .body("hi")
-        .send()
-        .await
-        .unwrap();
+    let response =
+        env.http.post(&url).bearer_auth(&key).header("content-type", "text/plain").body("hi").send().await.unwrap();
     let (status, error) = error_of(response).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (415, "UNSUPPORTED_MEDIA_TYPE")
-    );
+    assert_eq!((status, error["code"].as_str().unwrap()), (415, "UNSUPPORTED_MEDIA_TYPE"));
     let mut huge = valid.clone();
     huge["payload"]["custom_details"] = json!({"blob": "x".repeat(600 * 1024)});
     let (status, error) = error_of(env.post_event(&base, &key, &huge).await).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (413, "PAYLOAD_TOO_LARGE")
-    );
+    assert_eq!((status, error["code"].as_str().unwrap()), (413, "PAYLOAD_TOO_LARGE"));
 
     // 400 VALIDATION_ERROR naming the field.
-    let malformed = env
-        .http
-        .post(&url)
-        .bearer_auth(&key)
-        .header("content-type", "application/json")
-        .body("{\"event_action\":");
+    let malformed =
+        env.http.post(&url).bearer_auth(&key).header("content-type", "application/json").body("{\"event_action\":");
     let (status, error) = error_of(malformed.send().await.unwrap()).await;
-    assert_eq!(
-        (status, error["details"]["field"].as_str().unwrap()),
-        (400, "body")
-    );
+    assert_eq!((status, error["details"]["field"].as_str().unwrap()), (400, "body"));
     let cases: Vec<(Value, &str)> = vec![
-        (
-            json!({"routing_key": rk, "event_action": "explode", "dedup_key": "k"}),
-            "event_action",
-        ),
+        (json!({"routing_key": rk, "event_action": "explode", "dedup_key": "k"}), "event_action"),
         (
             json!({"routing_key": rk, "event_action": "trigger", "payload": {"summary": 5, "source": "s", "severity": "info"}}),
             "payload.summary",
@@ -137,18 +91,9 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
             json!({"routing_key": rk, "event_action": "trigger", "dedup_key": "k".repeat(256), "payload": {"summary": "s", "source": "s", "severity": "info"}}),
             "dedup_key",
         ),
-        (
-            json!({"routing_key": rk, "event_action": "resolve"}),
-            "dedup_key",
-        ),
-        (
-            json!({"routing_key": rk, "event_action": "trigger"}),
-            "payload",
-        ),
-        (
-            json!({"event_action": "resolve", "dedup_key": "k"}),
-            "routing_key",
-        ),
+        (json!({"routing_key": rk, "event_action": "resolve"}), "dedup_key"),
+        (json!({"routing_key": rk, "event_action": "trigger"}), "payload"),
+        (json!({"event_action": "resolve", "dedup_key": "k"}), "routing_key"),
         (
             json!({"routing_key": rk, "event_action": "trigger", "payload": {"summary": "s", "severity": "info"}}),
             "payload",
@@ -165,37 +110,17 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
     }
 
     // Unknown routing key and unknown service id.
-    let (status, error) = error_of(
-        env.post_event(&base, &key, &trigger("no-such-key", "k", "s"))
-            .await,
-    )
-    .await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (400, "INVALID_ROUTING_KEY")
-    );
+    let (status, error) = error_of(env.post_event(&base, &key, &trigger("no-such-key", "k", "s")).await).await;
+    assert_eq!((status, error["code"].as_str().unwrap()), (400, "INVALID_ROUTING_KEY"));
     let mut by_id = trigger("", "k", "s");
     by_id.as_object_mut().unwrap().remove("routing_key");
     by_id["service_id"] = "svc_missing".into();
     let (status, error) = error_of(env.post_event(&base, &key, &by_id).await).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (404, "NOT_FOUND")
-    );
+    assert_eq!((status, error["code"].as_str().unwrap()), (404, "NOT_FOUND"));
 
     // Unknown route and wrong method are JSON too.
-    let (status, error) = error_of(
-        env.http
-            .get(format!("{base}/api/nothing"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (404, "NOT_FOUND")
-    );
+    let (status, error) = error_of(env.http.get(format!("{base}/api/nothing")).send().await.unwrap()).await;
+    assert_eq!((status, error["code"].as_str().unwrap()), (404, "NOT_FOUND"));
     let (status, _) = error_of(env.http.get(&url).bearer_auth(&key).send().await.unwrap()).await;
     assert_eq!(status, 405);
     env.cleanup().await;
@@ -231,21 +156,11 @@ async fn the_101st_event_in_a_minute_is_rate_limited_with_headers() {
     let rk = env.service("API").await.routing_key;
     let body = trigger(&rk, "k", "burst");
 
-    let (admitted, response, elapsed) =
-        e2e::admitted_until_limited(25, || env.post_event(&base, &key, &body)).await;
+    let (admitted, response, elapsed) = e2e::admitted_until_limited(25, || env.post_event(&base, &key, &body)).await;
     // 100 at once, plus one per 0.6 s the burst took (none when it is quick).
-    assert!(
-        e2e::fits_limit(admitted, 100, elapsed),
-        "{admitted} admitted in {elapsed:?}"
-    );
+    assert!(e2e::fits_limit(admitted, 100, elapsed), "{admitted} admitted in {elapsed:?}");
     assert_eq!(response.status(), 429);
-    let header = |name: &str| {
-        response.headers()[name]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let header = |name: &str| response.headers()[name].to_str().unwrap().parse::<u64>().unwrap();
     assert_eq!(header("x-ratelimit-limit"), 100);
     assert_eq!(header("x-ratelimit-remaining"), 0);
     let now = jiff::Timestamp::now().as_second().unsigned_abs();
@@ -262,16 +177,12 @@ async fn the_101st_event_in_a_minute_is_rate_limited_with_headers() {
 async fn a_key_with_its_own_limit_may_send_more() {
     let env = TestEnv::new().await;
     let base = env.spawn_ingest().await;
-    let key = env
-        .api_key(Role::Admin, Some(&[Scope::EventsWrite]), Some(150))
-        .await;
+    let key = env.api_key(Role::Admin, Some(&[Scope::EventsWrite]), Some(150)).await;
     let rk = env.service("API").await.routing_key;
 
     let statuses = burst(&env, &base, &key, &rk, 120).await;
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
-    let response = env
-        .post_event(&base, &key, &trigger(&rk, "more", "still fine"))
-        .await;
+    let response = env.post_event(&base, &key, &trigger(&rk, "more", "still fine")).await;
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-ratelimit-limit"], "150");
     env.cleanup().await;
@@ -287,9 +198,6 @@ async fn repeated_failed_authentication_from_one_address_is_rate_limited() {
         assert_eq!(response.status(), 401);
     }
     let (status, error) = error_of(env.post_event(&base, "osk_guess", &body).await).await;
-    assert_eq!(
-        (status, error["code"].as_str().unwrap()),
-        (429, "RATE_LIMITED")
-    );
+    assert_eq!((status, error["code"].as_str().unwrap()), (429, "RATE_LIMITED"));
     env.cleanup().await;
 }

@@ -4,6 +4,7 @@ mod delivery;
 mod faults;
 mod ingest_api;
 mod lifecycle;
+mod openapi;
 mod ordering;
 mod query_api;
 mod schedules;

@@ -92,9 +92,7 @@ fn random_event(rng: &mut StdRng, service_id: &str, dedup_key: &str) -> EventEnv
             class: None,
             custom_details: None,
         }),
-        received_at: jiff::Timestamp::now()
-            .round(jiff::Unit::Microsecond)
-            .unwrap(),
+        received_at: jiff::Timestamp::now().round(jiff::Unit::Microsecond).unwrap(),
         api_key_id: None,
     }
 }
@@ -117,32 +115,19 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
 
     let client = async_nats::connect(&env.nats.url).await.unwrap();
     let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
-    let publisher = Publisher::new(
-        client,
-        js.clone(),
-        env.nats.events_subject(),
-        Duration::from_secs(5),
-    );
+    let publisher = Publisher::new(client, js.clone(), env.nats.events_subject(), Duration::from_secs(5));
 
     // A saboteur pulls from the same consumer and either drops what it took (a crashed worker:
     // redelivered after the ack wait, behind later events) or naks it (redelivered at once).
     let stream = js.get_stream(&env.nats.stream).await.unwrap();
-    let consumer =
-        common::nats::ensure_consumer(&stream, &env.consumer, settings.ack_wait(), 20_000)
-            .await
-            .unwrap();
+    let consumer = common::nats::ensure_consumer(&stream, &env.consumer, settings.ack_wait(), 20_000).await.unwrap();
     let producers_done = tokio_util::sync::CancellationToken::new();
     let done = producers_done.clone();
     let saboteur = tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let mut sabotaged = 0;
         while sabotaged < 150 && !done.is_cancelled() {
-            let Ok(mut batch) = consumer
-                .fetch()
-                .max_messages(4)
-                .expires(Duration::from_millis(100))
-                .messages()
-                .await
+            let Ok(mut batch) = consumer.fetch().max_messages(4).expires(Duration::from_millis(100)).messages().await
             else {
                 continue;
             };
@@ -200,74 +185,53 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     }
     producers_done.cancel();
     let sabotaged = saboteur.await.unwrap();
-    assert!(
-        sabotaged > 0,
-        "the saboteur took no message; nothing was redelivered"
-    );
+    assert!(sabotaged > 0, "the saboteur took no message; nothing was redelivered");
     let expected = model(&*expected_events.lock().await);
 
     let total = (KEYS * EVENTS_PER_KEY) as i64;
     env.wait_for_applied(total, Duration::from_secs(90)).await;
     let consumer_js = jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
-    wait_until(
-        Duration::from_secs(60),
-        "every message to be acknowledged",
-        || {
-            let js = consumer_js.clone();
-            let (consumer, stream) = (env.consumer.clone(), env.nats.stream.clone());
-            async move {
-                let Ok(mut c) = js
-                    .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
-                        &consumer, &stream,
-                    )
-                    .await
-                else {
-                    return false;
-                };
-                c.info()
-                    .await
-                    .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
-            }
-        },
-    )
+    wait_until(Duration::from_secs(60), "every message to be acknowledged", || {
+        let js = consumer_js.clone();
+        let (consumer, stream) = (env.consumer.clone(), env.nats.stream.clone());
+        async move {
+            let Ok(mut c) =
+                js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(&consumer, &stream).await
+            else {
+                return false;
+            };
+            c.info().await.is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+        }
+    })
     .await;
 
-    let mut actual: Vec<Expected> = sqlx::query_as::<_, (String, String, String, i32, i64, i64, Option<i64>, Option<i64>)>(
-        "select id, dedup_key, status, alert_count,
+    let mut actual: Vec<Expected> =
+        sqlx::query_as::<_, (String, String, String, i32, i64, i64, Option<i64>, Option<i64>)>(
+            "select id, dedup_key, status, alert_count,
                 (extract(epoch from created_at) * 1000000)::int8, (extract(epoch from updated_at) * 1000000)::int8,
                 (extract(epoch from acknowledged_at) * 1000000)::int8, (extract(epoch from resolved_at) * 1000000)::int8
          from incidents",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .map(|(id, dedup_key, status, alert_count, created_us, updated_us, acknowledged_us, resolved_us)| Expected {
-        id,
-        dedup_key,
-        status,
-        alert_count,
-        created_us,
-        updated_us,
-        acknowledged_us,
-        resolved_us,
-    })
-    .collect();
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, dedup_key, status, alert_count, created_us, updated_us, acknowledged_us, resolved_us)| Expected {
+            id,
+            dedup_key,
+            status,
+            alert_count,
+            created_us,
+            updated_us,
+            acknowledged_us,
+            resolved_us,
+        })
+        .collect();
     actual.sort();
     assert_eq!(actual, expected, "seed {seed}");
-    assert_eq!(
-        env.applied_events().await,
-        total,
-        "each event stored once, seed {seed}"
-    );
-    let refolds = metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("worker_refolds_total ").map(str::to_owned));
+    assert_eq!(env.applied_events().await, total, "each event stored once, seed {seed}");
+    let refolds = metrics.render().lines().find_map(|l| l.strip_prefix("worker_refolds_total ").map(str::to_owned));
     println!("re-folded keys: {refolds:?}");
-    assert!(
-        refolds.is_some_and(|n| n != "0"),
-        "no event arrived out of order; the test proved nothing (seed {seed})"
-    );
+    assert!(refolds.is_some_and(|n| n != "0"), "no event arrived out of order; the test proved nothing (seed {seed})");
     env.cleanup().await;
 }

@@ -10,20 +10,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn create_incident(env: &TestEnv, base: &str, key: &str, body: Value) -> Value {
-    let (status, created) = env
-        .send_json(Method::POST, &format!("{base}/api/incidents"), key, &body)
-        .await;
+    let (status, created) = env.send_json(Method::POST, &format!("{base}/api/incidents"), key, &body).await;
     assert_eq!(status, 201, "{created}");
     created["incident"].clone()
 }
 
 fn ids(list: &Value) -> Vec<String> {
-    list["incidents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_owned())
-        .collect()
+    list["incidents"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
 }
 
 #[tokio::test]
@@ -34,17 +27,16 @@ async fn incidents_can_be_filtered_sorted_and_paged() {
     let api = env.service("API").await;
     let db = env.service("DB").await;
     let mut created = Vec::new();
-    for (i, (service, urgency)) in [
-        (&api, "HIGH"),
-        (&api, "LOW"),
-        (&db, "MEDIUM"),
-        (&db, "HIGH"),
-        (&api, "MEDIUM"),
-    ]
-    .iter()
-    .enumerate()
+    for (i, (service, urgency)) in
+        [(&api, "HIGH"), (&api, "LOW"), (&db, "MEDIUM"), (&db, "HIGH"), (&api, "MEDIUM")].iter().enumerate()
     {
-        let incident = create_incident(&env, &base, &key, json!({"title": format!("incident {i}"), "serviceId": service.id, "urgency": urgency, "priority": "P3"})).await;
+        let incident = create_incident(
+            &env,
+            &base,
+            &key,
+            json!({"title": format!("incident {i}"), "serviceId": service.id, "urgency": urgency, "priority": "P3"}),
+        )
+        .await;
         assert_eq!(incident["status"], "OPEN");
         assert_eq!(incident["service"]["name"], service.name);
         assert_eq!(incident["alertCount"], 0);
@@ -55,60 +47,28 @@ async fn incidents_can_be_filtered_sorted_and_paged() {
     let (status, all) = env.get_json(&url(""), &key).await;
     assert_eq!(status, 200);
     assert_eq!(all["total"], 5);
-    assert_eq!(
-        ids(&all),
-        created.iter().rev().cloned().collect::<Vec<_>>(),
-        "newest first"
-    );
-    assert_eq!(
-        all["pagination"],
-        json!({"limit": 50, "offset": 0, "hasMore": false, "nextCursor": null})
-    );
+    assert_eq!(ids(&all), created.iter().rev().cloned().collect::<Vec<_>>(), "newest first");
+    assert_eq!(all["pagination"], json!({"limit": 50, "offset": 0, "hasMore": false, "nextCursor": null}));
 
     let (_, high_or_low) = env.get_json(&url("urgency=HIGH,low"), &key).await;
     assert_eq!(high_or_low["total"], 3);
-    let (_, by_service) = env
-        .get_json(&url(&format!("service_id={}", db.id)), &key)
-        .await;
-    assert_eq!(
-        ids(&by_service),
-        vec![created[3].clone(), created[2].clone()]
-    );
-    let (_, triggered) = env
-        .get_json(
-            &url(&format!("status=triggered&serviceId={}", api.id)),
-            &key,
-        )
-        .await;
+    let (_, by_service) = env.get_json(&url(&format!("service_id={}", db.id)), &key).await;
+    assert_eq!(ids(&by_service), vec![created[3].clone(), created[2].clone()]);
+    let (_, triggered) = env.get_json(&url(&format!("status=triggered&serviceId={}", api.id)), &key).await;
     assert_eq!(triggered["total"], 3);
     let (_, resolved) = env.get_json(&url("status=RESOLVED"), &key).await;
     assert_eq!(resolved["total"], 0);
     let (_, by_urgency) = env.get_json(&url("sort=urgency&order=asc"), &key).await;
-    let urgencies: Vec<&str> = by_urgency["incidents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["urgency"].as_str().unwrap())
-        .collect();
+    let urgencies: Vec<&str> =
+        by_urgency["incidents"].as_array().unwrap().iter().map(|i| i["urgency"].as_str().unwrap()).collect();
     assert_eq!(urgencies, ["LOW", "MEDIUM", "MEDIUM", "HIGH", "HIGH"]);
-    let (_, future) = env
-        .get_json(&url("created_after=2999-01-01T00:00:00Z"), &key)
-        .await;
+    let (_, future) = env.get_json(&url("created_after=2999-01-01T00:00:00Z"), &key).await;
     assert_eq!(future["total"], 0);
 
     let (_, first) = env.get_json(&url("limit=2"), &key).await;
     assert_eq!(first["pagination"]["hasMore"], true);
     let (_, offset_page) = env.get_json(&url("limit=2&offset=2"), &key).await;
-    assert_eq!(
-        ids(&offset_page),
-        created
-            .iter()
-            .rev()
-            .skip(2)
-            .take(2)
-            .cloned()
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(ids(&offset_page), created.iter().rev().skip(2).take(2).cloned().collect::<Vec<_>>());
 
     for (query, field) in [
         ("limit=201", "limit"),
@@ -125,13 +85,8 @@ async fn incidents_can_be_filtered_sorted_and_paged() {
         assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{query}");
         assert_eq!(body["error"]["details"]["field"], field, "{query}");
     }
-    let (status, body) = env
-        .get_json(&format!("{base}/api/incidents/inc_nope"), &key)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str().unwrap()),
-        (404, "NOT_FOUND")
-    );
+    let (status, body) = env.get_json(&format!("{base}/api/incidents/inc_nope"), &key).await;
+    assert_eq!((status, body["error"]["code"].as_str().unwrap()), (404, "NOT_FOUND"));
     env.cleanup().await;
 }
 
@@ -143,32 +98,17 @@ async fn walking_by_cursor_yields_every_incident_once_while_new_ones_arrive() {
     let service = env.service("API").await;
     let mut before = HashSet::new();
     for i in 0..40 {
-        let incident = create_incident(
-            &env,
-            &base,
-            &key,
-            json!({"title": format!("old {i}"), "serviceId": service.id}),
-        )
-        .await;
+        let incident =
+            create_incident(&env, &base, &key, json!({"title": format!("old {i}"), "serviceId": service.id})).await;
         before.insert(incident["id"].as_str().unwrap().to_owned());
     }
     let writer = {
-        let (http, base, key, service_id) = (
-            env.http.clone(),
-            base.clone(),
-            key.clone(),
-            service.id.clone(),
-        );
+        let (http, base, key, service_id) = (env.http.clone(), base.clone(), key.clone(), service.id.clone());
         tokio::spawn(async move {
             for i in 0..30 {
                 let body = json!({"title": format!("new {i}"), "serviceId": service_id});
-                let response = http
-                    .post(format!("{base}/api/incidents"))
-                    .bearer_auth(&key)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap();
+                let response =
+                    http.post(format!("{base}/api/incidents")).bearer_auth(&key).json(&body).send().await.unwrap();
                 assert_eq!(response.status(), 201);
             }
         })
@@ -180,9 +120,7 @@ async fn walking_by_cursor_yields_every_incident_once_while_new_ones_arrive() {
             Some(c) => format!("limit=7&cursor={c}"),
             None => "limit=7".to_owned(),
         };
-        let (status, page) = env
-            .get_json(&format!("{base}/api/incidents?{query}"), &key)
-            .await;
+        let (status, page) = env.get_json(&format!("{base}/api/incidents?{query}"), &key).await;
         assert_eq!(status, 200, "{page}");
         seen.extend(ids(&page));
         match page["pagination"]["nextCursor"].as_str() {
@@ -193,10 +131,7 @@ async fn walking_by_cursor_yields_every_incident_once_while_new_ones_arrive() {
     writer.await.unwrap();
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no incident appears twice");
-    assert!(
-        before.is_subset(&unique),
-        "every incident that existed when the walk began is seen"
-    );
+    assert!(before.is_subset(&unique), "every incident that existed when the walk began is seen");
     env.cleanup().await;
 }
 
@@ -205,35 +140,23 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     let env = TestEnv::new().await;
     let ingest = env.spawn_ingest().await;
     let base = env.spawn_query_api().await;
-    let _worker = env
-        .spawn_worker(&env.worker_settings(), env.shutdown.clone())
-        .await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let service = env.service("API").await;
     let rk = &service.routing_key;
-    for body in [
-        trigger(rk, "cpu", "CPU high"),
-        trigger(rk, "cpu", "CPU high"),
-    ] {
+    for body in [trigger(rk, "cpu", "CPU high"), trigger(rk, "cpu", "CPU high")] {
         assert_eq!(env.post_event(&ingest, &key, &body).await.status(), 202);
     }
     env.wait_for_applied(2, Duration::from_secs(30)).await;
-    let (_, list) = env
-        .get_json(&format!("{base}/api/incidents?status=OPEN"), &key)
-        .await;
+    let (_, list) = env.get_json(&format!("{base}/api/incidents?status=OPEN"), &key).await;
     let id = list["incidents"][0]["id"].as_str().unwrap().to_owned();
     let url = format!("{base}/api/incidents/{id}");
 
     let responder_email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    let responder = common::admin::create_user(
-        &env.pool,
-        "Rita Responder",
-        &responder_email,
-        "long enough pw",
-        Role::Responder,
-    )
-    .await
-    .unwrap();
+    let responder =
+        common::admin::create_user(&env.pool, "Rita Responder", &responder_email, "long enough pw", Role::Responder)
+            .await
+            .unwrap();
     let patch = |body: Value| {
         let (env, url, key) = (&env, url.clone(), key.clone());
         async move { env.send_json(Method::PATCH, &url, &key, &body).await }
@@ -244,54 +167,27 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     assert_eq!(incident["status"], "ACKNOWLEDGED");
     assert!(incident["acknowledgedAt"].is_string());
     assert_eq!(incident["assignee"]["name"], "Rita Responder");
-    assert_eq!(
-        (incident["priority"].as_str(), incident["urgency"].as_str()),
-        (Some("P2"), Some("LOW"))
-    );
+    assert_eq!((incident["priority"].as_str(), incident["urgency"].as_str()), (Some("P2"), Some("LOW")));
     let (status, body) = patch(json!({"assigneeId": "usr_nobody"})).await;
-    assert_eq!(
-        (status, body["error"]["details"]["field"].as_str()),
-        (400, Some("assigneeId"))
-    );
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("assigneeId")));
     let (status, body) = patch(json!({"status": "SUPPRESSED"})).await;
-    assert_eq!(
-        (status, body["error"]["details"]["field"].as_str()),
-        (400, Some("status"))
-    );
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("status")));
     let (status, body) = patch(json!({"colour": "red"})).await;
-    assert_eq!(
-        (status, body["error"]["details"]["field"].as_str()),
-        (400, Some("colour"))
-    );
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("colour")));
     let (status, updated) = patch(json!({"assigneeId": ""})).await;
-    assert_eq!(
-        (status, updated["incident"]["assignee"].clone()),
-        (200, Value::Null)
-    );
+    assert_eq!((status, updated["incident"]["assignee"].clone()), (200, Value::Null));
 
     // An alert still arriving is absorbed; the manual acknowledgement is kept.
-    assert_eq!(
-        env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high")).await.status(), 202);
     env.wait_for_applied(4, Duration::from_secs(30)).await;
     let (_, detail) = env.get_json(&url, &key).await;
     let incident = &detail["incident"];
-    assert_eq!(
-        (incident["status"].as_str(), incident["alertCount"].as_i64()),
-        (Some("ACKNOWLEDGED"), Some(3))
-    );
+    assert_eq!((incident["status"].as_str(), incident["alertCount"].as_i64()), (Some("ACKNOWLEDGED"), Some(3)));
     assert_eq!(incident["alerts"].as_array().unwrap().len(), 3);
     assert_eq!(incident["alerts"][0]["summary"], "CPU high");
     assert_eq!(incident["alerts"][0]["customDetails"]["host"], "web-01");
-    let kinds: Vec<&str> = incident["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> =
+        incident["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     for kind in ["event", "change", "note"] {
         assert!(kinds.contains(&kind), "{kinds:?}");
     }
@@ -300,34 +196,15 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     let (status, _) = patch(json!({"status": "RESOLVED"})).await;
     assert_eq!(status, 200);
     let (status, body) = patch(json!({"status": "ACKNOWLEDGED"})).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("CONFLICT"))
-    );
-    let (status, _) = env
-        .send_json(
-            Method::PATCH,
-            &format!("{base}/api/incidents/inc_nope"),
-            &key,
-            &json!({"note": "x"}),
-        )
-        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("CONFLICT")));
+    let (status, _) =
+        env.send_json(Method::PATCH, &format!("{base}/api/incidents/inc_nope"), &key, &json!({"note": "x"})).await;
     assert_eq!(status, 404);
 
     // A trigger after the manual resolve opens a new incident.
-    assert_eq!(
-        env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high again"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high again")).await.status(), 202);
     env.wait_for_applied(6, Duration::from_secs(30)).await;
-    let (_, all) = env
-        .get_json(
-            &format!("{base}/api/incidents?serviceId={}", service.id),
-            &key,
-        )
-        .await;
+    let (_, all) = env.get_json(&format!("{base}/api/incidents?serviceId={}", service.id), &key).await;
     assert_eq!(all["total"], 2);
     env.cleanup().await;
 }
@@ -342,28 +219,15 @@ async fn a_manual_change_racing_alert_events_loses_neither() {
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
     let key = env.api_key(Role::Admin, None, Some(100_000)).await;
     let rk = env.service("API").await.routing_key;
-    assert_eq!(
-        env.post_event(&ingest, &key, &trigger(&rk, "flap", "flapping"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "flap", "flapping")).await.status(), 202);
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     let (_, list) = env.get_json(&format!("{base}/api/incidents"), &key).await;
-    let url = format!(
-        "{base}/api/incidents/{}",
-        list["incidents"][0]["id"].as_str().unwrap()
-    );
+    let url = format!("{base}/api/incidents/{}", list["incidents"][0]["id"].as_str().unwrap());
 
     const TRIGGERS: usize = 60;
     let events = async {
         for _ in 0..TRIGGERS {
-            assert_eq!(
-                env.post_event(&ingest, &key, &trigger(&rk, "flap", "flapping"))
-                    .await
-                    .status(),
-                202
-            );
+            assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "flap", "flapping")).await.status(), 202);
         }
     };
     let manual = async {
@@ -382,16 +246,12 @@ async fn a_manual_change_racing_alert_events_loses_neither() {
         }
     };
     tokio::join!(events, manual);
-    env.wait_for_applied(1 + TRIGGERS as i64 + 1, Duration::from_secs(30))
-        .await;
+    env.wait_for_applied(1 + TRIGGERS as i64 + 1, Duration::from_secs(30)).await;
     let (_, detail) = env.get_json(&url, &key).await;
     let incident = &detail["incident"];
     assert_eq!(incident["alertCount"], 1 + TRIGGERS);
     assert_eq!(incident["status"], "ACKNOWLEDGED");
-    assert_eq!(
-        (incident["urgency"].as_str(), incident["priority"].as_str()),
-        (Some("LOW"), Some("P1"))
-    );
+    assert_eq!((incident["urgency"].as_str(), incident["priority"].as_str()), (Some("LOW"), Some("P1")));
     env.cleanup().await;
 }
 
@@ -401,57 +261,26 @@ async fn a_snoozed_incident_is_open_again_when_its_snooze_ends() {
     let base = env.spawn_query_api().await;
     let key = env.admin_key().await;
     let service = env.service("API").await;
-    let incident = create_incident(
-        &env,
-        &base,
-        &key,
-        json!({"title": "noisy", "serviceId": service.id}),
-    )
-    .await;
+    let incident = create_incident(&env, &base, &key, json!({"title": "noisy", "serviceId": service.id})).await;
     let url = format!("{base}/api/incidents/{}", incident["id"].as_str().unwrap());
-    let (status, body) = env
-        .send_json(Method::PATCH, &url, &key, &json!({"status": "SNOOZED"}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["details"]["field"].as_str()),
-        (400, Some("snoozedUntil"))
-    );
+    let (status, body) = env.send_json(Method::PATCH, &url, &key, &json!({"status": "SNOOZED"})).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("snoozedUntil")));
     let until = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
     let (status, body) = env
-        .send_json(
-            Method::PATCH,
-            &url,
-            &key,
-            &json!({"status": "SNOOZED", "snoozedUntil": until.to_string()}),
-        )
+        .send_json(Method::PATCH, &url, &key, &json!({"status": "SNOOZED", "snoozedUntil": until.to_string()}))
         .await;
-    assert_eq!(
-        (status, body["incident"]["status"].as_str()),
-        (200, Some("SNOOZED"))
-    );
-    let (_, snoozed) = env
-        .get_json(&format!("{base}/api/incidents?status=SNOOZED"), &key)
-        .await;
+    assert_eq!((status, body["incident"]["status"].as_str()), (200, Some("SNOOZED")));
+    let (_, snoozed) = env.get_json(&format!("{base}/api/incidents?status=SNOOZED"), &key).await;
     assert_eq!(snoozed["total"], 1);
     wait_until(Duration::from_secs(10), "the snooze to end", || async {
         env.get_json(&url, &key).await.1["incident"]["status"] == "OPEN"
     })
     .await;
-    let (_, open) = env
-        .get_json(&format!("{base}/api/incidents?status=OPEN"), &key)
-        .await;
+    let (_, open) = env.get_json(&format!("{base}/api/incidents?status=OPEN"), &key).await;
     assert_eq!(open["total"], 1);
-    wait_until(
-        Duration::from_secs(10),
-        "the stored status to be OPEN",
-        || async {
-            sqlx::query_scalar::<_, String>("select status from incidents")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap()
-                == "OPEN"
-        },
-    )
+    wait_until(Duration::from_secs(10), "the stored status to be OPEN", || async {
+        sqlx::query_scalar::<_, String>("select status from incidents").fetch_one(&env.pool).await.unwrap() == "OPEN"
+    })
     .await;
     env.cleanup().await;
 }
@@ -461,9 +290,7 @@ async fn services_show_status_derived_from_open_incidents() {
     let env = TestEnv::new().await;
     let ingest = env.spawn_ingest().await;
     let base = env.spawn_query_api().await;
-    let _worker = env
-        .spawn_worker(&env.worker_settings(), env.shutdown.clone())
-        .await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let (status, created) = env
         .send_json(
@@ -485,51 +312,26 @@ async fn services_show_status_derived_from_open_incidents() {
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     let (_, got) = env.get_json(&url, &key).await;
     assert_eq!(got["service"]["status"], "DEGRADED");
-    assert_eq!(
-        got["service"]["openIncidents"],
-        json!({"HIGH": 0, "MEDIUM": 1, "LOW": 0})
-    );
-    assert_eq!(
-        env.post_event(&ingest, &key, &trigger(&rk, "down", "down"))
-            .await
-            .status(),
-        202
-    );
+    assert_eq!(got["service"]["openIncidents"], json!({"HIGH": 0, "MEDIUM": 1, "LOW": 0}));
+    assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "down", "down")).await.status(), 202);
     env.wait_for_applied(2, Duration::from_secs(30)).await;
     let (_, list) = env.get_json(&format!("{base}/api/services"), &key).await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["services"][0]["status"], "CRITICAL");
     for dedup in ["slow", "down"] {
-        assert_eq!(
-            env.post_event(&ingest, &key, &action(&rk, dedup, "resolve"))
-                .await
-                .status(),
-            202
-        );
+        assert_eq!(env.post_event(&ingest, &key, &action(&rk, dedup, "resolve")).await.status(), 202);
     }
     env.wait_for_applied(4, Duration::from_secs(30)).await;
-    assert_eq!(
-        env.get_json(&url, &key).await.1["service"]["status"],
-        "OPERATIONAL"
-    );
+    assert_eq!(env.get_json(&url, &key).await.1["service"]["status"], "OPERATIONAL");
 
     // The routing key is shown only to keys that may manage services.
     let reader = env.api_key(Role::User, None, None).await;
     let (status, seen) = env.get_json(&url, &reader).await;
     assert_eq!(status, 200);
     assert!(seen["service"].get("routingKey").is_none());
-    let (status, body) = env
-        .send_json(
-            Method::POST,
-            &format!("{base}/api/services"),
-            &key,
-            &json!({"description": "no name"}),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["details"]["field"].as_str()),
-        (400, Some("name"))
-    );
+    let (status, body) =
+        env.send_json(Method::POST, &format!("{base}/api/services"), &key, &json!({"description": "no name"})).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("name")));
     env.cleanup().await;
 }
 
@@ -538,48 +340,22 @@ async fn scopes_are_enforced_and_named() {
     let env = TestEnv::new().await;
     let base = env.spawn_query_api().await;
     let service = env.service("API").await;
-    let reader = env
-        .api_key(Role::Responder, Some(&[Scope::IncidentsRead]), None)
-        .await;
+    let reader = env.api_key(Role::Responder, Some(&[Scope::IncidentsRead]), None).await;
     let responder = env.api_key(Role::Responder, None, None).await;
     let cases = [
-        (
-            Method::GET,
-            "/api/services".to_owned(),
-            &reader,
-            "services:read",
-        ),
-        (
-            Method::POST,
-            "/api/incidents".to_owned(),
-            &reader,
-            "incidents:write",
-        ),
-        (
-            Method::POST,
-            "/api/services".to_owned(),
-            &responder,
-            "services:write",
-        ),
+        (Method::GET, "/api/services".to_owned(), &reader, "services:read"),
+        (Method::POST, "/api/incidents".to_owned(), &reader, "incidents:write"),
+        (Method::POST, "/api/services".to_owned(), &responder, "services:write"),
     ];
     for (method, path, key, scope) in cases {
         let body = json!({"title": "t", "serviceId": service.id, "name": "n"});
-        let (status, error) = env
-            .send_json(method, &format!("{base}{path}"), key, &body)
-            .await;
+        let (status, error) = env.send_json(method, &format!("{base}{path}"), key, &body).await;
         assert_eq!(status, 403, "{path}");
-        assert!(
-            error["error"]["message"].as_str().unwrap().contains(scope),
-            "{error}"
-        );
+        assert!(error["error"]["message"].as_str().unwrap().contains(scope), "{error}");
     }
-    let (status, _) = env
-        .get_json(&format!("{base}/api/incidents"), &reader)
-        .await;
+    let (status, _) = env.get_json(&format!("{base}/api/incidents"), &reader).await;
     assert_eq!(status, 200);
-    let (status, _) = env
-        .get_json(&format!("{base}/api/incidents"), "osk_wrong")
-        .await;
+    let (status, _) = env.get_json(&format!("{base}/api/incidents"), "osk_wrong").await;
     assert_eq!(status, 401);
     env.cleanup().await;
 }
@@ -590,18 +366,9 @@ async fn queries_past_300_a_minute_are_rate_limited() {
     let base = env.spawn_query_api().await;
     let key = env.admin_key().await;
     let url = format!("{base}/api/services");
-    let (admitted, response, elapsed) = e2e::admitted_until_limited(50, || {
-        env.http
-            .get(&url)
-            .bearer_auth(&key)
-            .send()
-            .map(Result::unwrap)
-    })
-    .await;
-    assert!(
-        e2e::fits_limit(admitted, 300, elapsed),
-        "{admitted} admitted in {elapsed:?}"
-    );
+    let (admitted, response, elapsed) =
+        e2e::admitted_until_limited(50, || env.http.get(&url).bearer_auth(&key).send().map(Result::unwrap)).await;
+    assert!(e2e::fits_limit(admitted, 300, elapsed), "{admitted} admitted in {elapsed:?}");
     assert_eq!(response.headers()["x-ratelimit-limit"], "300");
     assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
     assert!(response.headers().contains_key("retry-after"));

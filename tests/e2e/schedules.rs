@@ -14,10 +14,7 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     for name in ["Ann", "Bob", "Cid"] {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
         users.push(
-            common::admin::create_user(&env.pool, name, &email, "long enough pw", Role::Responder)
-                .await
-                .unwrap()
-                .id,
+            common::admin::create_user(&env.pool, name, &email, "long enough pw", Role::Responder).await.unwrap().id,
         );
     }
     let url = format!("{base}/api/schedules");
@@ -41,31 +38,26 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     assert_eq!(before["onCall"]["end"], "2026-03-29T07:00:00Z");
     let (_, after) = on_call("2026-03-29T07:30:00Z").await;
     assert_eq!(after["onCall"]["start"], "2026-03-29T07:00:00Z");
-    assert_ne!(
-        before["onCall"]["user"]["id"],
-        after["onCall"]["user"]["id"]
-    );
+    assert_ne!(before["onCall"]["user"]["id"], after["onCall"]["user"]["id"]);
     assert_eq!(after["onCall"]["override"], false);
 
     let (status, override_created) = env
-        .send_json(Method::POST, &format!("{url}/{id}/overrides"), &key, &json!({"userId": users[2], "start": "2026-03-29T10:00:00Z", "end": "2026-03-29T12:00:00Z"}))
+        .send_json(
+            Method::POST,
+            &format!("{url}/{id}/overrides"),
+            &key,
+            &json!({"userId": users[2], "start": "2026-03-29T10:00:00Z", "end": "2026-03-29T12:00:00Z"}),
+        )
         .await;
     assert_eq!(status, 201, "{override_created}");
     let (_, covered) = on_call("2026-03-29T11:00:00Z").await;
     assert_eq!(
-        (
-            covered["onCall"]["user"]["name"].as_str(),
-            covered["onCall"]["override"].as_bool()
-        ),
+        (covered["onCall"]["user"]["name"].as_str(), covered["onCall"]["override"].as_bool()),
         (Some("Cid"), Some(true))
     );
 
-    let (status, shifts) = env
-        .get_json(
-            &format!("{url}/{id}/shifts?from=2026-03-29T07:00:00Z&to=2026-03-30T07:00:00Z"),
-            &key,
-        )
-        .await;
+    let (status, shifts) =
+        env.get_json(&format!("{url}/{id}/shifts?from=2026-03-29T07:00:00Z&to=2026-03-30T07:00:00Z"), &key).await;
     assert_eq!(status, 200, "{shifts}");
     let spans: Vec<(String, String, String)> = shifts["shifts"]
         .as_array()
@@ -83,21 +75,9 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     assert_eq!(
         spans,
         [
-            (
-                "2026-03-29T07:00:00Z".into(),
-                "2026-03-29T10:00:00Z".into(),
-                daily.clone()
-            ),
-            (
-                "2026-03-29T10:00:00Z".into(),
-                "2026-03-29T12:00:00Z".into(),
-                "Cid".into()
-            ),
-            (
-                "2026-03-29T12:00:00Z".into(),
-                "2026-03-30T07:00:00Z".into(),
-                daily
-            ),
+            ("2026-03-29T07:00:00Z".into(), "2026-03-29T10:00:00Z".into(), daily.clone()),
+            ("2026-03-29T10:00:00Z".into(), "2026-03-29T12:00:00Z".into(), "Cid".into()),
+            ("2026-03-29T12:00:00Z".into(), "2026-03-30T07:00:00Z".into(), daily),
         ]
     );
 
@@ -105,14 +85,8 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     let (status, layer) = env
         .send_json(Method::POST, &format!("{url}/{id}/layers"), &key, &json!({"start": "2026-04-01T00:00:00Z", "end": "2026-04-02T00:00:00Z", "rotation": "hours", "rotationHours": 12, "handoffTime": "00:00", "users": [users[2]]}))
         .await;
-    assert_eq!(
-        (status, layer["layer"]["position"].as_i64()),
-        (201, Some(1))
-    );
-    assert_eq!(
-        on_call("2026-04-01T12:00:00Z").await.1["onCall"]["user"]["name"],
-        "Cid"
-    );
+    assert_eq!((status, layer["layer"]["position"].as_i64()), (201, Some(1)));
+    assert_eq!(on_call("2026-04-01T12:00:00Z").await.1["onCall"]["user"]["name"], "Cid");
 
     let (_, list) = env.get_json(&url, &key).await;
     assert_eq!(list["total"], 1);
@@ -127,25 +101,16 @@ async fn bad_schedules_are_refused_naming_the_field() {
     let key = env.admin_key().await;
     let url = format!("{base}/api/schedules");
     let layer = |extra: serde_json::Value| {
-        let mut l =
-            json!({"start": "2026-01-01T00:00:00Z", "rotation": "daily", "users": ["usr_missing"]});
-        l.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        let mut l = json!({"start": "2026-01-01T00:00:00Z", "rotation": "daily", "users": ["usr_missing"]});
+        l.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         json!({"name": "S", "timeZone": "UTC", "layers": [l]})
     };
     for (body, field) in [
         (json!({"timeZone": "UTC"}), "name"),
         (json!({"name": "S", "timeZone": "Mars/Olympus"}), "timeZone"),
         (layer(json!({"rotation": "monthly"})), "layers[0].rotation"),
-        (
-            layer(json!({"rotation": "hours"})),
-            "layers[0].rotationHours",
-        ),
-        (
-            layer(json!({"handoffTime": "25:99"})),
-            "layers[0].handoffTime",
-        ),
+        (layer(json!({"rotation": "hours"})), "layers[0].rotationHours"),
+        (layer(json!({"handoffTime": "25:99"})), "layers[0].handoffTime"),
         (layer(json!({"users": []})), "layers[0].users"),
         (layer(json!({})), "layers[0].users[0]"),
     ] {
@@ -153,25 +118,11 @@ async fn bad_schedules_are_refused_naming_the_field() {
         assert_eq!(status, 400, "{body}");
         assert_eq!(error["error"]["details"]["field"], field, "{error}");
     }
-    let (status, _) = env
-        .get_json(&format!("{url}/sch_missing/on-call"), &key)
-        .await;
+    let (status, _) = env.get_json(&format!("{url}/sch_missing/on-call"), &key).await;
     assert_eq!(status, 404);
     let reader = env.api_key(Role::User, None, None).await;
-    let (status, error) = env
-        .send_json(
-            Method::POST,
-            &url,
-            &reader,
-            &json!({"name": "S", "timeZone": "UTC"}),
-        )
-        .await;
+    let (status, error) = env.send_json(Method::POST, &url, &reader, &json!({"name": "S", "timeZone": "UTC"})).await;
     assert_eq!(status, 403);
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("schedules:write")
-    );
+    assert!(error["error"]["message"].as_str().unwrap().contains("schedules:write"));
     env.cleanup().await;
 }

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use common::admin::{self, CreatedService};
 use common::auth::{Role, Scope};
-use common::config::{
-    DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig,
-};
+use common::config::{DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig};
 use ingest::IngestConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -32,10 +30,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -44,10 +39,7 @@ where
 /// crashed runs can be recognised by age and removed.
 fn unique(prefix: &str) -> String {
     let now = jiff::Timestamp::now().as_second();
-    format!(
-        "{prefix}_{now}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
+    format!("{prefix}_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
 /// Resources older than this, left by crashed runs, are removed when a test starts.
@@ -85,20 +77,12 @@ impl TestEnv {
     /// for creating this test's own).
     pub async fn on(pg_admin_url: &str, redis_url: &str, nats_url: &str) -> Self {
         let db_name = unique("ostest");
-        let admin = PgPool::connect(pg_admin_url)
-            .await
-            .expect("connect to PostgreSQL");
+        let admin = PgPool::connect(pg_admin_url).await.expect("connect to PostgreSQL");
         drop_stale_databases(&admin).await;
-        sqlx::query(&format!("create database {db_name}"))
-            .execute(&admin)
-            .await
-            .expect("create test database");
+        sqlx::query(&format!("create database {db_name}")).execute(&admin).await.expect("create test database");
         admin.close().await;
         let url = database_url(pg_admin_url, &db_name);
-        let database = DatabaseConfig {
-            url: url.clone(),
-            max_connections: 16,
-        };
+        let database = DatabaseConfig { url: url.clone(), max_connections: 16 };
         let pool = common::db::pool(&database).expect("pool");
         common::db::migrate(&pool).await.expect("migrate");
         let suffix = db_name.trim_start_matches("ostest_").to_owned();
@@ -114,11 +98,7 @@ impl TestEnv {
         Self {
             pool,
             database,
-            redis: RedisConfig {
-                url: redis_url.to_owned(),
-                key_prefix: format!("ostest:{suffix}:"),
-                timeout_ms: 250,
-            },
+            redis: RedisConfig { url: redis_url.to_owned(), key_prefix: format!("ostest:{suffix}:"), timeout_ms: 250 },
             nats,
             limits: RateLimitConfig {
                 events_per_minute: 100,
@@ -128,10 +108,7 @@ impl TestEnv {
             },
             consumer: "workers".into(),
             shutdown: CancellationToken::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .build()
-                .expect("http client"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client"),
             pg_admin_url: pg_admin_url.to_owned(),
             db_name,
         }
@@ -144,36 +121,22 @@ impl TestEnv {
             redis: self.redis.clone(),
             nats: self.nats.clone(),
             limits: self.limits.clone(),
-            log: LogConfig {
-                format: LogFormat::Pretty,
-                filter: "warn".into(),
-            },
+            log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
         }
     }
 
     /// Starts ingest on a free port and waits until it is ready. Returns its base URL.
     pub async fn spawn_ingest(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let (config, shutdown) = (self.ingest_config(), self.shutdown.clone());
-        tokio::spawn(async move {
-            ingest::run(config, listener, shutdown)
-                .await
-                .expect("ingest runs")
-        });
+        tokio::spawn(async move { ingest::run(config, listener, shutdown).await.expect("ingest runs") });
         let base = format!("http://{addr}");
         let http = self.http.clone();
         wait_until(Duration::from_secs(20), "ingest to be ready", || {
             let url = format!("{base}/readyz");
             let http = http.clone();
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
+            async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
         base
@@ -181,37 +144,23 @@ impl TestEnv {
 
     /// Starts query-api on a free port and waits until it is ready. Returns its base URL.
     pub async fn spawn_query_api(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let config = query_api::QueryApiConfig {
             listen: "127.0.0.1:0".into(),
             database: self.database.clone(),
             redis: self.redis.clone(),
             limits: self.limits.clone(),
-            log: LogConfig {
-                format: LogFormat::Pretty,
-                filter: "warn".into(),
-            },
+            log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            query_api::run(config, listener, shutdown)
-                .await
-                .expect("query-api runs")
-        });
+        tokio::spawn(async move { query_api::run(config, listener, shutdown).await.expect("query-api runs") });
         let base = format!("http://{addr}");
         let http = self.http.clone();
         wait_until(Duration::from_secs(20), "query-api to be ready", || {
             let url = format!("{base}/readyz");
             let http = http.clone();
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
+            async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
         base
@@ -219,33 +168,14 @@ impl TestEnv {
 
     /// A GET with a bearer key; returns status and JSON body.
     pub async fn get_json(&self, url: &str, key: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("request");
+        let response = self.http.get(url).bearer_auth(key).send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// A request with a JSON body and a bearer key; returns status and JSON body.
-    pub async fn send_json(
-        &self,
-        method: reqwest::Method,
-        url: &str,
-        key: &str,
-        body: &Value,
-    ) -> (u16, Value) {
-        let response = self
-            .http
-            .request(method, url)
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .expect("request");
+    pub async fn send_json(&self, method: reqwest::Method, url: &str, key: &str, body: &Value) -> (u16, Value) {
+        let response = self.http.request(method, url).bearer_auth(key).json(body).send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -262,40 +192,16 @@ impl TestEnv {
     }
 
     /// Starts a worker in process; cancel `stop` to drain it, or abort the set to crash it.
-    pub async fn spawn_worker(
-        &self,
-        settings: &WorkerSettings,
-        stop: CancellationToken,
-    ) -> JoinSet<()> {
-        let client = common::nats::connect(&self.nats, "test-worker")
-            .await
-            .expect("nats");
-        worker::start(settings, &self.nats, self.pool.clone(), client, stop)
-            .await
-            .expect("worker starts")
+    pub async fn spawn_worker(&self, settings: &WorkerSettings, stop: CancellationToken) -> JoinSet<()> {
+        let client = common::nats::connect(&self.nats, "test-worker").await.expect("nats");
+        worker::start(settings, &self.nats, self.pool.clone(), client, stop).await.expect("worker starts")
     }
 
     /// A user with `role` and an API key with `scopes` (all the role allows if `None`).
-    pub async fn api_key(
-        &self,
-        role: Role,
-        scopes: Option<&[Scope]>,
-        rate_limit: Option<u32>,
-    ) -> String {
+    pub async fn api_key(&self, role: Role, scopes: Option<&[Scope]>, rate_limit: Option<u32>) -> String {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        admin::create_user(
-            &self.pool,
-            "Test User",
-            &email,
-            "correct horse battery",
-            role,
-        )
-        .await
-        .expect("user");
-        admin::create_api_key(&self.pool, &email, "test", scopes, rate_limit)
-            .await
-            .expect("key")
-            .key
+        admin::create_user(&self.pool, "Test User", &email, "correct horse battery", role).await.expect("user");
+        admin::create_api_key(&self.pool, &email, "test", scopes, rate_limit).await.expect("key").key
     }
 
     pub async fn admin_key(&self) -> String {
@@ -303,9 +209,7 @@ impl TestEnv {
     }
 
     pub async fn service(&self, name: &str) -> CreatedService {
-        admin::create_service(&self.pool, name, "", None)
-            .await
-            .expect("service")
+        admin::create_service(&self.pool, name, "", None).await.expect("service")
     }
 
     /// Posts to `/api/events` with a bearer key.
@@ -321,18 +225,12 @@ impl TestEnv {
 
     /// Number of events applied (stored) so far.
     pub async fn applied_events(&self) -> i64 {
-        sqlx::query_scalar("select count(*) from events")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(-1)
+        sqlx::query_scalar("select count(*) from events").fetch_one(&self.pool).await.unwrap_or(-1)
     }
 
     /// Waits until `n` events are applied.
     pub async fn wait_for_applied(&self, n: i64, timeout: Duration) {
-        wait_until(timeout, &format!("{n} applied events"), || async {
-            self.applied_events().await >= n
-        })
-        .await;
+        wait_until(timeout, &format!("{n} applied events"), || async { self.applied_events().await >= n }).await;
     }
 
     /// Removes this test's database and streams. Call at the end of a passing test; a failed
@@ -356,10 +254,7 @@ impl TestEnv {
 /// admitted before it and that answer. With GCRA, a limit of `per_minute` admits a burst of
 /// `per_minute` and then one more every `60 / per_minute` seconds, so callers can check the count
 /// against the elapsed time exactly, however slow the machine.
-pub async fn admitted_until_limited<F, Fut>(
-    in_flight: usize,
-    mut send: F,
-) -> (usize, reqwest::Response, Duration)
+pub async fn admitted_until_limited<F, Fut>(in_flight: usize, mut send: F) -> (usize, reqwest::Response, Duration)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = reqwest::Response>,
@@ -405,18 +300,15 @@ pub fn action(routing_key: &str, dedup_key: &str, event_action: &str) -> Value {
 }
 
 fn database_url(admin_url: &str, db_name: &str) -> String {
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .expect("admin URL has a database");
+    let (base, _) = admin_url.rsplit_once('/').expect("admin URL has a database");
     format!("{base}/{db_name}")
 }
 
 async fn drop_stale_databases(admin: &PgPool) {
-    let names: Vec<String> =
-        sqlx::query_scalar("select datname from pg_database where datname like 'ostest_%'")
-            .fetch_all(admin)
-            .await
-            .unwrap_or_default();
+    let names: Vec<String> = sqlx::query_scalar("select datname from pg_database where datname like 'ostest_%'")
+        .fetch_all(admin)
+        .await
+        .unwrap_or_default();
     for name in names.into_iter().filter(|n| is_stale(n, "ostest")) {
         let drop = format!("drop database if exists {name} with (force)");
         let _dropped = sqlx::query(&drop).execute(admin).await;
@@ -429,11 +321,7 @@ async fn delete_stale_streams(nats_url: &str) {
         return;
     };
     let js = async_nats::jetstream::new(client);
-    let names: Vec<String> = js
-        .stream_names()
-        .filter_map(|n| async move { n.ok() })
-        .collect()
-        .await;
+    let names: Vec<String> = js.stream_names().filter_map(|n| async move { n.ok() }).collect().await;
     for name in names {
         let base = name.trim_end_matches("_DLQ");
         if is_stale(base, "OSTEST") {

@@ -8,28 +8,19 @@ use std::time::Duration;
 
 /// A free loopback port (the listener is closed before the server binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 fn wait_for_port(port: u16, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not start listening on {port}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{what} did not start listening on {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "opssentinal-{name}-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir = std::env::temp_dir().join(format!("opssentinal-{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
@@ -53,11 +44,7 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> Self {
-        let mut nats = Self {
-            port: free_port(),
-            process: None,
-            store: scratch_dir("nats"),
-        };
+        let mut nats = Self { port: free_port(), process: None, store: scratch_dir("nats") };
         nats.restart();
         nats
     }
@@ -74,14 +61,7 @@ impl PrivateNats {
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
         let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,25 +89,13 @@ impl PrivateRedis {
     pub fn start() -> Self {
         let port = free_port();
         let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
         wait_for_port(port, "redis-server");
-        Self {
-            port,
-            process: Some(Process(child)),
-        }
+        Self { port, process: Some(Process(child)) }
     }
 
     pub fn url(&self) -> String {
@@ -153,25 +121,12 @@ impl PrivatePostgres {
         let data = scratch_dir("pg");
         let port = free_port();
         if is_root() {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&data)
-                .status()
-                .expect("chown");
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().expect("chown");
             assert!(status.success(), "chown scratch dir");
         }
         let initdb = bin.join("initdb");
         let status = as_postgres(&initdb)
-            .args([
-                "-D",
-                &data.to_string_lossy(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ])
+            .args(["-D", &data.to_string_lossy(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -198,24 +153,14 @@ impl PrivatePostgres {
     }
 
     fn ctl(&self, action: &str) {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.data.display()
-        );
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.data.display());
         let mut command = as_postgres(&self.bin.join("pg_ctl"));
-        command
-            .args(["-D", &self.data.to_string_lossy(), "-w", "-l"])
-            .arg(self.data.join("log"));
+        command.args(["-D", &self.data.to_string_lossy(), "-w", "-l"]).arg(self.data.join("log"));
         match action {
             "stop" => command.args(["-m", "immediate", "stop"]),
             _ => command.args(["-o", &options, "start"]),
         };
-        let status = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("pg_ctl runs");
+        let status = command.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("pg_ctl runs");
         assert!(status.success(), "pg_ctl {action} failed");
     }
 }
@@ -223,13 +168,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _stopped = as_postgres(&self.bin.join("pg_ctl"))
-            .args([
-                "-D",
-                &self.data.to_string_lossy(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
+            .args(["-D", &self.data.to_string_lossy(), "-m", "immediate", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -238,10 +177,7 @@ impl Drop for PrivatePostgres {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn as_postgres(program: &Path) -> Command {
@@ -258,17 +194,12 @@ fn as_postgres(program: &Path) -> Command {
 fn postgres_bin_dir() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|dir| {
-            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-                .filter(|p| p.join("initdb").exists())
-                .collect()
+            dir.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).filter(|p| p.join("initdb").exists()).collect()
         })
         .unwrap_or_default();
     versions.sort();
     versions.pop().unwrap_or_else(|| {
-        let output = Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .expect("PostgreSQL is installed");
+        let output = Command::new("pg_config").arg("--bindir").output().expect("PostgreSQL is installed");
         PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
     })
 }

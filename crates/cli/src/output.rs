@@ -27,12 +27,7 @@ impl Output {
     }
 
     /// Prints a list: a JSON array, or an aligned table.
-    pub fn list<T: Serialize>(
-        self,
-        values: &[T],
-        headers: &[&str],
-        rows: Vec<Vec<String>>,
-    ) -> anyhow::Result<()> {
+    pub fn list<T: Serialize>(self, values: &[T], headers: &[&str], rows: Vec<Vec<String>>) -> anyhow::Result<()> {
         match self {
             Self::Json => println!("{}", serde_json::to_string_pretty(values)?),
             Self::Table => print!("{}", table(headers, &rows)),
@@ -52,11 +47,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_owned() + "\n"
     };
     let mut out = line(headers.to_vec());
@@ -72,13 +63,7 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let out = table(
-            &["ID", "NAME"],
-            &[
-                vec!["a".into(), "first".into()],
-                vec!["long-id".into(), "x".into()],
-            ],
-        );
+        let out = table(&["ID", "NAME"], &[vec!["a".into(), "first".into()], vec!["long-id".into(), "x".into()]]);
         assert_eq!(out, "ID       NAME\na        first\nlong-id  x\n");
     }
 }

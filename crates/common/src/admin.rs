@@ -79,11 +79,7 @@ pub async fn update_user(
     let user = user.ok_or_else(|| AdminError::NotFound(format!("no user with email {email}")))?;
     if let Some(role) = role {
         // A lower role caps what the user's keys may do: drop the scopes it no longer allows.
-        let allowed: Vec<&str> = Scope::ALL
-            .iter()
-            .filter(|s| role.allows(**s))
-            .map(|s| s.as_str())
-            .collect();
+        let allowed: Vec<&str> = Scope::ALL.iter().filter(|s| role.allows(**s)).map(|s| s.as_str()).collect();
         sqlx::query(
             "update api_keys set scopes = array(select unnest(scopes) intersect select unnest($2::text[]))
              where user_id = $1",
@@ -98,39 +94,23 @@ pub async fn update_user(
 }
 
 pub async fn list_users(pool: &PgPool) -> Result<Vec<User>, AdminError> {
-    Ok(
-        sqlx::query_as("select id, name, email, role from users order by created_at, id")
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as("select id, name, email, role from users order by created_at, id").fetch_all(pool).await?)
 }
 
-fn validate_user_fields(
-    name: Option<&str>,
-    email: Option<&str>,
-    password: Option<&str>,
-) -> Result<(), AdminError> {
+fn validate_user_fields(name: Option<&str>, email: Option<&str>, password: Option<&str>) -> Result<(), AdminError> {
     if name.is_some_and(|n| n.trim().is_empty() || n.chars().count() > 255) {
-        return Err(AdminError::Invalid(
-            "name must be 1 to 255 characters".into(),
-        ));
+        return Err(AdminError::Invalid("name must be 1 to 255 characters".into()));
     }
     if let Some(email) = email {
         let email = email.trim();
         let valid = email.len() <= 254
-            && email
-                .split_once('@')
-                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+            && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
         if !valid {
-            return Err(AdminError::Invalid(format!(
-                "{email:?} is not an email address"
-            )));
+            return Err(AdminError::Invalid(format!("{email:?} is not an email address")));
         }
     }
     if password.is_some_and(|p| p.chars().count() < 8) {
-        return Err(AdminError::Invalid(
-            "password must be at least 8 characters".into(),
-        ));
+        return Err(AdminError::Invalid("password must be at least 8 characters".into()));
     }
     Ok(())
 }
@@ -157,14 +137,12 @@ pub async fn create_api_key(
     scopes: Option<&[Scope]>,
     rate_limit: Option<u32>,
 ) -> Result<CreatedApiKey, AdminError> {
-    let (user_id, role): (String, String) =
-        sqlx::query_as("select id, role from users where lower(email) = lower($1)")
-            .bind(email.trim())
-            .fetch_optional(pool)
-            .await?
-            .ok_or_else(|| AdminError::NotFound(format!("no user with email {email}")))?;
-    let role = Role::parse(&role)
-        .ok_or_else(|| AdminError::Invalid(format!("user has unknown role {role}")))?;
+    let (user_id, role): (String, String) = sqlx::query_as("select id, role from users where lower(email) = lower($1)")
+        .bind(email.trim())
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no user with email {email}")))?;
+    let role = Role::parse(&role).ok_or_else(|| AdminError::Invalid(format!("user has unknown role {role}")))?;
     let scopes: Vec<Scope> = match scopes {
         Some(scopes) => {
             if let Some(denied) = scopes.iter().find(|s| !role.allows(**s)) {
@@ -228,14 +206,10 @@ pub async fn create_service(
     rate_limit: Option<u32>,
 ) -> Result<CreatedService, AdminError> {
     if name.trim().is_empty() || name.chars().count() > 255 {
-        return Err(AdminError::Invalid(
-            "name must be 1 to 255 characters".into(),
-        ));
+        return Err(AdminError::Invalid("name must be 1 to 255 characters".into()));
     }
     if description.chars().count() > 4096 {
-        return Err(AdminError::Invalid(
-            "description must be at most 4096 characters".into(),
-        ));
+        return Err(AdminError::Invalid("description must be at most 4096 characters".into()));
     }
     if rate_limit == Some(0) {
         return Err(AdminError::Invalid("rate limit must be at least 1".into()));
@@ -269,9 +243,7 @@ pub struct Bootstrap {
 /// On a database with no users, creates an admin user with a random password and an admin API
 /// key. Returns `None` when users already exist (or another process bootstrapped first).
 pub async fn bootstrap_admin(pool: &PgPool, email: &str) -> Result<Option<Bootstrap>, AdminError> {
-    let (users,): (i64,) = sqlx::query_as("select count(*) from users")
-        .fetch_one(pool)
-        .await?;
+    let (users,): (i64,) = sqlx::query_as("select count(*) from users").fetch_one(pool).await?;
     if users > 0 {
         return Ok(None);
     }
@@ -282,9 +254,5 @@ pub async fn bootstrap_admin(pool: &PgPool, email: &str) -> Result<Option<Bootst
         Err(err) => return Err(err),
     }
     let api_key = create_api_key(pool, email, "bootstrap admin key", None, None).await?;
-    Ok(Some(Bootstrap {
-        email: email.to_owned(),
-        password,
-        api_key,
-    }))
+    Ok(Some(Bootstrap { email: email.to_owned(), password, api_key }))
 }

@@ -96,10 +96,7 @@ impl Role {
         match self {
             Self::Admin => true,
             Self::Responder => !matches!(scope, Scope::ServicesWrite | Scope::SchedulesWrite),
-            Self::User => matches!(
-                scope,
-                Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead
-            ),
+            Self::User => matches!(scope, Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead),
         }
     }
 }
@@ -113,9 +110,7 @@ pub struct NewApiKey {
 
 impl std::fmt::Debug for NewApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewApiKey")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("NewApiKey").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -128,11 +123,7 @@ pub fn random_token(bytes: usize) -> String {
 
 pub fn generate_api_key() -> NewApiKey {
     let secret = format!("{KEY_PREFIX}{}", random_token(24));
-    NewApiKey {
-        prefix: secret[..KEY_PREFIX.len() + 8].to_owned(),
-        hash: hash_key(&secret),
-        secret,
-    }
+    NewApiKey { prefix: secret[..KEY_PREFIX.len() + 8].to_owned(), hash: hash_key(&secret), secret }
 }
 
 pub fn hash_key(secret: &str) -> [u8; 32] {
@@ -151,11 +142,7 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 }
 
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
-    })
+    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 /// The API key a request carries: `Authorization: Bearer KEY`, `Authorization: Api-Key KEY`
@@ -164,11 +151,7 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(value.trim()).filter(|v| !v.is_empty());
     }
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
+    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = value.split_once(' ')?;
     let key = match scheme.to_ascii_lowercase().as_str() {
         "bearer" | "api-key" => rest.trim(),
@@ -197,11 +180,7 @@ impl Principal {
 
     /// `403 FORBIDDEN` naming the scope unless the key holds it.
     pub fn require(&self, scope: Scope) -> Result<(), crate::ApiError> {
-        if self.has(scope) {
-            Ok(())
-        } else {
-            Err(crate::ApiError::forbidden_scope(scope.as_str()))
-        }
+        if self.has(scope) { Ok(()) } else { Err(crate::ApiError::forbidden_scope(scope.as_str())) }
     }
 }
 
@@ -233,11 +212,7 @@ const MAX_CACHED_KEYS: usize = 100_000;
 
 impl KeyStore {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self {
-            pool,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
     pub async fn lookup(&self, secret: &str) -> Result<Option<Principal>, KeyLookupError> {
@@ -258,13 +233,7 @@ impl KeyStore {
                 if cache.len() >= MAX_CACHED_KEYS {
                     cache.clear();
                 }
-                cache.insert(
-                    hash,
-                    CachedKey {
-                        principal: principal.clone(),
-                        fetched: Instant::now(),
-                    },
-                );
+                cache.insert(hash, CachedKey { principal: principal.clone(), fetched: Instant::now() });
                 Ok(principal)
             }
             Err(err) if crate::db::is_unavailable(&err) && stale.is_some() => {
@@ -287,18 +256,8 @@ impl KeyStore {
         .await?;
         Ok(row.and_then(|(key_id, user_id, role, scopes, rate_limit)| {
             let role = Role::parse(&role)?;
-            let scopes = scopes
-                .iter()
-                .filter_map(|s| Scope::parse(s))
-                .filter(|s| role.allows(*s))
-                .collect();
-            Some(Principal {
-                key_id,
-                user_id,
-                role,
-                scopes,
-                rate_limit: rate_limit.map(|n| n.unsigned_abs()),
-            })
+            let scopes = scopes.iter().filter_map(|s| Scope::parse(s)).filter(|s| role.allows(*s)).collect();
+            Some(Principal { key_id, user_id, role, scopes, rate_limit: rate_limit.map(|n| n.unsigned_abs()) })
         }))
     }
 }
@@ -328,17 +287,10 @@ mod tests {
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(name, HeaderValue::from_static(value));
-            assert_eq!(
-                key_from_headers(&headers),
-                Some("osk_abc"),
-                "{name}: {value}"
-            );
+            assert_eq!(key_from_headers(&headers), Some("osk_abc"), "{name}: {value}");
         }
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "authorization",
-            HeaderValue::from_static("Basic Zm9vOmJhcg=="),
-        );
+        headers.insert("authorization", HeaderValue::from_static("Basic Zm9vOmJhcg=="));
         assert_eq!(key_from_headers(&headers), None);
     }
 

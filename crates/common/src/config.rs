@@ -31,8 +31,7 @@ pub struct DatabaseConfig {
 
 impl DatabaseConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        sqlx::postgres::PgConnectOptions::from_str(&self.url)
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        sqlx::postgres::PgConnectOptions::from_str(&self.url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
         if self.max_connections == 0 {
             bail!("DATABASE_MAX_CONNECTIONS must be at least 1");
         }
@@ -44,12 +43,7 @@ impl DatabaseConfig {
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {
     /// Redis URL.
-    #[arg(
-        id = "redis_url",
-        long = "redis-url",
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
+    #[arg(id = "redis_url", long = "redis-url", env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub url: String,
     /// Prefix of every Redis key this deployment writes.
     #[arg(
@@ -60,19 +54,13 @@ pub struct RedisConfig {
     )]
     pub key_prefix: String,
     /// How long a rate-limit check may wait for Redis before failing open, in milliseconds.
-    #[arg(
-        id = "redis_timeout_ms",
-        long = "redis-timeout-ms",
-        env = "REDIS_TIMEOUT_MS",
-        default_value_t = 250
-    )]
+    #[arg(id = "redis_timeout_ms", long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub timeout_ms: u64,
 }
 
 impl RedisConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        deadpool_redis::redis::parse_redis_url(&self.url)
-            .context("REDIS_URL is not a valid Redis URL")?;
+        deadpool_redis::redis::parse_redis_url(&self.url).context("REDIS_URL is not a valid Redis URL")?;
         if self.timeout_ms == 0 {
             bail!("REDIS_TIMEOUT_MS must be at least 1");
         }
@@ -88,20 +76,10 @@ impl RedisConfig {
 #[derive(Debug, Clone, Args)]
 pub struct NatsConfig {
     /// NATS URL.
-    #[arg(
-        id = "nats_url",
-        long = "nats-url",
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    #[arg(id = "nats_url", long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub url: String,
     /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
-    #[arg(
-        id = "nats_stream",
-        long = "nats-stream",
-        env = "NATS_STREAM",
-        default_value = "OPSSENTINAL_EVENTS"
-    )]
+    #[arg(id = "nats_stream", long = "nats-stream", env = "NATS_STREAM", default_value = "OPSSENTINAL_EVENTS")]
     pub stream: String,
     /// Subject prefix: events are published to `<prefix>.events`, dead letters to `<prefix>.dlq`.
     #[arg(
@@ -135,18 +113,12 @@ pub struct NatsConfig {
 impl NatsConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         async_nats::ServerAddr::from_str(&self.url).context("NATS_URL is not a valid NATS URL")?;
-        let token_ok = |s: &str| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        };
+        let token_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !token_ok(&self.stream) {
             bail!("NATS_STREAM must be letters, digits, '_' or '-'");
         }
         if !self.subject_prefix.split('.').all(token_ok) {
-            bail!(
-                "NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, '_' or '-'"
-            );
+            bail!("NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, '_' or '-'");
         }
         if self.replicas == 0 || self.replicas > 5 {
             bail!("NATS_STREAM_REPLICAS must be between 1 and 5");
@@ -186,12 +158,7 @@ pub struct RateLimitConfig {
     )]
     pub events_per_minute: u32,
     /// Requests per minute per API key on every other endpoint.
-    #[arg(
-        id = "rate_limit_api",
-        long = "rate-limit-api",
-        env = "RATE_LIMIT_API_PER_MINUTE",
-        default_value_t = 300
-    )]
+    #[arg(id = "rate_limit_api", long = "rate-limit-api", env = "RATE_LIMIT_API_PER_MINUTE", default_value_t = 300)]
     pub api_per_minute: u32,
     /// Failed authentications per minute per client address before answering 429.
     #[arg(
@@ -202,21 +169,13 @@ pub struct RateLimitConfig {
     )]
     pub auth_failures_per_minute: u32,
     /// How long an API key lookup is cached in process, in seconds (revocation takes effect within it).
-    #[arg(
-        id = "auth_cache_ttl_secs",
-        long = "auth-cache-ttl-secs",
-        env = "AUTH_CACHE_TTL_SECS",
-        default_value_t = 10
-    )]
+    #[arg(id = "auth_cache_ttl_secs", long = "auth-cache-ttl-secs", env = "AUTH_CACHE_TTL_SECS", default_value_t = 10)]
     pub auth_cache_ttl_secs: u64,
 }
 
 impl RateLimitConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.events_per_minute == 0
-            || self.api_per_minute == 0
-            || self.auth_failures_per_minute == 0
-        {
+        if self.events_per_minute == 0 || self.api_per_minute == 0 || self.auth_failures_per_minute == 0 {
             bail!("RATE_LIMIT_* values must be at least 1");
         }
         Ok(())
@@ -236,18 +195,11 @@ pub struct LogConfig {
     #[arg(id = "log_format", long = "log-format", env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub format: LogFormat,
     /// Log filter in `tracing` syntax, e.g. `info` or `info,worker=debug`.
-    #[arg(
-        id = "log_level",
-        long = "log-level",
-        env = "RUST_LOG",
-        default_value = "info"
-    )]
+    #[arg(id = "log_level", long = "log-level", env = "RUST_LOG", default_value = "info")]
     pub filter: String,
 }
 
 /// Parses a listen address, naming the variable on failure.
 pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketAddr> {
-    value
-        .parse()
-        .with_context(|| format!("{name} must be host:port, got {value:?}"))
+    value.parse().with_context(|| format!("{name} must be host:port, got {value:?}"))
 }

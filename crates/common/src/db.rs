@@ -23,26 +23,19 @@ pub fn pool(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 
 /// Applies pending migrations.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("applying database migrations")
+    MIGRATOR.run(pool).await.context("applying database migrations")
 }
 
 /// Whether an error means "the database is not reachable right now" (retry later) rather than
 /// "this statement is wrong".
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
         sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             // class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown, cannot connect now;
             // 53300: too many connections
-            db.code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
+            db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300")
         }
         _ => false,
     }

@@ -70,12 +70,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: None,
-            retry_after: None,
-        }
+        Self { code, message: message.into(), details: None, retry_after: None }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -85,8 +80,7 @@ impl ApiError {
 
     /// A `400 VALIDATION_ERROR` naming the offending field.
     pub fn validation(field: &str, problem: impl std::fmt::Display) -> Self {
-        Self::new(ErrorCode::ValidationError, format!("{field}: {problem}"))
-            .with_details(json!({ "field": field }))
+        Self::new(ErrorCode::ValidationError, format!("{field}: {problem}")).with_details(json!({ "field": field }))
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -98,11 +92,8 @@ impl ApiError {
     }
 
     pub fn forbidden_scope(scope: &str) -> Self {
-        Self::new(
-            ErrorCode::Forbidden,
-            format!("this API key lacks the scope {scope}"),
-        )
-        .with_details(json!({ "requiredScope": scope }))
+        Self::new(ErrorCode::Forbidden, format!("this API key lacks the scope {scope}"))
+            .with_details(json!({ "requiredScope": scope }))
     }
 
     pub fn rate_limited(retry_after: u64) -> Self {
@@ -130,10 +121,7 @@ impl ApiError {
         if let Some(details) = &self.details {
             error["details"] = details.clone();
         }
-        if let Some(retry_after) = self
-            .retry_after
-            .filter(|_| self.code == ErrorCode::RateLimited)
-        {
+        if let Some(retry_after) = self.retry_after.filter(|_| self.code == ErrorCode::RateLimited) {
             error["retry_after"] = json!(retry_after);
         }
         json!({ "error": error })
@@ -152,9 +140,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.code.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -128,18 +128,12 @@ impl EventRequest {
             (Some(key), _) => ServiceRef::RoutingKey(key.to_owned()),
             (None, Some(id)) => ServiceRef::ServiceId(id.to_owned()),
             (None, None) => {
-                return Err(ApiError::validation(
-                    "routing_key",
-                    "routing_key or service_id is required",
-                ));
+                return Err(ApiError::validation("routing_key", "routing_key or service_id is required"));
             }
         };
         match &self.dedup_key {
             Some(key) if key.chars().count() > MAX_DEDUP_KEY => {
-                return Err(ApiError::validation(
-                    "dedup_key",
-                    format!("must be at most {MAX_DEDUP_KEY} characters"),
-                ));
+                return Err(ApiError::validation("dedup_key", format!("must be at most {MAX_DEDUP_KEY} characters")));
             }
             Some(key) if key.trim().is_empty() => {
                 return Err(ApiError::validation("dedup_key", "must not be empty"));
@@ -167,11 +161,9 @@ impl AlertPayload {
     fn validate(&self) -> Result<(), ApiError> {
         check_text("payload.summary", &self.summary, MAX_SUMMARY, true)?;
         check_text("payload.source", &self.source, MAX_SHORT_FIELD, true)?;
-        for (field, value) in [
-            ("payload.component", &self.component),
-            ("payload.group", &self.group),
-            ("payload.class", &self.class),
-        ] {
+        for (field, value) in
+            [("payload.component", &self.component), ("payload.group", &self.group), ("payload.class", &self.class)]
+        {
             if let Some(value) = value {
                 check_text(field, value, MAX_SHORT_FIELD, false)?;
             }
@@ -185,10 +177,7 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
         return Err(ApiError::validation(field, "must not be empty"));
     }
     if value.chars().count() > max {
-        return Err(ApiError::validation(
-            field,
-            format!("must be at most {max} characters"),
-        ));
+        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
     }
     Ok(())
 }
@@ -249,17 +238,12 @@ mod tests {
 
     #[test]
     fn a_plain_trigger_is_valid() {
-        assert_eq!(
-            request(trigger()).validate().unwrap(),
-            ServiceRef::RoutingKey("rk".into())
-        );
+        assert_eq!(request(trigger()).validate().unwrap(), ServiceRef::RoutingKey("rk".into()));
     }
 
     #[test]
     fn resolve_without_dedup_key_names_the_field() {
-        let err = request(json!({"routing_key": "rk", "event_action": "resolve"}))
-            .validate()
-            .unwrap_err();
+        let err = request(json!({"routing_key": "rk", "event_action": "resolve"})).validate().unwrap_err();
         assert_eq!(err.details.unwrap()["field"], "dedup_key");
     }
 
@@ -275,9 +259,7 @@ mod tests {
 
     #[test]
     fn trigger_needs_a_payload_and_a_service() {
-        let err = request(json!({"routing_key": "rk", "event_action": "trigger"}))
-            .validate()
-            .unwrap_err();
+        let err = request(json!({"routing_key": "rk", "event_action": "trigger"})).validate().unwrap_err();
         assert_eq!(err.details.unwrap()["field"], "payload");
         let mut body = trigger();
         body.as_object_mut().unwrap().remove("routing_key");

@@ -123,10 +123,7 @@ pub enum FoldAction<'a> {
     /// An alert source's event.
     Event(EventAction, Option<&'a AlertPayload>),
     /// A person's change; ignored unless `incident_id` is the key's open incident.
-    Manual {
-        incident_id: &'a str,
-        change: ManualChange,
-    },
+    Manual { incident_id: &'a str, change: ManualChange },
 }
 
 /// One event or manual change as the fold sees it.
@@ -148,10 +145,7 @@ pub struct KeyFold {
 impl KeyFold {
     /// Starts from the key's open incident (or none).
     pub fn new(open: Option<IncidentState>) -> Self {
-        Self {
-            open,
-            closed: Vec::new(),
-        }
+        Self { open, closed: Vec::new() }
     }
 
     /// Applies one event or change. Returns the outcome and the incident it touched, if any.
@@ -159,10 +153,7 @@ impl KeyFold {
         let at = event.received_at;
         let (incident_id, change) = match event.action {
             FoldAction::Event(action, payload) => return self.apply_event(event, action, payload),
-            FoldAction::Manual {
-                incident_id,
-                change,
-            } => (incident_id, change),
+            FoldAction::Manual { incident_id, change } => (incident_id, change),
         };
         let Some(open) = self.open.as_mut().filter(|open| open.id == incident_id) else {
             return (Outcome::Ignored, Some(incident_id.to_owned()));
@@ -277,12 +268,7 @@ mod tests {
             component: None,
             group: None,
             class: None,
-            custom_details: Some(
-                serde_json::json!({"host": "web-01"})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            custom_details: Some(serde_json::json!({"host": "web-01"}).as_object().unwrap().clone()),
         }
     }
 
@@ -299,10 +285,7 @@ mod tests {
         FoldEvent {
             event_id: Uuid::now_v7(),
             seq,
-            action: FoldAction::Manual {
-                incident_id,
-                change,
-            },
+            action: FoldAction::Manual { incident_id, change },
             received_at: Timestamp::from_second(1_700_000_100 + seq).unwrap(),
         }
     }
@@ -314,32 +297,14 @@ mod tests {
         let (_, id) = fold.apply(&event(1, EventAction::Trigger, Some(&p)));
         let id = id.unwrap();
         let until = Timestamp::from_second(1_800_000_000).unwrap();
-        assert_eq!(
-            fold.apply(&manual(1, &id, ManualChange::Snooze(until))).0,
-            Outcome::Snoozed
-        );
+        assert_eq!(fold.apply(&manual(1, &id, ManualChange::Snooze(until))).0, Outcome::Snoozed);
         assert_eq!(fold.open().unwrap().snoozed_until, Some(until));
-        assert_eq!(
-            fold.apply(&event(2, EventAction::Trigger, Some(&p))).0,
-            Outcome::Absorbed
-        );
+        assert_eq!(fold.apply(&event(2, EventAction::Trigger, Some(&p))).0, Outcome::Absorbed);
         assert_eq!(fold.open().unwrap().status, IncidentStatus::Snoozed);
-        assert_eq!(
-            fold.apply(&manual(2, &id, ManualChange::Reopen)).0,
-            Outcome::Reopened
-        );
-        assert_eq!(
-            fold.apply(&manual(2, "inc_other", ManualChange::Resolve)).0,
-            Outcome::Ignored
-        );
-        assert_eq!(
-            fold.apply(&manual(2, &id, ManualChange::Resolve)).0,
-            Outcome::Resolved
-        );
-        assert_eq!(
-            fold.apply(&manual(2, &id, ManualChange::Acknowledge)).0,
-            Outcome::Ignored
-        );
+        assert_eq!(fold.apply(&manual(2, &id, ManualChange::Reopen)).0, Outcome::Reopened);
+        assert_eq!(fold.apply(&manual(2, "inc_other", ManualChange::Resolve)).0, Outcome::Ignored);
+        assert_eq!(fold.apply(&manual(2, &id, ManualChange::Resolve)).0, Outcome::Resolved);
+        assert_eq!(fold.apply(&manual(2, &id, ManualChange::Acknowledge)).0, Outcome::Ignored);
         let incidents = fold.into_incidents();
         assert_eq!(incidents[0].status, IncidentStatus::Resolved);
         assert_eq!(incidents[0].alert_count, 2);
@@ -352,30 +317,12 @@ mod tests {
         let mut fold = KeyFold::new(None);
         let first = event(1, EventAction::Trigger, Some(&p));
         assert_eq!(fold.apply(&first).0, Outcome::Created);
-        assert_eq!(
-            fold.apply(&event(2, EventAction::Trigger, Some(&p))).0,
-            Outcome::Absorbed
-        );
-        assert_eq!(
-            fold.apply(&event(3, EventAction::Acknowledge, None)).0,
-            Outcome::Acknowledged
-        );
-        assert_eq!(
-            fold.apply(&event(4, EventAction::Acknowledge, None)).0,
-            Outcome::Acknowledged
-        );
-        assert_eq!(
-            fold.apply(&event(5, EventAction::Resolve, None)).0,
-            Outcome::Resolved
-        );
-        assert_eq!(
-            fold.apply(&event(6, EventAction::Resolve, None)).0,
-            Outcome::Ignored
-        );
-        assert_eq!(
-            fold.apply(&event(7, EventAction::Trigger, Some(&p))).0,
-            Outcome::Created
-        );
+        assert_eq!(fold.apply(&event(2, EventAction::Trigger, Some(&p))).0, Outcome::Absorbed);
+        assert_eq!(fold.apply(&event(3, EventAction::Acknowledge, None)).0, Outcome::Acknowledged);
+        assert_eq!(fold.apply(&event(4, EventAction::Acknowledge, None)).0, Outcome::Acknowledged);
+        assert_eq!(fold.apply(&event(5, EventAction::Resolve, None)).0, Outcome::Resolved);
+        assert_eq!(fold.apply(&event(6, EventAction::Resolve, None)).0, Outcome::Ignored);
+        assert_eq!(fold.apply(&event(7, EventAction::Trigger, Some(&p))).0, Outcome::Created);
 
         let incidents = fold.into_incidents();
         assert_eq!(incidents.len(), 2);
@@ -384,21 +331,9 @@ mod tests {
         assert_eq!(resolved.status, IncidentStatus::Resolved);
         assert_eq!(resolved.alert_count, 2);
         assert_eq!(resolved.urgency, Urgency::Medium);
-        assert_eq!(
-            resolved.acknowledged_at,
-            Some(Timestamp::from_second(1_700_000_003).unwrap())
-        );
-        assert_eq!(
-            resolved.resolved_at,
-            Some(Timestamp::from_second(1_700_000_005).unwrap())
-        );
-        assert!(
-            resolved
-                .description
-                .as_deref()
-                .unwrap()
-                .contains("\"host\": \"web-01\"")
-        );
+        assert_eq!(resolved.acknowledged_at, Some(Timestamp::from_second(1_700_000_003).unwrap()));
+        assert_eq!(resolved.resolved_at, Some(Timestamp::from_second(1_700_000_005).unwrap()));
+        assert!(resolved.description.as_deref().unwrap().contains("\"host\": \"web-01\""));
         assert_eq!(incidents[1].status, IncidentStatus::Open);
         assert_eq!(incidents[1].opened_seq, Some(7));
     }
@@ -406,27 +341,15 @@ mod tests {
     #[test]
     fn acknowledge_or_resolve_without_an_open_incident_is_ignored() {
         let mut fold = KeyFold::new(None);
-        assert_eq!(
-            fold.apply(&event(1, EventAction::Acknowledge, None)),
-            (Outcome::Ignored, None)
-        );
-        assert_eq!(
-            fold.apply(&event(2, EventAction::Resolve, None)),
-            (Outcome::Ignored, None)
-        );
+        assert_eq!(fold.apply(&event(1, EventAction::Acknowledge, None)), (Outcome::Ignored, None));
+        assert_eq!(fold.apply(&event(2, EventAction::Resolve, None)), (Outcome::Ignored, None));
         assert!(fold.into_incidents().is_empty());
     }
 
     #[test]
     fn status_parsing_accepts_triggered_and_any_case() {
-        assert_eq!(
-            IncidentStatus::parse("triggered"),
-            Some(IncidentStatus::Open)
-        );
-        assert_eq!(
-            IncidentStatus::parse("Acknowledged"),
-            Some(IncidentStatus::Acknowledged)
-        );
+        assert_eq!(IncidentStatus::parse("triggered"), Some(IncidentStatus::Open));
+        assert_eq!(IncidentStatus::parse("Acknowledged"), Some(IncidentStatus::Acknowledged));
         assert_eq!(IncidentStatus::parse("closed"), None);
     }
 }

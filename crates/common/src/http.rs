@@ -37,11 +37,7 @@ pub struct Gate {
 impl Gate {
     pub fn new(pool: PgPool, limiter: RateLimiter, limits: RateLimitConfig) -> Self {
         let keys = KeyStore::new(pool, Duration::from_secs(limits.auth_cache_ttl_secs));
-        Self {
-            keys,
-            limiter,
-            limits,
-        }
+        Self { keys, limiter, limits }
     }
 
     fn default_limit(&self, bucket: Bucket) -> u32 {
@@ -52,18 +48,11 @@ impl Gate {
     }
 
     /// Authenticates the request's API key, then counts it against the key's limit.
-    async fn admit(
-        &self,
-        headers: &HeaderMap,
-        client: Option<IpAddr>,
-        bucket: Bucket,
-    ) -> Result<Admitted, ApiError> {
+    async fn admit(&self, headers: &HeaderMap, client: Option<IpAddr>, bucket: Bucket) -> Result<Admitted, ApiError> {
         let client_bucket = client.map(|ip| format!("authfail:{ip}"));
         let auth_limit = self.limits.auth_failures_per_minute;
         let Some(secret) = key_from_headers(headers) else {
-            return Err(self
-                .failed_auth(client_bucket.as_deref(), "missing API key")
-                .await);
+            return Err(self.failed_auth(client_bucket.as_deref(), "missing API key").await);
         };
         // A client that keeps failing is turned away before its keys cost a lookup.
         if let Some(bucket) = &client_bucket
@@ -75,42 +64,26 @@ impl Gate {
         let principal = match self.keys.lookup(secret).await {
             Ok(Some(principal)) => principal,
             Ok(None) => {
-                return Err(self
-                    .failed_auth(client_bucket.as_deref(), "unknown or revoked API key")
-                    .await);
+                return Err(self.failed_auth(client_bucket.as_deref(), "unknown or revoked API key").await);
             }
             Err(err) => {
                 tracing::warn!(error = %err, "API key lookup failed");
-                return Err(ApiError::unavailable(
-                    "cannot verify API keys right now, retry later",
-                    5,
-                ));
+                return Err(ApiError::unavailable("cannot verify API keys right now, retry later", 5));
             }
         };
-        let limit = principal
-            .rate_limit
-            .unwrap_or_else(|| self.default_limit(bucket));
+        let limit = principal.rate_limit.unwrap_or_else(|| self.default_limit(bucket));
         let kind = match bucket {
             Bucket::Events => "events",
             Bucket::Api => "api",
         };
-        let decision = self
-            .limiter
-            .check_or_fail_open(&format!("{kind}:{}", principal.key_id), limit)
-            .await;
-        Ok(Admitted {
-            principal,
-            decision,
-        })
+        let decision = self.limiter.check_or_fail_open(&format!("{kind}:{}", principal.key_id), limit).await;
+        Ok(Admitted { principal, decision })
     }
 
     async fn failed_auth(&self, client_bucket: Option<&str>, message: &str) -> ApiError {
         metrics::counter!("auth_failures_total").increment(1);
         if let Some(bucket) = client_bucket
-            && let Some(decision) = self
-                .limiter
-                .check_or_fail_open(bucket, self.limits.auth_failures_per_minute)
-                .await
+            && let Some(decision) = self.limiter.check_or_fail_open(bucket, self.limits.auth_failures_per_minute).await
             && !decision.allowed
         {
             return ApiError::rate_limited(decision.retry_after);
@@ -133,28 +106,16 @@ pub struct GateLayer {
 
 /// Middleware: authenticates, rate-limits, puts the [`Principal`] in the request extensions and
 /// writes the `X-RateLimit-*` headers on whatever the handler answers.
-pub async fn authenticate(
-    State(layer): State<GateLayer>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    let admitted = match layer
-        .gate
-        .admit(request.headers(), client, layer.bucket)
-        .await
-    {
+pub async fn authenticate(State(layer): State<GateLayer>, mut request: Request, next: Next) -> Response {
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+    let admitted = match layer.gate.admit(request.headers(), client, layer.bucket).await {
         Ok(admitted) => admitted,
         Err(err) => return err.into_response(),
     };
     if let Some(decision) = admitted.decision
         && !decision.allowed
     {
-        metrics::counter!("rate_limited_total", "bucket" => format!("{:?}", layer.bucket))
-            .increment(1);
+        metrics::counter!("rate_limited_total", "bucket" => format!("{:?}", layer.bucket)).increment(1);
         let mut response = ApiError::rate_limited(decision.retry_after).into_response();
         decision.write_headers(response.headers_mut());
         return response;
@@ -183,37 +144,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 /// `415 UNSUPPORTED_MEDIA_TYPE` unless the request says its body is JSON.
 pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "Content-Type must be application/json",
-        ))
+        Err(ApiError::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json"))
     }
 }
 
 /// Reads the whole body, mapping the body limit to `413`.
 pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
-    Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
-            } else {
-                ApiError::validation("body", "could not read the request body")
-            }
-        })
+    Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorCode::PayloadTooLarge, "request body is too large")
+        } else {
+            ApiError::validation("body", "could not read the request body")
+        }
+    })
 }
 
 /// Parses JSON, naming the field where it went wrong.
@@ -230,11 +178,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 let field = if path == "." { "body".to_owned() } else { path };
                 // serde appends " at line X column Y"; the field name says more.
                 let message = inner.to_string();
-                let message = message
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or(&message)
-                    .to_owned();
+                let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
                 ApiError::validation(&field, message)
             }
         }
@@ -248,10 +192,7 @@ pub async fn not_found() -> ApiError {
 
 /// `405` in our format for known paths with the wrong method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::MethodNotAllowed,
-        "method not allowed on this route",
-    )
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
 }
 
 /// A dependency a service needs to be ready.
@@ -276,20 +217,13 @@ impl Dependency {
             match self {
                 Self::Postgres(pool) => sqlx::query("select 1").execute(pool).await.is_ok(),
                 Self::Redis(pool) => match pool.get().await {
-                    Ok(mut conn) => deadpool_redis::redis::cmd("PING")
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .is_ok(),
+                    Ok(mut conn) => deadpool_redis::redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
                     Err(_) => false,
                 },
-                Self::Nats(client) => {
-                    client.connection_state() == async_nats::connection::State::Connected
-                }
+                Self::Nats(client) => client.connection_state() == async_nats::connection::State::Connected,
             }
         };
-        tokio::time::timeout(Duration::from_secs(2), probe)
-            .await
-            .unwrap_or(false)
+        tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(false)
     }
 }
 
@@ -306,10 +240,7 @@ pub fn health_router(readiness: Readiness) -> axum::Router {
     let readiness = Arc::new(readiness);
     let handle = crate::telemetry::metrics_handle();
     axum::Router::new()
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route(
             "/readyz",
             axum::routing::get(move || {
@@ -321,12 +252,7 @@ pub fn health_router(readiness: Readiness) -> axum::Router {
             "/metrics",
             axum::routing::get(move || {
                 let handle = handle.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        handle.render(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
             }),
         )
 }
@@ -337,25 +263,14 @@ async fn ready(readiness: &Readiness) -> Response {
     for dep in &readiness.required {
         let up = dep.check().await;
         ok &= up;
-        checks.insert(
-            dep.name().into(),
-            serde_json::json!(if up { "up" } else { "down" }),
-        );
+        checks.insert(dep.name().into(), serde_json::json!(if up { "up" } else { "down" }));
     }
     for dep in &readiness.optional {
         let up = dep.check().await;
-        checks.insert(
-            dep.name().into(),
-            serde_json::json!(if up { "up" } else { "degraded" }),
-        );
+        checks.insert(dep.name().into(), serde_json::json!(if up { "up" } else { "degraded" }));
     }
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body =
-        serde_json::json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({"status": if ok { "ready" } else { "not ready" }, "checks": checks});
     (status, axum::Json(body)).into_response()
 }
 
@@ -367,7 +282,5 @@ pub fn redis_pool(url: &str, timeout: Duration) -> anyhow::Result<deadpool_redis
     pool_config.timeouts.create = Some(timeout);
     pool_config.timeouts.recycle = Some(timeout);
     config.pool = Some(pool_config);
-    config
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))
+    config.create_pool(Some(deadpool_redis::Runtime::Tokio1)).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))
 }

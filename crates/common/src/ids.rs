@@ -33,9 +33,6 @@ mod tests {
     fn incident_id_is_derived_from_the_opening_event() {
         let event = Uuid::now_v7();
         assert_eq!(incident_id_for_event(event), incident_id_for_event(event));
-        assert_eq!(
-            incident_id_for_event(event),
-            format!("inc_{}", event.simple())
-        );
+        assert_eq!(incident_id_for_event(event), format!("inc_{}", event.simple()));
     }
 }

@@ -29,10 +29,7 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
 }
 
 /// Creates the event stream and the dead-letter stream if missing; returns the event stream.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-) -> anyhow::Result<stream::Stream> {
+pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<stream::Stream> {
     let events = js
         .get_or_create_stream(stream::Config {
             name: config.stream.clone(),

@@ -81,11 +81,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(
-        url: &str,
-        prefix: impl Into<String>,
-        timeout: Duration,
-    ) -> Result<Self, LimiterError> {
+    pub fn new(url: &str, prefix: impl Into<String>, timeout: Duration) -> Result<Self, LimiterError> {
         Ok(Self {
             client: redis::Client::open(url)?,
             connection: tokio::sync::Mutex::new(None),
@@ -102,17 +98,10 @@ impl RateLimiter {
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        if self
-            .down_since
-            .lock()
-            .expect("limiter state poisoned")
-            .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
-        {
+        if self.down_since.lock().expect("limiter state poisoned").is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
             return Err(LimiterError::Backoff);
         }
-        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
-            .await
-        {
+        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection()).await {
             Ok(Ok(connection)) => {
                 *self.down_since.lock().expect("limiter state poisoned") = None;
                 *slot = Some(connection.clone());
@@ -135,30 +124,18 @@ impl RateLimiter {
     }
 
     /// Counts one request against `bucket` (limit per minute) and says whether it may pass.
-    pub async fn check(
-        &self,
-        bucket: &str,
-        limit_per_minute: u32,
-    ) -> Result<Decision, LimiterError> {
+    pub async fn check(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
         self.run(bucket, limit_per_minute, false).await
     }
 
     /// Whether a request would pass, without counting it.
-    pub async fn peek(
-        &self,
-        bucket: &str,
-        limit_per_minute: u32,
-    ) -> Result<Decision, LimiterError> {
+    pub async fn peek(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
         self.run(bucket, limit_per_minute, true).await
     }
 
     /// Like [`check`](Self::check), but fails open when Redis is unreachable: the failure is
     /// counted, logged at most every ten seconds, and the request passes (`None`).
-    pub async fn check_or_fail_open(
-        &self,
-        bucket: &str,
-        limit_per_minute: u32,
-    ) -> Option<Decision> {
+    pub async fn check_or_fail_open(&self, bucket: &str, limit_per_minute: u32) -> Option<Decision> {
         match self.check(bucket, limit_per_minute).await {
             Ok(decision) => Some(decision),
             Err(err) => {
@@ -174,10 +151,7 @@ impl RateLimiter {
         let now = jiff::Timestamp::now().as_second().unsigned_abs();
         let last = self.last_warning.load(Ordering::Relaxed);
         if now >= last + 10
-            && self
-                .last_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+            && self.last_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             tracing::warn!(error = %err, "rate limiter unavailable, failing open");
         }
@@ -204,9 +178,7 @@ impl RateLimiter {
                 retry_after: retry_after.max(i64::from(allowed == 0)).unsigned_abs(),
             })
         };
-        let result = tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(LimiterError::Timeout));
+        let result = tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(LimiterError::Timeout));
         if matches!(result, Err(LimiterError::Timeout | LimiterError::Redis(_))) {
             self.discard().await;
         }

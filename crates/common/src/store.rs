@@ -69,9 +69,7 @@ pub fn timestamp(row: &PgRow, column: &str) -> Result<Timestamp, sqlx::Error> {
 }
 
 pub fn optional_timestamp(row: &PgRow, column: &str) -> Result<Option<Timestamp>, sqlx::Error> {
-    Ok(row
-        .try_get::<Option<jiff_sqlx::Timestamp>, _>(column)?
-        .map(|t| t.to_jiff()))
+    Ok(row.try_get::<Option<jiff_sqlx::Timestamp>, _>(column)?.map(|t| t.to_jiff()))
 }
 
 /// Incidents written column-wise with one statement. An existing incident keeps what people may
@@ -107,12 +105,9 @@ impl IncidentRows {
         self.opened_seq.push(incident.opened_seq);
         self.created_at.push(incident.created_at.to_string());
         self.updated_at.push(incident.updated_at.to_string());
-        self.acknowledged_at
-            .push(incident.acknowledged_at.map(|t| t.to_string()));
-        self.resolved_at
-            .push(incident.resolved_at.map(|t| t.to_string()));
-        self.snoozed_until
-            .push(incident.snoozed_until.map(|t| t.to_string()));
+        self.acknowledged_at.push(incident.acknowledged_at.map(|t| t.to_string()));
+        self.resolved_at.push(incident.resolved_at.map(|t| t.to_string()));
+        self.snoozed_until.push(incident.snoozed_until.map(|t| t.to_string()));
     }
 
     pub async fn upsert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {

@@ -1,9 +1,7 @@
 //! ingest configuration.
 
 use clap::Parser;
-use common::config::{
-    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen,
-};
+use common::config::{DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen};
 
 /// OpsSentinal ingest: accepts events over HTTP and stores them durably in NATS JetStream.
 #[derive(Debug, Clone, Parser)]
@@ -47,22 +45,12 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        IngestConfig::try_parse_from(["opssentinal-ingest"])
-            .unwrap()
-            .validate()
-            .unwrap();
+        IngestConfig::try_parse_from(["opssentinal-ingest"]).unwrap().validate().unwrap();
     }
 
     #[test]
     fn a_bad_value_is_named() {
-        let config =
-            IngestConfig::try_parse_from(["opssentinal-ingest", "--nats-stream", "a.b"]).unwrap();
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("NATS_STREAM")
-        );
+        let config = IngestConfig::try_parse_from(["opssentinal-ingest", "--nats-stream", "a.b"]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("NATS_STREAM"));
     }
 }

@@ -23,39 +23,34 @@ pub use state::AppState;
 /// ingest's API routes (authenticated), without health endpoints or fallbacks, so the
 /// one-process mode can merge them with query-api's.
 pub fn api_router(state: Arc<AppState>) -> Router {
-    let gate = GateLayer {
-        gate: state.gate.clone(),
-        bucket: Bucket::Events,
-    };
-    routes::events::router()
+    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Events };
+    let (router, _) = routes::events::router().split_for_parts();
+    router
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+/// The OpenAPI description of ingest's routes, generated from the same registrations that route them.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, api): (Router<Arc<AppState>>, _) = routes::events::router().split_for_parts();
+    api
+}
+
 /// Adds our JSON 404/405 answers to a router.
 pub fn with_fallbacks(router: Router) -> Router {
-    router
-        .fallback(common::http::not_found)
-        .method_not_allowed_fallback(common::http::method_not_allowed)
+    router.fallback(common::http::not_found).method_not_allowed_fallback(common::http::method_not_allowed)
 }
 
 /// Serves ingest on `listener` until `shutdown` is cancelled, then drains in-flight requests.
-pub async fn run(
-    config: IngestConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let (state, readiness) = AppState::connect(&config).await?;
     common::db::migrate_when_reachable(&state.pool, &shutdown).await?;
     let app = with_fallbacks(api_router(state).merge(health_router(readiness)));
     tracing::info!(listen = %listener.local_addr()?, "ingest listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

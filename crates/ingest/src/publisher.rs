@@ -17,38 +17,22 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
-        client: async_nats::Client,
-        js: jetstream::Context,
-        subject: String,
-        timeout: Duration,
-    ) -> Self {
-        Self {
-            client,
-            js,
-            subject,
-            timeout,
-        }
+    pub fn new(client: async_nats::Client, js: jetstream::Context, subject: String, timeout: Duration) -> Self {
+        Self { client, js, subject, timeout }
     }
 
     /// Publishes and waits for JetStream's acknowledgement. Returns the stream sequence.
     /// Any failure (NATS unreachable, timeout, stream full) is a `503` the sender should retry.
     pub async fn publish(&self, event: &EventEnvelope) -> Result<u64, ApiError> {
         if self.client.connection_state() != State::Connected {
-            metrics::counter!("events_publish_failures_total", "reason" => "disconnected")
-                .increment(1);
+            metrics::counter!("events_publish_failures_total", "reason" => "disconnected").increment(1);
             return Err(unavailable());
         }
         let payload = serde_json::to_vec(event).map_err(ApiError::internal)?;
         let started = Instant::now();
-        let publish = PublishMessage::build()
-            .payload(payload.into())
-            .message_id(event.event_id.to_string());
+        let publish = PublishMessage::build().payload(payload.into()).message_id(event.event_id.to_string());
         let result = tokio::time::timeout(self.timeout, async {
-            self.js
-                .send_publish(self.subject.clone(), publish)
-                .await?
-                .await
+            self.js.send_publish(self.subject.clone(), publish).await?.await
         })
         .await;
         metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());
@@ -56,14 +40,12 @@ impl Publisher {
             Ok(Ok(ack)) => Ok(ack.sequence),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, event.id = %event.event_id, "JetStream publish failed");
-                metrics::counter!("events_publish_failures_total", "reason" => "error")
-                    .increment(1);
+                metrics::counter!("events_publish_failures_total", "reason" => "error").increment(1);
                 Err(unavailable())
             }
             Err(_) => {
                 tracing::warn!(event.id = %event.event_id, "JetStream publish acknowledgement timed out");
-                metrics::counter!("events_publish_failures_total", "reason" => "timeout")
-                    .increment(1);
+                metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(1);
                 Err(unavailable())
             }
         }
@@ -71,8 +53,5 @@ impl Publisher {
 }
 
 fn unavailable() -> ApiError {
-    ApiError::unavailable(
-        "the event pipeline cannot accept events right now; retry later",
-        5,
-    )
+    ApiError::unavailable("the event pipeline cannot accept events right now; retry later", 5)
 }

@@ -28,11 +28,7 @@ const MAX_CACHED: usize = 100_000;
 
 impl ServiceDirectory {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self {
-            pool,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The service an event names: `400 INVALID_ROUTING_KEY` for an unknown routing key,
@@ -40,10 +36,9 @@ impl ServiceDirectory {
     pub async fn resolve(&self, reference: &ServiceRef) -> Result<ServiceTarget, ApiError> {
         let found = self.lookup(reference).await?;
         found.ok_or_else(|| match reference {
-            ServiceRef::RoutingKey(_) => ApiError::new(
-                ErrorCode::InvalidRoutingKey,
-                "routing_key does not match any service integration",
-            ),
+            ServiceRef::RoutingKey(_) => {
+                ApiError::new(ErrorCode::InvalidRoutingKey, "routing_key does not match any service integration")
+            }
             ServiceRef::ServiceId(id) => ApiError::not_found(format!("service {id}")),
         })
     }
@@ -58,21 +53,17 @@ impl ServiceDirectory {
             }
         };
         let query = match reference {
-            ServiceRef::RoutingKey(key) => sqlx::query_as::<_, (String, Option<i32>)>(
-                "select id, rate_limit from services where routing_key = $1",
-            )
-            .bind(key),
-            ServiceRef::ServiceId(id) => sqlx::query_as::<_, (String, Option<i32>)>(
-                "select id, rate_limit from services where id = $1",
-            )
-            .bind(id),
+            ServiceRef::RoutingKey(key) => {
+                sqlx::query_as::<_, (String, Option<i32>)>("select id, rate_limit from services where routing_key = $1")
+                    .bind(key)
+            }
+            ServiceRef::ServiceId(id) => {
+                sqlx::query_as::<_, (String, Option<i32>)>("select id, rate_limit from services where id = $1").bind(id)
+            }
         };
         match query.fetch_optional(&self.pool).await {
             Ok(row) => {
-                let target = row.map(|(id, limit)| ServiceTarget {
-                    id,
-                    rate_limit: limit.map(i32::unsigned_abs),
-                });
+                let target = row.map(|(id, limit)| ServiceTarget { id, rate_limit: limit.map(i32::unsigned_abs) });
                 let mut cache = self.cache.lock().expect("service cache poisoned");
                 if cache.len() >= MAX_CACHED {
                     cache.clear();

@@ -8,11 +8,7 @@ use common::config::{DatabaseConfig, LogConfig, RateLimitConfig, RedisConfig, pa
 #[command(name = "opssentinal-query-api", version)]
 pub struct QueryApiConfig {
     /// Address the HTTP server listens on.
-    #[arg(
-        long = "listen",
-        env = "QUERY_API_LISTEN",
-        default_value = "0.0.0.0:8082"
-    )]
+    #[arg(long = "listen", env = "QUERY_API_LISTEN", default_value = "0.0.0.0:8082")]
     pub listen: String,
     #[command(flatten)]
     pub database: DatabaseConfig,
@@ -45,9 +41,6 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        QueryApiConfig::try_parse_from(["opssentinal-query-api"])
-            .unwrap()
-            .validate()
-            .unwrap();
+        QueryApiConfig::try_parse_from(["opssentinal-query-api"]).unwrap().validate().unwrap();
     }
 }

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use common::http::{
-    Bucket, Dependency, Gate, GateLayer, Readiness, authenticate, health_router, redis_pool,
-};
+use common::http::{Bucket, Dependency, Gate, GateLayer, Readiness, authenticate, health_router, redis_pool};
 use common::ratelimit::RateLimiter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use config::QueryApiConfig;
 pub use state::AppState;
@@ -24,16 +23,43 @@ pub use state::AppState;
 /// The authenticated API routes, without health endpoints or fallbacks (the one-process mode
 /// merges them with ingest's).
 pub fn api_router(state: Arc<AppState>) -> Router {
-    let gate = GateLayer {
-        gate: state.gate.clone(),
-        bucket: Bucket::Api,
-    };
-    Router::new()
+    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Api };
+    let (routes, _) = routes().split_for_parts();
+    let document = openapi();
+    routes
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        .with_state(state)
+        .route("/api/openapi.json", axum::routing::get(move || async move { axum::Json(document) }))
+}
+
+fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
         .merge(routes::incidents::router())
         .merge(routes::services::router())
         .merge(routes::schedules::router())
-        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
-        .with_state(state)
+}
+
+/// One OpenAPI 3.1 document for the whole HTTP API (events and query endpoints), generated from
+/// the registrations that also build the routers, so a route cannot exist without its entry.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+    let (_, mut api): (Router<Arc<AppState>>, _) = routes().split_for_parts();
+    api.merge(ingest::openapi());
+    api.info.title = "OpsSentinal API".into();
+    api.info.version = env!("CARGO_PKG_VERSION").into();
+    api.info.description = Some(
+        "Events in, incidents out. Authenticate with `Authorization: Bearer KEY`, `Authorization: Api-Key KEY` or \
+         `X-API-Key: KEY`. Errors are `{\"error\": {\"code\", \"message\", \"details\"?}}`."
+            .into(),
+    );
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("osk_…").build()),
+    );
+    components
+        .add_security_scheme("api_key_header", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    api
 }
 
 /// Puts snoozed incidents whose snooze ended back to `OPEN`, every second until `shutdown`.
@@ -50,40 +76,23 @@ pub async fn reopen_snoozed(pool: sqlx::PgPool, shutdown: CancellationToken) {
 }
 
 /// Serves the query API on `listener` until `shutdown`.
-pub async fn run(
-    config: QueryApiConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let pool = common::db::pool(&config.database)?;
     common::db::migrate_when_reachable(&pool, &shutdown).await?;
     let redis = redis_pool(&config.redis.url, config.redis.timeout())?;
-    let limiter = RateLimiter::new(
-        &config.redis.url,
-        config.redis.key_prefix.clone(),
-        config.redis.timeout(),
-    )?;
+    let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
-    let state = Arc::new(AppState {
-        pool: pool.clone(),
-        gate,
-    });
+    let state = Arc::new(AppState { pool: pool.clone(), gate });
     tokio::spawn(reopen_snoozed(pool.clone(), shutdown.clone()));
-    let readiness = Readiness {
-        required: vec![Dependency::Postgres(pool)],
-        optional: vec![Dependency::Redis(redis)],
-    };
+    let readiness = Readiness { required: vec![Dependency::Postgres(pool)], optional: vec![Dependency::Redis(redis)] };
     let app = api_router(state)
         .merge(health_router(readiness))
         .fallback(common::http::not_found)
         .method_not_allowed_fallback(common::http::method_not_allowed);
     tracing::info!(listen = %listener.local_addr()?, "query-api listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

@@ -84,10 +84,7 @@ pub struct Shift {
 
 impl Layer {
     fn anchor(&self, zone: &TimeZone) -> DateTime {
-        self.start
-            .to_zoned(zone.clone())
-            .date()
-            .to_datetime(self.handoff)
+        self.start.to_zoned(zone.clone()).date().to_datetime(self.handoff)
     }
 
     /// The instant of hand-off `k`.
@@ -96,11 +93,7 @@ impl Layer {
             .checked_add(self.rotation.span(k))
             .and_then(|civil| civil.to_zoned(zone.clone()))
             .map(|zoned| zoned.timestamp())
-            .unwrap_or(if k < 0 {
-                Timestamp::MIN
-            } else {
-                Timestamp::MAX
-            })
+            .unwrap_or(if k < 0 { Timestamp::MIN } else { Timestamp::MAX })
     }
 
     /// The turn in progress at `t`: the largest `k` with hand-off `k` at or before `t`.
@@ -119,9 +112,7 @@ impl Layer {
 
     fn user_of_turn(&self, k: i64) -> Option<&str> {
         let n = i64::try_from(self.users.len()).ok().filter(|n| *n > 0)?;
-        self.users
-            .get(usize::try_from(k.rem_euclid(n)).ok()?)
-            .map(String::as_str)
+        self.users.get(usize::try_from(k.rem_euclid(n)).ok()?).map(String::as_str)
     }
 
     fn active_at(&self, t: Timestamp) -> bool {
@@ -137,20 +128,10 @@ impl Layer {
     }
 
     /// Every instant in `(from, to)` at which this layer's on-call user may change.
-    fn boundaries(
-        &self,
-        zone: &TimeZone,
-        from: Timestamp,
-        to: Timestamp,
-        out: &mut Vec<Timestamp>,
-    ) {
+    fn boundaries(&self, zone: &TimeZone, from: Timestamp, to: Timestamp, out: &mut Vec<Timestamp>) {
         let lo = from.max(self.start);
         let hi = self.end.map_or(to, |end| end.min(to));
-        out.extend(
-            [self.start, self.end.unwrap_or(to)]
-                .into_iter()
-                .filter(|t| from < *t && *t < to),
-        );
+        out.extend([self.start, self.end.unwrap_or(to)].into_iter().filter(|t| from < *t && *t < to));
         if lo >= hi {
             return;
         }
@@ -170,20 +151,14 @@ impl Layer {
 impl Schedule {
     /// Who is on call at `t` and why.
     pub fn who_at(&self, t: Timestamp) -> Option<(&str, Source)> {
-        if let Some((i, o)) = self
-            .overrides
+        if let Some((i, o)) = self.overrides.iter().enumerate().rev().find(|(_, o)| o.start <= t && t < o.end) {
+            return Some((o.user.as_str(), Source::Override(i)));
+        }
+        self.layers
             .iter()
             .enumerate()
             .rev()
-            .find(|(_, o)| o.start <= t && t < o.end)
-        {
-            return Some((o.user.as_str(), Source::Override(i)));
-        }
-        self.layers.iter().enumerate().rev().find_map(|(i, layer)| {
-            layer
-                .user_at(&self.zone, t)
-                .map(|user| (user, Source::Layer(i)))
-        })
+            .find_map(|(i, layer)| layer.user_at(&self.zone, t).map(|user| (user, Source::Layer(i))))
     }
 
     /// The final shifts in `[from, to)`: contiguous where anyone is on call, never overlapping,
@@ -194,11 +169,7 @@ impl Schedule {
             layer.boundaries(&self.zone, from, to, &mut cuts);
         }
         for o in &self.overrides {
-            cuts.extend(
-                [o.start, o.end]
-                    .into_iter()
-                    .filter(|t| from < *t && *t < to),
-            );
+            cuts.extend([o.start, o.end].into_iter().filter(|t| from < *t && *t < to));
         }
         cuts.sort();
         cuts.dedup();
@@ -209,15 +180,8 @@ impl Schedule {
                 continue;
             };
             match shifts.last_mut() {
-                Some(last) if last.end == start && last.user == user && last.source == source => {
-                    last.end = end
-                }
-                _ => shifts.push(Shift {
-                    start,
-                    end,
-                    user: user.to_owned(),
-                    source,
-                }),
+                Some(last) if last.end == start && last.user == user && last.source == source => last.end = end,
+                _ => shifts.push(Shift { start, end, user: user.to_owned(), source }),
             }
         }
         shifts
@@ -227,9 +191,7 @@ impl Schedule {
     pub fn shift_at(&self, t: Timestamp, horizon: SignedDuration) -> Option<Shift> {
         let from = t.checked_sub(horizon).unwrap_or(Timestamp::MIN);
         let to = t.checked_add(horizon).unwrap_or(Timestamp::MAX);
-        self.shifts(from, to)
-            .into_iter()
-            .find(|s| s.start <= t && t < s.end)
+        self.shifts(from, to).into_iter().find(|s| s.start <= t && t < s.end)
     }
 }
 
@@ -255,27 +217,15 @@ mod tests {
     }
 
     fn new_york(layers: Vec<Layer>) -> Schedule {
-        Schedule {
-            zone: TimeZone::get("America/New_York").unwrap(),
-            layers,
-            overrides: vec![],
-        }
+        Schedule { zone: TimeZone::get("America/New_York").unwrap(), layers, overrides: vec![] }
     }
 
     #[test]
     fn a_daily_handoff_stays_at_9am_local_across_spring_forward() {
         // 2026-03-08 02:00 EST becomes 03:00 EDT.
-        let schedule = new_york(vec![layer(
-            "2026-03-01T14:00:00Z",
-            Rotation::Daily,
-            "09:00",
-            &["ann", "bob"],
-        )]);
+        let schedule = new_york(vec![layer("2026-03-01T14:00:00Z", Rotation::Daily, "09:00", &["ann", "bob"])]);
         let shifts = schedule.shifts(ts("2026-03-07T14:00:00Z"), ts("2026-03-09T13:00:00Z"));
-        let spans: Vec<(String, String)> = shifts
-            .iter()
-            .map(|s| (s.start.to_string(), s.end.to_string()))
-            .collect();
+        let spans: Vec<(String, String)> = shifts.iter().map(|s| (s.start.to_string(), s.end.to_string())).collect();
         assert_eq!(
             spans,
             [
@@ -289,42 +239,20 @@ mod tests {
     #[test]
     fn a_daily_handoff_stays_at_9am_local_across_fall_back() {
         // 2026-11-01 02:00 EDT becomes 01:00 EST.
-        let schedule = new_york(vec![layer(
-            "2026-10-01T13:00:00Z",
-            Rotation::Daily,
-            "09:00",
-            &["ann", "bob"],
-        )]);
+        let schedule = new_york(vec![layer("2026-10-01T13:00:00Z", Rotation::Daily, "09:00", &["ann", "bob"])]);
         let shifts = schedule.shifts(ts("2026-10-31T13:00:00Z"), ts("2026-11-02T14:00:00Z"));
         assert_eq!(shifts.len(), 2);
-        assert_eq!(
-            (shifts[0].start, shifts[0].end),
-            (ts("2026-10-31T13:00:00Z"), ts("2026-11-01T14:00:00Z"))
-        ); // 25 h
-        assert_eq!(
-            (shifts[1].start, shifts[1].end),
-            (ts("2026-11-01T14:00:00Z"), ts("2026-11-02T14:00:00Z"))
-        );
+        assert_eq!((shifts[0].start, shifts[0].end), (ts("2026-10-31T13:00:00Z"), ts("2026-11-01T14:00:00Z"))); // 25 h
+        assert_eq!((shifts[1].start, shifts[1].end), (ts("2026-11-01T14:00:00Z"), ts("2026-11-02T14:00:00Z")));
     }
 
     #[test]
     fn a_handoff_inside_the_spring_forward_gap_moves_past_it() {
-        let schedule = new_york(vec![layer(
-            "2026-03-01T12:00:00Z",
-            Rotation::Daily,
-            "02:30",
-            &["ann", "bob"],
-        )]);
-        let boundaries: Vec<Timestamp> = schedule
-            .shifts(ts("2026-03-07T12:00:00Z"), ts("2026-03-09T12:00:00Z"))
-            .iter()
-            .map(|s| s.start)
-            .collect();
+        let schedule = new_york(vec![layer("2026-03-01T12:00:00Z", Rotation::Daily, "02:30", &["ann", "bob"])]);
+        let boundaries: Vec<Timestamp> =
+            schedule.shifts(ts("2026-03-07T12:00:00Z"), ts("2026-03-09T12:00:00Z")).iter().map(|s| s.start).collect();
         // 02:30 does not exist on 2026-03-08; the hand-off happens at 03:30 EDT (07:30Z).
-        assert!(
-            boundaries.contains(&ts("2026-03-08T07:30:00Z")),
-            "{boundaries:?}"
-        );
+        assert!(boundaries.contains(&ts("2026-03-08T07:30:00Z")), "{boundaries:?}");
     }
 
     #[test]
@@ -333,12 +261,7 @@ mod tests {
             layer("2026-01-01T00:00:00Z", Rotation::Weekly, "09:00", &["base"]),
             Layer {
                 end: Some(ts("2026-01-10T00:00:00Z")),
-                ..layer(
-                    "2026-01-09T00:00:00Z",
-                    Rotation::Hours(12),
-                    "00:00",
-                    &["night"],
-                )
+                ..layer("2026-01-09T00:00:00Z", Rotation::Hours(12), "00:00", &["night"])
             },
         ]);
         schedule.overrides.push(Override {
@@ -347,89 +270,41 @@ mod tests {
             start: ts("2026-01-09T06:00:00Z"),
             end: ts("2026-01-09T07:00:00Z"),
         });
-        assert_eq!(
-            schedule.who_at(ts("2026-01-08T12:00:00Z")).unwrap().0,
-            "base"
-        );
-        assert_eq!(
-            schedule.who_at(ts("2026-01-09T05:00:00Z")),
-            Some(("night", Source::Layer(1)))
-        );
-        assert_eq!(
-            schedule.who_at(ts("2026-01-09T06:30:00Z")),
-            Some(("sub", Source::Override(0)))
-        );
-        assert_eq!(
-            schedule.who_at(ts("2026-01-10T01:00:00Z")).unwrap().0,
-            "base"
-        );
+        assert_eq!(schedule.who_at(ts("2026-01-08T12:00:00Z")).unwrap().0, "base");
+        assert_eq!(schedule.who_at(ts("2026-01-09T05:00:00Z")), Some(("night", Source::Layer(1))));
+        assert_eq!(schedule.who_at(ts("2026-01-09T06:30:00Z")), Some(("sub", Source::Override(0))));
+        assert_eq!(schedule.who_at(ts("2026-01-10T01:00:00Z")).unwrap().0, "base");
     }
 
-    const ZONES: [&str; 5] = [
-        "America/New_York",
-        "Europe/Berlin",
-        "Australia/Sydney",
-        "Asia/Kolkata",
-        "UTC",
-    ];
+    const ZONES: [&str; 5] = ["America/New_York", "Europe/Berlin", "Australia/Sydney", "Asia/Kolkata", "UTC"];
 
     fn random_schedule(rng: &mut StdRng) -> Schedule {
         let base = ts("2026-01-01T00:00:00Z").as_second();
         let zone = TimeZone::get(ZONES[rng.random_range(0..ZONES.len())]).unwrap();
         let layers = (0..rng.random_range(1..4))
             .map(|i| {
-                let start =
-                    Timestamp::from_second(base + rng.random_range(0..200 * 86_400)).unwrap();
-                let end = rng.random_bool(0.4).then(|| {
-                    start
-                        .checked_add(SignedDuration::from_hours(rng.random_range(1..2000)))
-                        .unwrap()
-                });
+                let start = Timestamp::from_second(base + rng.random_range(0..200 * 86_400)).unwrap();
+                let end = rng
+                    .random_bool(0.4)
+                    .then(|| start.checked_add(SignedDuration::from_hours(rng.random_range(1..2000))).unwrap());
                 let rotation = match rng.random_range(0..3) {
                     0 => Rotation::Daily,
                     1 => Rotation::Weekly,
                     _ => Rotation::Hours(rng.random_range(1..100)),
                 };
-                let handoff = Time::new(
-                    rng.random_range(0..24),
-                    [0, 15, 30][rng.random_range(0..3)],
-                    0,
-                    0,
-                )
-                .unwrap();
-                let users = (0..rng.random_range(1..5))
-                    .map(|u| format!("u{i}{u}"))
-                    .collect();
-                Layer {
-                    id: format!("lay{i}"),
-                    start,
-                    end,
-                    rotation,
-                    handoff,
-                    users,
-                }
+                let handoff = Time::new(rng.random_range(0..24), [0, 15, 30][rng.random_range(0..3)], 0, 0).unwrap();
+                let users = (0..rng.random_range(1..5)).map(|u| format!("u{i}{u}")).collect();
+                Layer { id: format!("lay{i}"), start, end, rotation, handoff, users }
             })
             .collect();
         let overrides = (0..rng.random_range(0..4))
             .map(|i| {
-                let start =
-                    Timestamp::from_second(base + rng.random_range(0..220 * 86_400)).unwrap();
-                let end = start
-                    .checked_add(SignedDuration::from_hours(rng.random_range(1..72)))
-                    .unwrap();
-                Override {
-                    id: format!("ovr{i}"),
-                    user: format!("sub{i}"),
-                    start,
-                    end,
-                }
+                let start = Timestamp::from_second(base + rng.random_range(0..220 * 86_400)).unwrap();
+                let end = start.checked_add(SignedDuration::from_hours(rng.random_range(1..72))).unwrap();
+                Override { id: format!("ovr{i}"), user: format!("sub{i}"), start, end }
             })
             .collect();
-        Schedule {
-            zone,
-            layers,
-            overrides,
-        }
+        Schedule { zone, layers, overrides }
     }
 
     #[test]
@@ -437,41 +312,27 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0x0c_a11);
         for case in 0..300 {
             let schedule = random_schedule(&mut rng);
-            let from = Timestamp::from_second(
-                ts("2026-01-01T00:00:00Z").as_second() + rng.random_range(0..230 * 86_400),
-            )
-            .unwrap();
-            let to = from
-                .checked_add(SignedDuration::from_hours(rng.random_range(1..24 * 40)))
-                .unwrap();
+            let from =
+                Timestamp::from_second(ts("2026-01-01T00:00:00Z").as_second() + rng.random_range(0..230 * 86_400))
+                    .unwrap();
+            let to = from.checked_add(SignedDuration::from_hours(rng.random_range(1..24 * 40))).unwrap();
             let shifts = schedule.shifts(from, to);
             for pair in shifts.windows(2) {
-                assert!(
-                    pair[0].end <= pair[1].start,
-                    "case {case}: overlapping shifts {pair:?}"
-                );
+                assert!(pair[0].end <= pair[1].start, "case {case}: overlapping shifts {pair:?}");
                 if pair[0].end < pair[1].start {
                     // A gap: nobody is on call anywhere inside it.
-                    let mid = Timestamp::from_second(
-                        (pair[0].end.as_second() + pair[1].start.as_second()) / 2,
-                    )
-                    .unwrap();
+                    let mid =
+                        Timestamp::from_second((pair[0].end.as_second() + pair[1].start.as_second()) / 2).unwrap();
                     assert!(
                         schedule.who_at(pair[0].end).is_none(),
                         "case {case}: gap at {} but someone covers",
                         pair[0].end
                     );
-                    assert!(
-                        schedule.who_at(mid).is_none(),
-                        "case {case}: gap at {mid} but someone covers"
-                    );
+                    assert!(schedule.who_at(mid).is_none(), "case {case}: gap at {mid} but someone covers");
                 }
             }
             for shift in &shifts {
-                assert!(
-                    shift.start < shift.end && from <= shift.start && shift.end <= to,
-                    "case {case}: {shift:?}"
-                );
+                assert!(shift.start < shift.end && from <= shift.start && shift.end <= to, "case {case}: {shift:?}");
                 let at_start = schedule.who_at(shift.start).map(|(u, s)| (u.to_owned(), s));
                 assert_eq!(
                     at_start,
@@ -485,12 +346,8 @@ mod tests {
             }
             for _ in 0..50 {
                 let span = to.as_second() - from.as_second();
-                let t =
-                    Timestamp::from_second(from.as_second() + rng.random_range(0..span)).unwrap();
-                let rendered = shifts
-                    .iter()
-                    .find(|s| s.start <= t && t < s.end)
-                    .map(|s| s.user.as_str());
+                let t = Timestamp::from_second(from.as_second() + rng.random_range(0..span)).unwrap();
+                let rendered = shifts.iter().find(|s| s.start <= t && t < s.end).map(|s| s.user.as_str());
                 assert_eq!(
                     rendered,
                     schedule.who_at(t).map(|(u, _)| u),
@@ -498,10 +355,7 @@ mod tests {
                 );
             }
             if let Some(first) = shifts.first() {
-                assert!(
-                    first.start == from || schedule.who_at(from).is_none(),
-                    "case {case}: uncovered start"
-                );
+                assert!(first.start == from || schedule.who_at(from).is_none(), "case {case}: uncovered start");
             }
         }
     }

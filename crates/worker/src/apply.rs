@@ -14,9 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use common::event::{AlertPayload, EventAction, EventEnvelope};
-use common::fold::{
-    FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome,
-};
+use common::fold::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome};
 use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, timestamp};
 use jiff::Timestamp;
 use sqlx::types::Json;
@@ -45,10 +43,7 @@ pub struct BatchReport {
 type KeyRef<'a> = (&'a str, &'a str);
 
 /// Applies `events` (any order, any keys, duplicates allowed) in one transaction.
-pub async fn apply_batch(
-    pool: &PgPool,
-    events: &[QueuedEvent],
-) -> Result<BatchReport, sqlx::Error> {
+pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchReport, sqlx::Error> {
     let mut report = BatchReport::default();
     if events.is_empty() {
         return Ok(report);
@@ -57,23 +52,15 @@ pub async fn apply_batch(
     let (services, keys): (Vec<&str>, Vec<&str>) = by_key.keys().copied().unzip();
     let mut tx = pool.begin().await?;
 
-    let last_seq: HashMap<(String, String), i64> = lock_keys(&mut tx, &services, &keys)
+    let last_seq: HashMap<(String, String), i64> =
+        lock_keys(&mut tx, &services, &keys).await?.into_iter().map(|(s, k, seq)| ((s, k), seq)).collect();
+    let event_ids: Vec<Uuid> = by_key.values().flatten().map(|e| e.envelope.event_id).collect();
+    let stored: HashMap<Uuid, i64> = sqlx::query_as("select event_id, seq from events where event_id = any($1)")
+        .bind(&event_ids)
+        .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|(s, k, seq)| ((s, k), seq))
         .collect();
-    let event_ids: Vec<Uuid> = by_key
-        .values()
-        .flatten()
-        .map(|e| e.envelope.event_id)
-        .collect();
-    let stored: HashMap<Uuid, i64> =
-        sqlx::query_as("select event_id, seq from events where event_id = any($1)")
-            .bind(&event_ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
     let mut open = load_open_incidents(&mut tx, &services, &keys).await?;
 
     let mut writes = Writes::default();
@@ -90,13 +77,9 @@ pub async fn apply_batch(
         let Some(first_seq) = fresh.iter().chain(&moved).map(|e| e.seq).min() else {
             continue;
         };
-        let key_last = last_seq
-            .get(&(service_id.to_owned(), dedup_key.to_owned()))
-            .copied()
-            .unwrap_or(0);
+        let key_last = last_seq.get(&(service_id.to_owned(), dedup_key.to_owned())).copied().unwrap_or(0);
         if moved.is_empty() && first_seq > key_last {
-            let mut fold =
-                KeyFold::new(open.remove(&(service_id.to_owned(), dedup_key.to_owned())));
+            let mut fold = KeyFold::new(open.remove(&(service_id.to_owned(), dedup_key.to_owned())));
             for event in &fresh {
                 let (outcome, incident) = fold.apply(&fold_event(event));
                 writes.new_event(event, outcome, incident);
@@ -104,32 +87,15 @@ pub async fn apply_batch(
             }
             writes.incidents(service_id, dedup_key, fold.into_incidents());
         } else {
-            let outcomes = refold(
-                &mut tx,
-                (service_id, dedup_key),
-                first_seq,
-                &fresh,
-                &moved,
-                &mut writes,
-            )
-            .await?;
+            let outcomes = refold(&mut tx, (service_id, dedup_key), first_seq, &fresh, &moved, &mut writes).await?;
             report.outcomes.extend(outcomes);
             report.refolded_keys += 1;
             metrics::counter!("worker_refolds_total").increment(1);
         }
-        let newest = fresh
-            .iter()
-            .chain(&moved)
-            .map(|e| e.seq)
-            .max()
-            .unwrap_or(first_seq);
+        let newest = fresh.iter().chain(&moved).map(|e| e.seq).max().unwrap_or(first_seq);
         writes.key_seq(service_id, dedup_key, newest);
     }
-    report.duplicates += by_key
-        .values()
-        .map(Vec::len)
-        .sum::<usize>()
-        .abs_diff(events.len());
+    report.duplicates += by_key.values().map(Vec::len).sum::<usize>().abs_diff(events.len());
     writes.flush(&mut tx).await?;
     tx.commit().await?;
     Ok(report)
@@ -144,10 +110,7 @@ fn group_by_key(events: &[QueuedEvent]) -> BTreeMap<KeyRef<'_>, Vec<&QueuedEvent
     let mut by_key: BTreeMap<KeyRef<'_>, Vec<&QueuedEvent>> = BTreeMap::new();
     for event in sorted {
         if seen.insert(event.envelope.event_id) {
-            by_key
-                .entry((&event.envelope.service_id, &event.envelope.dedup_key))
-                .or_default()
-                .push(event);
+            by_key.entry((&event.envelope.service_id, &event.envelope.dedup_key)).or_default().push(event);
         }
     }
     by_key
@@ -163,11 +126,7 @@ async fn load_open_incidents(
          join unnest($1::text[], $2::text[]) as t(s, k) on i.service_id = t.s and i.dedup_key = t.k
          where i.status <> 'RESOLVED'"
     );
-    let rows = sqlx::query(&sql)
-        .bind(services)
-        .bind(keys)
-        .fetch_all(&mut *tx)
-        .await?;
+    let rows = sqlx::query(&sql).bind(services).bind(keys).fetch_all(&mut *tx).await?;
     rows.iter()
         .map(|row| {
             let key = (row.try_get("service_id")?, row.try_get("dedup_key")?);
@@ -195,23 +154,14 @@ struct StoredEvent {
 
 enum StoredKind {
     Event(EventAction, Option<AlertPayload>),
-    Manual {
-        incident_id: String,
-        change: ManualChange,
-    },
+    Manual { incident_id: String, change: ManualChange },
 }
 
 impl StoredEvent {
-    fn from_row(
-        row: &sqlx::postgres::PgRow,
-        new_seq: &HashMap<Uuid, i64>,
-    ) -> Result<Self, sqlx::Error> {
+    fn from_row(row: &sqlx::postgres::PgRow, new_seq: &HashMap<Uuid, i64>) -> Result<Self, sqlx::Error> {
         let event_id: Uuid = row.try_get("event_id")?;
         let action: String = row.try_get("action")?;
-        let bad = |what: &str| sqlx::Error::ColumnDecode {
-            index: "action".into(),
-            source: what.to_owned().into(),
-        };
+        let bad = |what: &str| sqlx::Error::ColumnDecode { index: "action".into(), source: what.to_owned().into() };
         let kind = if row.try_get::<Option<String>, _>("actor_id")?.is_some() {
             let incident_id: String = row
                 .try_get::<Option<String>, _>("incident_id")?
@@ -223,34 +173,21 @@ impl StoredEvent {
                 "snooze" => {
                     let payload: Option<Json<serde_json::Value>> = row.try_get("payload")?;
                     let until = payload
-                        .and_then(|Json(p)| {
-                            p.get("until")
-                                .and_then(|u| u.as_str())
-                                .and_then(|u| u.parse().ok())
-                        })
+                        .and_then(|Json(p)| p.get("until").and_then(|u| u.as_str()).and_then(|u| u.parse().ok()))
                         .ok_or_else(|| bad("snooze without until"))?;
                     ManualChange::Snooze(until)
                 }
                 other => return Err(bad(other)),
             };
-            StoredKind::Manual {
-                incident_id,
-                change,
-            }
+            StoredKind::Manual { incident_id, change }
         } else {
-            let action = serde_json::from_value(serde_json::Value::String(action))
-                .map_err(|e| bad(&e.to_string()))?;
-            let payload = row
-                .try_get::<Option<Json<AlertPayload>>, _>("payload")?
-                .map(|Json(p)| p);
+            let action = serde_json::from_value(serde_json::Value::String(action)).map_err(|e| bad(&e.to_string()))?;
+            let payload = row.try_get::<Option<Json<AlertPayload>>, _>("payload")?.map(|Json(p)| p);
             StoredKind::Event(action, payload)
         };
         Ok(Self {
             event_id,
-            seq: new_seq
-                .get(&event_id)
-                .copied()
-                .unwrap_or(row.try_get("seq")?),
+            seq: new_seq.get(&event_id).copied().unwrap_or(row.try_get("seq")?),
             kind,
             received_at: timestamp(row, "received_at")?,
         })
@@ -259,20 +196,9 @@ impl StoredEvent {
     fn fold_event(&self) -> FoldEvent<'_> {
         let action = match &self.kind {
             StoredKind::Event(action, payload) => FoldAction::Event(*action, payload.as_ref()),
-            StoredKind::Manual {
-                incident_id,
-                change,
-            } => FoldAction::Manual {
-                incident_id,
-                change: *change,
-            },
+            StoredKind::Manual { incident_id, change } => FoldAction::Manual { incident_id, change: *change },
         };
-        FoldEvent {
-            event_id: self.event_id,
-            seq: self.seq,
-            action,
-            received_at: self.received_at,
-        }
+        FoldEvent { event_id: self.event_id, seq: self.seq, action, received_at: self.received_at }
     }
 }
 
@@ -305,10 +231,7 @@ async fn refold(
     .fetch_all(&mut *tx)
     .await?;
     let new_seq: HashMap<Uuid, i64> = moved.iter().map(|e| (e.envelope.event_id, e.seq)).collect();
-    let stored = rows
-        .iter()
-        .map(|row| StoredEvent::from_row(row, &new_seq))
-        .collect::<Result<Vec<_>, _>>()?;
+    let stored = rows.iter().map(|row| StoredEvent::from_row(row, &new_seq)).collect::<Result<Vec<_>, _>>()?;
 
     enum Entry<'a> {
         Stored(&'a StoredEvent),
@@ -317,22 +240,9 @@ async fn refold(
     // Stream order; a manual change comes right after the stream event it followed.
     let mut entries: Vec<((i64, bool, Uuid), Entry<'_>)> = stored
         .iter()
-        .map(|s| {
-            (
-                (
-                    s.seq,
-                    matches!(s.kind, StoredKind::Manual { .. }),
-                    s.event_id,
-                ),
-                Entry::Stored(s),
-            )
-        })
+        .map(|s| ((s.seq, matches!(s.kind, StoredKind::Manual { .. }), s.event_id), Entry::Stored(s)))
         .collect();
-    entries.extend(
-        fresh
-            .iter()
-            .map(|e| ((e.seq, false, e.envelope.event_id), Entry::Fresh(e))),
-    );
+    entries.extend(fresh.iter().map(|e| ((e.seq, false, e.envelope.event_id), Entry::Fresh(e))));
     entries.sort_by_key(|(order, _)| *order);
 
     let mut fold = KeyFold::new(None);
@@ -352,15 +262,13 @@ async fn refold(
     }
     let incidents = fold.into_incidents();
     let keep: Vec<&str> = incidents.iter().map(|i| i.id.as_str()).collect();
-    sqlx::query(
-        "delete from incidents where service_id = $1 and dedup_key = $2 and opened_seq > $3 and id <> all($4)",
-    )
-    .bind(service_id)
-    .bind(dedup_key)
-    .bind(floor)
-    .bind(&keep)
-    .execute(&mut *tx)
-    .await?;
+    sqlx::query("delete from incidents where service_id = $1 and dedup_key = $2 and opened_seq > $3 and id <> all($4)")
+        .bind(service_id)
+        .bind(dedup_key)
+        .bind(floor)
+        .bind(&keep)
+        .execute(&mut *tx)
+        .await?;
     writes.incidents(service_id, dedup_key, incidents);
     Ok(outcomes)
 }
@@ -402,23 +310,13 @@ impl Writes {
         rows.service_id.push(e.service_id.clone());
         rows.dedup_key.push(e.dedup_key.clone());
         rows.action.push(e.action.as_str());
-        rows.payload.push(
-            e.payload
-                .as_ref()
-                .and_then(|p| serde_json::to_string(p).ok()),
-        );
+        rows.payload.push(e.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()));
         rows.received_at.push(e.received_at.to_string());
         rows.outcome.push(outcome.as_str());
         rows.incident_id.push(incident);
     }
 
-    fn stored_event(
-        &mut self,
-        event_id: Uuid,
-        seq: i64,
-        outcome: Outcome,
-        incident: Option<String>,
-    ) {
+    fn stored_event(&mut self, event_id: Uuid, seq: i64, outcome: Outcome, incident: Option<String>) {
         self.stored_ids.push(event_id);
         self.stored_seqs.push(seq);
         self.stored_outcomes.push(outcome.as_str());
@@ -427,11 +325,7 @@ impl Writes {
 
     fn incidents(&mut self, service_id: &str, dedup_key: &str, incidents: Vec<IncidentState>) {
         for incident in incidents {
-            let rows = if incident.status == IncidentStatus::Resolved {
-                &mut self.closed
-            } else {
-                &mut self.open
-            };
+            let rows = if incident.status == IncidentStatus::Resolved { &mut self.closed } else { &mut self.open };
             rows.push(service_id, dedup_key, incident);
         }
     }

@@ -10,56 +10,28 @@ use common::config::{DatabaseConfig, LogConfig, NatsConfig, parse_listen};
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
     /// Name of the durable JetStream consumer all workers share.
-    #[arg(
-        long = "worker-consumer",
-        env = "WORKER_CONSUMER",
-        default_value = "workers"
-    )]
+    #[arg(long = "worker-consumer", env = "WORKER_CONSUMER", default_value = "workers")]
     pub consumer: String,
     /// Most events applied in one transaction.
-    #[arg(
-        long = "worker-batch-size",
-        env = "WORKER_BATCH_SIZE",
-        default_value_t = 500
-    )]
+    #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
     /// Batches applied at once by one worker process (each key always in the same one).
-    #[arg(
-        long = "worker-concurrency",
-        env = "WORKER_CONCURRENCY",
-        default_value_t = 4
-    )]
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 4)]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
-    #[arg(
-        long = "worker-ack-wait-secs",
-        env = "WORKER_ACK_WAIT_SECS",
-        default_value_t = 30
-    )]
+    #[arg(long = "worker-ack-wait-secs", env = "WORKER_ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
     /// Deliveries of a message that keeps failing to apply before it goes to the dead-letter stream.
-    #[arg(
-        long = "worker-max-deliveries",
-        env = "WORKER_MAX_DELIVERIES",
-        default_value_t = 5
-    )]
+    #[arg(long = "worker-max-deliveries", env = "WORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
     /// Most messages delivered and not yet acknowledged, across all workers.
-    #[arg(
-        long = "worker-max-ack-pending",
-        env = "WORKER_MAX_ACK_PENDING",
-        default_value_t = 20_000
-    )]
+    #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 20_000)]
     pub max_ack_pending: i64,
 }
 
 impl WorkerSettings {
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.consumer.is_empty()
-            || !self
-                .consumer
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        if self.consumer.is_empty() || !self.consumer.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             bail!("WORKER_CONSUMER must be letters, digits, '_' or '-'");
         }
@@ -124,23 +96,12 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        WorkerConfig::try_parse_from(["opssentinal-worker"])
-            .unwrap()
-            .validate()
-            .unwrap();
+        WorkerConfig::try_parse_from(["opssentinal-worker"]).unwrap().validate().unwrap();
     }
 
     #[test]
     fn a_zero_batch_is_refused_by_name() {
-        let config =
-            WorkerConfig::try_parse_from(["opssentinal-worker", "--worker-batch-size", "0"])
-                .unwrap();
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("WORKER_BATCH_SIZE")
-        );
+        let config = WorkerConfig::try_parse_from(["opssentinal-worker", "--worker-batch-size", "0"]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("WORKER_BATCH_SIZE"));
     }
 }

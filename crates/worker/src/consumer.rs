@@ -47,8 +47,7 @@ impl Consumer {
         let mut partitions = Vec::with_capacity(self.settings.concurrency);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..self.settings.concurrency {
-            let (sender, mut receiver) =
-                tokio::sync::mpsc::channel::<Vec<Delivery>>(PARTITION_QUEUE);
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Delivery>>(PARTITION_QUEUE);
             partitions.push(sender);
             let (worker, shutdown) = (self.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -82,20 +81,14 @@ impl Consumer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let pull = self.settings.batch_size * self.settings.concurrency;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(pull)
-            .messages()
-            .await?;
+        let mut messages = consumer.stream().max_messages_per_batch(pull).messages().await?;
         let capacity = self.settings.batch_size * partitions.len();
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 next = messages.next() => next,
             };
-            let Some(first) = first else {
-                anyhow::bail!("message stream ended")
-            };
+            let Some(first) = first else { anyhow::bail!("message stream ended") };
             let mut batch = vec![first?];
             // Under load the batch fills at once; when idle, an event waits at most BATCH_LINGER.
             let deadline = tokio::time::Instant::now() + BATCH_LINGER;
@@ -112,9 +105,7 @@ impl Consumer {
             let mut split: Vec<Vec<Delivery>> = partitions.iter().map(|_| Vec::new()).collect();
             for message in batch {
                 match decode(&message) {
-                    Ok(event) => {
-                        split[partition_of(&event, partitions.len())].push((message, event))
-                    }
+                    Ok(event) => split[partition_of(&event, partitions.len())].push((message, event)),
                     Err(reason) => self.dead_letter(&message, &reason).await,
                 }
             }
@@ -151,12 +142,7 @@ impl Consumer {
         }
     }
 
-    async fn apply_one(
-        &self,
-        message: &Message,
-        event: &QueuedEvent,
-        shutdown: &CancellationToken,
-    ) {
+    async fn apply_one(&self, message: &Message, event: &QueuedEvent, shutdown: &CancellationToken) {
         let started = Instant::now();
         match self.apply(std::slice::from_ref(event)).await {
             Ok(report) => {
@@ -186,24 +172,12 @@ impl Consumer {
     /// A message that failed to apply: retried later with a growing delay, until it has been
     /// delivered `max_deliveries` times; then it is poison and goes to the dead-letter stream.
     async fn give_up_or_retry(&self, message: &Message, reason: &str) {
-        let deliveries = message
-            .info()
-            .map(|info| info.delivered)
-            .unwrap_or(1)
-            .max(1)
-            .unsigned_abs();
+        let deliveries = message.info().map(|info| info.delivered).unwrap_or(1).max(1).unsigned_abs();
         if deliveries >= self.settings.max_deliveries {
             self.dead_letter(message, reason).await;
         } else {
-            let delay = Duration::from_millis(
-                500 * 2u64.pow(u32::try_from(deliveries).unwrap_or(7).min(7)),
-            );
-            tracing::warn!(
-                reason,
-                deliveries,
-                retry_in_ms = delay.as_millis(),
-                "event failed to apply; will retry"
-            );
+            let delay = Duration::from_millis(500 * 2u64.pow(u32::try_from(deliveries).unwrap_or(7).min(7)));
+            tracing::warn!(reason, deliveries, retry_in_ms = delay.as_millis(), "event failed to apply; will retry");
             metrics::counter!("worker_retries_total").increment(1);
             nak_all(std::slice::from_ref(message), delay).await;
         }
@@ -212,33 +186,20 @@ impl Consumer {
     /// Copies the message to the dead-letter stream with the reason, then terminates it. If the
     /// copy cannot be stored, the message is left for redelivery instead.
     async fn dead_letter(&self, message: &Message, reason: &str) {
-        let (seq, deliveries) = message
-            .info()
-            .map(|i| (i.stream_sequence, i.delivered))
-            .unwrap_or((0, 0));
+        let (seq, deliveries) = message.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 0));
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("dlq-{seq}").as_str());
         headers.insert("OpsSentinal-Reason", header_safe(reason).as_str());
         headers.insert("OpsSentinal-Stream-Seq", seq.to_string().as_str());
         headers.insert("OpsSentinal-Deliveries", deliveries.to_string().as_str());
-        headers.insert(
-            "OpsSentinal-Failed-At",
-            jiff::Timestamp::now().to_string().as_str(),
-        );
+        headers.insert("OpsSentinal-Failed-At", jiff::Timestamp::now().to_string().as_str());
         let stored = async {
-            self.js
-                .publish_with_headers(self.dlq_subject.clone(), headers, message.payload.clone())
-                .await?
-                .await
+            self.js.publish_with_headers(self.dlq_subject.clone(), headers, message.payload.clone()).await?.await
         }
         .await;
         match stored {
             Ok(_) => {
-                tracing::error!(
-                    stream.seq = seq,
-                    reason,
-                    "event moved to the dead-letter stream"
-                );
+                tracing::error!(stream.seq = seq, reason, "event moved to the dead-letter stream");
                 metrics::counter!("events_dead_lettered_total").increment(1);
                 if let Err(err) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %err, "could not terminate dead-lettered message");
@@ -265,17 +226,11 @@ impl Consumer {
 }
 
 fn decode(message: &Message) -> Result<QueuedEvent, String> {
-    let seq = message
-        .info()
-        .map_err(|e| format!("message without JetStream metadata: {e}"))?
-        .stream_sequence;
+    let seq = message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?.stream_sequence;
     let envelope: EventEnvelope =
         serde_json::from_slice(&message.payload).map_err(|e| format!("undecodable event: {e}"))?;
     envelope.check_applicable()?;
-    Ok(QueuedEvent {
-        seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?,
-        envelope,
-    })
+    Ok(QueuedEvent { seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?, envelope })
 }
 
 /// The partition a key's events go to: stable for the process's lifetime.
@@ -287,17 +242,7 @@ fn partition_of(event: &QueuedEvent, partitions: usize) -> usize {
 }
 
 fn header_safe(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .take(512)
-        .collect()
+    reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' }).take(512).collect()
 }
 
 fn record(report: &BatchReport, started: Instant) {
@@ -319,13 +264,7 @@ async fn ack_all(messages: &[Message]) {
 }
 
 async fn nak_all(messages: &[Message], delay: Duration) {
-    for result in join_all(
-        messages
-            .iter()
-            .map(|m| m.ack_with(AckKind::Nak(Some(delay)))),
-    )
-    .await
-    {
+    for result in join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(Some(delay))))).await {
         if let Err(err) = result {
             tracing::warn!(error = %err, "nak failed; the message will be redelivered after the ack wait");
         }

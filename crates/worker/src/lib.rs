@@ -33,29 +33,17 @@ pub async fn start(
     settings.validate()?;
     let js = jetstream::new(client);
     let stream = common::nats::ensure_streams(&js, nats).await?;
-    let consumer = common::nats::ensure_consumer(
-        &stream,
-        &settings.consumer,
-        settings.ack_wait(),
-        settings.max_ack_pending,
-    )
-    .await?;
-    let worker = Arc::new(Consumer {
-        pool,
-        js,
-        dlq_subject: nats.dlq_subject(),
-        settings: settings.clone(),
-    });
+    let consumer =
+        common::nats::ensure_consumer(&stream, &settings.consumer, settings.ack_wait(), settings.max_ack_pending)
+            .await?;
+    let worker = Arc::new(Consumer { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
     let mut tasks = JoinSet::new();
     tasks.spawn(worker.run(consumer.clone(), shutdown.clone()));
     tasks.spawn(report_backlog(consumer, shutdown));
     Ok(tasks)
 }
 
-async fn report_backlog(
-    mut consumer: jetstream::consumer::PullConsumer,
-    shutdown: CancellationToken,
-) {
+async fn report_backlog(mut consumer: jetstream::consumer::PullConsumer, shutdown: CancellationToken) {
     loop {
         if let Ok(info) = consumer.info().await {
             metrics::gauge!("worker_consumer_pending").set(info.num_pending as f64);
@@ -69,31 +57,17 @@ async fn report_backlog(
 }
 
 /// Runs a standalone worker with its health and metrics endpoint on `listener`.
-pub async fn run(
-    config: WorkerConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let pool = common::db::pool(&config.database)?;
     common::db::migrate_when_reachable(&pool, &shutdown).await?;
     let client = common::nats::connect(&config.nats, "opssentinal-worker").await?;
-    let mut tasks = start(
-        &config.worker,
-        &config.nats,
-        pool.clone(),
-        client.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    let readiness = Readiness {
-        required: vec![Dependency::Postgres(pool), Dependency::Nats(client.clone())],
-        optional: vec![],
-    };
+    let mut tasks = start(&config.worker, &config.nats, pool.clone(), client.clone(), shutdown.clone()).await?;
+    let readiness =
+        Readiness { required: vec![Dependency::Postgres(pool), Dependency::Nats(client.clone())], optional: vec![] };
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (served, ()) = tokio::join!(server, async { while tasks.join_next().await.is_some() {} });
     // Acks are buffered in the client: send them before exiting.
     client.flush().await?;

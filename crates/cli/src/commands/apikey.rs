@@ -42,19 +42,12 @@ fn parse_scope(value: &str) -> Result<Scope, String> {
 
 pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        ApiKeyCommand::Create {
-            email,
-            name,
-            scopes,
-            rate_limit,
-            database,
-        } => {
+        ApiKeyCommand::Create { email, name, scopes, rate_limit, database } => {
             if scopes.as_ref().is_some_and(Vec::is_empty) {
                 bail!("--scopes must name at least one scope");
             }
             let pool = super::connect(&database).await?;
-            let key =
-                admin::create_api_key(&pool, &email, &name, scopes.as_deref(), rate_limit).await?;
+            let key = admin::create_api_key(&pool, &email, &name, scopes.as_deref(), rate_limit).await?;
             let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
             if output == Output::Table {
                 println!("API key created. Store it now: it is not shown again.");

@@ -4,9 +4,7 @@ use clap::Args;
 use common::config::DatabaseConfig;
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/opssentinal opssentinal migrate"
-)]
+#[command(after_help = "Example:\n  DATABASE_URL=postgres://postgres@127.0.0.1/opssentinal opssentinal migrate")]
 pub struct MigrateArgs {
     #[command(flatten)]
     database: DatabaseConfig,

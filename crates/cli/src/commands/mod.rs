@@ -10,8 +10,9 @@ use common::config::DatabaseConfig;
 pub async fn connect(database: &DatabaseConfig) -> anyhow::Result<sqlx::PgPool> {
     database.validate()?;
     let pool = common::db::pool(database)?;
-    sqlx::query("select 1").execute(&pool).await.map_err(|e| {
-        anyhow::anyhow!("cannot reach the database at DATABASE_URL ({e}); is PostgreSQL running?")
-    })?;
+    sqlx::query("select 1")
+        .execute(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the database at DATABASE_URL ({e}); is PostgreSQL running?"))?;
     Ok(pool)
 }

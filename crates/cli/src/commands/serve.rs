@@ -6,31 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Args;
-use common::config::{
-    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen,
-};
+use common::config::{DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen};
 use common::http::{Dependency, Readiness, health_router, redis_pool};
 use ingest::IngestConfig;
 use worker::WorkerSettings;
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  opssentinal serve            # then: curl http://127.0.0.1:8080/readyz"
-)]
+#[command(after_help = "Example:\n  opssentinal serve            # then: curl http://127.0.0.1:8080/readyz")]
 pub struct ServeArgs {
     /// Address of the single HTTP entry point.
-    #[arg(
-        long = "listen",
-        env = "OPSSENTINAL_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long = "listen", env = "OPSSENTINAL_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,
     /// Email of the admin user created on first start.
-    #[arg(
-        long = "admin-email",
-        env = "OPSSENTINAL_ADMIN_EMAIL",
-        default_value = "admin@opssentinal.local"
-    )]
+    #[arg(long = "admin-email", env = "OPSSENTINAL_ADMIN_EMAIL", default_value = "admin@opssentinal.local")]
     admin_email: String,
     #[command(flatten)]
     database: DatabaseConfig,
@@ -65,9 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pool = common::db::pool(&args.database)?;
     common::db::migrate_when_reachable(&pool, &shutdown).await?;
     if let Some(first) = common::admin::bootstrap_admin(&pool, &args.admin_email).await? {
-        println!(
-            "First start: created the admin user and an admin API key. They are shown only now."
-        );
+        println!("First start: created the admin user and an admin API key. They are shown only now.");
         println!("  admin email:    {}", first.email);
         println!("  admin password: {}", first.password);
         println!("  admin API key:  {}", first.api_key.key);
@@ -75,42 +61,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let (ingest_state, _) = ingest::AppState::connect(&ingest_config).await?;
     let worker_client = common::nats::connect(&args.nats, "opssentinal-worker").await?;
-    let mut workers = worker::start(
-        &args.worker,
-        &args.nats,
-        pool.clone(),
-        worker_client.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let mut workers =
+        worker::start(&args.worker, &args.nats, pool.clone(), worker_client.clone(), shutdown.clone()).await?;
 
     let readiness = Readiness {
-        required: vec![
-            Dependency::Nats(worker_client.clone()),
-            Dependency::Postgres(pool.clone()),
-        ],
-        optional: vec![Dependency::Redis(redis_pool(
-            &args.redis.url,
-            args.redis.timeout(),
-        )?)],
+        required: vec![Dependency::Nats(worker_client.clone()), Dependency::Postgres(pool.clone())],
+        optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
     };
-    let query_state = Arc::new(query_api::AppState {
-        pool: pool.clone(),
-        gate: ingest_state.gate.clone(),
-    });
+    let query_state = Arc::new(query_api::AppState { pool: pool.clone(), gate: ingest_state.gate.clone() });
     tokio::spawn(query_api::reopen_snoozed(pool, shutdown.clone()));
     let app = ingest::with_fallbacks(
-        ingest::api_router(ingest_state)
-            .merge(query_api::api_router(query_state))
-            .merge(health_router(readiness)),
+        ingest::api_router(ingest_state).merge(query_api::api_router(query_state)).merge(health_router(readiness)),
     );
     tracing::info!(listen = %listener.local_addr()?, "opssentinal serving ingest, worker and query API");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-    .await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
     while workers.join_next().await.is_some() {}
     worker_client.flush().await?;
     Ok(())

@@ -28,12 +28,7 @@ pub enum ServiceCommand {
 
 pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        ServiceCommand::Create {
-            name,
-            description,
-            rate_limit,
-            database,
-        } => {
+        ServiceCommand::Create { name, description, rate_limit, database } => {
             let pool = super::connect(&database).await?;
             let service = admin::create_service(&pool, &name, &description, rate_limit).await?;
             output.record(

@@ -57,9 +57,7 @@ pub enum UserCommand {
         database: DatabaseConfig,
     },
     /// Change a user's name, password or role (any subset), found by email.
-    #[command(
-        after_help = "Example:\n  opssentinal user update --email jane@example.com --role admin"
-    )]
+    #[command(after_help = "Example:\n  opssentinal user update --email jane@example.com --role admin")]
     Update {
         #[arg(long)]
         email: String,
@@ -101,10 +99,7 @@ fn resolve_password(password: Option<String>, stdin: bool) -> anyhow::Result<Opt
         return Ok(password);
     }
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from standard input")?;
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
     let line = line.trim_end_matches(['\r', '\n']).to_owned();
     if line.is_empty() {
         bail!("no password on standard input");
@@ -113,94 +108,48 @@ fn resolve_password(password: Option<String>, stdin: bool) -> anyhow::Result<Opt
 }
 
 fn parse_role(value: &str) -> Result<Role, String> {
-    Role::parse(value)
-        .ok_or_else(|| format!("unknown role {value:?}: use admin, responder or user"))
+    Role::parse(value).ok_or_else(|| format!("unknown role {value:?}: use admin, responder or user"))
 }
 
 pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        UserCommand::Create {
-            name,
-            email,
-            password,
-            role,
-            database,
-        } => {
-            let password = password
-                .resolve()?
-                .context("a password is required: --password or --password-stdin")?;
+        UserCommand::Create { name, email, password, role, database } => {
+            let password = password.resolve()?.context("a password is required: --password or --password-stdin")?;
             let pool = super::connect(&database).await?;
             let user = admin::create_user(&pool, &name, &email, &password, role).await?;
             print_user(output, &user, "created")
         }
-        UserCommand::Update {
-            email,
-            name,
-            password,
-            role,
-            database,
-        } => {
+        UserCommand::Update { email, name, password, role, database } => {
             let password = password.resolve()?;
             let pool = super::connect(&database).await?;
-            let user =
-                admin::update_user(&pool, &email, name.as_deref(), password.as_deref(), role)
-                    .await?;
+            let user = admin::update_user(&pool, &email, name.as_deref(), password.as_deref(), role).await?;
             print_user(output, &user, "updated")
         }
         UserCommand::List { database } => {
             let pool = super::connect(&database).await?;
             let users = admin::list_users(&pool).await?;
-            let rows = users
-                .iter()
-                .map(|u| {
-                    vec![
-                        u.id.clone(),
-                        u.name.clone(),
-                        u.email.clone(),
-                        u.role.clone(),
-                    ]
-                })
-                .collect();
+            let rows =
+                users.iter().map(|u| vec![u.id.clone(), u.name.clone(), u.email.clone(), u.role.clone()]).collect();
             output.list(&users, &["ID", "NAME", "EMAIL", "ROLE"], rows)
         }
     }
 }
 
-pub async fn run_legacy(
-    args: LegacyUserArgs,
-    database: &DatabaseConfig,
-    output: Output,
-) -> anyhow::Result<()> {
+pub async fn run_legacy(args: LegacyUserArgs, database: &DatabaseConfig, output: Output) -> anyhow::Result<()> {
     let Some(email) = args.email else {
         bail!("nothing to do: give a subcommand (see --help) or --user/--email/--password/--role");
     };
     let password = resolve_password(args.password, args.password_stdin)?;
     let pool = super::connect(database).await?;
     let user = if args.update {
-        admin::update_user(
-            &pool,
-            &email,
-            args.user.as_deref(),
-            password.as_deref(),
-            args.role,
-        )
-        .await?
+        admin::update_user(&pool, &email, args.user.as_deref(), password.as_deref(), args.role).await?
     } else {
-        let name = args
-            .user
-            .context("--user NAME is required to create a user (or add --update)")?;
-        let password =
-            password.context("--password (or --password-stdin) is required to create a user")?;
-        let role = args
-            .role
-            .context("--role is required to create a user: admin, responder or user")?;
+        let name = args.user.context("--user NAME is required to create a user (or add --update)")?;
+        let password = password.context("--password (or --password-stdin) is required to create a user")?;
+        let role = args.role.context("--role is required to create a user: admin, responder or user")?;
         admin::create_user(&pool, &name, &email, &password, role).await?
     };
-    print_user(
-        output,
-        &user,
-        if args.update { "updated" } else { "created" },
-    )
+    print_user(output, &user, if args.update { "updated" } else { "created" })
 }
 
 fn print_user(output: Output, user: &User, verb: &str) -> anyhow::Result<()> {

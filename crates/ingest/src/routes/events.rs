@@ -5,21 +5,29 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
 use common::event::{EventEnvelope, EventRequest};
 use common::http::{parse_json, read_body, require_json_content_type};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new().route("/api/events", post(post_event))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(post_event))
 }
 
+/// Send an event (trigger, acknowledge, resolve). `202` means JetStream stored it.
+#[utoipa::path(post, path = "/api/events", tag = "events",
+    request_body(content = Object, description = "routing_key or service_id, event_action, dedup_key?, payload {summary, source, severity, ...}"),
+    responses((status = 202, description = "Stored; applied asynchronously"), (status = 400, description = "VALIDATION_ERROR naming the field, or INVALID_ROUTING_KEY"),
+              (status = 404, description = "Unknown service_id"), (status = 413, description = "Body over 512 KiB"), (status = 415, description = "Not JSON"),
+              (status = 503, description = "The pipeline cannot accept now; retry after Retry-After"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["events:write"])))]
 #[tracing::instrument(skip_all, fields(api_key.id = %principal.key_id))]
 async fn post_event(
     State(state): State<Arc<AppState>>,
@@ -49,9 +57,7 @@ async fn accept(
     let event: EventRequest = parse_json(&body)?;
     let service = event.validate()?;
     let service = state.services.resolve(&service).await?;
-    let dedup_key = event
-        .dedup_key
-        .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+    let dedup_key = event.dedup_key.unwrap_or_else(|| Uuid::new_v4().simple().to_string());
     let envelope = EventEnvelope {
         event_id: Uuid::now_v7(),
         service_id: service.id,

@@ -5,30 +5,27 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
 use common::event::Urgency;
 use common::fold::{FoldAction, FoldEvent, IncidentStatus, KeyFold, ManualChange};
 use common::http::ApiJson;
 use common::ids::new_id;
-use common::store::{
-    INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, optional_timestamp, timestamp,
-};
+use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, optional_timestamp, timestamp};
 use common::{ApiError, ErrorCode};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::params::Params;
 use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/incidents", get(list).post(create))
-        .route("/api/incidents/{id}", get(detail).patch(update))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail, update))
 }
 
 /// Status as readers see it: a snooze that has ended reads as `OPEN` at once, before the
@@ -36,7 +33,8 @@ pub fn router() -> Router<Arc<AppState>> {
 const EFFECTIVE_STATUS: &str =
     "(case when i.status = 'SNOOZED' and i.snoozed_until <= now() then 'OPEN' else i.status end)";
 
-const SELECT: &str = "select i.id, i.title, i.description, i.status as stored_status, i.urgency, i.priority, i.dedup_key,
+const SELECT: &str =
+    "select i.id, i.title, i.description, i.status as stored_status, i.urgency, i.priority, i.dedup_key,
         i.service_id, s.name as service_name, i.assignee_id, u.name as assignee_name, u.email as assignee_email,
         i.alert_count, i.created_at, i.updated_at, i.acknowledged_at, i.resolved_at, i.snoozed_until,
         (case when i.status = 'SNOOZED' and i.snoozed_until <= now() then 'OPEN' else i.status end) as status";
@@ -53,11 +51,7 @@ fn incident_json(row: &PgRow, with_description: bool) -> Result<Value, sqlx::Err
                            "email": row.try_get::<Option<String>, _>("assignee_email")?}),
         None => Value::Null,
     };
-    let snoozed_until = if status == "SNOOZED" {
-        optional_timestamp(row, "snoozed_until")?
-    } else {
-        None
-    };
+    let snoozed_until = if status == "SNOOZED" { optional_timestamp(row, "snoozed_until")? } else { None };
     let mut incident = json!({
         "id": row.try_get::<String, _>("id")?,
         "title": row.try_get::<String, _>("title")?,
@@ -166,18 +160,10 @@ fn comma_list<T>(
 impl Filter {
     fn parse(params: &Params) -> Result<Self, ApiError> {
         Ok(Self {
-            statuses: comma_list(params, &["status"], |v| {
-                IncidentStatus::parse(v).map(|s| s.as_str().to_owned())
-            })?,
-            urgencies: comma_list(params, &["urgency"], |v| {
-                Urgency::parse(v).map(|u| u.as_str().to_owned())
-            })?,
-            service_id: params
-                .get(&["serviceId", "service_id"])
-                .map(|(_, v)| v.to_owned()),
-            assignee_id: params
-                .get(&["assigneeId", "assignee_id"])
-                .map(|(_, v)| v.to_owned()),
+            statuses: comma_list(params, &["status"], |v| IncidentStatus::parse(v).map(|s| s.as_str().to_owned()))?,
+            urgencies: comma_list(params, &["urgency"], |v| Urgency::parse(v).map(|u| u.as_str().to_owned()))?,
+            service_id: params.get(&["serviceId", "service_id"]).map(|(_, v)| v.to_owned()),
+            assignee_id: params.get(&["assigneeId", "assignee_id"]).map(|(_, v)| v.to_owned()),
             created_after: params.timestamp("created_after")?,
             created_before: params.timestamp("created_before")?,
         })
@@ -185,38 +171,22 @@ impl Filter {
 
     fn push(&self, query: &mut QueryBuilder<'_, Postgres>) {
         if let Some(statuses) = &self.statuses {
-            query
-                .push(format!(" and {EFFECTIVE_STATUS} = any("))
-                .push_bind(statuses.clone())
-                .push(")");
+            query.push(format!(" and {EFFECTIVE_STATUS} = any(")).push_bind(statuses.clone()).push(")");
         }
         if let Some(urgencies) = &self.urgencies {
-            query
-                .push(" and i.urgency = any(")
-                .push_bind(urgencies.clone())
-                .push(")");
+            query.push(" and i.urgency = any(").push_bind(urgencies.clone()).push(")");
         }
         if let Some(service) = &self.service_id {
-            query
-                .push(" and i.service_id = ")
-                .push_bind(service.clone());
+            query.push(" and i.service_id = ").push_bind(service.clone());
         }
         if let Some(assignee) = &self.assignee_id {
-            query
-                .push(" and i.assignee_id = ")
-                .push_bind(assignee.clone());
+            query.push(" and i.assignee_id = ").push_bind(assignee.clone());
         }
         if let Some(after) = self.created_after {
-            query
-                .push(" and i.created_at > ")
-                .push_bind(after.to_string())
-                .push("::timestamptz");
+            query.push(" and i.created_at > ").push_bind(after.to_string()).push("::timestamptz");
         }
         if let Some(before) = self.created_before {
-            query
-                .push(" and i.created_at < ")
-                .push_bind(before.to_string())
-                .push("::timestamptz");
+            query.push(" and i.created_at < ").push_bind(before.to_string()).push("::timestamptz");
         }
     }
 }
@@ -237,20 +207,31 @@ impl Cursor {
 
     fn decode(value: &str, sort: Sort, order: &str) -> Result<Self, ApiError> {
         let invalid = || ApiError::validation("cursor", "is not a cursor from this listing");
-        let cursor: Self = hex::decode(value)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(invalid)?;
+        let cursor: Self = hex::decode(value).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(invalid)?;
         if cursor.s != sort.name() || cursor.o != order {
-            return Err(ApiError::validation(
-                "cursor",
-                "was made for another sort or order",
-            ));
+            return Err(ApiError::validation("cursor", "was made for another sort or order"));
         }
         Ok(cursor)
     }
 }
 
+/// List incidents, newest first by default.
+#[utoipa::path(get, path = "/api/incidents", tag = "incidents",
+    params(
+        ("status" = Option<String>, Query, description = "Comma list of OPEN, ACKNOWLEDGED, RESOLVED, SNOOZED, SUPPRESSED (case-insensitive; triggered = OPEN)"),
+        ("urgency" = Option<String>, Query, description = "Comma list of HIGH, MEDIUM, LOW"),
+        ("serviceId" = Option<String>, Query, description = "Only this service (also service_id)"),
+        ("assigneeId" = Option<String>, Query, description = "Only this assignee (also assignee_id)"),
+        ("created_after" = Option<String>, Query, description = "RFC 3339"),
+        ("created_before" = Option<String>, Query, description = "RFC 3339"),
+        ("sort" = Option<String>, Query, description = "created_at | updated_at | urgency | status"),
+        ("order" = Option<String>, Query, description = "asc | desc (default)"),
+        ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
+        ("offset" = Option<i64>, Query, description = "Rows to skip"),
+        ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page"),
+    ),
+    responses((status = 200, description = "A page of incidents with the exact total"), (status = 400, description = "A bad parameter, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["incidents:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -259,9 +240,8 @@ async fn list(
     principal.require(Scope::IncidentsRead)?;
     let filter = Filter::parse(&params)?;
     let sort = match params.get(&["sort"]) {
-        Some((_, v)) => Sort::parse(v).ok_or_else(|| {
-            ApiError::validation("sort", "must be created_at, updated_at, urgency or status")
-        })?,
+        Some((_, v)) => Sort::parse(v)
+            .ok_or_else(|| ApiError::validation("sort", "must be created_at, updated_at, urgency or status"))?,
         None => Sort::CreatedAt,
     };
     let order = match params.get(&["order"]).map(|(_, v)| v.to_ascii_lowercase()) {
@@ -271,21 +251,13 @@ async fn list(
     };
     let limit = params.integer("limit", 50, 1, 200)?;
     let offset = params.integer("offset", 0, 0, i64::MAX)?;
-    let cursor = params
-        .get(&["cursor"])
-        .map(|(_, v)| Cursor::decode(v, sort, &order))
-        .transpose()?;
+    let cursor = params.get(&["cursor"]).map(|(_, v)| Cursor::decode(v, sort, &order)).transpose()?;
     if cursor.is_some() && offset > 0 {
-        return Err(ApiError::validation(
-            "offset",
-            "cannot be combined with cursor",
-        ));
+        return Err(ApiError::validation("offset", "cannot be combined with cursor"));
     }
 
-    let mut query = QueryBuilder::new(format!(
-        "{SELECT}, ({})::text as sort_value{FROM} where true",
-        sort.expression()
-    ));
+    let mut query =
+        QueryBuilder::new(format!("{SELECT}, ({})::text as sort_value{FROM} where true", sort.expression()));
     filter.push(&mut query);
     if let Some(cursor) = &cursor {
         let op = if order == "desc" { "<" } else { ">" };
@@ -298,10 +270,7 @@ async fn list(
             .push(")");
     }
     query
-        .push(format!(
-            " order by {} {order}, i.id {order} limit ",
-            sort.expression()
-        ))
+        .push(format!(" order by {} {order}, i.id {order} limit ", sort.expression()))
         .push_bind(limit + 1)
         .push(" offset ")
         .push_bind(offset);
@@ -316,20 +285,12 @@ async fn list(
     let page = &rows[..rows.len().min(limit as usize)];
     let next_cursor = match page.last() {
         Some(last) if has_more => Some(
-            Cursor {
-                s: sort.name().into(),
-                o: order.clone(),
-                v: last.try_get("sort_value")?,
-                id: last.try_get("id")?,
-            }
-            .encode(),
+            Cursor { s: sort.name().into(), o: order.clone(), v: last.try_get("sort_value")?, id: last.try_get("id")? }
+                .encode(),
         ),
         _ => None,
     };
-    let incidents = page
-        .iter()
-        .map(|row| incident_json(row, false))
-        .collect::<Result<Vec<_>, _>>()?;
+    let incidents = page.iter().map(|row| incident_json(row, false)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({
         "incidents": incidents,
         "total": total,
@@ -343,6 +304,11 @@ async fn list(
 /// How many timeline entries and alerts the detail shows (newest first).
 const DETAIL_ENTRIES: i64 = 100;
 
+/// One incident with its timeline and alerts (newest first, at most 100 each).
+#[utoipa::path(get, path = "/api/incidents/{id}", tag = "incidents",
+    params(("id" = String, Path, description = "Incident id")),
+    responses((status = 200, description = "The incident"), (status = 404, description = "No such incident"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["incidents:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -372,9 +338,7 @@ async fn detail(
         let at = timestamp(row, "received_at")?;
         let action: String = row.try_get("action")?;
         let actor: Option<String> = row.try_get("actor_id")?;
-        let payload: Option<Value> = row
-            .try_get::<Option<sqlx::types::Json<Value>>, _>("payload")?
-            .map(|j| j.0);
+        let payload: Option<Value> = row.try_get::<Option<sqlx::types::Json<Value>>, _>("payload")?.map(|j| j.0);
         let event_id: Uuid = row.try_get("event_id")?;
         timeline.push((
             at,
@@ -415,10 +379,9 @@ async fn detail(
 fn text(body: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > max => Err(ApiError::validation(
-            field,
-            format!("must be at most {max} characters"),
-        )),
+        Some(Value::String(s)) if s.chars().count() > max => {
+            Err(ApiError::validation(field, format!("must be at most {max} characters")))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::validation(field, "must be a string")),
     }
@@ -426,10 +389,7 @@ fn text(body: &Map<String, Value>, field: &str, max: usize) -> Result<Option<Str
 
 fn urgency(body: &Map<String, Value>) -> Result<Option<Urgency>, ApiError> {
     text(body, "urgency", 16)?
-        .map(|u| {
-            Urgency::parse(&u)
-                .ok_or_else(|| ApiError::validation("urgency", "must be HIGH, MEDIUM or LOW"))
-        })
+        .map(|u| Urgency::parse(&u).ok_or_else(|| ApiError::validation("urgency", "must be HIGH, MEDIUM or LOW")))
         .transpose()
 }
 
@@ -441,10 +401,7 @@ fn priority(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
             if ["P1", "P2", "P3", "P4", "P5"].contains(&p.as_str()) {
                 Ok(p)
             } else {
-                Err(ApiError::validation(
-                    "priority",
-                    "must be P1, P2, P3, P4 or P5",
-                ))
+                Err(ApiError::validation("priority", "must be P1, P2, P3, P4 or P5"))
             }
         })
         .transpose()
@@ -457,20 +414,21 @@ fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiEr
     }
 }
 
+/// Open an incident by hand: `title`, `serviceId`; optional `description`, `urgency`, `priority`.
+#[utoipa::path(post, path = "/api/incidents", tag = "incidents",
+    request_body(content = Object, description = "title, serviceId, description?, urgency?, priority?"),
+    responses((status = 201, description = "The new incident"), (status = 400, description = "A bad field, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["incidents:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::IncidentsWrite)?;
-    reject_unknown(
-        &body,
-        &["title", "serviceId", "description", "urgency", "priority"],
-    )?;
+    reject_unknown(&body, &["title", "serviceId", "description", "urgency", "priority"])?;
     let title = text(&body, "title", 1024)?.filter(|t| !t.trim().is_empty());
     let title = title.ok_or_else(|| ApiError::validation("title", "is required"))?;
-    let service_id = text(&body, "serviceId", 64)?
-        .ok_or_else(|| ApiError::validation("serviceId", "is required"))?;
+    let service_id = text(&body, "serviceId", 64)?.ok_or_else(|| ApiError::validation("serviceId", "is required"))?;
     let description = text(&body, "description", 65_536)?;
     let urgency = urgency(&body)?.unwrap_or(Urgency::High);
     let priority = priority(&body)?;
@@ -491,10 +449,7 @@ async fn create(
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(ApiError::validation(
-            "serviceId",
-            format!("no service {service_id}"),
-        ));
+        return Err(ApiError::validation("serviceId", format!("no service {service_id}")));
     }
     sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'created', $2, 'created by hand')")
         .bind(&id)
@@ -502,12 +457,16 @@ async fn create(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "incident": fetch(&state.pool, &id).await? })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "incident": fetch(&state.pool, &id).await? }))))
 }
 
+/// Change status (incl. SNOOZED with snoozedUntil), urgency, priority, assignee, or add a note.
+#[utoipa::path(patch, path = "/api/incidents/{id}", tag = "incidents",
+    params(("id" = String, Path, description = "Incident id")),
+    request_body(content = Object, description = "status?, snoozedUntil?, urgency?, priority?, assigneeId?, note?"),
+    responses((status = 200, description = "The updated incident"), (status = 400, description = "A bad field, named in the error"),
+              (status = 404, description = "No such incident"), (status = 409, description = "Impossible transition"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["incidents:write"])))]
 async fn update(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -515,30 +474,16 @@ async fn update(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::IncidentsWrite)?;
-    reject_unknown(
-        &body,
-        &[
-            "status",
-            "snoozedUntil",
-            "urgency",
-            "priority",
-            "assigneeId",
-            "note",
-        ],
-    )?;
+    reject_unknown(&body, &["status", "snoozedUntil", "urgency", "priority", "assigneeId", "note"])?;
     let snoozed_until = text(&body, "snoozedUntil", 64)?
         .map(|t| {
-            t.parse::<Timestamp>()
-                .map_err(|_| ApiError::validation("snoozedUntil", "must be an RFC 3339 timestamp"))
+            t.parse::<Timestamp>().map_err(|_| ApiError::validation("snoozedUntil", "must be an RFC 3339 timestamp"))
         })
         .transpose()?;
     let status = match text(&body, "status", 16)? {
         Some(s) => Some(match IncidentStatus::parse(&s) {
             Some(IncidentStatus::Suppressed) | None => {
-                return Err(ApiError::validation(
-                    "status",
-                    "must be OPEN, ACKNOWLEDGED, RESOLVED or SNOOZED",
-                ));
+                return Err(ApiError::validation("status", "must be OPEN, ACKNOWLEDGED, RESOLVED or SNOOZED"));
             }
             Some(status) => status,
         }),
@@ -547,13 +492,9 @@ async fn update(
     };
     let change = match status {
         Some(IncidentStatus::Snoozed) => {
-            let until = snoozed_until
-                .ok_or_else(|| ApiError::validation("snoozedUntil", "is required to snooze"))?;
+            let until = snoozed_until.ok_or_else(|| ApiError::validation("snoozedUntil", "is required to snooze"))?;
             if until <= Timestamp::now() {
-                return Err(ApiError::validation(
-                    "snoozedUntil",
-                    "must be in the future",
-                ));
+                return Err(ApiError::validation("snoozedUntil", "must be in the future"));
             }
             Some(ManualChange::Snooze(until))
         }
@@ -570,22 +511,17 @@ async fn update(
         Some(Value::String(s)) if s.is_empty() => Some(None),
         Some(Value::String(s)) => Some(Some(s.clone())),
         Some(_) => {
-            return Err(ApiError::validation(
-                "assigneeId",
-                "must be a user id, null or \"\"",
-            ));
+            return Err(ApiError::validation("assigneeId", "must be a user id, null or \"\""));
         }
     };
     let note = text(&body, "note", 10_000)?.filter(|n| !n.trim().is_empty());
 
     let mut tx = state.pool.begin().await?;
-    let key: Option<(String, String)> =
-        sqlx::query_as("select service_id, dedup_key from incidents where id = $1")
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (service_id, dedup_key) =
-        key.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
+    let key: Option<(String, String)> = sqlx::query_as("select service_id, dedup_key from incidents where id = $1")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (service_id, dedup_key) = key.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
     if let Some(change) = change {
         // The same lock workers take for this key, then the incident: no lost updates either way.
         let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()]).await?;
@@ -593,24 +529,11 @@ async fn update(
         let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
         let row = sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?;
         let mut incident = incident_from_row(&row)?;
-        if incident.status == IncidentStatus::Snoozed
-            && incident
-                .snoozed_until
-                .is_some_and(|u| u <= Timestamp::now())
-        {
+        if incident.status == IncidentStatus::Snoozed && incident.snoozed_until.is_some_and(|u| u <= Timestamp::now()) {
             incident.status = IncidentStatus::Open;
         }
         check_transition(incident.status, change)?;
-        apply_manual(
-            &mut tx,
-            &service_id,
-            &dedup_key,
-            position,
-            incident,
-            change,
-            &principal.user_id,
-        )
-        .await?;
+        apply_manual(&mut tx, &service_id, &dedup_key, position, incident, change, &principal.user_id).await?;
     }
     if let Some(urgency) = urgency {
         sqlx::query("update incidents set urgency = $2, updated_at = now() where id = $1")
@@ -618,13 +541,7 @@ async fn update(
             .bind(urgency.as_str())
             .execute(&mut *tx)
             .await?;
-        log_change(
-            &mut tx,
-            &id,
-            &principal.user_id,
-            json!({"urgency": urgency.as_str()}),
-        )
-        .await?;
+        log_change(&mut tx, &id, &principal.user_id, json!({"urgency": urgency.as_str()})).await?;
     }
     if let Some(priority) = priority {
         sqlx::query("update incidents set priority = $2, updated_at = now() where id = $1")
@@ -632,25 +549,14 @@ async fn update(
             .bind(&priority)
             .execute(&mut *tx)
             .await?;
-        log_change(
-            &mut tx,
-            &id,
-            &principal.user_id,
-            json!({"priority": priority}),
-        )
-        .await?;
+        log_change(&mut tx, &id, &principal.user_id, json!({"priority": priority})).await?;
     }
     if let Some(assignee) = assignee {
         if let Some(user) = &assignee {
-            let exists: Option<String> = sqlx::query_scalar("select id from users where id = $1")
-                .bind(user)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<String> =
+                sqlx::query_scalar("select id from users where id = $1").bind(user).fetch_optional(&mut *tx).await?;
             if exists.is_none() {
-                return Err(ApiError::validation(
-                    "assigneeId",
-                    format!("no user {user}"),
-                ));
+                return Err(ApiError::validation("assigneeId", format!("no user {user}")));
             }
         }
         sqlx::query("update incidents set assignee_id = $2, updated_at = now() where id = $1")
@@ -658,13 +564,7 @@ async fn update(
             .bind(&assignee)
             .execute(&mut *tx)
             .await?;
-        log_change(
-            &mut tx,
-            &id,
-            &principal.user_id,
-            json!({"assigneeId": assignee}),
-        )
-        .await?;
+        log_change(&mut tx, &id, &principal.user_id, json!({"assigneeId": assignee})).await?;
     }
     if let Some(note) = note {
         sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'note', $2, $3)")
@@ -681,9 +581,7 @@ async fn update(
 fn check_transition(from: IncidentStatus, change: ManualChange) -> Result<(), ApiError> {
     let conflict = |why: &str| Err(ApiError::new(ErrorCode::Conflict, why.to_owned()));
     match (from, change) {
-        (IncidentStatus::Resolved, _) => {
-            conflict("the incident is resolved; a new trigger opens a new incident")
-        }
+        (IncidentStatus::Resolved, _) => conflict("the incident is resolved; a new trigger opens a new incident"),
         (IncidentStatus::Open, ManualChange::Reopen) => conflict("the incident is already open"),
         _ => Ok(()),
     }
@@ -708,10 +606,7 @@ pub async fn apply_manual(
     let (outcome, _) = fold.apply(&FoldEvent {
         event_id,
         seq: position,
-        action: FoldAction::Manual {
-            incident_id: &target,
-            change,
-        },
+        action: FoldAction::Manual { incident_id: &target, change },
         received_at: at,
     });
     let mut rows = IncidentRows::default();
@@ -742,12 +637,7 @@ pub async fn apply_manual(
     Ok(())
 }
 
-async fn log_change(
-    tx: &mut sqlx::PgConnection,
-    id: &str,
-    actor: &str,
-    data: Value,
-) -> Result<(), sqlx::Error> {
+async fn log_change(tx: &mut sqlx::PgConnection, id: &str, actor: &str, data: Value) -> Result<(), sqlx::Error> {
     sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, data) values ($1, 'change', $2, $3)")
         .bind(id)
         .bind(actor)
@@ -772,21 +662,8 @@ pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
         let position = locked.first().map_or(0, |(_, _, seq)| *seq);
         let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
         let incident = incident_from_row(&sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?)?;
-        if incident.status == IncidentStatus::Snoozed
-            && incident
-                .snoozed_until
-                .is_some_and(|u| u <= Timestamp::now())
-        {
-            apply_manual(
-                &mut tx,
-                &service_id,
-                &dedup_key,
-                position,
-                incident,
-                ManualChange::Reopen,
-                "system",
-            )
-            .await?;
+        if incident.status == IncidentStatus::Snoozed && incident.snoozed_until.is_some_and(|u| u <= Timestamp::now()) {
+            apply_manual(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
             reopened += 1;
         }
         tx.commit().await?;

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
 use common::http::ApiJson;
@@ -17,19 +16,21 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Map, Value, json};
 use sqlx::{PgConnection, PgPool, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::oncall::{Layer, Override, Rotation, Schedule, Source};
 use crate::params::Params;
 use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/schedules", get(list).post(create))
-        .route("/api/schedules/{id}", get(detail))
-        .route("/api/schedules/{id}/layers", post(add_layer))
-        .route("/api/schedules/{id}/overrides", post(add_override))
-        .route("/api/schedules/{id}/on-call", get(on_call))
-        .route("/api/schedules/{id}/shifts", get(shifts))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(detail))
+        .routes(routes!(add_layer))
+        .routes(routes!(add_override))
+        .routes(routes!(on_call))
+        .routes(routes!(shifts))
 }
 
 /// Longest window `shifts` renders at once.
@@ -47,34 +48,23 @@ fn string(body: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<
     match field(body, name) {
         None => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= 255 => Ok(Some(s.trim().to_owned())),
-        Some(Value::String(_)) => Err(ApiError::validation(
-            &format!("{prefix}{name}"),
-            "must be at most 255 characters",
-        )),
-        Some(_) => Err(ApiError::validation(
-            &format!("{prefix}{name}"),
-            "must be a string",
-        )),
+        Some(Value::String(_)) => {
+            Err(ApiError::validation(&format!("{prefix}{name}"), "must be at most 255 characters"))
+        }
+        Some(_) => Err(ApiError::validation(&format!("{prefix}{name}"), "must be a string")),
     }
 }
 
-fn instant(
-    body: &Map<String, Value>,
-    name: &str,
-    prefix: &str,
-) -> Result<Option<Timestamp>, ApiError> {
+fn instant(body: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<Timestamp>, ApiError> {
     string(body, name, prefix)?
         .map(|s| {
-            s.parse().map_err(|_| {
-                ApiError::validation(&format!("{prefix}{name}"), "must be an RFC 3339 timestamp")
-            })
+            s.parse().map_err(|_| ApiError::validation(&format!("{prefix}{name}"), "must be an RFC 3339 timestamp"))
         })
         .transpose()
 }
 
 fn zone(name: &str) -> Result<TimeZone, ApiError> {
-    TimeZone::get(name)
-        .map_err(|_| ApiError::validation("timeZone", format!("{name:?} is not an IANA time zone")))
+    TimeZone::get(name).map_err(|_| ApiError::validation("timeZone", format!("{name:?} is not an IANA time zone")))
 }
 
 /// A layer as sent by a client, validated.
@@ -89,17 +79,13 @@ struct NewLayer {
 }
 
 fn parse_layer(value: &Value, prefix: &str) -> Result<NewLayer, ApiError> {
-    let body = value
-        .as_object()
-        .ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
+    let body =
+        value.as_object().ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
     let start = instant(body, "start", prefix)?
         .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
     let end = instant(body, "end", prefix)?;
     if end.is_some_and(|end| end <= start) {
-        return Err(ApiError::validation(
-            &format!("{prefix}end"),
-            "must be after start",
-        ));
+        return Err(ApiError::validation(&format!("{prefix}end"), "must be after start"));
     }
     let (rotation, hours) = match string(body, "rotation", prefix)?.as_deref() {
         Some("daily") => ("daily", None),
@@ -109,39 +95,29 @@ fn parse_layer(value: &Value, prefix: &str) -> Result<NewLayer, ApiError> {
                 .and_then(Value::as_i64)
                 .filter(|h| (1..=MAX_ROTATION_HOURS).contains(h))
                 .ok_or_else(|| {
-                    ApiError::validation(
-                        &format!("{prefix}rotationHours"),
-                        "must be 1 to 720 with rotation \"hours\"",
-                    )
+                    ApiError::validation(&format!("{prefix}rotationHours"), "must be 1 to 720 with rotation \"hours\"")
                 })?;
             ("hours", Some(hours))
         }
         _ => {
-            return Err(ApiError::validation(
-                &format!("{prefix}rotation"),
-                "must be daily, weekly or hours",
-            ));
+            return Err(ApiError::validation(&format!("{prefix}rotation"), "must be daily, weekly or hours"));
         }
     };
     let handoff = string(body, "handoffTime", prefix)?.unwrap_or_else(|| "09:00".into());
-    let time: Time = handoff
-        .parse()
-        .map_err(|_| ApiError::validation(&format!("{prefix}handoffTime"), "must be HH:MM"))?;
+    let time: Time =
+        handoff.parse().map_err(|_| ApiError::validation(&format!("{prefix}handoffTime"), "must be HH:MM"))?;
     let users: Vec<String> = match field(body, "users") {
         Some(Value::Array(users)) if !users.is_empty() => users
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                u.as_str().map(str::to_owned).ok_or_else(|| {
-                    ApiError::validation(&format!("{prefix}users[{i}]"), "must be a user id")
-                })
+                u.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::validation(&format!("{prefix}users[{i}]"), "must be a user id"))
             })
             .collect::<Result<_, _>>()?,
         _ => {
-            return Err(ApiError::validation(
-                &format!("{prefix}users"),
-                "must list at least one user id",
-            ));
+            return Err(ApiError::validation(&format!("{prefix}users"), "must list at least one user id"));
         }
     };
     Ok(NewLayer {
@@ -155,20 +131,11 @@ fn parse_layer(value: &Value, prefix: &str) -> Result<NewLayer, ApiError> {
     })
 }
 
-async fn check_users(
-    tx: &mut PgConnection,
-    users: &[String],
-    prefix: &str,
-) -> Result<(), ApiError> {
-    let known: Vec<String> = sqlx::query_scalar("select id from users where id = any($1)")
-        .bind(users)
-        .fetch_all(&mut *tx)
-        .await?;
+async fn check_users(tx: &mut PgConnection, users: &[String], prefix: &str) -> Result<(), ApiError> {
+    let known: Vec<String> =
+        sqlx::query_scalar("select id from users where id = any($1)").bind(users).fetch_all(&mut *tx).await?;
     match users.iter().position(|u| !known.contains(u)) {
-        Some(i) => Err(ApiError::validation(
-            &format!("{prefix}[{i}]"),
-            format!("no user {}", users[i]),
-        )),
+        Some(i) => Err(ApiError::validation(&format!("{prefix}[{i}]"), format!("no user {}", users[i]))),
         None => Ok(()),
     }
 }
@@ -197,14 +164,12 @@ async fn insert_layer(
     .execute(&mut *tx)
     .await?;
     for (position, user) in layer.users.iter().enumerate() {
-        sqlx::query(
-            "insert into schedule_layer_members (layer_id, position, user_id) values ($1, $2, $3)",
-        )
-        .bind(&id)
-        .bind(position as i32)
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("insert into schedule_layer_members (layer_id, position, user_id) values ($1, $2, $3)")
+            .bind(&id)
+            .bind(position as i32)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(id)
 }
@@ -216,20 +181,16 @@ struct NewOverride {
 }
 
 fn parse_override(value: &Value, prefix: &str) -> Result<NewOverride, ApiError> {
-    let body = value
-        .as_object()
-        .ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
+    let body =
+        value.as_object().ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
     let user = string(body, "userId", prefix)?
         .ok_or_else(|| ApiError::validation(&format!("{prefix}userId"), "is required"))?;
     let start = instant(body, "start", prefix)?
         .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
-    let end = instant(body, "end", prefix)?
-        .ok_or_else(|| ApiError::validation(&format!("{prefix}end"), "is required"))?;
+    let end =
+        instant(body, "end", prefix)?.ok_or_else(|| ApiError::validation(&format!("{prefix}end"), "is required"))?;
     if end <= start {
-        return Err(ApiError::validation(
-            &format!("{prefix}end"),
-            "must be after start",
-        ));
+        return Err(ApiError::validation(&format!("{prefix}end"), "must be after start"));
     }
     Ok(NewOverride { user, start, end })
 }
@@ -240,13 +201,9 @@ async fn insert_override(
     o: &NewOverride,
     prefix: &str,
 ) -> Result<String, ApiError> {
-    check_users(
-        tx,
-        std::slice::from_ref(&o.user),
-        &format!("{prefix}userId"),
-    )
-    .await
-    .map_err(|_| ApiError::validation(&format!("{prefix}userId"), format!("no user {}", o.user)))?;
+    check_users(tx, std::slice::from_ref(&o.user), &format!("{prefix}userId"))
+        .await
+        .map_err(|_| ApiError::validation(&format!("{prefix}userId"), format!("no user {}", o.user)))?;
     let id = new_id("ovr");
     sqlx::query("insert into schedule_overrides (id, schedule_id, user_id, starts_at, ends_at) values ($1, $2, $3, $4::timestamptz, $5::timestamptz)")
         .bind(&id)
@@ -259,6 +216,11 @@ async fn insert_override(
     Ok(id)
 }
 
+/// Create a schedule (name, IANA timeZone) with optional layers and overrides.
+#[utoipa::path(post, path = "/api/schedules", tag = "schedules",
+    request_body(content = Object, description = "name, timeZone, layers?, overrides?"),
+    responses((status = 201, description = "The schedule"), (status = 400, description = "A bad field, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -268,8 +230,7 @@ async fn create(
     let name = string(&body, "name", "")?
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::validation("name", "is required"))?;
-    let time_zone = string(&body, "timeZone", "")?
-        .ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
+    let time_zone = string(&body, "timeZone", "")?.ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
     zone(&time_zone)?;
     let list = |name: &str| match field(&body, name) {
         None => Ok(Vec::new()),
@@ -301,12 +262,14 @@ async fn create(
         insert_override(&mut tx, &id, o, &format!("overrides[{i}].")).await?;
     }
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "schedule": schedule_json(&state.pool, &id).await? })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "schedule": schedule_json(&state.pool, &id).await? }))))
 }
 
+/// Add a layer on top of the existing ones (start, end?, rotation daily|weekly|hours, rotationHours?, handoffTime HH:MM, users).
+#[utoipa::path(post, path = "/api/schedules/{id}/layers", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
+    request_body(content = Object, description = "The layer"),
+    responses((status = 201, description = "The layer"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:write"])))]
 async fn add_layer(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -318,19 +281,18 @@ async fn add_layer(
     let mut tx = state.pool.begin().await?;
     lock_schedule(&mut tx, &id).await?;
     let layer_id = insert_layer(&mut tx, &id, &layer, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1").bind(&id).execute(&mut *tx).await?;
     tx.commit().await?;
     let schedule = schedule_json(&state.pool, &id).await?;
-    let layer = schedule["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str()))
-        .cloned();
+    let layer = schedule["layers"].as_array().and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str())).cloned();
     Ok((StatusCode::CREATED, Json(json!({ "layer": layer }))))
 }
 
+/// Put a user on call for an interval, over all layers.
+#[utoipa::path(post, path = "/api/schedules/{id}/overrides", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
+    request_body(content = Object, description = "userId, start, end"),
+    responses((status = 201, description = "The override"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:write"])))]
 async fn add_override(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -342,10 +304,7 @@ async fn add_override(
     let mut tx = state.pool.begin().await?;
     lock_schedule(&mut tx, &id).await?;
     let override_id = insert_override(&mut tx, &id, &o, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1")
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1").bind(&id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,
@@ -357,16 +316,18 @@ async fn add_override(
 
 /// Locks the schedule row (serialising layer positions); `404` when missing.
 async fn lock_schedule(tx: &mut PgConnection, id: &str) -> Result<(), ApiError> {
-    let found: Option<String> =
-        sqlx::query_scalar("select id from schedules where id = $1 for update")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    found
-        .map(|_| ())
-        .ok_or_else(|| ApiError::not_found(format!("schedule {id}")))
+    let found: Option<String> = sqlx::query_scalar("select id from schedules where id = $1 for update")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("schedule {id}")))
 }
 
+/// List schedules.
+#[utoipa::path(get, path = "/api/schedules", tag = "schedules",
+    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("offset" = Option<i64>, Query, description = "Rows to skip")),
+    responses((status = 200, description = "A page of schedules"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -380,9 +341,7 @@ async fn list(
         .bind(offset)
         .fetch_all(&state.pool)
         .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from schedules")
-        .fetch_one(&state.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(&state.pool).await?;
     let schedules = rows
         .iter()
         .map(|r| {
@@ -398,26 +357,26 @@ async fn list(
     })))
 }
 
+/// A schedule with its layers and overrides.
+#[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
+    responses((status = 200, description = "The schedule"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    Ok(Json(
-        json!({ "schedule": schedule_json(&state.pool, &id).await? }),
-    ))
+    Ok(Json(json!({ "schedule": schedule_json(&state.pool, &id).await? })))
 }
 
 /// A schedule with its layers (members in rotation order) and overrides, as JSON and as the
 /// evaluable [`Schedule`].
 async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
-    let row = sqlx::query(
-        "select id, name, time_zone, created_at, updated_at from schedules where id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query("select id, name, time_zone, created_at, updated_at from schedules where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("schedule {id}")))?;
     let time_zone: String = row.try_get("time_zone")?;
     let zone = TimeZone::get(&time_zone).map_err(ApiError::internal)?;
@@ -458,12 +417,7 @@ async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
                 (_, hours) => Rotation::Hours(i64::from(hours.unwrap_or(24))),
             },
             handoff: handoff.parse().map_err(ApiError::internal)?,
-            users: users
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|u| u["id"].as_str().map(str::to_owned))
-                .collect(),
+            users: users.as_array().into_iter().flatten().filter_map(|u| u["id"].as_str().map(str::to_owned)).collect(),
         });
         layers_json.push(json!({
             "id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?,
@@ -476,28 +430,18 @@ async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
     for r in &override_rows {
         let (start, end) = (timestamp(r, "starts_at")?, timestamp(r, "ends_at")?);
         let user: String = r.try_get("user_id")?;
-        overrides_json.push(json!({"id": r.try_get::<String, _>("id")?, "user": {"id": user, "name": r.try_get::<String, _>("name")?},
-                                   "start": start.to_string(), "end": end.to_string()}));
-        overrides.push(Override {
-            id: r.try_get("id")?,
-            user,
-            start,
-            end,
-        });
+        overrides_json.push(
+            json!({"id": r.try_get::<String, _>("id")?, "user": {"id": user, "name": r.try_get::<String, _>("name")?},
+                                   "start": start.to_string(), "end": end.to_string()}),
+        );
+        overrides.push(Override { id: r.try_get("id")?, user, start, end });
     }
     let json = json!({
         "id": row.try_get::<String, _>("id")?, "name": row.try_get::<String, _>("name")?, "timeZone": time_zone,
         "createdAt": timestamp(&row, "created_at")?.to_string(), "updatedAt": timestamp(&row, "updated_at")?.to_string(),
         "layers": layers_json, "overrides": overrides_json,
     });
-    Ok((
-        json,
-        Schedule {
-            zone,
-            layers,
-            overrides,
-        },
-    ))
+    Ok((json, Schedule { zone, layers, overrides }))
 }
 
 async fn schedule_json(pool: &PgPool, id: &str) -> Result<Value, ApiError> {
@@ -509,14 +453,8 @@ async fn user_names(
     ids: Vec<String>,
 ) -> Result<std::collections::HashMap<String, (String, String)>, ApiError> {
     let rows: Vec<(String, String, String)> =
-        sqlx::query_as("select id, name, email from users where id = any($1)")
-            .bind(&ids)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, name, email)| (id, (name, email)))
-        .collect())
+        sqlx::query_as("select id, name, email from users where id = any($1)").bind(&ids).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(id, name, email)| (id, (name, email))).collect())
 }
 
 fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
@@ -526,6 +464,11 @@ fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
     }
 }
 
+/// Who is on call at an instant (default now), the shift's start and end, and whether an override put them there.
+#[utoipa::path(get, path = "/api/schedules/{id}/on-call", tag = "schedules",
+    params(("id" = String, Path, description = "Schedule id"), ("at" = Option<String>, Query, description = "RFC 3339, default now")),
+    responses((status = 200, description = "Who is on call"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:read"])))]
 async fn on_call(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -552,6 +495,11 @@ async fn on_call(
     })))
 }
 
+/// The final rendered shifts of a window (at most 93 days; default the next 7 days).
+#[utoipa::path(get, path = "/api/schedules/{id}/shifts", tag = "schedules",
+    params(("id" = String, Path, description = "Schedule id"), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339")),
+    responses((status = 200, description = "The shifts"), (status = 400, description = "A bad window"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["schedules:read"])))]
 async fn shifts(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -562,18 +510,13 @@ async fn shifts(
     let from = params.timestamp("from")?.unwrap_or_else(Timestamp::now);
     let to = match params.timestamp("to")? {
         Some(to) => to,
-        None => from
-            .checked_add(SignedDuration::from_hours(24 * 7))
-            .map_err(ApiError::internal)?,
+        None => from.checked_add(SignedDuration::from_hours(24 * 7)).map_err(ApiError::internal)?,
     };
     if to <= from {
         return Err(ApiError::validation("to", "must be after from"));
     }
     if to.duration_since(from) > MAX_WINDOW {
-        return Err(ApiError::validation(
-            "to",
-            "the window may span at most 93 days",
-        ));
+        return Err(ApiError::validation("to", "the window may span at most 93 days"));
     }
     let (_, schedule) = load(&state.pool, &id).await?;
     let shifts = schedule.shifts(from, to);
@@ -587,7 +530,5 @@ async fn shifts(
                    "override": is_override, if is_override { "overrideId" } else { "layerId" }: source_id})
         })
         .collect();
-    Ok(Json(
-        json!({"from": from.to_string(), "to": to.to_string(), "shifts": shifts}),
-    ))
+    Ok(Json(json!({"from": from.to_string(), "to": to.to_string(), "shifts": shifts})))
 }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use common::ApiError;
 use common::admin::{self, AdminError};
 use common::auth::{Principal, Scope};
@@ -15,29 +14,24 @@ use common::store::timestamp;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::params::Params;
 use crate::state::AppState;
 
-pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/services", get(list).post(create))
-        .route("/api/services/{id}", get(detail))
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail))
 }
 
-const SELECT: &str =
-    "select s.id, s.name, s.description, s.routing_key, s.rate_limit, s.created_at, s.updated_at,
+const SELECT: &str = "select s.id, s.name, s.description, s.routing_key, s.rate_limit, s.created_at, s.updated_at,
         count(i.id) filter (where i.urgency = 'HIGH') as high,
         count(i.id) filter (where i.urgency = 'MEDIUM') as medium,
         count(i.id) filter (where i.urgency = 'LOW') as low
      from services s left join incidents i on i.service_id = s.id and i.status <> 'RESOLVED'";
 
 fn service_json(row: &PgRow, show_routing_key: bool) -> Result<Value, sqlx::Error> {
-    let (high, medium, low): (i64, i64, i64) = (
-        row.try_get("high")?,
-        row.try_get("medium")?,
-        row.try_get("low")?,
-    );
+    let (high, medium, low): (i64, i64, i64) = (row.try_get("high")?, row.try_get("medium")?, row.try_get("low")?);
     let status = if high > 0 {
         "CRITICAL"
     } else if medium + low > 0 {
@@ -75,6 +69,12 @@ struct Cursor {
     id: String,
 }
 
+/// List services with their derived status and open incidents by urgency.
+#[utoipa::path(get, path = "/api/services", tag = "services",
+    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("offset" = Option<i64>, Query, description = "Rows to skip"),
+           ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page")),
+    responses((status = 200, description = "A page of services"), (status = 400, description = "A bad parameter"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["services:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
@@ -93,10 +93,7 @@ async fn list(
         })
         .transpose()?;
     if cursor.is_some() && offset > 0 {
-        return Err(ApiError::validation(
-            "offset",
-            "cannot be combined with cursor",
-        ));
+        return Err(ApiError::validation("offset", "cannot be combined with cursor"));
     }
     let sql = format!(
         "{SELECT} where ($1::text is null or (s.created_at, s.id) < ($1::timestamptz, $2))
@@ -109,26 +106,18 @@ async fn list(
         .bind(offset)
         .fetch_all(&state.pool)
         .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from services")
-        .fetch_one(&state.pool)
-        .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from services").fetch_one(&state.pool).await?;
     let has_more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
     let next_cursor = match page.last() {
         Some(last) if has_more => {
-            let c = Cursor {
-                c: timestamp(last, "created_at")?.to_string(),
-                id: last.try_get("id")?,
-            };
+            let c = Cursor { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? };
             Some(hex::encode(serde_json::to_vec(&c).unwrap_or_default()))
         }
         _ => None,
     };
     let show = principal.has(Scope::ServicesWrite);
-    let services = page
-        .iter()
-        .map(|row| service_json(row, show))
-        .collect::<Result<Vec<_>, _>>()?;
+    let services = page.iter().map(|row| service_json(row, show)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({
         "services": services,
         "total": total,
@@ -136,27 +125,32 @@ async fn list(
     })))
 }
 
+/// One service; its routing key is shown to keys with services:write.
+#[utoipa::path(get, path = "/api/services/{id}", tag = "services",
+    params(("id" = String, Path, description = "Service id")),
+    responses((status = 200, description = "The service"), (status = 404, description = "No such service"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["services:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::ServicesRead)?;
-    Ok(Json(
-        json!({ "service": fetch(&state.pool, &id, principal.has(Scope::ServicesWrite)).await? }),
-    ))
+    Ok(Json(json!({ "service": fetch(&state.pool, &id, principal.has(Scope::ServicesWrite)).await? })))
 }
 
+/// Create a service with a new routing key.
+#[utoipa::path(post, path = "/api/services", tag = "services",
+    request_body(content = Object, description = "name, description?, rateLimit?"),
+    responses((status = 201, description = "The service with its routingKey"), (status = 400, description = "A bad field"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    security(("api_key" = ["services:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::ServicesWrite)?;
-    if let Some(field) = body
-        .keys()
-        .find(|k| !["name", "description", "rateLimit"].contains(&k.as_str()))
-    {
+    if let Some(field) = body.keys().find(|k| !["name", "description", "rateLimit"].contains(&k.as_str())) {
         return Err(ApiError::validation(field, "is not a known field"));
     }
     let name = match body.get("name") {
@@ -180,22 +174,13 @@ async fn create(
                 .ok_or_else(|| ApiError::validation("rateLimit", "must be a positive integer"))?,
         ),
     };
-    let created = admin::create_service(&state.pool, &name, &description, rate_limit)
-        .await
-        .map_err(|err| match err {
-            AdminError::Invalid(message) => ApiError::validation(
-                if message.starts_with("description") {
-                    "description"
-                } else {
-                    "name"
-                },
-                message,
-            ),
+    let created =
+        admin::create_service(&state.pool, &name, &description, rate_limit).await.map_err(|err| match err {
+            AdminError::Invalid(message) => {
+                ApiError::validation(if message.starts_with("description") { "description" } else { "name" }, message)
+            }
             AdminError::Database(e) => e.into(),
             other => ApiError::internal(other),
         })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "service": fetch(&state.pool, &created.id, true).await? })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "service": fetch(&state.pool, &created.id, true).await? }))))
 }
