@@ -11,60 +11,13 @@
 //! `scripts/bench.sh` builds the binaries and runs it. Settings (environment): BENCH_EVENTS
 //! (default 100000), BENCH_CONCURRENCY (64), BENCH_KEYS (1000), BENCH_RUNS (3).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use e2e::bench::{median, ms, quantile, setting, spawn, wait_ready};
 use e2e::servers::free_port;
 use e2e::{TestEnv, trigger, wait_until};
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let binary = dir.join(name);
-    assert!(binary.exists(), "{} is missing: run scripts/bench.sh", binary.display());
-    binary
-}
-
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _killed = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
-
-fn spawn(env: &TestEnv, binary: &str, listen_var: &str, port: u16) -> Service {
-    let child = Command::new(release_binary(binary))
-        .env("DATABASE_URL", &env.database.url)
-        .env("REDIS_URL", &env.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.redis.key_prefix)
-        .env("NATS_URL", &env.nats.url)
-        .env("NATS_STREAM", &env.nats.stream)
-        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
-        .env("WORKER_CONSUMER", &env.consumer)
-        .env(listen_var, format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn service");
-    Service(child)
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) {
-    wait_until(Duration::from_secs(30), "service readiness", || async {
-        http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
 
 struct Load {
     accepted: usize,
@@ -103,8 +56,7 @@ async fn send(base: &str, key: &str, routing_key: &str, events: usize, concurren
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Load { accepted: latencies.len(), elapsed, p50: at(0.50), p99: at(0.99) }
+    Load { accepted: latencies.len(), elapsed, p50: quantile(&latencies, 0.50), p99: quantile(&latencies, 0.99) }
 }
 
 /// Waits until the workers acknowledged every message (each only after its commit), polling the
@@ -135,15 +87,6 @@ async fn wait_applied(env: &TestEnv, n: usize) -> Instant {
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[derive(Default)]

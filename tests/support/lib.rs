@@ -2,6 +2,7 @@
 //! prefix, Redis key prefix and consumer name, so the suite runs in parallel and twice in a row.
 //! Services run in process on port 0; fault tests start private servers of their own.
 
+pub mod bench;
 pub mod servers;
 
 use std::future::Future;

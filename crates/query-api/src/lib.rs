@@ -62,11 +62,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api
 }
 
-/// Puts snoozed incidents whose snooze ended back to `OPEN`, every second until `shutdown`.
-pub async fn reopen_snoozed(pool: sqlx::PgPool, shutdown: CancellationToken) {
+/// Background upkeep, every second until `shutdown`: snoozed incidents whose snooze ended go
+/// back to `OPEN`, and pending incident-count deltas are folded into the counts.
+pub async fn maintain(pool: sqlx::PgPool, shutdown: CancellationToken) {
     loop {
         if let Err(err) = routes::incidents::reopen_due_snoozes(&pool).await {
             tracing::warn!(error = %err, "could not reopen snoozed incidents");
+        }
+        if let Err(err) = routes::incidents::fold_count_deltas(&pool).await {
+            tracing::warn!(error = %err, "could not fold incident count deltas");
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -84,7 +88,7 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
     let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
     let state = Arc::new(AppState { pool: pool.clone(), gate });
-    tokio::spawn(reopen_snoozed(pool.clone(), shutdown.clone()));
+    tokio::spawn(maintain(pool.clone(), shutdown.clone()));
     let readiness = Readiness { required: vec![Dependency::Postgres(pool)], optional: vec![Dependency::Redis(redis)] };
     let app = api_router(state)
         .merge(health_router(readiness))

@@ -28,10 +28,9 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail, update))
 }
 
-/// Status as readers see it: a snooze that has ended reads as `OPEN` at once, before the
-/// background task stores it.
-const EFFECTIVE_STATUS: &str =
-    "(case when i.status = 'SNOOZED' and i.snoozed_until <= now() then 'OPEN' else i.status end)";
+/// An incident whose snooze has ended reads as `OPEN` at once, before the background task
+/// stores it.
+const SNOOZE_ENDED: &str = "(i.status = 'SNOOZED' and i.snoozed_until <= now())";
 
 const SELECT: &str =
     "select i.id, i.title, i.description, i.status as stored_status, i.urgency, i.priority, i.dedup_key,
@@ -171,7 +170,16 @@ impl Filter {
 
     fn push(&self, query: &mut QueryBuilder<'_, Postgres>) {
         if let Some(statuses) = &self.statuses {
-            query.push(format!(" and {EFFECTIVE_STATUS} = any(")).push_bind(statuses.clone()).push(")");
+            // Written so the status indexes serve it: an ended snooze counts as OPEN, not SNOOZED.
+            let (open, snoozed) = (statuses.iter().any(|s| s == "OPEN"), statuses.iter().any(|s| s == "SNOOZED"));
+            query.push(" and (i.status = any(").push_bind(statuses.clone()).push(")");
+            if open && !snoozed {
+                query.push(format!(" or {SNOOZE_ENDED}"));
+            }
+            query.push(")");
+            if snoozed && !open {
+                query.push(format!(" and not {SNOOZE_ENDED}"));
+            }
         }
         if let Some(urgencies) = &self.urgencies {
             query.push(" and i.urgency = any(").push_bind(urgencies.clone()).push(")");
@@ -189,6 +197,68 @@ impl Filter {
             query.push(" and i.created_at < ").push_bind(before.to_string()).push("::timestamptz");
         }
     }
+}
+
+impl Filter {
+    /// The exact number of matching incidents. Filters on status, urgency and service are
+    /// answered from the maintained counts (plus the pending deltas, in the same snapshot) and
+    /// ended snoozes; others count rows.
+    async fn total(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        if self.assignee_id.is_some() || self.created_after.is_some() || self.created_before.is_some() {
+            let mut count = QueryBuilder::new("select count(*) from incidents i where true");
+            self.push(&mut count);
+            return count.build_query_scalar::<i64>().fetch_one(pool).await;
+        }
+        let (open, snoozed) = match &self.statuses {
+            Some(statuses) => (statuses.iter().any(|s| s == "OPEN"), statuses.iter().any(|s| s == "SNOOZED")),
+            None => (false, false),
+        };
+        let mut query = QueryBuilder::new(
+            "select (select coalesce(sum(n), 0)::int8 from (select service_id, status, urgency, n from incident_counts
+             union all select service_id, status, urgency, n from incident_count_deltas) i where true",
+        );
+        self.push_counted(&mut query, true);
+        query.push(")");
+        // An ended snooze is still counted as SNOOZED until the background task stores it as OPEN.
+        let sign = match (open, snoozed) {
+            (true, false) => Some(" + "),
+            (false, true) => Some(" - "),
+            _ => None,
+        };
+        if let Some(sign) = sign {
+            query.push(sign).push("(select count(*) from incidents i where ").push(SNOOZE_ENDED);
+            self.push_counted(&mut query, false);
+            query.push(")");
+        }
+        query.build_query_scalar::<i64>().fetch_one(pool).await
+    }
+
+    /// The status (if `with_status`), urgency and service filters, on columns of `i`.
+    fn push_counted(&self, query: &mut QueryBuilder<'_, Postgres>, with_status: bool) {
+        if let Some(statuses) = self.statuses.as_ref().filter(|_| with_status) {
+            query.push(" and i.status = any(").push_bind(statuses.clone()).push(")");
+        }
+        if let Some(urgencies) = &self.urgencies {
+            query.push(" and i.urgency = any(").push_bind(urgencies.clone()).push(")");
+        }
+        if let Some(service) = &self.service_id {
+            query.push(" and i.service_id = ").push_bind(service.clone());
+        }
+    }
+}
+
+/// Folds the pending count deltas into the counts, in one statement (so any reader sees either
+/// the deltas or their sum, never both or neither).
+pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "with moved as (delete from incident_count_deltas returning service_id, status, urgency, n)
+         insert into incident_counts (service_id, status, urgency, n)
+         select service_id, status, urgency, sum(n) from moved group by 1, 2, 3 order by 1, 2, 3
+         on conflict (service_id, status, urgency) do update set n = incident_counts.n + excluded.n",
+    )
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 /// Where the previous page ended: the sort value and id of its last incident.
@@ -274,12 +344,7 @@ async fn list(
         .push_bind(limit + 1)
         .push(" offset ")
         .push_bind(offset);
-    let mut count = QueryBuilder::new("select count(*) from incidents i where true");
-    filter.push(&mut count);
-    let (rows, total) = tokio::try_join!(
-        query.build().fetch_all(&state.pool),
-        count.build_query_scalar::<i64>().fetch_one(&state.pool)
-    )?;
+    let (rows, total) = tokio::try_join!(query.build().fetch_all(&state.pool), filter.total(&state.pool))?;
 
     let has_more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
