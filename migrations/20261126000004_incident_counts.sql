@@ -38,3 +38,8 @@ create trigger incidents_recounted after update of status, urgency, service_id o
 
 insert into incident_counts (service_id, status, urgency, n)
 select service_id, status, urgency, count(*) from incidents group by service_id, status, urgency;
+
+-- The deltas table churns by design (rows live about a second): vacuum it early and often so
+-- reading it never scans dead rows.
+alter table incident_count_deltas set (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+                                       autovacuum_vacuum_cost_delay = 0);

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real services against real PostgreSQL, Redis and NATS.
 
+mod cli;
 mod delivery;
 mod faults;
 mod ingest_api;
