@@ -153,3 +153,159 @@ async fn serve_runs_everything_on_one_port_and_prints_an_admin_key_once() {
     serve.kill().await.unwrap();
     env.cleanup().await;
 }
+
+/// Runs the CLI as an API client against `url`.
+fn client(env: &TestEnv, url: &str, key: &str, args: &[&str]) -> Output {
+    Command::new(opssentinal())
+        .args(args)
+        .env("DATABASE_URL", &env.database.url)
+        .env("OPSSENTINAL_URL", url)
+        .env("OPSSENTINAL_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+fn failure(output: &Output) -> (Option<i32>, String) {
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
+    let env = TestEnv::new().await;
+    let ingest = env.spawn_ingest().await;
+    let query = env.spawn_query_api().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    run(
+        &env,
+        &[
+            "user",
+            "create",
+            "--name",
+            "Ada Admin",
+            "--email",
+            "ada@example.com",
+            "--password",
+            "correct horse",
+            "--role",
+            "admin",
+        ],
+    );
+    let key =
+        json_of(&run(&env, &["apikey", "create", "--email", "ada@example.com", "--name", "ops", "--output", "json"]));
+    let key = key["key"].as_str().unwrap().to_owned();
+    let service = json_of(&run(&env, &["service", "create", "--name", "Storage", "--output", "json"]));
+    let rk = service["routingKey"].as_str().unwrap().to_owned();
+
+    let sent = json_of(&client(
+        &env,
+        &ingest,
+        &key,
+        &[
+            "event",
+            "trigger",
+            "--routing-key",
+            &rk,
+            "--dedup-key",
+            "disk",
+            "--summary",
+            "Disk full",
+            "--severity",
+            "critical",
+            "--detail",
+            "host=web-01",
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!((sent["status"].as_str(), sent["dedup_key"].as_str()), (Some("success"), Some("disk")));
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+
+    let table = client(&env, &query, &key, &["incident", "list", "--status", "triggered"]);
+    assert!(table.status.success());
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("ID") && table.contains("Disk full") && table.contains("HIGH"), "{table}");
+    let list = json_of(&client(&env, &query, &key, &["incident", "list", "--status", "triggered", "--output", "json"]));
+    let id = list["incidents"][0]["id"].as_str().unwrap().to_owned();
+
+    let acked = json_of(&client(&env, &query, &key, &["incident", "ack", &id, "--output", "json"]));
+    assert_eq!(acked["status"], "ACKNOWLEDGED");
+    let users = json_of(&run(&env, &["user", "list", "--output", "json"]));
+    let ada = users[0]["id"].as_str().unwrap().to_owned();
+    let assigned = json_of(&client(&env, &query, &key, &["incident", "assign", &id, &ada, "--output", "json"]));
+    assert_eq!(assigned["assignee"]["name"], "Ada Admin");
+    assert!(client(&env, &query, &key, &["incident", "note", &id, "rolled back the deploy"]).status.success());
+    let resolved = json_of(&client(&env, &query, &key, &["incident", "resolve", &id, "--output", "json"]));
+    assert_eq!(resolved["status"], "RESOLVED");
+    let detail = json_of(&client(&env, &query, &key, &["incident", "get", &id, "--output", "json"]));
+    assert!(detail["timeline"].as_array().unwrap().iter().any(|e| e["message"] == "rolled back the deploy"));
+
+    // Who is on call.
+    let schedule = serde_json::json!({"name": "Primary", "timeZone": "UTC",
+        "layers": [{"start": "2026-01-01T00:00:00Z", "rotation": "weekly", "users": [ada]}]});
+    let (status, created) =
+        env.send_json(reqwest::Method::POST, &format!("{query}/api/schedules"), &key, &schedule).await;
+    assert_eq!(status, 201);
+    let on_call = client(
+        &env,
+        &query,
+        &key,
+        &["oncall", created["schedule"]["id"].as_str().unwrap(), "--at", "2026-06-01T12:00:00Z"],
+    );
+    assert!(on_call.status.success());
+    assert!(String::from_utf8_lossy(&on_call.stdout).contains("Ada Admin"));
+
+    // Error paths: unknown id, missing scope, unreachable server, no key, bad usage.
+    let (code, stderr) = failure(&client(&env, &query, &key, &["incident", "get", "inc_nope"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("NOT_FOUND"), "{stderr}");
+    run(
+        &env,
+        &[
+            "user",
+            "create",
+            "--name",
+            "Rex Reader",
+            "--email",
+            "rex@example.com",
+            "--password",
+            "correct horse",
+            "--role",
+            "user",
+        ],
+    );
+    let reader =
+        json_of(&run(&env, &["apikey", "create", "--email", "rex@example.com", "--name", "ro", "--output", "json"]));
+    let (code, stderr) = failure(&client(&env, &query, reader["key"].as_str().unwrap(), &["incident", "ack", &id]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("FORBIDDEN") && stderr.contains("incidents:write"), "{stderr}");
+    let (code, stderr) = failure(&client(&env, "http://127.0.0.1:1", &key, &["incident", "list"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot reach OpsSentinal") && !stderr.contains("panicked"), "{stderr}");
+    let no_key =
+        Command::new(opssentinal()).args(["incident", "list"]).env_remove("OPSSENTINAL_API_KEY").output().unwrap();
+    assert_eq!(failure(&no_key).0, Some(1));
+    assert_eq!(client(&env, &query, &key, &["incident", "list", "--limit", "many"]).status.code(), Some(2));
+
+    // Keys are listed without their secret, and a revoked key stops working.
+    let spare =
+        json_of(&run(&env, &["apikey", "create", "--email", "ada@example.com", "--name", "spare", "--output", "json"]));
+    let listed = run(&env, &["apikey", "list", "--email", "ada@example.com"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("spare") && !listed.contains(spare["key"].as_str().unwrap()), "{listed}");
+    assert!(run(&env, &["apikey", "revoke", spare["id"].as_str().unwrap()]).status.success());
+    let (code, stderr) = failure(&client(&env, &query, spare["key"].as_str().unwrap(), &["incident", "list"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("UNAUTHORIZED"), "{stderr}");
+
+    // A rotated routing key replaces the old one.
+    let fresh = json_of(&run(&env, &["service", "create", "--name", "Queue", "--output", "json"]));
+    let rotated = json_of(&run(&env, &["service", "rotate-key", fresh["id"].as_str().unwrap(), "--output", "json"]));
+    assert_ne!(rotated["routingKey"], fresh["routingKey"]);
+    let old = ["event", "trigger", "--routing-key", fresh["routingKey"].as_str().unwrap(), "--summary", "x"];
+    let (code, stderr) = failure(&client(&env, &ingest, &key, &old));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("INVALID_ROUTING_KEY"), "{stderr}");
+    let services = json_of(&run(&env, &["service", "list", "--output", "json"]));
+    assert_eq!(services.as_array().unwrap().len(), 2);
+    env.cleanup().await;
+}

@@ -1,5 +1,6 @@
 //! `opssentinal`: administration (against PostgreSQL) and the one-process server.
 
+mod client;
 mod commands;
 mod output;
 
@@ -38,6 +39,14 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
+    /// Send events through the Events API (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand)]
+    Event(commands::event::EventCommand),
+    /// List and work incidents (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand)]
+    Incident(commands::incident::IncidentCommand),
+    /// Who is on call for a schedule (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    Oncall(commands::oncall::OnCallArgs),
     /// Run ingest, a worker and the query API in one process on one port.
     Serve(Box<commands::serve::ServeArgs>),
 }
@@ -68,6 +77,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Apikey(command)) => commands::apikey::run(command, output).await,
         Some(Command::Service(command)) => commands::service::run(command, output).await,
         Some(Command::Serve(args)) => commands::serve::run(*args).await,
+        Some(Command::Event(command)) => commands::event::run(command, output).await,
+        Some(Command::Incident(command)) => commands::incident::run(command, output).await,
+        Some(Command::Oncall(args)) => commands::oncall::run(args, output).await,
         None => commands::user::run_legacy(cli.legacy, &cli.database, output).await,
     }
 }

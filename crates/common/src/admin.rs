@@ -256,3 +256,95 @@ pub async fn bootstrap_admin(pool: &PgPool, email: &str) -> Result<Option<Bootst
     let api_key = create_api_key(pool, email, "bootstrap admin key", None, None).await?;
     Ok(Some(Bootstrap { email: email.to_owned(), password, api_key }))
 }
+
+/// An API key as listed: never the key itself.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyListing {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub owner: String,
+    pub scopes: Vec<String>,
+    pub rate_limit: Option<i32>,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// API keys, newest first, optionally of one user.
+pub async fn list_api_keys(pool: &PgPool, email: Option<&str>) -> Result<Vec<ApiKeyListing>, AdminError> {
+    type Row = (String, String, String, String, Vec<String>, Option<i32>, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        r#"select k.id, k.name, k.prefix, u.email, k.scopes, k.rate_limit,
+                  to_char(k.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                  to_char(k.last_used_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                  to_char(k.revoked_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           from api_keys k join users u on u.id = k.user_id
+           where $1::text is null or lower(u.email) = lower($1)
+           order by k.created_at desc, k.id desc"#,
+    )
+    .bind(email)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, prefix, owner, scopes, rate_limit, created_at, last_used_at, revoked_at)| ApiKeyListing {
+            id,
+            name,
+            prefix,
+            owner,
+            scopes,
+            rate_limit,
+            created_at,
+            last_used_at,
+            revoked_at,
+        })
+        .collect())
+}
+
+/// Revokes a key; services stop accepting it within their key cache's lifetime.
+pub async fn revoke_api_key(pool: &PgPool, id: &str) -> Result<(), AdminError> {
+    let revoked = sqlx::query("update api_keys set revoked_at = now() where id = $1 and revoked_at is null")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    if revoked.rows_affected() == 0 {
+        return Err(AdminError::NotFound(format!("no active API key {id}")));
+    }
+    Ok(())
+}
+
+/// Services, newest first, with their routing keys.
+pub async fn list_services(pool: &PgPool) -> Result<Vec<CreatedService>, AdminError> {
+    let rows: Vec<(String, String, String, String, Option<i32>)> = sqlx::query_as(
+        "select id, name, description, routing_key, rate_limit from services order by created_at desc, id desc",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, description, routing_key, rate_limit)| CreatedService {
+            id,
+            name,
+            description,
+            routing_key,
+            rate_limit: rate_limit.map(i32::unsigned_abs),
+        })
+        .collect())
+}
+
+/// Gives a service a new routing key; the old one stops working.
+pub async fn rotate_routing_key(pool: &PgPool, id: &str) -> Result<CreatedService, AdminError> {
+    let row: Option<(String, String, String, String, Option<i32>)> = sqlx::query_as(
+        "update services set routing_key = $2, updated_at = now() where id = $1
+         returning id, name, description, routing_key, rate_limit",
+    )
+    .bind(id)
+    .bind(random_token(16))
+    .fetch_optional(pool)
+    .await?;
+    let (id, name, description, routing_key, rate_limit) =
+        row.ok_or_else(|| AdminError::NotFound(format!("no service {id}")))?;
+    Ok(CreatedService { id, name, description, routing_key, rate_limit: rate_limit.map(i32::unsigned_abs) })
+}

@@ -31,6 +31,22 @@ pub enum ApiKeyCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// List API keys (prefix, scopes, last use; never the key).
+    #[command(after_help = "Example:\n  opssentinal apikey list --email jane@example.com")]
+    List {
+        /// Only this user's keys.
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Revoke an API key.
+    #[command(after_help = "Example:\n  opssentinal apikey revoke key_0192…")]
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
 }
 
 fn parse_scope(value: &str) -> Result<Scope, String> {
@@ -56,6 +72,31 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
                 &json!({"id": key.id, "key": key.key, "name": key.name, "scopes": scopes, "rateLimit": key.rate_limit}),
                 &[("id", key.id.clone()), ("key", key.key.clone()), ("scopes", scopes.join(","))],
             )
+        }
+        ApiKeyCommand::List { email, database } => {
+            let pool = super::connect(&database).await?;
+            let keys = admin::list_api_keys(&pool, email.as_deref()).await?;
+            let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            let rows = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.prefix.clone() + "…",
+                        k.name.clone(),
+                        k.owner.clone(),
+                        k.scopes.join(","),
+                        dash(&k.last_used_at),
+                        dash(&k.revoked_at),
+                    ]
+                })
+                .collect();
+            output.list(&keys, &["ID", "PREFIX", "NAME", "OWNER", "SCOPES", "LAST USED", "REVOKED"], rows)
+        }
+        ApiKeyCommand::Revoke { id, database } => {
+            let pool = super::connect(&database).await?;
+            admin::revoke_api_key(&pool, &id).await?;
+            output.record(&json!({"id": id, "revoked": true}), &[("revoked", id.clone())])
         }
     }
 }

@@ -1,5 +1,8 @@
 pub mod apikey;
+pub mod event;
+pub mod incident;
 pub mod migrate;
+pub mod oncall;
 pub mod serve;
 pub mod service;
 pub mod user;
