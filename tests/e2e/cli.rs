@@ -309,3 +309,154 @@ async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
     assert_eq!(services.as_array().unwrap().len(), 2);
     env.cleanup().await;
 }
+
+fn run_with_nats(env: &TestEnv, args: &[&str]) -> Output {
+    Command::new(opssentinal())
+        .args(args)
+        .env("NATS_URL", &env.nats.url)
+        .env("NATS_STREAM", &env.nats.stream)
+        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_and_dead_letters_are_managed_with_the_cli() {
+    let env = TestEnv::new().await;
+    run(
+        &env,
+        &[
+            "user",
+            "create",
+            "--name",
+            "Ann",
+            "--email",
+            "ann@example.com",
+            "--password",
+            "correct horse",
+            "--role",
+            "responder",
+        ],
+    );
+    let ann = json_of(&run(&env, &["user", "list", "--output", "json"]))[0]["id"].as_str().unwrap().to_owned();
+    let schedule = json_of(&run(
+        &env,
+        &["schedule", "create", "--name", "Primary", "--time-zone", "Europe/Berlin", "--output", "json"],
+    ));
+    let id = schedule["id"].as_str().unwrap().to_owned();
+    let layer = json_of(&run(
+        &env,
+        &[
+            "schedule",
+            "layer",
+            "add",
+            &id,
+            "--start",
+            "2026-01-01T08:00:00Z",
+            "--rotation",
+            "daily",
+            "--users",
+            &ann,
+            "--output",
+            "json",
+        ],
+    ));
+    assert_eq!((layer["position"].as_i64(), layer["handoffTime"].as_str()), (Some(0), Some("09:00")));
+    let added = run(
+        &env,
+        &[
+            "schedule",
+            "override",
+            "add",
+            &id,
+            "--user",
+            &ann,
+            "--start",
+            "2026-02-01T00:00:00Z",
+            "--end",
+            "2026-02-02T00:00:00Z",
+        ],
+    );
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let (code, stderr) = failure(&run(&env, &["schedule", "create", "--name", "X", "--time-zone", "Mars/Base"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("timeZone"), "{stderr}");
+    let (code, stderr) = failure(&run(
+        &env,
+        &[
+            "schedule",
+            "layer",
+            "add",
+            &id,
+            "--start",
+            "2026-01-01T00:00:00Z",
+            "--rotation",
+            "daily",
+            "--users",
+            "usr_nobody",
+        ],
+    ));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no user usr_nobody"), "{stderr}");
+    assert_eq!(json_of(&run(&env, &["schedule", "list", "--output", "json"])).as_array().unwrap().len(), 1);
+
+    // An event for a service that does not exist yet is dead-lettered; once the service exists,
+    // replaying it applies it.
+    let mut settings = env.worker_settings();
+    settings.max_deliveries = 1;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let event = common::event::EventEnvelope {
+        event_id: uuid::Uuid::now_v7(),
+        service_id: "svc_later".into(),
+        dedup_key: "orphan".into(),
+        action: common::event::EventAction::Trigger,
+        payload: None,
+        received_at: jiff::Timestamp::now(),
+        api_key_id: None,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
+    let mut trigger_event = event;
+    trigger_event.payload = Some(common::event::AlertPayload {
+        summary: "late service".into(),
+        source: "tests".into(),
+        severity: common::event::Severity::Info,
+        timestamp: None,
+        component: None,
+        group: None,
+        class: None,
+        custom_details: None,
+    });
+    js.publish(env.nats.events_subject(), serde_json::to_vec(&trigger_event).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the trigger to be dead-lettered", || async {
+        let listed = run_with_nats(&env, &["dlq", "list", "--output", "json"]);
+        listed.status.success()
+            && serde_json::from_slice::<Value>(&listed.stdout).is_ok_and(|l| l.as_array().is_some_and(|a| a.len() == 1))
+    })
+    .await;
+    let table = String::from_utf8_lossy(&run_with_nats(&env, &["dlq", "list"]).stdout).into_owned();
+    assert!(table.contains("svc_later") && table.contains("foreign key"), "{table}");
+
+    sqlx::query("insert into services (id, name, routing_key) values ('svc_later', 'Late', 'late-key')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let replayed = json_of(&run_with_nats(&env, &["dlq", "replay", "--all", "--output", "json"]));
+    assert_eq!(replayed["replayed"].as_array().unwrap().len(), 1);
+    wait_until(Duration::from_secs(30), "the replayed trigger to open an incident", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from incidents where dedup_key = 'orphan'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    let listed = json_of(&run_with_nats(&env, &["dlq", "list", "--output", "json"]));
+    assert!(listed.as_array().unwrap().is_empty());
+    let (code, _) = failure(&run_with_nats(&env, &["dlq", "replay", "99"]));
+    assert_eq!(code, Some(1));
+    env.cleanup().await;
+}

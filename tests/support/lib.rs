@@ -77,6 +77,8 @@ impl TestEnv {
     /// A fresh environment on the given servers (`pg_admin_url` names a database to connect to
     /// for creating this test's own).
     pub async fn on(pg_admin_url: &str, redis_url: &str, nats_url: &str) -> Self {
+        // reqwest is built with rustls and no default crypto provider: use ring, as async-nats does.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let db_name = unique("ostest");
         let admin = PgPool::connect(pg_admin_url).await.expect("connect to PostgreSQL");
         drop_stale_databases(&admin).await;

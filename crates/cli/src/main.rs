@@ -39,6 +39,12 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
+    /// Manage schedules, their layers and overrides.
+    #[command(subcommand)]
+    Schedule(commands::schedule::ScheduleCommand),
+    /// Dead-lettered events: list them, replay them.
+    #[command(subcommand)]
+    Dlq(commands::dlq::DlqCommand),
     /// Send events through the Events API (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
     #[command(subcommand)]
     Event(commands::event::EventCommand),
@@ -77,6 +83,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Apikey(command)) => commands::apikey::run(command, output).await,
         Some(Command::Service(command)) => commands::service::run(command, output).await,
         Some(Command::Serve(args)) => commands::serve::run(*args).await,
+        Some(Command::Schedule(command)) => commands::schedule::run(command, output).await,
+        Some(Command::Dlq(command)) => commands::dlq::run(command, output).await,
         Some(Command::Event(command)) => commands::event::run(command, output).await,
         Some(Command::Incident(command)) => commands::incident::run(command, output).await,
         Some(Command::Oncall(args)) => commands::oncall::run(args, output).await,

@@ -1,8 +1,10 @@
 pub mod apikey;
+pub mod dlq;
 pub mod event;
 pub mod incident;
 pub mod migrate;
 pub mod oncall;
+pub mod schedule;
 pub mod serve;
 pub mod service;
 pub mod user;

@@ -227,12 +227,17 @@ async fn create(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    let name = string(&body, "name", "")?
+    Ok((StatusCode::CREATED, Json(json!({ "schedule": create_schedule(&state.pool, &body).await? }))))
+}
+
+/// Creates a schedule from its JSON description (as `POST /api/schedules` takes it); returns it.
+pub async fn create_schedule(pool: &PgPool, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    let name = string(body, "name", "")?
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::validation("name", "is required"))?;
-    let time_zone = string(&body, "timeZone", "")?.ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
+    let time_zone = string(body, "timeZone", "")?.ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
     zone(&time_zone)?;
-    let list = |name: &str| match field(&body, name) {
+    let list = |name: &str| match field(body, name) {
         None => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items.clone()),
         Some(_) => Err(ApiError::validation(name, "must be an array")),
@@ -248,7 +253,7 @@ async fn create(
         .map(|(i, o)| parse_override(o, &format!("overrides[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     let id = new_id("sch");
-    let mut tx = state.pool.begin().await?;
+    let mut tx = pool.begin().await?;
     sqlx::query("insert into schedules (id, name, time_zone) values ($1, $2, $3)")
         .bind(&id)
         .bind(&name)
@@ -262,7 +267,7 @@ async fn create(
         insert_override(&mut tx, &id, o, &format!("overrides[{i}].")).await?;
     }
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(json!({ "schedule": schedule_json(&state.pool, &id).await? }))))
+    schedule_json(pool, &id).await
 }
 
 /// Add a layer on top of the existing ones (start, end?, rotation daily|weekly|hours, rotationHours?, handoffTime HH:MM, users).
@@ -277,15 +282,23 @@ async fn add_layer(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    let layer = parse_layer(&body, "")?;
-    let mut tx = state.pool.begin().await?;
-    lock_schedule(&mut tx, &id).await?;
-    let layer_id = insert_layer(&mut tx, &id, &layer, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1").bind(&id).execute(&mut *tx).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "layer": add_layer_to(&state.pool, &id, &body).await? }))))
+}
+
+/// Adds a layer (as `POST /api/schedules/{id}/layers` takes it) above the schedule's others.
+pub async fn add_layer_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
+    let layer = parse_layer(body, "")?;
+    let mut tx = pool.begin().await?;
+    lock_schedule(&mut tx, id).await?;
+    let layer_id = insert_layer(&mut tx, id, &layer, "").await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
-    let schedule = schedule_json(&state.pool, &id).await?;
-    let layer = schedule["layers"].as_array().and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str())).cloned();
-    Ok((StatusCode::CREATED, Json(json!({ "layer": layer }))))
+    let schedule = schedule_json(pool, id).await?;
+    Ok(schedule["layers"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str()))
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Put a user on call for an interval, over all layers.
@@ -300,18 +313,18 @@ async fn add_override(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    let o = parse_override(&body, "")?;
-    let mut tx = state.pool.begin().await?;
-    lock_schedule(&mut tx, &id).await?;
-    let override_id = insert_override(&mut tx, &id, &o, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1").bind(&id).execute(&mut *tx).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "override": add_override_to(&state.pool, &id, &body).await? }))))
+}
+
+/// Adds an override (as `POST /api/schedules/{id}/overrides` takes it).
+pub async fn add_override_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
+    let o = parse_override(body, "")?;
+    let mut tx = pool.begin().await?;
+    lock_schedule(&mut tx, id).await?;
+    let override_id = insert_override(&mut tx, id, &o, "").await?;
+    sqlx::query("update schedules set updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({"override": {"id": override_id, "userId": o.user, "start": o.start.to_string(), "end": o.end.to_string()}}),
-        ),
-    ))
+    Ok(json!({"id": override_id, "userId": o.user, "start": o.start.to_string(), "end": o.end.to_string()}))
 }
 
 /// Locks the schedule row (serialising layer positions); `404` when missing.
@@ -336,12 +349,19 @@ async fn list(
     principal.require(Scope::SchedulesRead)?;
     let limit = params.integer("limit", 50, 1, 200)?;
     let offset = params.integer("offset", 0, 0, i64::MAX)?;
-    let rows = sqlx::query("select id, name, time_zone, created_at, updated_at from schedules order by created_at desc, id desc limit $1 offset $2")
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&state.pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(&state.pool).await?;
+    Ok(Json(list_schedules(&state.pool, limit, offset).await?))
+}
+
+/// A page of schedules, newest first, as `GET /api/schedules` answers it.
+pub async fn list_schedules(pool: &PgPool, limit: i64, offset: i64) -> Result<Value, ApiError> {
+    let rows = sqlx::query(
+        "select id, name, time_zone, created_at, updated_at from schedules order by created_at desc, id desc limit $1 offset $2",
+    )
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(pool).await?;
     let schedules = rows
         .iter()
         .map(|r| {
@@ -350,11 +370,11 @@ async fn list(
                       "createdAt": timestamp(r, "created_at")?.to_string(), "updatedAt": timestamp(r, "updated_at")?.to_string()}))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Json(json!({
+    Ok(json!({
         "schedules": schedules,
         "total": total,
         "pagination": {"limit": limit, "offset": offset, "hasMore": offset + (schedules.len() as i64) < total},
-    })))
+    }))
 }
 
 /// A schedule with its layers and overrides.

@@ -1,0 +1,135 @@
+//! `opssentinal schedule create|list`, `schedule layer add`, `schedule override add`:
+//! administration against PostgreSQL, with the same validation as the HTTP API.
+
+use clap::Subcommand;
+use common::config::DatabaseConfig;
+use query_api::routes::schedules::{add_layer_to, add_override_to, create_schedule, list_schedules};
+use serde_json::{Map, Value, json};
+
+use crate::output::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule in an IANA time zone.
+    #[command(after_help = "Example:\n  opssentinal schedule create --name Primary --time-zone Europe/Berlin")]
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        time_zone: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// List schedules.
+    #[command(after_help = "Example:\n  opssentinal schedule list --output json")]
+    List {
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Layers of a schedule.
+    #[command(subcommand)]
+    Layer(LayerCommand),
+    /// Overrides of a schedule.
+    #[command(subcommand)]
+    Override(OverrideCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LayerCommand {
+    /// Add a rotation layer above the existing ones.
+    #[command(
+        after_help = "Example:\n  opssentinal schedule layer add sch_0192… --start 2026-12-01T08:00:00Z --rotation weekly \\\n    --handoff 09:00 --users usr_a,usr_b"
+    )]
+    Add {
+        schedule: String,
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: Option<String>,
+        /// daily, weekly or hours.
+        #[arg(long)]
+        rotation: String,
+        /// With --rotation hours: the shift length (1 to 720).
+        #[arg(long)]
+        rotation_hours: Option<i64>,
+        /// Local hand-off time, HH:MM.
+        #[arg(long, default_value = "09:00")]
+        handoff: String,
+        /// Comma-separated user ids, in rotation order.
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverrideCommand {
+    /// Put a user on call for an interval, over all layers.
+    #[command(
+        after_help = "Example:\n  opssentinal schedule override add sch_0192… --user usr_c --start 2026-12-24T00:00:00Z --end 2026-12-27T00:00:00Z"
+    )]
+    Add {
+        schedule: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()> {
+    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    match command {
+        ScheduleCommand::Create { name, time_zone, database } => {
+            let pool = super::connect(&database).await?;
+            let body: Map<String, Value> =
+                [("name".into(), json!(name)), ("timeZone".into(), json!(time_zone))].into_iter().collect();
+            let schedule = create_schedule(&pool, &body).await?;
+            output.record(
+                &schedule,
+                &[
+                    ("id", text(&schedule["id"])),
+                    ("name", text(&schedule["name"])),
+                    ("time zone", text(&schedule["timeZone"])),
+                ],
+            )
+        }
+        ScheduleCommand::List { database } => {
+            let pool = super::connect(&database).await?;
+            let page = list_schedules(&pool, 200, 0).await?;
+            let schedules = page["schedules"].as_array().cloned().unwrap_or_default();
+            let rows = schedules.iter().map(|s| vec![text(&s["id"]), text(&s["name"]), text(&s["timeZone"])]).collect();
+            output.list(&schedules, &["ID", "NAME", "TIME ZONE"], rows)
+        }
+        ScheduleCommand::Layer(LayerCommand::Add {
+            schedule,
+            start,
+            end,
+            rotation,
+            rotation_hours,
+            handoff,
+            users,
+            name,
+            database,
+        }) => {
+            let pool = super::connect(&database).await?;
+            let body = json!({"start": start, "end": end, "rotation": rotation, "rotationHours": rotation_hours,
+                              "handoffTime": handoff, "users": users, "name": name});
+            let layer = add_layer_to(&pool, &schedule, &body).await?;
+            output.record(&layer, &[("layer", text(&layer["id"])), ("position", text(&layer["position"]))])
+        }
+        ScheduleCommand::Override(OverrideCommand::Add { schedule, user, start, end, database }) => {
+            let pool = super::connect(&database).await?;
+            let created =
+                add_override_to(&pool, &schedule, &json!({"userId": user, "start": start, "end": end})).await?;
+            output.record(&created, &[("override", text(&created["id"])), ("from", start), ("until", end)])
+        }
+    }
+}
