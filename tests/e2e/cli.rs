@@ -93,8 +93,35 @@ async fn an_operator_creates_users_keys_and_services_with_the_cli() {
     assert_eq!(service["name"], "API Gateway");
     assert_eq!(service["routingKey"].as_str().unwrap().len(), 32);
 
+    // A password can come from standard input, out of the shell history.
+    let mut piped = Command::new(opssentinal())
+        .args([
+            "user",
+            "create",
+            "--name",
+            "Pia Piped",
+            "--email",
+            "pia@example.com",
+            "--role",
+            "user",
+            "--password-stdin",
+        ])
+        .env("DATABASE_URL", &env.database.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut piped.stdin.take().unwrap(), b"from standard input\n").unwrap();
+    assert!(piped.wait_with_output().unwrap().status.success());
+    let hash: String = sqlx::query_scalar("select password_hash from users where email = 'pia@example.com'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$") && common::auth::verify_password("from standard input", &hash));
+
     let listed = json_of(&run(&env, &["user", "list", "--output", "json"]));
-    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
     let unreachable = Command::new(opssentinal())
         .args(["user", "list"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing")
@@ -307,6 +334,11 @@ async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
     assert!(stderr.contains("INVALID_ROUTING_KEY"), "{stderr}");
     let services = json_of(&run(&env, &["service", "list", "--output", "json"]));
     assert_eq!(services.as_array().unwrap().len(), 2);
+    let through_api = client(&env, &query, &key, &["service", "list", "--api"]);
+    let through_api = String::from_utf8_lossy(&through_api.stdout);
+    assert!(through_api.contains("Storage") && through_api.contains("OPERATIONAL"), "{through_api}");
+    let schedules = json_of(&client(&env, &query, &key, &["schedule", "list", "--api", "--output", "json"]));
+    assert_eq!(schedules[0]["name"], "Primary");
     env.cleanup().await;
 }
 

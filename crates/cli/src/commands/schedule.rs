@@ -6,6 +6,7 @@ use common::config::DatabaseConfig;
 use query_api::routes::schedules::{add_layer_to, add_override_to, create_schedule, list_schedules};
 use serde_json::{Map, Value, json};
 
+use crate::client::{Client, ClientArgs};
 use crate::output::Output;
 
 #[derive(Debug, Subcommand)]
@@ -20,9 +21,14 @@ pub enum ScheduleCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
-    /// List schedules.
-    #[command(after_help = "Example:\n  opssentinal schedule list --output json")]
+    /// List schedules, from PostgreSQL or with `--api` through the HTTP API.
+    #[command(after_help = "Examples:\n  opssentinal schedule list --output json\n  opssentinal schedule list --api")]
     List {
+        /// Read through the HTTP API (OPSSENTINAL_URL, OPSSENTINAL_API_KEY) instead of the database.
+        #[arg(long)]
+        api: bool,
+        #[command(flatten)]
+        client: ClientArgs,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -101,9 +107,12 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
                 ],
             )
         }
-        ScheduleCommand::List { database } => {
-            let pool = super::connect(&database).await?;
-            let page = list_schedules(&pool, 200, 0).await?;
+        ScheduleCommand::List { api, client, database } => {
+            let page = if api {
+                Client::new(&client)?.get("/api/schedules?limit=200").await?
+            } else {
+                list_schedules(&super::connect(&database).await?, 200, 0).await?
+            };
             let schedules = page["schedules"].as_array().cloned().unwrap_or_default();
             let rows = schedules.iter().map(|s| vec![text(&s["id"]), text(&s["name"]), text(&s["timeZone"])]).collect();
             output.list(&schedules, &["ID", "NAME", "TIME ZONE"], rows)

@@ -3,7 +3,9 @@
 use clap::Subcommand;
 use common::admin;
 use common::config::DatabaseConfig;
-use serde_json::json;
+use serde_json::{Value, json};
+
+use crate::client::{Client, ClientArgs};
 
 use crate::output::Output;
 
@@ -24,9 +26,15 @@ pub enum ServiceCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
-    /// List services with their routing keys.
-    #[command(after_help = "Example:\n  opssentinal service list --output json")]
+    /// List services: from PostgreSQL with their routing keys, or with `--api` through the HTTP
+    /// API (OPSSENTINAL_URL, OPSSENTINAL_API_KEY) with their status and open incidents.
+    #[command(after_help = "Examples:\n  opssentinal service list --output json\n  opssentinal service list --api")]
     List {
+        /// Read through the HTTP API instead of the database.
+        #[arg(long)]
+        api: bool,
+        #[command(flatten)]
+        client: ClientArgs,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -53,7 +61,25 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
                 ],
             )
         }
-        ServiceCommand::List { database } => {
+        ServiceCommand::List { api: true, client, .. } => {
+            let page = Client::new(&client)?.get("/api/services?limit=200").await?;
+            let services = page["services"].as_array().cloned().unwrap_or_default();
+            let cell = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let rows = services
+                .iter()
+                .map(|s| {
+                    let open = &s["openIncidents"];
+                    vec![
+                        cell(&s["id"]),
+                        cell(&s["name"]),
+                        cell(&s["status"]),
+                        format!("{}/{}/{}", open["HIGH"], open["MEDIUM"], open["LOW"]),
+                    ]
+                })
+                .collect();
+            output.list(&services, &["ID", "NAME", "STATUS", "OPEN H/M/L"], rows)
+        }
+        ServiceCommand::List { database, .. } => {
             let pool = super::connect(&database).await?;
             let services = admin::list_services(&pool).await?;
             let rows = services.iter().map(|s| vec![s.id.clone(), s.name.clone(), s.routing_key.clone()]).collect();
