@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Pipeline benchmark (see tests/bench/pipeline.rs): release binaries, local services.
-#   scripts/bench.sh                      # 100k events, 64 in flight, 3 runs
-#   BENCH_EVENTS=20000 BENCH_RUNS=1 scripts/bench.sh
+# Benchmarks, on release binaries against the local services:
+#   scripts/bench.sh            # the event pipeline (tests/bench/pipeline.rs)
+#   scripts/bench.sh query      # the query API over 1,000,000 incidents (tests/bench/query.rs)
+# Settings are environment variables, e.g. BENCH_EVENTS=20000 BENCH_RUNS=1 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bench="${1:-pipeline}"
+case "$bench" in pipeline|query) ;; *) echo "usage: scripts/bench.sh [pipeline|query]" >&2; exit 2 ;; esac
 source scripts/services.sh
 ensure_services
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opssentinal-target}"
 cargo build --release --locked --bins
-cargo bench --locked -p e2e --bench pipeline
+cargo bench --locked -p e2e --bench "$bench"

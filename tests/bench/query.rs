@@ -5,7 +5,7 @@
 //! 2. one service's incidents, newest first, limit 50 (a random service per request);
 //! 3. cursor paging: walking 10 pages of 50 of the full listing.
 //!
-//! Every answer carries the exact `total`. `scripts/bench-query.sh` builds and runs it; settings:
+//! Every answer carries the exact `total`. `scripts/bench.sh query` builds and runs it; settings:
 //! BENCH_INCIDENTS (1000000), BENCH_REQUESTS (2000 per query and run), BENCH_CONCURRENCY (16),
 //! BENCH_RUNS (3).
 

@@ -138,14 +138,8 @@ async fn serve_runs_everything_on_one_port_and_prints_an_admin_key_once() {
     let port = free_port();
     let mut serve = tokio::process::Command::new(opssentinal())
         .arg("serve")
-        .env("DATABASE_URL", &env.database.url)
-        .env("REDIS_URL", &env.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.redis.key_prefix)
-        .env("NATS_URL", &env.nats.url)
-        .env("NATS_STREAM", &env.nats.stream)
-        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
+        .envs(env.service_env())
         .env("OPSSENTINAL_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -343,13 +337,7 @@ async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
 }
 
 fn run_with_nats(env: &TestEnv, args: &[&str]) -> Output {
-    Command::new(opssentinal())
-        .args(args)
-        .env("NATS_URL", &env.nats.url)
-        .env("NATS_STREAM", &env.nats.stream)
-        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
-        .output()
-        .unwrap()
+    Command::new(opssentinal()).args(args).envs(env.service_env()).output().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,32 +425,9 @@ async fn schedules_and_dead_letters_are_managed_with_the_cli() {
     let mut settings = env.worker_settings();
     settings.max_deliveries = 1;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
-    let event = common::event::EventEnvelope {
-        event_id: uuid::Uuid::now_v7(),
-        service_id: "svc_later".into(),
-        dedup_key: "orphan".into(),
-        action: common::event::EventAction::Trigger,
-        payload: None,
-        received_at: jiff::Timestamp::now(),
-        api_key_id: None,
-    };
+    let event = e2e::envelope("svc_later", "orphan", common::event::EventAction::Trigger, "late service");
     let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
-    let mut trigger_event = event;
-    trigger_event.payload = Some(common::event::AlertPayload {
-        summary: "late service".into(),
-        source: "tests".into(),
-        severity: common::event::Severity::Info,
-        timestamp: None,
-        component: None,
-        group: None,
-        class: None,
-        custom_details: None,
-    });
-    js.publish(env.nats.events_subject(), serde_json::to_vec(&trigger_event).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(env.nats.events_subject(), serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap();
     wait_until(Duration::from_secs(30), "the trigger to be dead-lettered", || async {
         let listed = run_with_nats(&env, &["dlq", "list", "--output", "json"]);
         listed.status.success()

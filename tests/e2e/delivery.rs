@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::event::{AlertPayload, EventAction, EventEnvelope, Severity};
+use common::event::{EventAction, EventEnvelope};
 use e2e::{TestEnv, trigger, wait_until};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -14,24 +14,7 @@ use tokio_util::sync::CancellationToken;
 use worker::apply::{QueuedEvent, apply_batch};
 
 fn envelope(service_id: &str, dedup_key: &str, action: EventAction) -> EventEnvelope {
-    EventEnvelope {
-        event_id: uuid::Uuid::now_v7(),
-        service_id: service_id.to_owned(),
-        dedup_key: dedup_key.to_owned(),
-        action,
-        payload: (action == EventAction::Trigger).then(|| AlertPayload {
-            summary: "Disk full".into(),
-            source: "tests".into(),
-            severity: Severity::Error,
-            timestamp: None,
-            component: None,
-            group: None,
-            class: None,
-            custom_details: None,
-        }),
-        received_at: jiff::Timestamp::now().round(jiff::Unit::Microsecond).unwrap(),
-        api_key_id: None,
-    }
+    e2e::envelope(service_id, dedup_key, action, "Disk full")
 }
 
 async fn jetstream_context(env: &TestEnv) -> jetstream::Context {
@@ -187,15 +170,10 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     }
 
     let mut process = Command::new(worker_binary())
-        .env("DATABASE_URL", &env.database.url)
-        .env("NATS_URL", &env.nats.url)
-        .env("NATS_STREAM", &env.nats.stream)
-        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
-        .env("WORKER_CONSUMER", &env.consumer)
+        .envs(env.service_env())
         .env("WORKER_LISTEN", "127.0.0.1:0")
         .env("WORKER_BATCH_SIZE", "50")
         .env("WORKER_ACK_WAIT_SECS", "2")
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use common::event::{AlertPayload, EventAction, EventEnvelope, Severity};
+use common::event::{EventAction, EventEnvelope};
 use e2e::{TestEnv, wait_until};
 use futures_util::StreamExt;
 use ingest::publisher::Publisher;
@@ -77,24 +77,7 @@ fn random_event(rng: &mut StdRng, service_id: &str, dedup_key: &str) -> EventEnv
         5..7 => EventAction::Acknowledge,
         _ => EventAction::Resolve,
     };
-    EventEnvelope {
-        event_id: uuid::Uuid::now_v7(),
-        service_id: service_id.to_owned(),
-        dedup_key: dedup_key.to_owned(),
-        action,
-        payload: Some(AlertPayload {
-            summary: format!("{dedup_key} is unhappy"),
-            source: "model-test".into(),
-            severity: Severity::Critical,
-            timestamp: None,
-            component: None,
-            group: None,
-            class: None,
-            custom_details: None,
-        }),
-        received_at: jiff::Timestamp::now().round(jiff::Unit::Microsecond).unwrap(),
-        api_key_id: None,
-    }
+    e2e::envelope(service_id, dedup_key, action, &format!("{dedup_key} is unhappy"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,15 +29,8 @@ impl Drop for Service {
 /// `port` through the variable `listen_var`.
 pub fn spawn(env: &TestEnv, binary: &str, listen_var: &str, port: u16) -> Service {
     let child = Command::new(release_binary(binary))
-        .env("DATABASE_URL", &env.database.url)
-        .env("REDIS_URL", &env.redis.url)
-        .env("REDIS_KEY_PREFIX", &env.redis.key_prefix)
-        .env("NATS_URL", &env.nats.url)
-        .env("NATS_STREAM", &env.nats.stream)
-        .env("NATS_SUBJECT_PREFIX", &env.nats.subject_prefix)
-        .env("WORKER_CONSUMER", &env.consumer)
+        .envs(env.service_env())
         .env(listen_var, format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -169,6 +169,21 @@ impl TestEnv {
         base
     }
 
+    /// Environment variables pointing a service process at this test's database, Redis prefix,
+    /// stream, subjects and consumer.
+    pub fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database.url.clone()),
+            ("REDIS_URL", self.redis.url.clone()),
+            ("REDIS_KEY_PREFIX", self.redis.key_prefix.clone()),
+            ("NATS_URL", self.nats.url.clone()),
+            ("NATS_STREAM", self.nats.stream.clone()),
+            ("NATS_SUBJECT_PREFIX", self.nats.subject_prefix.clone()),
+            ("WORKER_CONSUMER", self.consumer.clone()),
+            ("RUST_LOG", "warn".into()),
+        ]
+    }
+
     /// A GET with a bearer key; returns status and JSON body.
     pub async fn get_json(&self, url: &str, key: &str) -> (u16, Value) {
         let response = self.http.get(url).bearer_auth(key).send().await.expect("request");
@@ -285,6 +300,35 @@ where
 pub fn fits_limit(admitted: usize, per_minute: u32, elapsed: Duration) -> bool {
     let refilled = (elapsed.as_secs_f64() * f64::from(per_minute) / 60.0).ceil() as usize;
     admitted >= per_minute as usize && admitted <= per_minute as usize + refilled
+}
+
+/// An accepted event as ingest would publish it (received now, to the microsecond); a trigger
+/// carries a payload with `summary`.
+pub fn envelope(
+    service_id: &str,
+    dedup_key: &str,
+    action: common::event::EventAction,
+    summary: &str,
+) -> common::event::EventEnvelope {
+    use common::event::{AlertPayload, EventAction, EventEnvelope, Severity};
+    EventEnvelope {
+        event_id: uuid::Uuid::now_v7(),
+        service_id: service_id.to_owned(),
+        dedup_key: dedup_key.to_owned(),
+        action,
+        payload: (action == EventAction::Trigger).then(|| AlertPayload {
+            summary: summary.to_owned(),
+            source: "tests".into(),
+            severity: Severity::Critical,
+            timestamp: None,
+            component: None,
+            group: None,
+            class: None,
+            custom_details: None,
+        }),
+        received_at: jiff::Timestamp::now().round(jiff::Unit::Microsecond).expect("rounds"),
+        api_key_id: None,
+    }
 }
 
 /// A trigger event body.

@@ -288,11 +288,9 @@ async fn add_layer(
 /// Adds a layer (as `POST /api/schedules/{id}/layers` takes it) above the schedule's others.
 pub async fn add_layer_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
     let layer = parse_layer(body, "")?;
-    let mut tx = pool.begin().await?;
-    lock_schedule(&mut tx, id).await?;
+    let mut tx = begin_change(pool, id).await?;
     let layer_id = insert_layer(&mut tx, id, &layer, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
-    tx.commit().await?;
+    finish_change(tx, id).await?;
     let schedule = schedule_json(pool, id).await?;
     Ok(schedule["layers"]
         .as_array()
@@ -319,21 +317,28 @@ async fn add_override(
 /// Adds an override (as `POST /api/schedules/{id}/overrides` takes it).
 pub async fn add_override_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
     let o = parse_override(body, "")?;
-    let mut tx = pool.begin().await?;
-    lock_schedule(&mut tx, id).await?;
+    let mut tx = begin_change(pool, id).await?;
     let override_id = insert_override(&mut tx, id, &o, "").await?;
-    sqlx::query("update schedules set updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
-    tx.commit().await?;
+    finish_change(tx, id).await?;
     Ok(json!({"id": override_id, "userId": o.user, "start": o.start.to_string(), "end": o.end.to_string()}))
 }
 
-/// Locks the schedule row (serialising layer positions); `404` when missing.
-async fn lock_schedule(tx: &mut PgConnection, id: &str) -> Result<(), ApiError> {
+/// Begins a change to a schedule: locks its row (serialising layer positions); `404` when missing.
+async fn begin_change(pool: &PgPool, id: &str) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    let mut tx = pool.begin().await?;
     let found: Option<String> = sqlx::query_scalar("select id from schedules where id = $1 for update")
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    found.map(|_| ()).ok_or_else(|| ApiError::not_found(format!("schedule {id}")))
+    found.ok_or_else(|| ApiError::not_found(format!("schedule {id}")))?;
+    Ok(tx)
+}
+
+/// Marks the schedule changed and commits.
+async fn finish_change(mut tx: sqlx::Transaction<'static, sqlx::Postgres>, id: &str) -> Result<(), ApiError> {
+    sqlx::query("update schedules set updated_at = now() where id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// List schedules.
