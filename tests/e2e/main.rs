@@ -7,5 +7,6 @@ mod ingest_api;
 mod lifecycle;
 mod openapi;
 mod ordering;
+mod pagerduty;
 mod query_api;
 mod schedules;

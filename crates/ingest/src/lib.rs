@@ -1,6 +1,7 @@
 //! OpsSentinal ingest: authenticates and rate-limits alert sources, validates their events and
 //! answers `202` once JetStream has stored them.
 
+pub mod accept;
 pub mod config;
 pub mod publisher;
 pub mod routes;
@@ -24,16 +25,20 @@ pub use state::AppState;
 /// one-process mode can merge them with query-api's.
 pub fn api_router(state: Arc<AppState>) -> Router {
     let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Events };
-    let (router, _) = routes::events::router().split_for_parts();
-    router
+    let (events, _) = routes::events::router().split_for_parts();
+    let (pagerduty, _) = routes::pagerduty::router().split_for_parts();
+    events
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
+        .merge(pagerduty)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// The OpenAPI description of ingest's routes, generated from the same registrations that route them.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api): (Router<Arc<AppState>>, _) = routes::events::router().split_for_parts();
+    let (_, mut api): (Router<Arc<AppState>>, _) = routes::events::router().split_for_parts();
+    let (_, pagerduty): (Router<Arc<AppState>>, _) = routes::pagerduty::router().split_for_parts();
+    api.merge(pagerduty);
     api
 }
 

@@ -8,12 +8,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
-use common::event::{EventEnvelope, EventRequest};
+use common::event::EventRequest;
 use common::http::{parse_json, read_body, require_json_content_type};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use uuid::Uuid;
 
 use crate::state::AppState;
 
@@ -57,19 +56,15 @@ async fn accept(
     let event: EventRequest = parse_json(&body)?;
     let service = event.validate()?;
     let service = state.services.resolve(&service).await?;
-    let dedup_key = event.dedup_key.unwrap_or_else(|| Uuid::new_v4().simple().to_string());
-    let envelope = EventEnvelope {
-        event_id: Uuid::now_v7(),
-        service_id: service.id,
-        dedup_key,
-        action: event.event_action,
-        payload: event.payload,
-        received_at: received_now(),
-        api_key_id: Some(principal.key_id.clone()),
-    };
-    state.publisher.publish(&envelope).await?;
-    metrics::counter!("events_accepted_total", "action" => envelope.action.as_str()).increment(1);
-    tracing::debug!(event.id = %envelope.event_id, service.id = %envelope.service_id, "event accepted");
+    let envelope = crate::accept::accept(
+        state,
+        &service,
+        event.event_action,
+        event.dedup_key,
+        event.payload,
+        Some(principal.key_id.clone()),
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -80,10 +75,4 @@ async fn accept(
             "event_id": envelope.event_id,
         })),
     ))
-}
-
-/// Now, to the microsecond PostgreSQL stores, so the envelope and the database agree exactly.
-fn received_now() -> jiff::Timestamp {
-    let now = jiff::Timestamp::now();
-    now.round(jiff::Unit::Microsecond).unwrap_or(now)
 }
