@@ -9,4 +9,5 @@ mod openapi;
 mod ordering;
 mod pagerduty;
 mod query_api;
+mod real_clients;
 mod schedules;

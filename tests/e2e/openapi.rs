@@ -24,6 +24,8 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
     let expected: BTreeSet<(String, String)> = [
         ("POST", "/api/events"),
         ("POST", "/v2/enqueue"),
+        ("POST", "/api/integrations/alertmanager"),
+        ("POST", "/api/integrations/alertmanager/{routing_key}"),
         ("GET", "/api/incidents"),
         ("POST", "/api/incidents"),
         ("GET", "/api/incidents/{id}"),
@@ -45,14 +47,19 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
     assert_eq!(documented, expected);
 
     // Every documented operation is routed: without a key the authentication layer answers 401
-    // (400 from the PagerDuty endpoint, which a routing key in the body authenticates), while a
-    // path nobody routes gets the 404 fallback.
+    // (integration endpoints refuse the bodiless request itself), while a path nobody routes gets
+    // the 404 fallback.
     for (method, path) in &documented {
-        let ingested = path == "/api/events" || path.starts_with("/v2/");
+        let ingested = path == "/api/events" || path.starts_with("/v2/") || path.starts_with("/api/integrations/");
         let base = if ingested { &ingest } else { &query };
-        let url = format!("{base}{}", path.replace("{id}", "x"));
+        let url = format!("{base}{}", path.replace("{id}", "x").replace("{routing_key}", "x"));
         let response = env.http.request(Method::from_bytes(method.as_bytes()).unwrap(), &url).send().await.unwrap();
-        let expected = if path.starts_with("/v2/") { 400 } else { 401 };
+        // Integration endpoints authenticate by routing key: a bodiless request is refused as such.
+        let expected = match path {
+            p if p.starts_with("/v2/") => 400,
+            p if p.starts_with("/api/integrations/") => 415,
+            _ => 401,
+        };
         assert_eq!(response.status(), expected, "{method} {path}");
     }
     let unrouted = env.http.get(format!("{query}/api/nothing")).send().await.unwrap();

@@ -104,3 +104,47 @@ async fn a_service_routing_key_has_its_own_limit() {
     assert_eq!(response.json::<Value>().await.unwrap()["status"], "throttle event");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alertmanager_webhook_takes_a_routing_key_or_an_api_key_with_a_service() {
+    let env = TestEnv::new().await;
+    let ingest = env.spawn_ingest().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let service = env.service("Web").await;
+    let key = env.admin_key().await;
+    let notification = |status: &str| {
+        json!({"version": "4", "status": status, "receiver": "ops", "groupKey": "{}:{alertname=\"Down\"}",
+               "alerts": [{"status": status, "fingerprint": "f00d", "labels": {"alertname": "Down", "severity": "warning"},
+                           "annotations": {}, "startsAt": "2026-11-26T10:00:00Z"}]})
+    };
+    let url = format!("{ingest}/api/integrations/alertmanager");
+    let by_path =
+        env.http.post(format!("{url}/{}", service.routing_key)).json(&notification("firing")).send().await.unwrap();
+    assert_eq!(by_path.status(), 202);
+    let by_key = env
+        .http
+        .post(format!("{url}?service_id={}", service.id))
+        .header("X-API-Key", &key)
+        .json(&notification("resolved"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 202);
+    let body: Value = by_key.json().await.unwrap();
+    assert_eq!(body["events"][0]["event_action"], "resolve");
+    env.wait_for_applied(2, Duration::from_secs(30)).await;
+    let (status, title): (String, String) =
+        sqlx::query_as("select status, title from incidents where dedup_key = 'f00d'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), title.as_str()), ("RESOLVED", "Down"));
+
+    let no_key =
+        env.http.post(format!("{url}?service_id={}", service.id)).json(&notification("firing")).send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    let unknown = env.http.post(format!("{url}?routing_key=nope")).json(&notification("firing")).send().await.unwrap();
+    assert_eq!(unknown.status(), 400);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["error"]["code"], "INVALID_ROUTING_KEY");
+    env.cleanup().await;
+}

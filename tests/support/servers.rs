@@ -203,3 +203,46 @@ fn postgres_bin_dir() -> PathBuf {
         PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
     })
 }
+
+/// A private Prometheus Alertmanager (Debian's `prometheus-alertmanager`), clustering off.
+pub struct PrivateAlertmanager {
+    pub port: u16,
+    _process: Process,
+    dir: PathBuf,
+}
+
+impl PrivateAlertmanager {
+    /// Starts Alertmanager with `config` (YAML).
+    pub fn start(config: &str) -> Self {
+        let dir = scratch_dir("alertmanager");
+        std::fs::write(dir.join("alertmanager.yml"), config).expect("write config");
+        let port = free_port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+            .arg(format!("--storage.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager is installed (scripts/test.sh installs it)");
+        wait_for_port(port, "alertmanager");
+        Self { port, _process: Process(child), dir }
+    }
+
+    /// Runs `amtool` against this Alertmanager; panics unless it succeeds.
+    pub fn amtool(&self, args: &[&str]) {
+        let output = Command::new("amtool")
+            .arg(format!("--alertmanager.url=http://127.0.0.1:{}", self.port))
+            .args(args)
+            .output()
+            .expect("amtool is installed");
+        assert!(output.status.success(), "amtool {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+}
+
+impl Drop for PrivateAlertmanager {
+    fn drop(&mut self) {
+        let _removed = std::fs::remove_dir_all(&self.dir);
+    }
+}

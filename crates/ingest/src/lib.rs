@@ -27,9 +27,11 @@ pub fn api_router(state: Arc<AppState>) -> Router {
     let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Events };
     let (events, _) = routes::events::router().split_for_parts();
     let (pagerduty, _) = routes::pagerduty::router().split_for_parts();
+    let (alertmanager, _) = routes::alertmanager::router().split_for_parts();
     events
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
         .merge(pagerduty)
+        .merge(alertmanager)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -39,6 +41,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut api): (Router<Arc<AppState>>, _) = routes::events::router().split_for_parts();
     let (_, pagerduty): (Router<Arc<AppState>>, _) = routes::pagerduty::router().split_for_parts();
     api.merge(pagerduty);
+    let (_, alertmanager): (Router<Arc<AppState>>, _) = routes::alertmanager::router().split_for_parts();
+    api.merge(alertmanager);
     api
 }
 
