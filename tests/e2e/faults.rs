@@ -24,6 +24,10 @@ async fn nats_unreachable_means_503_and_never_202() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "SERVICE_UNAVAILABLE");
     }
+    let pagerduty = serde_json::json!({"routing_key": rk, "event_action": "trigger", "payload": {"summary": "s", "source": "h", "severity": "info"}});
+    let response = env.http.post(format!("{base}/v2/enqueue")).json(&pagerduty).send().await.unwrap();
+    assert_eq!(response.status(), 503, "the PagerDuty endpoint never answers 202 while NATS is down");
+    assert!(response.headers().contains_key("retry-after"));
 
     nats.restart();
     wait_until(Duration::from_secs(30), "ingest to accept again after NATS returned", || async {
