@@ -215,6 +215,15 @@ impl KeyStore {
         Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
+    /// The cached answer for `secret` while it is fresh (`Some(None)`: a known-unknown key).
+    pub fn cached(&self, secret: &str) -> Option<Option<Principal>> {
+        let cache = self.cache.lock().expect("key cache poisoned");
+        cache
+            .get(&hash_key(secret))
+            .filter(|entry| entry.fetched.elapsed() < self.ttl)
+            .map(|entry| entry.principal.clone())
+    }
+
     pub async fn lookup(&self, secret: &str) -> Result<Option<Principal>, KeyLookupError> {
         let hash = hash_key(secret);
         let stale = {

@@ -30,12 +30,12 @@ pub enum Bucket {
 /// Authentication and rate limiting, shared by every authenticated route of a process.
 pub struct Gate {
     pub keys: KeyStore,
-    pub limiter: RateLimiter,
+    pub limiter: Arc<RateLimiter>,
     pub limits: RateLimitConfig,
 }
 
 impl Gate {
-    pub fn new(pool: PgPool, limiter: RateLimiter, limits: RateLimitConfig) -> Self {
+    pub fn new(pool: PgPool, limiter: Arc<RateLimiter>, limits: RateLimitConfig) -> Self {
         let keys = KeyStore::new(pool, Duration::from_secs(limits.auth_cache_ttl_secs));
         Self { keys, limiter, limits }
     }
@@ -54,22 +54,27 @@ impl Gate {
         let Some(secret) = key_from_headers(headers) else {
             return Err(self.failed_auth(client_bucket.as_deref(), "missing API key").await);
         };
-        // A client that keeps failing is turned away before its keys cost a lookup.
-        if let Some(bucket) = &client_bucket
-            && let Ok(decision) = self.limiter.peek(bucket, auth_limit).await
-            && !decision.allowed
-        {
-            return Err(ApiError::rate_limited(decision.retry_after));
-        }
-        let principal = match self.keys.lookup(secret).await {
-            Ok(Some(principal)) => principal,
-            Ok(None) => {
-                return Err(self.failed_auth(client_bucket.as_deref(), "unknown or revoked API key").await);
+        let found = match self.keys.cached(secret) {
+            Some(found) => found,
+            None => {
+                // A client that keeps failing is turned away before its keys cost a database lookup.
+                if let Some(bucket) = &client_bucket
+                    && let Ok(decision) = self.limiter.peek(bucket, auth_limit).await
+                    && !decision.allowed
+                {
+                    return Err(ApiError::rate_limited(decision.retry_after));
+                }
+                match self.keys.lookup(secret).await {
+                    Ok(found) => found,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "API key lookup failed");
+                        return Err(ApiError::unavailable("cannot verify API keys right now, retry later", 5));
+                    }
+                }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "API key lookup failed");
-                return Err(ApiError::unavailable("cannot verify API keys right now, retry later", 5));
-            }
+        };
+        let Some(principal) = found else {
+            return Err(self.failed_auth(client_bucket.as_deref(), "unknown or revoked API key").await);
         };
         let limit = principal.rate_limit.unwrap_or_else(|| self.default_limit(bucket));
         let kind = match bucket {

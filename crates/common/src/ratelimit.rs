@@ -3,34 +3,38 @@
 //!
 //! A limit of `n` per minute admits a burst of `n` and then one request every `60/n` seconds.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use axum::http::{HeaderMap, HeaderValue};
 use deadpool_redis::redis::{self, Script, aio::MultiplexedConnection};
 
+/// Admits up to `ARGV[3]` requests at once (0 only looks): as many as fit, in order. Returns
+/// `{admitted, remaining, reset (unix s), retry_after (s, for the first not admitted)}`.
 const GCRA: &str = r"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local now_s = tonumber(now_parts[1])
 local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
-local peek = ARGV[3] == '1'
+local cost = tonumber(ARGV[3])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - period
-local now_s = tonumber(now_parts[1])
-if now < allow_at then
-  local remaining = math.floor((period - (tat - now)) / interval)
-  return {0, remaining, now_s + math.ceil((tat - now) / 1000000), math.ceil((allow_at - now) / 1000000)}
+local fit = math.floor((now + period - tat) / interval)
+if fit < 0 then fit = 0 end
+local admitted = math.min(cost, fit)
+local new_tat = tat + admitted * interval
+if admitted > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
-if peek then
-  return {1, math.floor((period - (tat - now)) / interval), now_s + math.ceil((tat - now) / 1000000), 0}
-end
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-local remaining = math.floor((period - (new_tat - now)) / interval)
-return {1, remaining, now_s + math.ceil((new_tat - now) / 1000000), 0}
+local remaining = math.floor((now + period - new_tat) / interval)
+local retry_after = math.ceil((new_tat + interval - period - now) / 1000000)
+return {admitted, remaining, now_s + math.ceil((new_tat - now) / 1000000), retry_after}
 ";
 
 /// The answer of the limiter for one request.
@@ -62,15 +66,24 @@ pub enum LimiterError {
     Timeout,
     #[error("redis was unreachable moments ago; not retrying yet")]
     Backoff,
+    #[error("{0}")]
+    Batch(String),
 }
 
 /// After Redis could not be reached, checks fail open at once for this long before the next
 /// connection attempt, so an outage adds no latency to requests.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Checks run over one multiplexed connection: every concurrent check is pipelined on it, with
-/// no pool checkout (and its health-check round trip) per request.
+/// Checks of one bucket waiting for the batch in flight.
+type Waiters = Vec<oneshot::Sender<Result<Decision, String>>>;
+
+/// Checks run over one multiplexed connection, with no pool checkout (and its health-check round
+/// trip) per request. Concurrent checks of the same bucket are coalesced (group commit): while
+/// one batch is in Redis, the next requests queue, and the next single script call admits as many
+/// of them as fit, in order. Admission stays exact; Redis does one call per batch, not per request.
 pub struct RateLimiter {
+    me: Weak<RateLimiter>,
+    pending: std::sync::Mutex<HashMap<String, Waiters>>,
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     down_since: std::sync::Mutex<Option<Instant>>,
@@ -81,16 +94,20 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub fn new(url: &str, prefix: impl Into<String>, timeout: Duration) -> Result<Self, LimiterError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
+    pub fn new(url: &str, prefix: impl Into<String>, timeout: Duration) -> Result<Arc<Self>, LimiterError> {
+        let client = redis::Client::open(url)?;
+        let prefix = prefix.into();
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            client,
             connection: tokio::sync::Mutex::new(None),
             down_since: std::sync::Mutex::new(None),
-            prefix: prefix.into(),
+            prefix,
             script: Script::new(GCRA),
             timeout,
             last_warning: AtomicU64::new(0),
-        })
+        }))
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, LimiterError> {
@@ -125,12 +142,57 @@ impl RateLimiter {
 
     /// Counts one request against `bucket` (limit per minute) and says whether it may pass.
     pub async fn check(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
-        self.run(bucket, limit_per_minute, false).await
+        let key = format!("{}rl:{bucket}", self.prefix);
+        let (sender, receiver) = oneshot::channel();
+        let lead = {
+            let mut pending = self.pending.lock().expect("limiter queue poisoned");
+            let waiters = pending.entry(key.clone()).or_default();
+            waiters.push(sender);
+            waiters.len() == 1
+        };
+        if lead && let Some(limiter) = self.me.upgrade() {
+            tokio::spawn(async move { limiter.drain(key, limit_per_minute).await });
+        }
+        match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(result)) => result.map_err(LimiterError::Batch),
+            Ok(Err(_)) => Err(LimiterError::Batch("the batch was abandoned".into())),
+            Err(_) => Err(LimiterError::Timeout),
+        }
+    }
+
+    /// Runs batches for `key` until nobody waits: each batch is every check queued so far.
+    async fn drain(&self, key: String, limit: u32) {
+        loop {
+            let waiters = {
+                let mut pending = self.pending.lock().expect("limiter queue poisoned");
+                let waiters = pending.get_mut(&key).map(std::mem::take).unwrap_or_default();
+                if waiters.is_empty() {
+                    pending.remove(&key);
+                    return;
+                }
+                waiters
+            };
+            match self.run(&key, limit, waiters.len()).await {
+                Ok(decisions) => {
+                    for (waiter, decision) in waiters.into_iter().zip(decisions) {
+                        let _gone = waiter.send(Ok(decision));
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    for waiter in waiters {
+                        let _gone = waiter.send(Err(message.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Whether a request would pass, without counting it.
     pub async fn peek(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
-        self.run(bucket, limit_per_minute, true).await
+        let key = format!("{}rl:{bucket}", self.prefix);
+        let mut decisions = self.run(&key, limit_per_minute, 0).await?;
+        Ok(decisions.pop().expect("a look yields one decision"))
     }
 
     /// Like [`check`](Self::check), but fails open when Redis is unreachable: the failure is
@@ -157,31 +219,43 @@ impl RateLimiter {
         }
     }
 
-    async fn run(&self, bucket: &str, limit: u32, peek: bool) -> Result<Decision, LimiterError> {
+    /// One script call admitting up to `cost` requests (0: only look). Returns a decision per
+    /// request, in order (one for a look).
+    async fn run(&self, key: &str, limit: u32, cost: usize) -> Result<Vec<Decision>, LimiterError> {
         let limit = limit.max(1);
-        let key = format!("{}rl:{bucket}", self.prefix);
         let call = async {
             let mut conn = self.connection().await?;
-            let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) = self
-                .script
-                .key(key)
-                .arg(limit)
-                .arg(60_000_000u64)
-                .arg(if peek { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?;
-            Ok::<_, LimiterError>(Decision {
-                allowed: allowed == 1,
-                limit,
-                remaining: u32::try_from(remaining.clamp(0, i64::from(limit))).unwrap_or(0),
-                reset: reset.unsigned_abs(),
-                retry_after: retry_after.max(i64::from(allowed == 0)).unsigned_abs(),
-            })
+            let (admitted, remaining, reset, retry_after): (i64, i64, i64, i64) =
+                self.script.key(key).arg(limit).arg(60_000_000u64).arg(cost).invoke_async(&mut conn).await?;
+            Ok::<_, LimiterError>((admitted, remaining, reset, retry_after))
         };
         let result = tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(LimiterError::Timeout));
         if matches!(result, Err(LimiterError::Timeout | LimiterError::Redis(_))) {
             self.discard().await;
         }
-        result
+        let (admitted, remaining, reset, retry_after) = result?;
+        let remaining_after = u32::try_from(remaining.clamp(0, i64::from(limit))).unwrap_or(0);
+        let admitted = usize::try_from(admitted.max(0)).unwrap_or(0);
+        let decision = |allowed: bool, remaining: u32| Decision {
+            allowed,
+            limit,
+            remaining,
+            reset: reset.unsigned_abs(),
+            retry_after: if allowed { 0 } else { retry_after.max(1).unsigned_abs() },
+        };
+        if cost == 0 {
+            return Ok(vec![decision(remaining_after > 0, remaining_after)]);
+        }
+        // The admitted requests, in order, each saw one more left than the next.
+        Ok((0..cost)
+            .map(|i| {
+                if i < admitted {
+                    let later = u32::try_from(admitted - 1 - i).unwrap_or(0);
+                    decision(true, remaining_after.saturating_add(later).min(limit))
+                } else {
+                    decision(false, 0)
+                }
+            })
+            .collect())
     }
 }
