@@ -4,9 +4,7 @@
 //! with that much entropy a fast hash is enough, and it lets every request be checked with one
 //! indexed lookup. Passwords, which people choose, get argon2id.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
@@ -15,6 +13,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+
+use crate::cache::LookupCache;
 
 /// The prefix every API key starts with, so leaked keys are easy to recognise and scan for.
 pub const KEY_PREFIX: &str = "osk_";
@@ -193,64 +193,27 @@ pub enum KeyLookupError {
 /// `(key id, user id, role, scopes, rate limit)` as stored.
 type KeyRow = (String, String, String, Vec<String>, Option<i32>);
 
-struct CachedKey {
-    principal: Option<Principal>,
-    fetched: Instant,
-}
-
 /// Resolves API keys to principals. Postgres is the source of truth; answers are kept in
 /// process for `ttl` (so revocation takes effect within `ttl`), and a stale answer is used while
 /// Postgres is unreachable so events keep flowing for known keys.
 pub struct KeyStore {
     pool: PgPool,
-    ttl: Duration,
-    cache: Mutex<HashMap<[u8; 32], CachedKey>>,
+    cache: LookupCache<[u8; 32], Principal>,
 }
-
-/// Beyond this many cached keys (most of them unknown keys from scanners) the cache starts over.
-const MAX_CACHED_KEYS: usize = 100_000;
 
 impl KeyStore {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { pool, cache: LookupCache::new(ttl, 100_000, "auth_stale_cache_used_total") }
     }
 
     /// The cached answer for `secret` while it is fresh (`Some(None)`: a known-unknown key).
     pub fn cached(&self, secret: &str) -> Option<Option<Principal>> {
-        let cache = self.cache.lock().expect("key cache poisoned");
-        cache
-            .get(&hash_key(secret))
-            .filter(|entry| entry.fetched.elapsed() < self.ttl)
-            .map(|entry| entry.principal.clone())
+        self.cache.fresh(&hash_key(secret))
     }
 
     pub async fn lookup(&self, secret: &str) -> Result<Option<Principal>, KeyLookupError> {
         let hash = hash_key(secret);
-        let stale = {
-            let cache = self.cache.lock().expect("key cache poisoned");
-            match cache.get(&hash) {
-                Some(entry) if entry.fetched.elapsed() < self.ttl => {
-                    return Ok(entry.principal.clone());
-                }
-                Some(entry) => entry.principal.clone(),
-                None => None,
-            }
-        };
-        match self.fetch(&hash).await {
-            Ok(principal) => {
-                let mut cache = self.cache.lock().expect("key cache poisoned");
-                if cache.len() >= MAX_CACHED_KEYS {
-                    cache.clear();
-                }
-                cache.insert(hash, CachedKey { principal: principal.clone(), fetched: Instant::now() });
-                Ok(principal)
-            }
-            Err(err) if crate::db::is_unavailable(&err) && stale.is_some() => {
-                metrics::counter!("auth_stale_cache_used_total").increment(1);
-                Ok(stale)
-            }
-            Err(err) => Err(err.into()),
-        }
+        Ok(self.cache.get_or_fetch(hash, self.fetch(&hash)).await?)
     }
 
     async fn fetch(&self, hash: &[u8; 32]) -> Result<Option<Principal>, sqlx::Error> {

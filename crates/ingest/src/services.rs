@@ -2,10 +2,9 @@
 //! kept for `ttl`, and used beyond it while PostgreSQL is unreachable, so ingest keeps accepting
 //! events for known services when the database is down.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cache::LookupCache;
 use common::event::ServiceRef;
 use common::{ApiError, ErrorCode};
 use sqlx::PgPool;
@@ -20,15 +19,12 @@ pub struct ServiceTarget {
 
 pub struct ServiceDirectory {
     pool: PgPool,
-    ttl: Duration,
-    cache: Mutex<HashMap<ServiceRef, (Option<ServiceTarget>, Instant)>>,
+    cache: LookupCache<ServiceRef, ServiceTarget>,
 }
-
-const MAX_CACHED: usize = 100_000;
 
 impl ServiceDirectory {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { pool, cache: LookupCache::new(ttl, 100_000, "service_stale_cache_used_total") }
     }
 
     /// The service an event names: `400 INVALID_ROUTING_KEY` for an unknown routing key,
@@ -44,14 +40,6 @@ impl ServiceDirectory {
     }
 
     async fn lookup(&self, reference: &ServiceRef) -> Result<Option<ServiceTarget>, ApiError> {
-        let stale = {
-            let cache = self.cache.lock().expect("service cache poisoned");
-            match cache.get(reference) {
-                Some((target, at)) if at.elapsed() < self.ttl => return Ok(target.clone()),
-                Some((target, _)) => target.clone(),
-                None => None,
-            }
-        };
         let query = match reference {
             ServiceRef::RoutingKey(key) => {
                 sqlx::query_as::<_, (String, Option<i32>)>("select id, rate_limit from services where routing_key = $1")
@@ -61,21 +49,10 @@ impl ServiceDirectory {
                 sqlx::query_as::<_, (String, Option<i32>)>("select id, rate_limit from services where id = $1").bind(id)
             }
         };
-        match query.fetch_optional(&self.pool).await {
-            Ok(row) => {
-                let target = row.map(|(id, limit)| ServiceTarget { id, rate_limit: limit.map(i32::unsigned_abs) });
-                let mut cache = self.cache.lock().expect("service cache poisoned");
-                if cache.len() >= MAX_CACHED {
-                    cache.clear();
-                }
-                cache.insert(reference.clone(), (target.clone(), Instant::now()));
-                Ok(target)
-            }
-            Err(err) if common::db::is_unavailable(&err) && stale.is_some() => {
-                metrics::counter!("service_stale_cache_used_total").increment(1);
-                Ok(stale)
-            }
-            Err(err) => Err(err.into()),
-        }
+        let fetch = async {
+            let row = query.fetch_optional(&self.pool).await?;
+            Ok(row.map(|(id, limit)| ServiceTarget { id, rate_limit: limit.map(i32::unsigned_abs) }))
+        };
+        Ok(self.cache.get_or_fetch(reference.clone(), fetch).await?)
     }
 }
