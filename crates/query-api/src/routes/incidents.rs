@@ -21,6 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::Refusals;
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -300,7 +301,7 @@ impl Cursor {
         ("offset" = Option<i64>, Query, description = "Rows to skip"),
         ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page"),
     ),
-    responses((status = 200, description = "A page of incidents with the exact total"), (status = 400, description = "A bad parameter, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "A page of incidents with the exact total"), (status = 400, description = "A bad parameter, named in the error"), Refusals),
     security(("api_key" = ["incidents:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
@@ -372,7 +373,7 @@ const DETAIL_ENTRIES: i64 = 100;
 /// One incident with its timeline and alerts (newest first, at most 100 each).
 #[utoipa::path(get, path = "/api/incidents/{id}", tag = "incidents",
     params(("id" = String, Path, description = "Incident id")),
-    responses((status = 200, description = "The incident"), (status = 404, description = "No such incident"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "The incident"), (status = 404, description = "No such incident"), Refusals),
     security(("api_key" = ["incidents:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
@@ -482,7 +483,7 @@ fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiEr
 /// Open an incident by hand: `title`, `serviceId`; optional `description`, `urgency`, `priority`.
 #[utoipa::path(post, path = "/api/incidents", tag = "incidents",
     request_body(content = Object, description = "title, serviceId, description?, urgency?, priority?"),
-    responses((status = 201, description = "The new incident"), (status = 400, description = "A bad field, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 201, description = "The new incident"), (status = 400, description = "A bad field, named in the error"), Refusals),
     security(("api_key" = ["incidents:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
@@ -530,7 +531,7 @@ async fn create(
     params(("id" = String, Path, description = "Incident id")),
     request_body(content = Object, description = "status?, snoozedUntil?, urgency?, priority?, assigneeId?, note?"),
     responses((status = 200, description = "The updated incident"), (status = 400, description = "A bad field, named in the error"),
-              (status = 404, description = "No such incident"), (status = 409, description = "Impossible transition"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+              (status = 404, description = "No such incident"), (status = 409, description = "Impossible transition"), Refusals),
     security(("api_key" = ["incidents:write"])))]
 async fn update(
     State(state): State<Arc<AppState>>,

@@ -19,6 +19,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::Refusals;
 use crate::oncall::{Layer, Override, Rotation, Schedule, Source};
 use crate::params::Params;
 use crate::state::AppState;
@@ -219,7 +220,7 @@ async fn insert_override(
 /// Create a schedule (name, IANA timeZone) with optional layers and overrides.
 #[utoipa::path(post, path = "/api/schedules", tag = "schedules",
     request_body(content = Object, description = "name, timeZone, layers?, overrides?"),
-    responses((status = 201, description = "The schedule"), (status = 400, description = "A bad field, named in the error"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 201, description = "The schedule"), (status = 400, description = "A bad field, named in the error"), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
@@ -273,7 +274,7 @@ pub async fn create_schedule(pool: &PgPool, body: &Map<String, Value>) -> Result
 /// Add a layer on top of the existing ones (start, end?, rotation daily|weekly|hours, rotationHours?, handoffTime HH:MM, users).
 #[utoipa::path(post, path = "/api/schedules/{id}/layers", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
     request_body(content = Object, description = "The layer"),
-    responses((status = 201, description = "The layer"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 201, description = "The layer"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn add_layer(
     State(state): State<Arc<AppState>>,
@@ -302,7 +303,7 @@ pub async fn add_layer_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value
 /// Put a user on call for an interval, over all layers.
 #[utoipa::path(post, path = "/api/schedules/{id}/overrides", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
     request_body(content = Object, description = "userId, start, end"),
-    responses((status = 201, description = "The override"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 201, description = "The override"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn add_override(
     State(state): State<Arc<AppState>>,
@@ -344,7 +345,7 @@ async fn finish_change(mut tx: sqlx::Transaction<'static, sqlx::Postgres>, id: &
 /// List schedules.
 #[utoipa::path(get, path = "/api/schedules", tag = "schedules",
     params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("offset" = Option<i64>, Query, description = "Rows to skip")),
-    responses((status = 200, description = "A page of schedules"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "A page of schedules"), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
@@ -384,7 +385,7 @@ pub async fn list_schedules(pool: &PgPool, limit: i64, offset: i64) -> Result<Va
 
 /// A schedule with its layers and overrides.
 #[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
-    responses((status = 200, description = "The schedule"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "The schedule"), (status = 404, description = "No such schedule"), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
@@ -492,7 +493,7 @@ fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
 /// Who is on call at an instant (default now), the shift's start and end, and whether an override put them there.
 #[utoipa::path(get, path = "/api/schedules/{id}/on-call", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id"), ("at" = Option<String>, Query, description = "RFC 3339, default now")),
-    responses((status = 200, description = "Who is on call"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "Who is on call"), (status = 404, description = "No such schedule"), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn on_call(
     State(state): State<Arc<AppState>>,
@@ -523,7 +524,7 @@ async fn on_call(
 /// The final rendered shifts of a window (at most 93 days; default the next 7 days).
 #[utoipa::path(get, path = "/api/schedules/{id}/shifts", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id"), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339")),
-    responses((status = 200, description = "The shifts"), (status = 400, description = "A bad window"), (status = 404, description = "No such schedule"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "The shifts"), (status = 400, description = "A bad window"), (status = 404, description = "No such schedule"), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn shifts(
     State(state): State<Arc<AppState>>,

@@ -17,6 +17,7 @@ use sqlx::{PgPool, Row};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::Refusals;
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -73,7 +74,7 @@ struct Cursor {
 #[utoipa::path(get, path = "/api/services", tag = "services",
     params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("offset" = Option<i64>, Query, description = "Rows to skip"),
            ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page")),
-    responses((status = 200, description = "A page of services"), (status = 400, description = "A bad parameter"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "A page of services"), (status = 400, description = "A bad parameter"), Refusals),
     security(("api_key" = ["services:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
@@ -128,7 +129,7 @@ async fn list(
 /// One service; its routing key is shown to keys with services:write.
 #[utoipa::path(get, path = "/api/services/{id}", tag = "services",
     params(("id" = String, Path, description = "Service id")),
-    responses((status = 200, description = "The service"), (status = 404, description = "No such service"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 200, description = "The service"), (status = 404, description = "No such service"), Refusals),
     security(("api_key" = ["services:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
@@ -142,7 +143,7 @@ async fn detail(
 /// Create a service with a new routing key.
 #[utoipa::path(post, path = "/api/services", tag = "services",
     request_body(content = Object, description = "name, description?, rateLimit?"),
-    responses((status = 201, description = "The service with its routingKey"), (status = 400, description = "A bad field"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    responses((status = 201, description = "The service with its routingKey"), (status = 400, description = "A bad field"), Refusals),
     security(("api_key" = ["services:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
