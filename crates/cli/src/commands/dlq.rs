@@ -7,7 +7,7 @@ use clap::Subcommand;
 use common::config::NatsConfig;
 use serde_json::{Value, json};
 
-use crate::output::Output;
+use crate::output::{Output, cell};
 
 /// Most dead letters listed or replayed at once.
 const MAX_LETTERS: u64 = 1000;
@@ -80,7 +80,6 @@ pub async fn run(command: DlqCommand, output: Output) -> anyhow::Result<()> {
                            "eventId": event["event_id"], "serviceId": event["service_id"], "dedupKey": event["dedup_key"]})
                 })
                 .collect();
-            let cell = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
             let rows = listed
                 .iter()
                 .map(|l| {

@@ -37,24 +37,30 @@ pub enum EventCommand {
     },
     /// Acknowledge the open incident with this dedup key.
     #[command(after_help = "Example:\n  opssentinal event ack --routing-key $RK --dedup-key disk-web-01")]
-    Ack {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        dedup_key: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Ack(KeyedEvent),
     /// Resolve the open incident with this dedup key.
     #[command(after_help = "Example:\n  opssentinal event resolve --routing-key $RK --dedup-key disk-web-01")]
-    Resolve {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        dedup_key: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Resolve(KeyedEvent),
+}
+
+/// An event about an existing alert: which service, which dedup key.
+#[derive(Debug, Args)]
+pub struct KeyedEvent {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    dedup_key: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+impl KeyedEvent {
+    fn into_request(self, action: &str) -> (ClientArgs, Value) {
+        (
+            self.client,
+            json!({"routing_key": self.target.routing_key, "event_action": action, "dedup_key": self.dedup_key}),
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -101,12 +107,8 @@ pub async fn run(command: EventCommand, output: Output) -> anyhow::Result<()> {
             }
             (client, body)
         }
-        EventCommand::Ack { target, dedup_key, client } => {
-            (client, json!({"routing_key": target.routing_key, "event_action": "acknowledge", "dedup_key": dedup_key}))
-        }
-        EventCommand::Resolve { target, dedup_key, client } => {
-            (client, json!({"routing_key": target.routing_key, "event_action": "resolve", "dedup_key": dedup_key}))
-        }
+        EventCommand::Ack(event) => event.into_request("acknowledge"),
+        EventCommand::Resolve(event) => event.into_request("resolve"),
     };
     let accepted = Client::new(&client)?.send(Method::POST, "/api/events", &body).await?;
     let field = |name: &str| accepted[name].as_str().unwrap_or_default().to_owned();

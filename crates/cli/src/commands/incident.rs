@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::{Client, ClientArgs, encode};
-use crate::output::Output;
+use crate::output::{Output, cell};
 
 #[derive(Debug, Subcommand)]
 pub enum IncidentCommand {
@@ -100,13 +100,13 @@ pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()>
                 .iter()
                 .map(|i| {
                     vec![
-                        text(&i["id"]),
-                        text(&i["status"]),
-                        text(&i["urgency"]),
-                        text(&i["service"]["name"]),
-                        text(&i["alertCount"]),
-                        text(&i["createdAt"]),
-                        text(&i["title"]),
+                        cell(&i["id"]),
+                        cell(&i["status"]),
+                        cell(&i["urgency"]),
+                        cell(&i["service"]["name"]),
+                        cell(&i["alertCount"]),
+                        cell(&i["createdAt"]),
+                        cell(&i["title"]),
                     ]
                 })
                 .collect();
@@ -115,7 +115,7 @@ pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()>
                 return Ok(());
             }
             output.list(&incidents, &["ID", "STATUS", "URGENCY", "SERVICE", "ALERTS", "CREATED", "TITLE"], rows)?;
-            println!("{} of {} shown", incidents.len(), text(&page["total"]));
+            println!("{} of {} shown", incidents.len(), cell(&page["total"]));
             if let Some(next) = page["pagination"]["nextCursor"].as_str() {
                 println!("more: --cursor {next}");
             }
@@ -139,29 +139,21 @@ async fn patch(client: &ClientArgs, id: &str, body: Value, output: Output) -> an
     show(output, &updated["incident"])
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 fn show(output: Output, incident: &Value) -> anyhow::Result<()> {
     output.record(
         incident,
         &[
-            ("id", text(&incident["id"])),
-            ("title", text(&incident["title"])),
-            ("status", text(&incident["status"])),
-            ("urgency", text(&incident["urgency"])),
-            ("priority", text(&incident["priority"])),
-            ("service", text(&incident["service"]["name"])),
-            ("assignee", text(&incident["assignee"]["name"])),
-            ("alerts", text(&incident["alertCount"])),
-            ("created", text(&incident["createdAt"])),
-            ("acknowledged", text(&incident["acknowledgedAt"])),
-            ("resolved", text(&incident["resolvedAt"])),
+            ("id", cell(&incident["id"])),
+            ("title", cell(&incident["title"])),
+            ("status", cell(&incident["status"])),
+            ("urgency", cell(&incident["urgency"])),
+            ("priority", cell(&incident["priority"])),
+            ("service", cell(&incident["service"]["name"])),
+            ("assignee", cell(&incident["assignee"]["name"])),
+            ("alerts", cell(&incident["alertCount"])),
+            ("created", cell(&incident["createdAt"])),
+            ("acknowledged", cell(&incident["acknowledgedAt"])),
+            ("resolved", cell(&incident["resolvedAt"])),
         ],
     )
 }

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use crate::client::{Client, ClientArgs, encode};
-use crate::output::Output;
+use crate::output::{Output, cell};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  opssentinal oncall sch_0192… --at 2026-12-25T12:00:00Z")]
@@ -32,15 +32,14 @@ pub async fn run(args: OnCallArgs, output: Output) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
     output.record(
         &answer,
         &[
-            ("on call", text(&on_call["user"]["name"])),
-            ("email", text(&on_call["user"]["email"])),
-            ("from", text(&on_call["start"])),
-            ("until", text(&on_call["end"])),
-            ("override", text(&on_call["override"])),
+            ("on call", cell(&on_call["user"]["name"])),
+            ("email", cell(&on_call["user"]["email"])),
+            ("from", cell(&on_call["start"])),
+            ("until", cell(&on_call["end"])),
+            ("override", cell(&on_call["override"])),
         ],
     )
 }

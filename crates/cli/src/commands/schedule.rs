@@ -6,8 +6,8 @@ use common::config::DatabaseConfig;
 use query_api::routes::schedules::{add_layer_to, add_override_to, create_schedule, list_schedules};
 use serde_json::{Map, Value, json};
 
-use crate::client::{Client, ClientArgs};
-use crate::output::Output;
+use crate::client::Client;
+use crate::output::{Output, cell};
 
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
@@ -24,13 +24,8 @@ pub enum ScheduleCommand {
     /// List schedules, from PostgreSQL or with `--api` through the HTTP API.
     #[command(after_help = "Examples:\n  opssentinal schedule list --output json\n  opssentinal schedule list --api")]
     List {
-        /// Read through the HTTP API (OPSSENTINAL_URL, OPSSENTINAL_API_KEY) instead of the database.
-        #[arg(long)]
-        api: bool,
         #[command(flatten)]
-        client: ClientArgs,
-        #[command(flatten)]
-        database: DatabaseConfig,
+        source: super::ListSource,
     },
     /// Layers of a schedule.
     #[command(subcommand)]
@@ -91,7 +86,6 @@ pub enum OverrideCommand {
 }
 
 pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()> {
-    let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
     match command {
         ScheduleCommand::Create { name, time_zone, database } => {
             let pool = super::connect(&database).await?;
@@ -101,20 +95,20 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
             output.record(
                 &schedule,
                 &[
-                    ("id", text(&schedule["id"])),
-                    ("name", text(&schedule["name"])),
-                    ("time zone", text(&schedule["timeZone"])),
+                    ("id", cell(&schedule["id"])),
+                    ("name", cell(&schedule["name"])),
+                    ("time zone", cell(&schedule["timeZone"])),
                 ],
             )
         }
-        ScheduleCommand::List { api, client, database } => {
-            let page = if api {
-                Client::new(&client)?.get("/api/schedules?limit=200").await?
+        ScheduleCommand::List { source } => {
+            let page = if source.api {
+                Client::new(&source.client)?.get("/api/schedules?limit=200").await?
             } else {
-                list_schedules(&super::connect(&database).await?, 200, 0).await?
+                list_schedules(&super::connect(&source.database).await?, 200, 0).await?
             };
             let schedules = page["schedules"].as_array().cloned().unwrap_or_default();
-            let rows = schedules.iter().map(|s| vec![text(&s["id"]), text(&s["name"]), text(&s["timeZone"])]).collect();
+            let rows = schedules.iter().map(|s| vec![cell(&s["id"]), cell(&s["name"]), cell(&s["timeZone"])]).collect();
             output.list(&schedules, &["ID", "NAME", "TIME ZONE"], rows)
         }
         ScheduleCommand::Layer(LayerCommand::Add {
@@ -132,13 +126,13 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
             let body = json!({"start": start, "end": end, "rotation": rotation, "rotationHours": rotation_hours,
                               "handoffTime": handoff, "users": users, "name": name});
             let layer = add_layer_to(&pool, &schedule, &body).await?;
-            output.record(&layer, &[("layer", text(&layer["id"])), ("position", text(&layer["position"]))])
+            output.record(&layer, &[("layer", cell(&layer["id"])), ("position", cell(&layer["position"]))])
         }
         ScheduleCommand::Override(OverrideCommand::Add { schedule, user, start, end, database }) => {
             let pool = super::connect(&database).await?;
             let created =
                 add_override_to(&pool, &schedule, &json!({"userId": user, "start": start, "end": end})).await?;
-            output.record(&created, &[("override", text(&created["id"])), ("from", start), ("until", end)])
+            output.record(&created, &[("override", cell(&created["id"])), ("from", start), ("until", end)])
         }
     }
 }

@@ -3,11 +3,11 @@
 use clap::Subcommand;
 use common::admin;
 use common::config::DatabaseConfig;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::client::{Client, ClientArgs};
+use crate::client::Client;
 
-use crate::output::Output;
+use crate::output::{Output, cell};
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
@@ -30,13 +30,8 @@ pub enum ServiceCommand {
     /// API (OPSSENTINAL_URL, OPSSENTINAL_API_KEY) with their status and open incidents.
     #[command(after_help = "Examples:\n  opssentinal service list --output json\n  opssentinal service list --api")]
     List {
-        /// Read through the HTTP API instead of the database.
-        #[arg(long)]
-        api: bool,
         #[command(flatten)]
-        client: ClientArgs,
-        #[command(flatten)]
-        database: DatabaseConfig,
+        source: super::ListSource,
     },
     /// Give a service a new routing key; the old one stops working (within ingest's 30 s cache).
     #[command(after_help = "Example:\n  opssentinal service rotate-key svc_0192…")]
@@ -61,10 +56,9 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
                 ],
             )
         }
-        ServiceCommand::List { api: true, client, .. } => {
-            let page = Client::new(&client)?.get("/api/services?limit=200").await?;
+        ServiceCommand::List { source } if source.api => {
+            let page = Client::new(&source.client)?.get("/api/services?limit=200").await?;
             let services = page["services"].as_array().cloned().unwrap_or_default();
-            let cell = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
             let rows = services
                 .iter()
                 .map(|s| {
@@ -79,8 +73,8 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
                 .collect();
             output.list(&services, &["ID", "NAME", "STATUS", "OPEN H/M/L"], rows)
         }
-        ServiceCommand::List { database, .. } => {
-            let pool = super::connect(&database).await?;
+        ServiceCommand::List { source } => {
+            let pool = super::connect(&source.database).await?;
             let services = admin::list_services(&pool).await?;
             let rows = services.iter().map(|s| vec![s.id.clone(), s.name.clone(), s.routing_key.clone()]).collect();
             output.list(&services, &["ID", "NAME", "ROUTING KEY"], rows)
