@@ -49,17 +49,18 @@ impl Gate {
 
     /// Authenticates the request's API key, then counts it against the key's limit.
     async fn admit(&self, headers: &HeaderMap, client: Option<IpAddr>, bucket: Bucket) -> Result<Admitted, ApiError> {
-        let client_bucket = client.map(|ip| format!("authfail:{ip}"));
+        // Only needed when authentication fails or a key is not cached.
+        let client_bucket = || client.map(|ip| format!("authfail:{ip}"));
         let auth_limit = self.limits.auth_failures_per_minute;
         let Some(secret) = key_from_headers(headers) else {
-            return Err(self.failed_auth(client_bucket.as_deref(), "missing API key").await);
+            return Err(self.failed_auth(client_bucket().as_deref(), "missing API key").await);
         };
         let found = match self.keys.cached(secret) {
             Some(found) => found,
             None => {
                 // A client that keeps failing is turned away before its keys cost a database lookup.
-                if let Some(bucket) = &client_bucket
-                    && let Ok(decision) = self.limiter.peek(bucket, auth_limit).await
+                if let Some(bucket) = client_bucket()
+                    && let Ok(decision) = self.limiter.peek(&bucket, auth_limit).await
                     && !decision.allowed
                 {
                     return Err(ApiError::rate_limited(decision.retry_after));
@@ -74,7 +75,7 @@ impl Gate {
             }
         };
         let Some(principal) = found else {
-            return Err(self.failed_auth(client_bucket.as_deref(), "unknown or revoked API key").await);
+            return Err(self.failed_auth(client_bucket().as_deref(), "unknown or revoked API key").await);
         };
         let limit = principal.rate_limit.unwrap_or_else(|| self.default_limit(bucket));
         let kind = match bucket {

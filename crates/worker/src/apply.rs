@@ -90,7 +90,6 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
             let outcomes = refold(&mut tx, (service_id, dedup_key), first_seq, &fresh, &moved, &mut writes).await?;
             report.outcomes.extend(outcomes);
             report.refolded_keys += 1;
-            metrics::counter!("worker_refolds_total").increment(1);
         }
         let newest = fresh.iter().chain(&moved).map(|e| e.seq).max().unwrap_or(first_seq);
         writes.key_seq(service_id, dedup_key, newest);

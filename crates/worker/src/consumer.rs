@@ -252,6 +252,7 @@ fn record(report: &BatchReport, started: Instant) {
         metrics::counter!("events_applied_total", "outcome" => outcome.as_str()).increment(1);
     }
     metrics::counter!("events_duplicate_total").increment(report.duplicates as u64);
+    metrics::counter!("worker_refolds_total").increment(report.refolded_keys as u64);
 }
 
 async fn ack_all(messages: &[Message]) {
