@@ -88,6 +88,12 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     assert_eq!((status, layer["layer"]["position"].as_i64()), (201, Some(1)));
     assert_eq!(on_call("2026-04-01T12:00:00Z").await.1["onCall"]["user"]["name"], "Cid");
 
+    let (status, detail) = env.get_json(&format!("{url}/{id}"), &key).await;
+    assert_eq!(status, 200);
+    let detail = &detail["schedule"];
+    assert_eq!((detail["layers"].as_array().unwrap().len(), detail["overrides"].as_array().unwrap().len()), (2, 1));
+    assert_eq!(detail["overrides"][0]["user"]["name"], "Cid");
+    assert_eq!(env.get_json(&format!("{url}/sch_missing"), &key).await.0, 404);
     let (_, list) = env.get_json(&url, &key).await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["schedules"][0]["timeZone"], "Europe/Berlin");
