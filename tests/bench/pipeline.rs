@@ -1,23 +1,29 @@
 //! Pipeline benchmark: events over HTTP into the real `opssentinal-ingest` and
 //! `opssentinal-worker` release binaries (separate processes), against local PostgreSQL, Redis
-//! and NATS, in an isolated database, stream and key prefix.
+//! and NATS, each run in a fresh database, stream and key prefix. Phases (all by default, or
+//! those named as arguments: `scripts/bench.sh pipeline scale steady`):
 //!
-//! Per run it measures, on a fresh environment:
-//! 1. ingest alone (no worker running): accepted events/s and request latency p50/p99;
-//! 2. the worker alone draining that backlog: applied events/s;
-//! 3. both at once: accepted events/s, and events/s from the first request until the last event
-//!    was applied.
+//! - `ingest`: ingest alone (no worker): accepted events/s, request latency p50/p99; then one
+//!   worker alone drains that backlog: applied events/s.
+//! - `scale`: ingest and N = 1..=BENCH_MAX_WORKERS worker processes at once, closed loop
+//!   (BENCH_CONCURRENCY requests in flight): accepted/s, end to end/s (first request until every
+//!   event is applied), p50/p99, re-folded keys per 10,000 events, and CPU by process.
+//! - `steady`: ingest and one worker at a fixed offered load (BENCH_RATE events/s for
+//!   BENCH_SECONDS): accepted/s, end to end/s, p50/p99, the backlog every second.
+//! - `wide` (only when named): one worker draining BENCH_WIDE_EVENTS events over BENCH_WIDE_KEYS
+//!   keys (most open a new incident): applied/s and the worker's peak RSS.
 //!
-//! `scripts/bench.sh` builds the binaries and runs it. Settings (environment): BENCH_EVENTS
-//! (default 100000), BENCH_CONCURRENCY (64), BENCH_KEYS (1000), BENCH_RUNS (3).
+//! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_EVENTS
+//! (100000 per closed-loop run), BENCH_KEYS (1000 dedup keys).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::bench::{median, ms, quantile, setting, spawn, wait_ready};
+use e2e::bench::{CpuClock, Service, median, ms, quantile, setting, spawn, wait_ready};
 use e2e::servers::free_port;
-use e2e::{TestEnv, trigger, wait_until};
+use e2e::{TestEnv, trigger};
 
 struct Load {
     accepted: usize,
@@ -26,8 +32,17 @@ struct Load {
     p99: Duration,
 }
 
-/// Sends `events` triggers over `keys` dedup keys with `concurrency` requests in flight.
-async fn send(base: &str, key: &str, routing_key: &str, events: usize, concurrency: usize, keys: usize) -> Load {
+/// Sends `events` triggers over `keys` dedup keys with `concurrency` requests in flight; with a
+/// `rate`, request `i` is not sent before `i / rate` seconds (an open loop at that offered load).
+async fn send(
+    base: &str,
+    key: &str,
+    routing_key: &str,
+    events: usize,
+    concurrency: usize,
+    keys: usize,
+    rate: Option<f64>,
+) -> Load {
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -41,6 +56,9 @@ async fn send(base: &str, key: &str, routing_key: &str, events: usize, concurren
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= events {
                     return latencies;
+                }
+                if let Some(rate) = rate {
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
                 }
                 let body = trigger(&rk, &format!("bench-{}", i % keys), "benchmark alert");
                 let sent = Instant::now();
@@ -60,26 +78,10 @@ async fn send(base: &str, key: &str, routing_key: &str, events: usize, concurren
 }
 
 /// Waits until the workers acknowledged every message (each only after its commit), polling the
-/// consumer rather than counting rows so the measurement costs PostgreSQL nothing; then checks
+/// stream rather than counting rows so the measurement costs PostgreSQL nothing; then checks
 /// that all `n` events are in the database.
 async fn wait_applied(env: &TestEnv, n: usize) -> Instant {
-    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.expect("nats"));
-    wait_until(Duration::from_secs(900), "the workers to drain the stream", || {
-        let js = js.clone();
-        async move {
-            let consumer = js
-                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-                    &env.consumer,
-                    &env.nats.stream,
-                )
-                .await;
-            match consumer {
-                Ok(mut c) => c.info().await.is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
+    env.wait_until_drained(Duration::from_secs(900)).await;
     let done = Instant::now();
     assert_eq!(env.applied_events().await, n as i64, "every accepted event applied");
     done
@@ -89,103 +91,284 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-#[derive(Default)]
-struct Results {
-    ingest_rate: Vec<f64>,
-    ingest_p50: Vec<f64>,
-    ingest_p99: Vec<f64>,
-    drain_rate: Vec<f64>,
-    both_ingest_rate: Vec<f64>,
-    both_p50: Vec<f64>,
-    both_p99: Vec<f64>,
-    end_to_end_rate: Vec<f64>,
+struct Settings {
+    events: usize,
+    concurrency: usize,
+    keys: usize,
 }
 
-async fn one_run(events: usize, concurrency: usize, keys: usize, results: &mut Results) {
-    // Phase 1 and 2: ingest alone, then a worker alone drains the backlog.
-    let env = TestEnv::new().await;
-    let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
-    let service = env.service("bench").await;
-    let ingest_port = free_port();
-    let _ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
-    wait_ready(&env.http, ingest_port).await;
-    let base = format!("http://127.0.0.1:{ingest_port}");
-    let load = send(&base, &key, &service.routing_key, events, concurrency, keys).await;
+/// A fresh environment with a bench key and service, ingest and `workers` worker processes.
+struct Pipeline {
+    env: TestEnv,
+    base: String,
+    key: String,
+    routing_key: String,
+    ingest: Service,
+    workers: Vec<(Service, u16)>,
+}
+
+impl Pipeline {
+    async fn start(workers: usize) -> Self {
+        let env = TestEnv::new().await;
+        let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
+        let routing_key = env.service("bench").await.routing_key;
+        let ingest_port = free_port();
+        let ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
+        wait_ready(&env.http, ingest_port).await;
+        let mut pipeline = Self {
+            env,
+            base: format!("http://127.0.0.1:{ingest_port}"),
+            key,
+            routing_key,
+            ingest,
+            workers: Vec::new(),
+        };
+        for _ in 0..workers {
+            pipeline.add_worker().await;
+        }
+        pipeline
+    }
+
+    async fn add_worker(&mut self) {
+        let port = free_port();
+        let worker = spawn(&self.env, "opssentinal-worker", "WORKER_LISTEN", port);
+        wait_ready(&self.env.http, port).await;
+        self.workers.push((worker, port));
+    }
+
+    async fn send(&self, settings: &Settings, rate: Option<f64>) -> Load {
+        send(&self.base, &self.key, &self.routing_key, settings.events, settings.concurrency, settings.keys, rate).await
+    }
+
+    /// Keys re-folded by all workers so far.
+    async fn refolds(&self) -> f64 {
+        let mut total = 0.0;
+        for (_, port) in &self.workers {
+            let url = format!("http://127.0.0.1:{port}/metrics");
+            let text = self.env.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("worker_refolds_total "))
+                .map_or(0.0, |n| n.trim().parse().unwrap_or(0.0));
+        }
+        total
+    }
+
+    fn clock(&self) -> CpuClock {
+        let mut named = vec![("ingest".to_owned(), self.ingest.pid())];
+        named.extend(self.workers.iter().enumerate().map(|(i, (w, _))| (format!("worker {}", i + 1), w.pid())));
+        CpuClock::start(named)
+    }
+
+    async fn stop(self) {
+        drop(self.workers);
+        drop(self.ingest);
+        self.env.cleanup().await;
+    }
+}
+
+#[derive(Default)]
+struct Series(BTreeMap<String, Vec<f64>>);
+
+impl Series {
+    fn push(&mut self, name: &str, value: f64) {
+        self.0.entry(name.to_owned()).or_default().push(value);
+    }
+
+    fn median(&self, name: &str) -> f64 {
+        median(self.0.get(name).cloned().unwrap_or_else(|| vec![f64::NAN]))
+    }
+}
+
+async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
+    let mut pipeline = Pipeline::start(0).await;
+    let load = pipeline.send(settings, None).await;
     println!(
         "  ingest alone:   {:>8.0} events/s  p50 {:.2} ms  p99 {:.2} ms",
         rate(load.accepted, load.elapsed),
         ms(load.p50),
         ms(load.p99)
     );
-    results.ingest_rate.push(rate(load.accepted, load.elapsed));
-    results.ingest_p50.push(ms(load.p50));
-    results.ingest_p99.push(ms(load.p99));
-    let worker_port = free_port();
+    results.push("ingest rate", rate(load.accepted, load.elapsed));
+    results.push("ingest p50", ms(load.p50));
+    results.push("ingest p99", ms(load.p99));
     let drain_started = Instant::now();
-    let worker = spawn(&env, "opssentinal-worker", "WORKER_LISTEN", worker_port);
-    let drained = wait_applied(&env, load.accepted).await;
+    pipeline.add_worker().await;
+    let drained = wait_applied(&pipeline.env, load.accepted).await;
     println!("  worker drain:   {:>8.0} events/s applied", rate(load.accepted, drained - drain_started));
-    results.drain_rate.push(rate(load.accepted, drained - drain_started));
-    drop(worker);
-    env.cleanup().await;
+    results.push("drain rate", rate(load.accepted, drained - drain_started));
+    pipeline.stop().await;
+}
 
-    // Phase 3: both at once.
-    let env = TestEnv::new().await;
-    let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
-    let service = env.service("bench").await;
-    let ingest_port = free_port();
-    let _ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
-    let worker_port = free_port();
-    let _worker = spawn(&env, "opssentinal-worker", "WORKER_LISTEN", worker_port);
-    wait_ready(&env.http, ingest_port).await;
-    wait_ready(&env.http, worker_port).await;
-    let base = format!("http://127.0.0.1:{ingest_port}");
+async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
+    let pipeline = Pipeline::start(workers).await;
+    let clock = pipeline.clock();
     let started = Instant::now();
-    let load = send(&base, &key, &service.routing_key, events, concurrency, keys).await;
-    let done = wait_applied(&env, load.accepted).await;
+    let load = pipeline.send(settings, None).await;
+    let done = wait_applied(&pipeline.env, load.accepted).await;
+    let cpu = clock.stop();
+    let refolds = pipeline.refolds().await;
+    let per_10k = refolds * 10_000.0 / load.accepted as f64;
     println!(
-        "  both at once:   {:>8.0} events/s accepted  p50 {:.2} ms  p99 {:.2} ms; all applied after {:.1} s ({:.0} events/s end to end)",
+        "  {workers} worker(s): {:>8.0} accepted/s  {:>8.0} end to end/s  p50 {:.2} ms  p99 {:.2} ms  re-folds {refolds} ({per_10k:.2} per 10,000)",
         rate(load.accepted, load.elapsed),
+        rate(load.accepted, done - started),
         ms(load.p50),
         ms(load.p99),
-        (done - started).as_secs_f64(),
-        rate(load.accepted, done - started)
     );
-    results.both_ingest_rate.push(rate(load.accepted, load.elapsed));
-    results.both_p50.push(ms(load.p50));
-    results.both_p99.push(ms(load.p99));
-    results.end_to_end_rate.push(rate(load.accepted, done - started));
-    env.cleanup().await;
+    println!("      CPU (% of one core): {}", cpu.summary());
+    let name = |what: &str| format!("{workers} {what}");
+    results.push(&name("accepted"), rate(load.accepted, load.elapsed));
+    results.push(&name("end to end"), rate(load.accepted, done - started));
+    results.push(&name("p50"), ms(load.p50));
+    results.push(&name("p99"), ms(load.p99));
+    results.push(&name("refolds per 10k"), per_10k);
+    for (process, percent) in cpu.percent() {
+        results.push(&name(&format!("cpu {process}")), *percent);
+    }
+    pipeline.stop().await;
+}
+
+async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut Series) {
+    let pipeline = Pipeline::start(1).await;
+    let events = (offered * seconds as f64) as usize;
+    let env = &pipeline.env;
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = {
+        let (stop, env_backlog) = (sampling.clone(), TestEnvBacklog::of(env));
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.is_cancelled() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                samples.push(env_backlog.backlog().await);
+            }
+            samples
+        })
+    };
+    let clock = pipeline.clock();
+    let started = Instant::now();
+    let load = pipeline.send(&Settings { events, ..*settings }, Some(offered)).await;
+    sampling.cancel();
+    let backlog = sampler.await.expect("sampler");
+    let done = wait_applied(env, load.accepted).await;
+    let cpu = clock.stop();
+    let half = backlog.len() / 2;
+    let (first_half, second_half) = backlog.split_at(half);
+    let peak = |s: &[u64]| s.iter().copied().max().unwrap_or(0);
+    println!(
+        "  offered {offered:.0}/s for {seconds} s: {:>8.0} accepted/s  {:>8.0} end to end/s  p50 {:.2} ms  p99 {:.2} ms; \
+         applied {:.2} s after the last request",
+        rate(load.accepted, load.elapsed),
+        rate(load.accepted, done - started),
+        ms(load.p50),
+        ms(load.p99),
+        (done - started).as_secs_f64() - load.elapsed.as_secs_f64(),
+    );
+    println!("      backlog each second: {backlog:?}");
+    println!("      CPU (% of one core): {}", cpu.summary());
+    results.push("steady accepted", rate(load.accepted, load.elapsed));
+    results.push("steady end to end", rate(load.accepted, done - started));
+    results.push("steady p50", ms(load.p50));
+    results.push("steady p99", ms(load.p99));
+    results.push("steady backlog peak first half", peak(first_half) as f64);
+    results.push("steady backlog peak second half", peak(second_half) as f64);
+    pipeline.stop().await;
+}
+
+/// Reads the backlog of an environment's stream from a task of its own.
+struct TestEnvBacklog {
+    url: String,
+    stream: String,
+}
+
+impl TestEnvBacklog {
+    fn of(env: &TestEnv) -> Self {
+        Self { url: env.nats.url.clone(), stream: env.nats.stream.clone() }
+    }
+
+    async fn backlog(&self) -> u64 {
+        let Ok(client) = async_nats::connect(&self.url).await else { return 0 };
+        let Ok(mut stream) = async_nats::jetstream::new(client).get_stream(&self.stream).await else { return 0 };
+        stream.info().await.map_or(0, |i| i.state.messages)
+    }
+}
+
+async fn wide(events: usize, keys: usize, results: &mut Series) {
+    let mut pipeline = Pipeline::start(0).await;
+    let load = pipeline.send(&Settings { events, concurrency: 64, keys }, None).await;
+    let started = Instant::now();
+    pipeline.add_worker().await;
+    let pid = pipeline.workers[0].0.pid();
+    let peak = tokio::spawn(async move {
+        let mut peak = 0;
+        for _ in 0..3600 {
+            match e2e::bench::peak_rss_kib(pid) {
+                Some(kib) => peak = peak.max(kib),
+                None => break,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        peak
+    });
+    let done = wait_applied(&pipeline.env, load.accepted).await;
+    let peak_kib = e2e::bench::peak_rss_kib(pipeline.workers[0].0.pid()).unwrap_or(0);
+    peak.abort();
+    println!(
+        "  wide drain: {events} events over {keys} keys: {:>8.0} applied/s, worker peak RSS {:.0} MiB",
+        rate(load.accepted, done - started),
+        peak_kib as f64 / 1024.0
+    );
+    results.push("wide drain", rate(load.accepted, done - started));
+    results.push("wide rss", peak_kib as f64 / 1024.0);
+    pipeline.stop().await;
 }
 
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench --list` / `cargo test --benches` probe
     }
-    let events = setting("BENCH_EVENTS", 100_000);
-    let concurrency = setting("BENCH_CONCURRENCY", 64);
-    let keys = setting("BENCH_KEYS", 1000);
+    let phases: Vec<&str> =
+        if args.is_empty() { vec!["ingest", "scale", "steady"] } else { args.iter().map(String::as_str).collect() };
+    let settings = Settings {
+        events: setting("BENCH_EVENTS", 100_000),
+        concurrency: setting("BENCH_CONCURRENCY", 64),
+        keys: setting("BENCH_KEYS", 1000),
+    };
     let runs = setting("BENCH_RUNS", 3);
-    println!("pipeline benchmark: {events} events, {concurrency} in flight, {keys} dedup keys, {runs} runs");
-    let mut results = Results::default();
+    let max_workers = setting("BENCH_MAX_WORKERS", 4);
+    let offered = setting("BENCH_RATE", 15_000) as f64;
+    let seconds = setting("BENCH_SECONDS", 20) as u64;
+    println!(
+        "pipeline benchmark ({phases:?}): {} events, {} in flight, {} dedup keys, {runs} runs, on {} cores",
+        settings.events,
+        settings.concurrency,
+        settings.keys,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut results = Series::default();
     for run in 1..=runs {
         println!("run {run}:");
-        one_run(events, concurrency, keys, &mut results).await;
+        for phase in &phases {
+            match *phase {
+                "ingest" => ingest_then_drain(&settings, &mut results).await,
+                "scale" => {
+                    for workers in 1..=max_workers {
+                        scale(&settings, workers, &mut results).await;
+                    }
+                }
+                "steady" => steady(offered, seconds, &settings, &mut results).await,
+                "wide" => {
+                    let (events, keys) = (setting("BENCH_WIDE_EVENTS", 500_000), setting("BENCH_WIDE_KEYS", 100_000));
+                    wide(events, keys, &mut results).await;
+                }
+                other => panic!("unknown phase {other:?}: ingest, scale, steady or wide"),
+            }
+        }
     }
     println!("median of {runs} runs:");
-    println!(
-        "  ingest alone:  {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms",
-        median(results.ingest_rate),
-        median(results.ingest_p50),
-        median(results.ingest_p99)
-    );
-    println!("  worker drain:  {:.0} events/s applied", median(results.drain_rate));
-    println!(
-        "  both at once:  {:.0} events/s accepted, p50 {:.2} ms, p99 {:.2} ms, {:.0} events/s end to end",
-        median(results.both_ingest_rate),
-        median(results.both_p50),
-        median(results.both_p99),
-        median(results.end_to_end_rate)
-    );
+    for (name, values) in &results.0 {
+        println!("  {name:<40} {:>10.2}   (runs: {values:.0?})", results.median(name));
+    }
 }

@@ -427,7 +427,8 @@ async fn schedules_and_dead_letters_are_managed_with_the_cli() {
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
     let event = e2e::envelope("svc_later", "orphan", common::event::EventAction::Trigger, "late service");
     let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
-    js.publish(env.nats.events_subject(), serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap();
+    let subject = env.nats.event_subject(&event.service_id, &event.dedup_key);
+    js.publish(subject, serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap();
     wait_until(Duration::from_secs(30), "the trigger to be dead-lettered", || async {
         let listed = run_with_nats(&env, &["dlq", "list", "--output", "json"]);
         listed.status.success()

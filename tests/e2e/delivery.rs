@@ -27,25 +27,8 @@ async fn publish_copy(js: &jetstream::Context, env: &TestEnv, event: &EventEnvel
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
     let payload = serde_json::to_vec(event).unwrap();
-    js.publish_with_headers(env.nats.events_subject(), headers, payload.into()).await.unwrap().await.unwrap().sequence
-}
-
-/// Waits until every message of the stream has been acknowledged by the workers.
-async fn wait_until_drained(env: &TestEnv, timeout: Duration) {
-    let js = jetstream_context(env).await;
-    wait_until(timeout, "the consumer to have nothing pending", || {
-        let js = js.clone();
-        async move {
-            let Ok(mut consumer) = js
-                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(&env.consumer, &env.nats.stream)
-                .await
-            else {
-                return false;
-            };
-            consumer.info().await.is_ok_and(|info| info.num_pending == 0 && info.num_ack_pending == 0)
-        }
-    })
-    .await;
+    let subject = env.nats.event_subject(&event.service_id, &event.dedup_key);
+    js.publish_with_headers(subject, headers, payload.into()).await.unwrap().await.unwrap().sequence
 }
 
 async fn alert_counts(env: &TestEnv) -> HashMap<String, i32> {
@@ -91,17 +74,13 @@ async fn twenty_copies_in_the_stream_with_three_workers_apply_once() {
     let payload = serde_json::to_vec(&event).unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", "same-id");
-    let first = js
-        .publish_with_headers(env.nats.events_subject(), headers.clone(), payload.clone().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let again =
-        js.publish_with_headers(env.nats.events_subject(), headers, payload.into()).await.unwrap().await.unwrap();
+    let subject = env.nats.event_subject(&event.service_id, &event.dedup_key);
+    let first = js.publish_with_headers(subject.clone(), headers.clone(), payload.clone().into()).await.unwrap();
+    let first = first.await.unwrap();
+    let again = js.publish_with_headers(subject, headers, payload.into()).await.unwrap().await.unwrap();
     assert!(!first.duplicate && again.duplicate);
 
-    wait_until_drained(&env, Duration::from_secs(30)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
     assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
     env.cleanup().await;
@@ -115,8 +94,18 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     settings.ack_wait_secs = 1;
     let js = jetstream_context(&env).await;
     let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
-    let consumer = common::nats::ensure_consumer(&stream, &env.consumer, settings.ack_wait(), 1000).await.unwrap();
     let event = envelope(&service.id, "disk", EventAction::Trigger);
+    let partition = common::config::partition_of(&service.id, "disk", env.nats.partitions);
+    let consumer = common::nats::ensure_partition_consumer(
+        &stream,
+        &env.nats,
+        &env.consumer,
+        partition,
+        settings.ack_wait(),
+        1000,
+    )
+    .await
+    .unwrap();
     publish_copy(&js, &env, &event).await;
 
     // A worker takes the message and commits it, then dies before acknowledging.
@@ -129,19 +118,10 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
 
     // After the ack wait, JetStream redelivers it to a live worker, which sees it is done.
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
-    wait_until_drained(&env, Duration::from_secs(30)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
     assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
     env.cleanup().await;
-}
-
-/// The worker binary next to this test binary (`scripts/test.sh` builds it first).
-fn worker_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = dir.join("opssentinal-worker");
-    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
-    binary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +149,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
         }
     }
 
-    let mut process = Command::new(worker_binary())
+    let mut process = Command::new(e2e::service_binary("opssentinal-worker"))
         .envs(env.service_env())
         .env("WORKER_LISTEN", "127.0.0.1:0")
         .env("WORKER_BATCH_SIZE", "50")
@@ -191,7 +171,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     settings.ack_wait_secs = 2;
     let _worker = env.spawn_worker(&settings, CancellationToken::new()).await;
     env.wait_for_applied(EVENTS as i64, Duration::from_secs(120)).await;
-    wait_until_drained(&env, Duration::from_secs(60)).await;
+    env.wait_until_drained(Duration::from_secs(60)).await;
 
     let mut stored: Vec<String> =
         sqlx::query_scalar("select event_id::text from events").fetch_all(&env.pool).await.unwrap();
@@ -215,13 +195,13 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
 
     // Not an event at all; an event for a service that does not exist (can never be applied);
     // then a good event.
-    js.publish(env.nats.events_subject(), "not json".into()).await.unwrap().await.unwrap();
+    js.publish(env.nats.partition_subject(0), "not json".into()).await.unwrap().await.unwrap();
     publish_copy(&js, &env, &envelope("svc_gone", "orphan", EventAction::Trigger)).await;
     publish_copy(&js, &env, &envelope(&service.id, "fine", EventAction::Trigger)).await;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
 
     env.wait_for_applied(1, Duration::from_secs(30)).await;
-    wait_until_drained(&env, Duration::from_secs(60)).await;
+    env.wait_until_drained(Duration::from_secs(60)).await;
     assert_eq!(alert_counts(&env).await, HashMap::from([("fine".to_owned(), 1)]));
 
     let dlq = js.get_stream(env.nats.dlq_stream()).await.unwrap();

@@ -10,4 +10,5 @@ mod ordering;
 mod pagerduty;
 mod query_api;
 mod real_clients;
+mod scale_out;
 mod schedules;

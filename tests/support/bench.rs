@@ -1,22 +1,18 @@
 //! Helpers shared by the benchmarks: the release binaries as separate processes, and statistics.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::{TestEnv, wait_until};
 
-/// A binary built next to the running benchmark (`cargo build --release --bins` first).
-pub fn release_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let binary = dir.join(name);
-    assert!(binary.exists(), "{} is missing: build the release binaries first", binary.display());
-    binary
-}
-
 /// A service process, killed when dropped.
 pub struct Service(Child);
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -28,7 +24,7 @@ impl Drop for Service {
 /// Starts `binary` against `env`'s database, Redis prefix, stream and consumer, listening on
 /// `port` through the variable `listen_var`.
 pub fn spawn(env: &TestEnv, binary: &str, listen_var: &str, port: u16) -> Service {
-    let child = Command::new(release_binary(binary))
+    let child = Command::new(crate::service_binary(binary))
         .envs(env.service_env())
         .env(listen_var, format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -62,4 +58,84 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// A benchmark setting from the environment.
 pub fn setting(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// CPU time (user + system, in clock ticks) of a process so far.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3: utime is 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Processes whose command name is `comm` (e.g. every PostgreSQL backend).
+fn pids_named(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .collect()
+}
+
+/// The shared servers and the benchmark itself, measured beside the named service processes.
+const SYSTEM: [(&str, &str); 3] = [("postgres", "postgres"), ("nats", "nats-server"), ("redis", "redis-server")];
+
+/// CPU used by each process (or group of processes) between `start` and `stop`.
+pub struct CpuClock {
+    named: Vec<(String, u32)>,
+    before: Vec<(String, u64)>,
+    started: std::time::Instant,
+}
+
+/// CPU used over a window, in percent of one core, by process name.
+pub struct CpuUse(Vec<(String, f64)>);
+
+impl CpuClock {
+    pub fn start(named: Vec<(String, u32)>) -> Self {
+        let before = Self::sample(&named);
+        Self { named, before, started: std::time::Instant::now() }
+    }
+
+    fn sample(named: &[(String, u32)]) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> =
+            named.iter().map(|(name, pid)| (name.clone(), cpu_ticks(*pid).unwrap_or(0))).collect();
+        for (name, comm) in SYSTEM {
+            all.push((name.to_owned(), pids_named(comm).into_iter().filter_map(cpu_ticks).sum()));
+        }
+        all.push(("benchmark".to_owned(), cpu_ticks(std::process::id()).unwrap_or(0)));
+        all
+    }
+
+    pub fn stop(self) -> CpuUse {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let after = Self::sample(&self.named);
+        // /proc counts in USER_HZ, 100 on Linux.
+        CpuUse(
+            self.before
+                .iter()
+                .zip(after)
+                .map(|((name, before), (_, after))| {
+                    (name.clone(), after.saturating_sub(*before) as f64 / 100.0 / elapsed * 100.0)
+                })
+                .collect(),
+        )
+    }
+}
+
+impl CpuUse {
+    pub fn percent(&self) -> &[(String, f64)] {
+        &self.0
+    }
+
+    pub fn summary(&self) -> String {
+        let total: f64 = self.0.iter().map(|(_, p)| p).sum();
+        let parts: Vec<String> = self.0.iter().map(|(name, p)| format!("{name} {p:.0}")).collect();
+        format!("{}; total {total:.0}", parts.join(", "))
+    }
+}
+
+/// A process's peak resident memory (VmHWM), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }

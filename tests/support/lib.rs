@@ -3,6 +3,7 @@
 //! Services run in process on port 0; fault tests start private servers of their own.
 
 pub mod bench;
+pub mod model;
 pub mod servers;
 
 use std::future::Future;
@@ -36,6 +37,16 @@ where
     }
 }
 
+/// A service binary built next to the running test or benchmark (`scripts/test.sh` and
+/// `scripts/bench.sh` build them first), e.g. `opssentinal-worker`.
+pub fn service_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let binary = dir.join(name);
+    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
+    binary
+}
+
 /// A unique name for this test's resources: `<prefix>_<unix seconds>_<random>`, so stale ones from
 /// crashed runs can be recognised by age and removed.
 fn unique(prefix: &str) -> String {
@@ -53,6 +64,10 @@ fn is_stale(name: &str, prefix: &str) -> bool {
     let secs = rest.split('_').next().and_then(|s| s.parse::<i64>().ok());
     secs.is_some_and(|s| jiff::Timestamp::now().as_second() - s > STALE_AFTER_SECS)
 }
+
+/// Partitions of a test's event stream: fewer than the default, so workers start quickly, and
+/// still more than the most workers a test runs.
+pub const TEST_PARTITIONS: u32 = 8;
 
 /// One test's isolated world.
 pub struct TestEnv {
@@ -96,6 +111,7 @@ impl TestEnv {
             replicas: 1,
             max_bytes: -1,
             publish_timeout_ms: 2000,
+            partitions: TEST_PARTITIONS,
         };
         delete_stale_streams(nats_url).await;
         Self {
@@ -179,6 +195,7 @@ impl TestEnv {
             ("NATS_URL", self.nats.url.clone()),
             ("NATS_STREAM", self.nats.stream.clone()),
             ("NATS_SUBJECT_PREFIX", self.nats.subject_prefix.clone()),
+            ("NATS_PARTITIONS", self.nats.partitions.to_string()),
             ("WORKER_CONSUMER", self.consumer.clone()),
             ("RUST_LOG", "warn".into()),
         ]
@@ -205,8 +222,21 @@ impl TestEnv {
             concurrency: 1,
             ack_wait_secs: 30,
             max_deliveries: 5,
-            max_ack_pending: 20_000,
+            max_ack_pending: 5_000,
         }
+    }
+
+    /// Events accepted and not yet applied: the messages the work-queue stream still holds.
+    pub async fn backlog(&self) -> Option<u64> {
+        let client = async_nats::connect(&self.nats.url).await.ok()?;
+        let mut stream = async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    }
+
+    /// Waits until the workers acknowledged every message of the stream (each only after the
+    /// commit that applied it).
+    pub async fn wait_until_drained(&self, timeout: Duration) {
+        wait_until(timeout, "the workers to drain the stream", || async { self.backlog().await == Some(0) }).await;
     }
 
     /// Starts a worker in process; cancel `stop` to drain it, or abort the set to crash it.

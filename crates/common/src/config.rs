@@ -81,7 +81,7 @@ pub struct NatsConfig {
     /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
     #[arg(id = "nats_stream", long = "nats-stream", env = "NATS_STREAM", default_value = "OPSSENTINAL_EVENTS")]
     pub stream: String,
-    /// Subject prefix: events are published to `<prefix>.events`, dead letters to `<prefix>.dlq`.
+    /// Subject prefix: events are published to `<prefix>.events.<partition>`, dead letters to `<prefix>.dlq`.
     #[arg(
         id = "nats_subject_prefix",
         long = "nats-subject-prefix",
@@ -108,6 +108,12 @@ pub struct NatsConfig {
         default_value_t = 5000
     )]
     pub publish_timeout_ms: u64,
+    /// Partitions of the event stream: a key's events all go to the partition a hash of
+    /// `(service, dedup_key)` names, and each partition is applied by one worker at a time, so
+    /// this is the most workers that can share the load. Fixed for a stream's lifetime: ingest,
+    /// workers and the CLI must agree (a worker refuses a stream made with another count).
+    #[arg(id = "nats_partitions", long = "nats-partitions", env = "NATS_PARTITIONS", default_value_t = 32)]
+    pub partitions: u32,
 }
 
 impl NatsConfig {
@@ -126,11 +132,25 @@ impl NatsConfig {
         if self.publish_timeout_ms == 0 {
             bail!("NATS_PUBLISH_TIMEOUT_MS must be at least 1");
         }
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
+        }
         Ok(())
     }
 
-    pub fn events_subject(&self) -> String {
-        format!("{}.events", self.subject_prefix)
+    /// The subjects the event stream holds: `<prefix>.events.<partition>`.
+    pub fn events_subjects(&self) -> String {
+        format!("{}.events.*", self.subject_prefix)
+    }
+
+    /// The subject of one partition.
+    pub fn partition_subject(&self, partition: u32) -> String {
+        format!("{}.events.{partition}", self.subject_prefix)
+    }
+
+    /// The subject an event for `(service_id, dedup_key)` is published to.
+    pub fn event_subject(&self, service_id: &str, dedup_key: &str) -> String {
+        self.partition_subject(partition_of(service_id, dedup_key, self.partitions))
     }
 
     pub fn dlq_subject(&self) -> String {
@@ -144,6 +164,19 @@ impl NatsConfig {
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
     }
+}
+
+/// Most partitions a stream may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// The partition of a `(service, dedup_key)`: the first 8 bytes of a SHA-256 of both, modulo
+/// `partitions`. Stable across processes, versions and machines, as ingest and workers must agree.
+pub fn partition_of(service_id: &str, dedup_key: &str, partitions: u32) -> u32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(service_id).chain_update([0]).chain_update(dedup_key).finalize();
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    u32::try_from(u64::from_be_bytes(prefix) % u64::from(partitions.max(1))).unwrap_or(0)
 }
 
 /// Default rate limits, per API key and minute.
@@ -202,4 +235,26 @@ pub struct LogConfig {
 /// Parses a listen address, naming the variable on failure.
 pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketAddr> {
     value.parse().with_context(|| format!("{name} must be host:port, got {value:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_lands_in_the_same_partition() {
+        // Fixed values: ingest and workers built at different times must agree.
+        assert_eq!(partition_of("svc_a", "disk-full", 32), partition_of("svc_a", "disk-full", 32));
+        assert_ne!(partition_of("svc_a", "b", 1024), partition_of("svc_ab", "", 1024));
+        assert_eq!(partition_of("svc_a", "disk-full", 1), 0);
+    }
+
+    #[test]
+    fn keys_spread_over_all_partitions() {
+        let mut seen = [0u32; 32];
+        for i in 0..32_000 {
+            seen[partition_of("svc_bench", &format!("key-{i}"), 32) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "uneven spread: {seen:?}");
+    }
 }

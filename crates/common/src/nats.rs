@@ -1,6 +1,7 @@
 //! NATS JetStream set-up shared by ingest and workers: the event stream (work-queue retention:
 //! a message stays until a worker acknowledges it, and a full stream refuses new publishes rather
-//! than dropping accepted events), its dead-letter stream, and the workers' durable consumer.
+//! than dropping accepted events; one subject per partition), its dead-letter stream, and the
+//! durable consumer of each partition.
 
 use std::time::Duration;
 
@@ -28,55 +29,155 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
     context
 }
 
-/// Creates the event stream and the dead-letter stream if missing; returns the event stream.
+/// Creates the event stream and the dead-letter stream if missing, or brings an existing one's
+/// subjects, size cap and replicas in line with `config`; returns the event stream. A stream made
+/// with another partition count is refused, naming both counts.
 pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<stream::Stream> {
-    let events = js
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![config.events_subject()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            max_bytes: config.max_bytes,
-            num_replicas: config.replicas,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating JetStream stream {}", config.stream))?;
-    js.get_or_create_stream(stream::Config {
-        name: config.dlq_stream(),
-        subjects: vec![config.dlq_subject()],
-        retention: stream::RetentionPolicy::Limits,
+    let wanted = stream::Config {
+        name: config.stream.clone(),
+        description: Some(partitions_description(config.partitions)),
+        subjects: vec![config.events_subjects()],
+        retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        max_bytes: config.max_bytes,
         num_replicas: config.replicas,
+        duplicate_window: DUPLICATE_WINDOW,
         ..Default::default()
-    })
-    .await
-    .with_context(|| format!("creating JetStream stream {}", config.dlq_stream()))?;
+    };
+    let events = reconcile(js, wanted).await?;
+    reconcile(
+        js,
+        stream::Config {
+            name: config.dlq_stream(),
+            subjects: vec![config.dlq_subject()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(events)
 }
 
-/// The workers' shared durable pull consumer. Redelivery after `ack_wait` is unlimited: a worker
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+fn partitions_description(partitions: u32) -> String {
+    format!("OpsSentinal events; partitions={partitions}")
+}
+
+/// Creates the stream, or updates the settings an operator may change on an existing one.
+async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::Result<stream::Stream> {
+    let name = wanted.name.clone();
+    let mut existing = match js.get_stream(&name).await {
+        Ok(existing) => existing,
+        Err(err)
+            if matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return js.create_stream(wanted).await.with_context(|| format!("creating JetStream stream {name}"));
+        }
+        Err(err) => return Err(err).with_context(|| format!("reading JetStream stream {name}")),
+    };
+    let current = existing.info().await.with_context(|| format!("reading JetStream stream {name}"))?.config.clone();
+    if wanted.description.is_some() && current.description != wanted.description {
+        anyhow::bail!(
+            "JetStream stream {name} was made with {:?}, but this service is configured with {:?} \
+             (NATS_PARTITIONS must match the stream's)",
+            current.description.unwrap_or_default(),
+            wanted.description.unwrap_or_default()
+        );
+    }
+    if current.subjects == wanted.subjects
+        && current.max_bytes == wanted.max_bytes
+        && current.num_replicas == wanted.num_replicas
+    {
+        return Ok(existing);
+    }
+    let updated = stream::Config {
+        subjects: wanted.subjects,
+        max_bytes: wanted.max_bytes,
+        num_replicas: wanted.num_replicas,
+        ..current.clone()
+    };
+    tracing::info!(
+        stream = %name,
+        max_bytes = updated.max_bytes,
+        replicas = updated.num_replicas,
+        "updating JetStream stream settings"
+    );
+    js.update_stream(updated).await.with_context(|| {
+        format!(
+            "updating JetStream stream {name} (replicas {} -> {}, max bytes {} -> {})",
+            current.num_replicas, wanted.num_replicas, current.max_bytes, wanted.max_bytes
+        )
+    })?;
+    js.get_stream(&name).await.with_context(|| format!("reading JetStream stream {name}"))
+}
+
+/// Name of the durable consumer of one partition: `<base>-p<partition>`.
+pub fn partition_consumer_name(base: &str, partition: u32) -> String {
+    format!("{base}-p{partition}")
+}
+
+/// The durable pull consumer of one partition. Redelivery after `ack_wait` is unlimited: a worker
 /// decides itself when a message is poison and moves it to the dead-letter stream.
-pub async fn ensure_consumer(
+pub async fn ensure_partition_consumer(
     events: &stream::Stream,
-    name: &str,
+    config: &NatsConfig,
+    base: &str,
+    partition: u32,
     ack_wait: Duration,
     max_ack_pending: i64,
 ) -> anyhow::Result<consumer::PullConsumer> {
+    let name = partition_consumer_name(base, partition);
     events
-        .get_or_create_consumer(
-            name,
-            consumer::pull::Config {
-                durable_name: Some(name.to_owned()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                max_deliver: -1,
-                max_ack_pending,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(&name, partition_consumer_config(config, &name, partition, ack_wait, max_ack_pending))
         .await
         .with_context(|| format!("creating JetStream consumer {name}"))
+}
+
+/// Deletes and re-creates a partition's consumer, so that messages delivered to a previous owner
+/// and never acknowledged are delivered again at once rather than after the ack wait. On a
+/// work-queue stream a new consumer starts at the oldest message not yet acknowledged.
+pub async fn recreate_partition_consumer(
+    events: &stream::Stream,
+    config: &NatsConfig,
+    base: &str,
+    partition: u32,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> anyhow::Result<consumer::PullConsumer> {
+    let name = partition_consumer_name(base, partition);
+    match events.delete_consumer(&name).await {
+        Ok(_) => {}
+        Err(err)
+            if matches!(err.kind(), stream::ConsumerErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+        Err(err) => return Err(err).with_context(|| format!("deleting JetStream consumer {name}")),
+    }
+    events
+        .create_consumer(partition_consumer_config(config, &name, partition, ack_wait, max_ack_pending))
+        .await
+        .with_context(|| format!("creating JetStream consumer {name}"))
+}
+
+fn partition_consumer_config(
+    config: &NatsConfig,
+    name: &str,
+    partition: u32,
+    ack_wait: Duration,
+    max_ack_pending: i64,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: config.partition_subject(partition),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending,
+        ..Default::default()
+    }
 }

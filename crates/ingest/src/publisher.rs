@@ -6,19 +6,21 @@ use std::time::{Duration, Instant};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
+use common::config::NatsConfig;
 use common::event::EventEnvelope;
 
 #[derive(Clone)]
 pub struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
-    subject: String,
+    nats: NatsConfig,
     timeout: Duration,
 }
 
 impl Publisher {
-    pub fn new(client: async_nats::Client, js: jetstream::Context, subject: String, timeout: Duration) -> Self {
-        Self { client, js, subject, timeout }
+    /// Publishes to the partitions of `nats`'s stream, waiting at most its publish timeout.
+    pub fn new(client: async_nats::Client, js: jetstream::Context, nats: &NatsConfig) -> Self {
+        Self { client, js, timeout: nats.publish_timeout(), nats: nats.clone() }
     }
 
     /// Publishes and waits for JetStream's acknowledgement. Returns the stream sequence.
@@ -32,7 +34,8 @@ impl Publisher {
         let started = Instant::now();
         let publish = PublishMessage::build().payload(payload.into()).message_id(event.event_id.to_string());
         let result = tokio::time::timeout(self.timeout, async {
-            self.js.send_publish(self.subject.clone(), publish).await?.await
+            let subject = self.nats.event_subject(&event.service_id, &event.dedup_key);
+            self.js.send_publish(subject, publish).await?.await
         })
         .await;
         metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());

@@ -30,7 +30,7 @@ impl AppState {
         common::nats::ensure_streams(&js, &config.nats).await?;
         let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
         let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
-        let publisher = Publisher::new(client.clone(), js, config.nats.events_subject(), config.nats.publish_timeout());
+        let publisher = Publisher::new(client.clone(), js, &config.nats);
         let state = Arc::new(Self {
             pool: pool.clone(),
             gate,

@@ -9,14 +9,15 @@ use common::config::{DatabaseConfig, LogConfig, NatsConfig, parse_listen};
 /// How a worker consumes the event stream.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
-    /// Name of the durable JetStream consumer all workers share.
+    /// Base name of the durable JetStream consumers all workers share (one per partition,
+    /// `<name>-p<partition>`); also names the ownership locks.
     #[arg(long = "worker-consumer", env = "WORKER_CONSUMER", default_value = "workers")]
     pub consumer: String,
     /// Most events applied in one transaction.
     #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
-    /// Batches applied at once by one worker process (each key always in the same one).
-    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 4)]
+    /// Transactions one worker process runs at once (lanes; each partition always feeds the same one).
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
     #[arg(long = "worker-ack-wait-secs", env = "WORKER_ACK_WAIT_SECS", default_value_t = 30)]
@@ -24,8 +25,8 @@ pub struct WorkerSettings {
     /// Deliveries of a message that keeps failing to apply before it goes to the dead-letter stream.
     #[arg(long = "worker-max-deliveries", env = "WORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
-    /// Most messages delivered and not yet acknowledged, across all workers.
-    #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 20_000)]
+    /// Most messages of one partition delivered and not yet acknowledged.
+    #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
 }
 

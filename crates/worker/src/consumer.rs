@@ -1,23 +1,30 @@
-//! The JetStream side of a worker: fetch a batch, apply it, and give every message exactly one
-//! disposition — ack (applied or already applied), nak with a growing delay (could not apply
-//! now), or term after moving it to the dead-letter stream (can never be applied).
+//! The JetStream side of a worker: apply what the owned partitions deliver, and give every
+//! message exactly one disposition — ack (applied or already applied), nak with a growing delay
+//! (could not apply now), or term after moving it to the dead-letter stream (can never be applied).
+//!
+//! Messages flow from one fetch task per owned partition (see `partitions`) into *lanes*: a lane
+//! applies one transaction at a time, and whatever arrives while a transaction is in flight goes
+//! into the next one (group commit), up to `WORKER_BATCH_SIZE` events. A partition always feeds the
+//! same lane, so a process never races itself on a key.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, Message};
 use backon::Retryable;
 use common::event::EventEnvelope;
-use futures_util::{StreamExt, future::join_all};
+use futures_util::future::join_all;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{BatchReport, QueuedEvent, apply_batch};
 use crate::config::WorkerSettings;
 
-/// What a consumer loop needs.
-pub struct Consumer {
+/// What applying and disposing of messages needs.
+pub struct Applier {
     pub pool: PgPool,
     pub js: jetstream::Context,
     pub dlq_subject: String,
@@ -27,99 +34,60 @@ pub struct Consumer {
 /// How many times a batch that hit a deadlock or serialization conflict is retried at once.
 const CONFLICT_RETRIES: usize = 5;
 
-/// How long a batch may wait to fill up once its first message arrived.
-const BATCH_LINGER: Duration = Duration::from_millis(2);
+/// Counts a partition's messages handed to a lane and not yet disposed of, so that a partition
+/// is given up only once everything it delivered was acknowledged.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
 
-/// Sub-batches queued per partition before the fetch loop waits (backpressure).
-const PARTITION_QUEUE: usize = 4;
-
-/// A decoded message, ready to apply.
-type Delivery = (Message, QueuedEvent);
-
-impl Consumer {
-    /// Pulls batches until `shutdown`, then lets every queued batch finish and be acknowledged.
-    ///
-    /// One fetch loop splits each batch by a hash of `(service, dedup_key)` onto
-    /// `settings.concurrency` partitions, each applying its own queue in order on its own
-    /// connection: batches run in parallel, and a key's events are never applied out of order by
-    /// two tasks of the same process (which would cost a re-fold).
-    pub async fn run(self: Arc<Self>, consumer: PullConsumer, shutdown: CancellationToken) {
-        let mut partitions = Vec::with_capacity(self.settings.concurrency);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..self.settings.concurrency {
-            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<Delivery>>(PARTITION_QUEUE);
-            partitions.push(sender);
-            let (worker, shutdown) = (self.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                while let Some(batch) = receiver.recv().await {
-                    worker.apply_and_dispose(batch, &shutdown).await;
-                }
-            });
-        }
-        let mut delay = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.consume(&consumer, &partitions, &shutdown).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "consumer stream failed, reconnecting");
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-        drop(partitions);
-        while tasks.join_next().await.is_some() {}
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
     }
+}
 
-    async fn consume(
-        &self,
-        consumer: &PullConsumer,
-        partitions: &[tokio::sync::mpsc::Sender<Vec<Delivery>>],
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let pull = self.settings.batch_size * self.settings.concurrency;
-        let mut messages = consumer.stream().max_messages_per_batch(pull).messages().await?;
-        let capacity = self.settings.batch_size * partitions.len();
-        loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => next,
-            };
-            let Some(first) = first else { anyhow::bail!("message stream ended") };
-            let mut batch = vec![first?];
-            // Under load the batch fills at once; when idle, an event waits at most BATCH_LINGER.
-            let deadline = tokio::time::Instant::now() + BATCH_LINGER;
-            while batch.len() < capacity {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(Ok(message))) => batch.push(message),
-                    Ok(Some(Err(err))) => {
-                        tracing::warn!(error = %err, "error in message stream");
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            let mut split: Vec<Vec<Delivery>> = partitions.iter().map(|_| Vec::new()).collect();
-            for message in batch {
-                match decode(&message) {
-                    Ok(event) => split[partition_of(&event, partitions.len())].push((message, event)),
-                    Err(reason) => self.dead_letter(&message, &reason).await,
-                }
-            }
-            for (partition, deliveries) in partitions.iter().zip(split) {
-                if !deliveries.is_empty() && partition.send(deliveries).await.is_err() {
-                    anyhow::bail!("partition task stopped");
-                }
-            }
-        }
+/// A decoded message on its way to a lane; leaving the in-flight count when dropped (after its
+/// disposition).
+pub struct Delivery {
+    pub message: Message,
+    pub event: QueuedEvent,
+    in_flight: Arc<InFlight>,
+}
+
+impl Delivery {
+    pub fn new(message: Message, event: QueuedEvent, in_flight: Arc<InFlight>) -> Self {
+        in_flight.0.fetch_add(1, Ordering::AcqRel);
+        Self { message, event, in_flight }
     }
+}
 
-    /// Applies one partition's batch and disposes of every message in it.
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.in_flight.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts a lane: it applies what `receiver` brings, each transaction taking everything queued
+/// (up to the batch size), until every sender is gone.
+pub fn lane(
+    applier: Arc<Applier>,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<Delivery>, tokio::task::JoinHandle<()>) {
+    let batch_size = applier.settings.batch_size;
+    let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
+    let task = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(batch_size);
+        while receiver.recv_many(&mut batch, batch_size).await > 0 {
+            applier.apply_and_dispose(std::mem::take(&mut batch), &shutdown).await;
+        }
+    });
+    (sender, task)
+}
+
+impl Applier {
+    /// Applies one batch and disposes of every message in it.
     async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
-        let (messages, events): (Vec<Message>, Vec<QueuedEvent>) = batch.into_iter().unzip();
+        let messages: Vec<&Message> = batch.iter().map(|d| &d.message).collect();
+        let events: Vec<QueuedEvent> = batch.iter().map(|d| d.event.clone()).collect();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(report) => {
@@ -138,8 +106,10 @@ impl Consumer {
                     self.apply_one(message, event, shutdown).await;
                 }
             }
-            Err(err) => self.give_up_or_retry(&messages[0], &err.to_string()).await,
+            Err(err) => self.give_up_or_retry(messages[0], &err.to_string()).await,
         }
+        drop(messages);
+        drop(batch);
     }
 
     async fn apply_one(&self, message: &Message, event: &QueuedEvent, shutdown: &CancellationToken) {
@@ -147,10 +117,10 @@ impl Consumer {
         match self.apply(std::slice::from_ref(event)).await {
             Ok(report) => {
                 record(&report, started);
-                ack_all(std::slice::from_ref(message)).await;
+                ack_all(&[message]).await;
             }
             Err(err) if common::db::is_unavailable(&err) => {
-                nak_all(std::slice::from_ref(message), Duration::from_secs(2)).await;
+                nak_all(&[message], Duration::from_secs(2)).await;
                 self.wait_for_database(shutdown).await;
             }
             Err(err) => self.give_up_or_retry(message, &err.to_string()).await,
@@ -179,13 +149,13 @@ impl Consumer {
             let delay = Duration::from_millis(500 * 2u64.pow(u32::try_from(deliveries).unwrap_or(7).min(7)));
             tracing::warn!(reason, deliveries, retry_in_ms = delay.as_millis(), "event failed to apply; will retry");
             metrics::counter!("worker_retries_total").increment(1);
-            nak_all(std::slice::from_ref(message), delay).await;
+            nak_all(&[message], delay).await;
         }
     }
 
     /// Copies the message to the dead-letter stream with the reason, then terminates it. If the
     /// copy cannot be stored, the message is left for redelivery instead.
-    async fn dead_letter(&self, message: &Message, reason: &str) {
+    pub async fn dead_letter(&self, message: &Message, reason: &str) {
         let (seq, deliveries) = message.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 0));
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("dlq-{seq}").as_str());
@@ -207,7 +177,7 @@ impl Consumer {
             }
             Err(err) => {
                 tracing::warn!(error = %err, stream.seq = seq, "could not dead-letter; will retry");
-                nak_all(std::slice::from_ref(message), Duration::from_secs(5)).await;
+                nak_all(&[message], Duration::from_secs(5)).await;
             }
         }
     }
@@ -225,20 +195,13 @@ impl Consumer {
     }
 }
 
-fn decode(message: &Message) -> Result<QueuedEvent, String> {
+/// Reads an event from a message; the reason it cannot be applied otherwise.
+pub fn decode(message: &Message) -> Result<QueuedEvent, String> {
     let seq = message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?.stream_sequence;
     let envelope: EventEnvelope =
         serde_json::from_slice(&message.payload).map_err(|e| format!("undecodable event: {e}"))?;
     envelope.check_applicable()?;
     Ok(QueuedEvent { seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?, envelope })
-}
-
-/// The partition a key's events go to: stable for the process's lifetime.
-fn partition_of(event: &QueuedEvent, partitions: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    (&event.envelope.service_id, &event.envelope.dedup_key).hash(&mut hasher);
-    usize::try_from(hasher.finish() % partitions as u64).unwrap_or(0)
 }
 
 fn header_safe(reason: &str) -> String {
@@ -255,7 +218,7 @@ fn record(report: &BatchReport, started: Instant) {
     metrics::counter!("worker_refolds_total").increment(report.refolded_keys as u64);
 }
 
-async fn ack_all(messages: &[Message]) {
+async fn ack_all(messages: &[&Message]) {
     for result in join_all(messages.iter().map(|m| m.ack())).await {
         if let Err(err) = result {
             // The event is committed; a redelivery will be recognised as a duplicate.
@@ -264,7 +227,7 @@ async fn ack_all(messages: &[Message]) {
     }
 }
 
-async fn nak_all(messages: &[Message], delay: Duration) {
+async fn nak_all(messages: &[&Message], delay: Duration) {
     for result in join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(Some(delay))))).await {
         if let Err(err) = result {
             tracing::warn!(error = %err, "nak failed; the message will be redelivered after the ack wait");

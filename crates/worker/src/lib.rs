@@ -5,6 +5,8 @@
 pub mod apply;
 pub mod config;
 pub mod consumer;
+pub mod ownership;
+pub mod partitions;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,11 +20,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{WorkerConfig, WorkerSettings};
-use consumer::Consumer;
+use consumer::Applier;
+use ownership::Leases;
+use partitions::Coordinator;
 
-/// Starts the consumer (with `settings.concurrency` partitions) and a task that publishes the
-/// backlog gauge.
-/// Wait on the returned set to know when they have drained after `shutdown`.
+/// Starts the worker: `settings.concurrency` lanes, the coordinator that owns this process's
+/// share of the partitions and fetches them into the lanes, and a task that publishes the
+/// backlog gauge. Wait on the returned set to know when they have drained after `shutdown`.
 pub async fn start(
     settings: &WorkerSettings,
     nats: &NatsConfig,
@@ -31,23 +35,33 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinSet<()>> {
     settings.validate()?;
-    let js = jetstream::new(client);
+    nats.validate()?;
+    let js = jetstream::new(client.clone());
     let stream = common::nats::ensure_streams(&js, nats).await?;
-    let consumer =
-        common::nats::ensure_consumer(&stream, &settings.consumer, settings.ack_wait(), settings.max_ack_pending)
-            .await?;
-    let worker = Arc::new(Consumer { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
+    let leases =
+        Leases::new((*pool.connect_options()).clone(), &ownership::lock_name(&nats.stream, &settings.consumer));
+    let applier = Arc::new(Applier { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
     let mut tasks = JoinSet::new();
-    tasks.spawn(worker.run(consumer.clone(), shutdown.clone()));
-    tasks.spawn(report_backlog(consumer, shutdown));
+    let mut lanes = Vec::with_capacity(settings.concurrency);
+    for _ in 0..settings.concurrency {
+        let (sender, lane) = consumer::lane(applier.clone(), shutdown.clone());
+        lanes.push(sender);
+        tasks.spawn(async move {
+            let _finished = lane.await;
+        });
+    }
+    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes };
+    tasks.spawn(coordinator.run(shutdown.clone()));
+    tasks.spawn(report_backlog(stream, shutdown));
     Ok(tasks)
 }
 
-async fn report_backlog(mut consumer: jetstream::consumer::PullConsumer, shutdown: CancellationToken) {
+/// Publishes the number of events accepted and not yet applied (on a work-queue stream, the
+/// messages it holds).
+async fn report_backlog(mut stream: jetstream::stream::Stream, shutdown: CancellationToken) {
     loop {
-        if let Ok(info) = consumer.info().await {
-            metrics::gauge!("worker_consumer_pending").set(info.num_pending as f64);
-            metrics::gauge!("worker_consumer_ack_pending").set(info.num_ack_pending as f64);
+        if let Ok(info) = stream.info().await {
+            metrics::gauge!("worker_stream_backlog").set(info.state.messages as f64);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -103,7 +103,10 @@ pub async fn run(command: DlqCommand, output: Output) -> anyhow::Result<()> {
             for letter in &chosen {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("replay-{}-{}", nats.dlq_stream(), letter.seq).as_str());
-                js.publish_with_headers(nats.events_subject(), headers, letter.message.payload.clone())
+                // An undecodable letter goes to partition 0, where a worker dead-letters it again.
+                let subject = serde_json::from_slice::<common::event::EventEnvelope>(&letter.message.payload)
+                    .map_or_else(|_| nats.partition_subject(0), |e| nats.event_subject(&e.service_id, &e.dedup_key));
+                js.publish_with_headers(subject, headers, letter.message.payload.clone())
                     .await?
                     .await
                     .with_context(|| format!("replaying dead letter {}", letter.seq))?;

@@ -1,0 +1,221 @@
+//! The partitions this worker owns, kept in step with its share (see `ownership`): a fetch task
+//! per owned partition pulls from that partition's durable consumer into the partition's lane.
+//!
+//! Hand-over: a worker giving a partition up stops fetching it, waits until every message it
+//! fetched was applied and acknowledged, flushes the acknowledgements to NATS, and only then
+//! releases the lock. The next owner, on taking the lock, finds the consumer with messages still
+//! delivered to someone (a worker that was killed, or messages that were buffered in the previous
+//! owner's client and never read) and re-creates it, so those are delivered again at once instead
+//! of after the ack wait. Exactly-once effect and per-key order during the hand-over rest on
+//! `apply` (event ids, the per-key lock and re-fold).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{consumer::PullConsumer, stream};
+use common::config::NatsConfig;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Applier, Delivery, InFlight, decode};
+use crate::ownership::{Leases, View, share};
+
+/// How often a worker re-reads the members and adjusts what it owns.
+pub const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest wait for a partition's fetched messages to be disposed of before it is given up anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A partition this worker owns.
+struct Owned {
+    stop: CancellationToken,
+    fetch: JoinHandle<()>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Everything the coordinator needs.
+pub struct Coordinator {
+    pub applier: Arc<Applier>,
+    pub client: async_nats::Client,
+    pub stream: stream::Stream,
+    pub nats: NatsConfig,
+    pub leases: Leases,
+    pub lanes: Vec<mpsc::Sender<Delivery>>,
+}
+
+impl Coordinator {
+    /// Keeps the owned partitions in step with this worker's share until `shutdown`, then stops
+    /// fetching, drains, and frees every lock.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+        let mut last_view = None;
+        loop {
+            match self.leases.view().await {
+                Ok(view) => {
+                    if last_view != Some(view) {
+                        tracing::info!(rank = view.rank, members = view.members, "worker membership changed");
+                        metrics::counter!("worker_rebalances_total").increment(1);
+                        last_view = Some(view);
+                    }
+                    self.rebalance(view, &mut owned, &shutdown).await;
+                }
+                Err(err) => {
+                    if last_view.take().is_some() || !owned.is_empty() {
+                        tracing::warn!(error = %err, "lost the ownership connection; stopping every partition");
+                    }
+                    // The locks went with the connection: stop at once, someone else may own them now.
+                    for (_, partition) in std::mem::take(&mut owned) {
+                        partition.stop.cancel();
+                    }
+                }
+            }
+            metrics::gauge!("worker_partitions_owned").set(owned.len() as f64);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(REBALANCE_INTERVAL) => {}
+            }
+        }
+        for partition in owned.values() {
+            partition.stop.cancel();
+        }
+        for (_, partition) in owned {
+            let _stopped = partition.fetch.await;
+            drained(&partition.in_flight).await;
+        }
+        // Acknowledgements are buffered in the client: send them before the locks go.
+        let _flushed = self.client.flush().await;
+        self.leases.close().await;
+        metrics::gauge!("worker_partitions_owned").set(0.0);
+    }
+
+    async fn rebalance(&mut self, view: View, owned: &mut BTreeMap<u32, Owned>, shutdown: &CancellationToken) {
+        let wanted = share(self.nats.partitions, view);
+        let surplus: Vec<u32> = owned.keys().copied().filter(|p| !wanted.contains(p)).collect();
+        if !surplus.is_empty() {
+            let giving: Vec<Owned> = surplus.iter().filter_map(|p| owned.remove(p)).collect();
+            for partition in &giving {
+                partition.stop.cancel();
+            }
+            for partition in giving {
+                let _stopped = partition.fetch.await;
+                drained(&partition.in_flight).await;
+            }
+            let _flushed = self.client.flush().await;
+            for p in &surplus {
+                if self.leases.give_back(*p).await.is_err() {
+                    return;
+                }
+            }
+            tracing::info!(partitions = ?surplus, "gave partitions up");
+        }
+        let mut taken = Vec::new();
+        let missing: Vec<u32> = wanted.into_iter().filter(|p| !owned.contains_key(p)).collect();
+        for p in missing {
+            match self.leases.try_take(p).await {
+                Ok(true) => match self.open(p).await {
+                    Ok(consumer) => {
+                        owned.insert(p, self.fetch(p, consumer, shutdown));
+                        taken.push(p);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, partition = p, "cannot open the partition's consumer; retrying");
+                        let _released = self.leases.give_back(p).await;
+                    }
+                },
+                Ok(false) => {}
+                Err(_) => return,
+            }
+        }
+        if !taken.is_empty() {
+            tracing::info!(partitions = ?taken, "took partitions");
+        }
+    }
+
+    /// The partition's consumer, re-created if messages are still out with a previous owner.
+    async fn open(&self, partition: u32) -> anyhow::Result<PullConsumer> {
+        let settings = &self.applier.settings;
+        let (base, ack_wait, max_pending) = (&settings.consumer, settings.ack_wait(), settings.max_ack_pending);
+        let mut consumer =
+            common::nats::ensure_partition_consumer(&self.stream, &self.nats, base, partition, ack_wait, max_pending)
+                .await?;
+        if consumer.info().await?.num_ack_pending == 0 {
+            return Ok(consumer);
+        }
+        metrics::counter!("worker_consumer_resets_total").increment(1);
+        common::nats::recreate_partition_consumer(&self.stream, &self.nats, base, partition, ack_wait, max_pending)
+            .await
+    }
+
+    fn fetch(&self, partition: u32, consumer: PullConsumer, shutdown: &CancellationToken) -> Owned {
+        let stop = shutdown.child_token();
+        let in_flight = Arc::new(InFlight::default());
+        let lane = self.lanes[partition as usize % self.lanes.len()].clone();
+        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer, lane, in_flight.clone(), stop.clone()));
+        Owned { stop, fetch, in_flight }
+    }
+}
+
+/// Waits until every message a partition fetched was disposed of (bounded).
+async fn drained(in_flight: &InFlight) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Pulls one partition into its lane until `stop`, reconnecting the pull stream when it fails.
+async fn fetch(
+    applier: Arc<Applier>,
+    consumer: PullConsumer,
+    lane: mpsc::Sender<Delivery>,
+    in_flight: Arc<InFlight>,
+    stop: CancellationToken,
+) {
+    let pull = applier.settings.batch_size;
+    let mut delay = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let failure = match consumer.stream().max_messages_per_batch(pull).messages().await {
+            Ok(mut messages) => loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => return,
+                    next = messages.next() => next,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => break err.to_string(),
+                    None => break "message stream ended".to_owned(),
+                };
+                delay = Duration::from_millis(100);
+                let event = match decode(&message) {
+                    Ok(event) => event,
+                    Err(reason) => {
+                        applier.dead_letter(&message, &reason).await;
+                        continue;
+                    }
+                };
+                let delivery = Delivery::new(message, event, in_flight.clone());
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        // Not applied: hand it straight back for the next owner.
+                        let _nak = delivery.message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                        return;
+                    }
+                    permit = lane.reserve() => match permit {
+                        Ok(permit) => permit.send(delivery),
+                        Err(_) => return,
+                    },
+                }
+            },
+            Err(err) => err.to_string(),
+        };
+        tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "partition pull failed; retrying");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,171 @@
+//! DESIGN §1.3, scale out: real worker processes join, leave (SIGTERM) and die (SIGKILL) while
+//! events flow; each partition is owned by exactly one worker again within seconds, and every
+//! key ends as the sequential model says.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::model::{incidents_as_modelled, model, random_event};
+use e2e::servers::free_port;
+use e2e::{TestEnv, service_binary, wait_until};
+use ingest::publisher::Publisher;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// A worker binary with its metrics endpoint on its own port.
+struct WorkerProcess {
+    child: Child,
+    port: u16,
+}
+
+impl WorkerProcess {
+    fn start(env: &TestEnv) -> Self {
+        let port = free_port();
+        let child = Command::new(service_binary("opssentinal-worker"))
+            .envs(env.service_env())
+            .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WORKER_BATCH_SIZE", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("worker starts");
+        Self { child, port }
+    }
+
+    /// This process's `worker_refolds_total` (0 before its first re-fold).
+    async fn refolds(&self, env: &TestEnv) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = env.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
+        text.lines().find_map(|l| l.strip_prefix("worker_refolds_total ")).map_or(0, |n| n.trim().parse().unwrap_or(0))
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+/// (members, partitions owned, partitions owned twice) as PostgreSQL's lock table shows them.
+async fn ownership(env: &TestEnv) -> (i64, i64, i64) {
+    let (members, partitions) =
+        worker::ownership::lock_spaces(&worker::ownership::lock_name(&env.nats.stream, &env.consumer));
+    sqlx::query_as(
+        "select count(*) filter (where classid = $1::int8::oid),
+                count(distinct objid) filter (where classid = $2::int8::oid),
+                count(*) filter (where classid = $2::int8::oid) - count(distinct objid) filter (where classid = $2::int8::oid)
+         from pg_locks
+         where locktype = 'advisory' and granted and objsubid = 2
+           and database = (select oid from pg_database where datname = current_database())",
+    )
+    .bind(i64::from(members))
+    .bind(i64::from(partitions))
+    .fetch_one(&env.pool)
+    .await
+    .expect("pg_locks")
+}
+
+/// Waits until `members` workers share every partition, each owned once; returns how long it took.
+async fn wait_for_even_ownership(env: &TestEnv, members: i64, what: &str) -> Duration {
+    let started = Instant::now();
+    let all = i64::from(env.nats.partitions);
+    wait_until(Duration::from_secs(10), what, || async { ownership(env).await == (members, all, 0) }).await;
+    started.elapsed()
+}
+
+async fn wait_for_more_applied(env: &TestEnv, more: i64) {
+    let target = env.applied_events().await + more;
+    env.wait_for_applied(target, Duration::from_secs(60)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    let seed: u64 = rand::rng().random();
+    println!("seed {seed}");
+
+    let mut workers: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::start(&env)).collect();
+    wait_for_even_ownership(&env, 3, "three workers to share the partitions").await;
+
+    // Producers: each owns some keys and publishes their random events one at a time, so each
+    // key's stream order is the order recorded here.
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
+    let publisher = Publisher::new(client, js, &env.nats);
+    const PRODUCERS: u64 = 16;
+    const KEYS_PER_PRODUCER: usize = 12;
+    let stop = CancellationToken::new();
+    let recorded = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        let (publisher, stop, recorded, service_id) =
+            (publisher.clone(), stop.clone(), recorded.clone(), service.id.clone());
+        producers.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(p));
+            let keys: Vec<String> = (0..KEYS_PER_PRODUCER).map(|k| format!("key-{p}-{k}")).collect();
+            let mut events: BTreeMap<String, Vec<_>> = BTreeMap::new();
+            while !stop.is_cancelled() {
+                let key = &keys[rng.random_range(0..keys.len())];
+                let event = random_event(&mut rng, &service_id, key);
+                publisher.publish(&event).await.expect("accepted");
+                events.entry(key.clone()).or_default().push(event);
+            }
+            recorded.lock().await.extend(events);
+        }));
+    }
+
+    wait_for_more_applied(&env, 1000).await;
+    workers.push(WorkerProcess::start(&env));
+    let joined = wait_for_even_ownership(&env, 4, "a fourth worker to take its share").await;
+
+    wait_for_more_applied(&env, 1000).await;
+    let mut leaving = workers.remove(0);
+    leaving.signal("-TERM");
+    let left = wait_for_even_ownership(&env, 3, "the others to take the share of a worker stopped by SIGTERM").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while leaving.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the worker did not exit within 15 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    wait_for_more_applied(&env, 1000).await;
+    let mut refolds: u64 = 0;
+    let mut dying = workers.remove(0);
+    refolds += dying.refolds(&env).await;
+    dying.child.kill().unwrap(); // SIGKILL
+    let killed_at = Instant::now();
+    let died = wait_for_even_ownership(&env, 2, "the others to take the share of a worker killed by SIGKILL").await;
+    drop(dying);
+
+    wait_for_more_applied(&env, 1000).await;
+    stop.cancel();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    env.wait_until_drained(Duration::from_secs(120)).await;
+    let caught_up = killed_at.elapsed();
+
+    let expected = model(&*recorded.lock().await);
+    let total: usize = recorded.lock().await.values().map(Vec::len).sum();
+    assert_eq!(env.applied_events().await, total as i64, "each event stored once, seed {seed}");
+    assert_eq!(incidents_as_modelled(&env.pool).await, expected, "seed {seed}");
+    for worker in &workers {
+        refolds += worker.refolds(&env).await;
+    }
+    println!(
+        "{total} events; hand-over after join {joined:?}, SIGTERM {left:?}, SIGKILL {died:?}; \
+         drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolds}"
+    );
+    env.cleanup().await;
+}
