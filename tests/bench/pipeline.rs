@@ -14,7 +14,8 @@
 //!   keys (most open a new incident): applied/s and the worker's peak RSS.
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_EVENTS
-//! (100000 per closed-loop run), BENCH_KEYS (1000 dedup keys).
+//! (100000 per closed-loop run), BENCH_KEYS (1000 dedup keys), BENCH_PARTITIONS (32, the default
+//! NATS_PARTITIONS).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,7 +110,8 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(workers: usize) -> Self {
-        let env = TestEnv::new().await;
+        let mut env = TestEnv::new().await;
+        env.nats.partitions = u32::try_from(setting("BENCH_PARTITIONS", 32)).expect("BENCH_PARTITIONS");
         let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
         let routing_key = env.service("bench").await.routing_key;
         let ingest_port = free_port();
@@ -140,18 +142,30 @@ impl Pipeline {
         send(&self.base, &self.key, &self.routing_key, settings.events, settings.concurrency, settings.keys, rate).await
     }
 
-    /// Keys re-folded by all workers so far.
-    async fn refolds(&self) -> f64 {
+    /// A metric summed over all workers.
+    async fn worker_metric(&self, name: &str) -> f64 {
         let mut total = 0.0;
+        let prefix = format!("{name} ");
         for (_, port) in &self.workers {
             let url = format!("http://127.0.0.1:{port}/metrics");
             let text = self.env.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("worker_refolds_total "))
-                .map_or(0.0, |n| n.trim().parse().unwrap_or(0.0));
+            total +=
+                text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |n| n.trim().parse().unwrap_or(0.0));
         }
         total
+    }
+
+    /// Keys re-folded by all workers so far.
+    async fn refolds(&self) -> f64 {
+        self.worker_metric("worker_refolds_total").await
+    }
+
+    /// Mean events per transaction and mean transaction time (ms) over all workers.
+    async fn transactions(&self) -> (f64, f64) {
+        let count = self.worker_metric("worker_batch_size_count").await;
+        let events = self.worker_metric("worker_batch_size_sum").await;
+        let seconds = self.worker_metric("worker_apply_batch_seconds_sum").await;
+        (events / count, seconds * 1000.0 / count)
     }
 
     fn clock(&self) -> CpuClock {
@@ -216,7 +230,8 @@ async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
         ms(load.p50),
         ms(load.p99),
     );
-    println!("      CPU (% of one core): {}", cpu.summary());
+    let (batch, batch_ms) = pipeline.transactions().await;
+    println!("      {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}", cpu.summary());
     let name = |what: &str| format!("{workers} {what}");
     results.push(&name("accepted"), rate(load.accepted, load.elapsed));
     results.push(&name("end to end"), rate(load.accepted, done - started));
@@ -265,7 +280,8 @@ async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut S
         (done - started).as_secs_f64() - load.elapsed.as_secs_f64(),
     );
     println!("      backlog each second: {backlog:?}");
-    println!("      CPU (% of one core): {}", cpu.summary());
+    let (batch, batch_ms) = pipeline.transactions().await;
+    println!("      {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}", cpu.summary());
     results.push("steady accepted", rate(load.accepted, load.elapsed));
     results.push("steady end to end", rate(load.accepted, done - started));
     results.push("steady p50", ms(load.p50));

@@ -10,5 +10,6 @@ mod ordering;
 mod pagerduty;
 mod query_api;
 mod real_clients;
+mod retention;
 mod scale_out;
 mod schedules;

@@ -219,6 +219,8 @@ impl TestEnv {
         WorkerSettings {
             consumer: self.consumer.clone(),
             batch_size: 200,
+            batch_linger_ms: 10,
+            retention_days: 30,
             concurrency: 1,
             ack_wait_secs: 30,
             max_deliveries: 5,

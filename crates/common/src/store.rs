@@ -12,31 +12,26 @@ use crate::fold::{IncidentState, IncidentStatus};
 pub const INCIDENT_COLUMNS: &str = "i.id, i.service_id, i.dedup_key, i.title, i.description, i.status, i.urgency, \
      i.alert_count, i.opened_seq, i.created_at, i.updated_at, i.acknowledged_at, i.resolved_at, i.snoozed_until";
 
-/// Locks the keys' rows (creating missing ones) in one sorted statement, so concurrent lockers
-/// never deadlock; returns each key's last applied stream sequence.
+/// Locks the keys' rows (creating missing ones) in one statement, in the order given (callers
+/// pass keys sorted bytewise, so concurrent lockers never deadlock), and raises each key's last
+/// applied stream sequence to `newest` (0 leaves it). Returns each key's last applied sequence as
+/// it was before. Index lookups only, whatever the table's size; a HOT update per key.
 pub async fn lock_keys(
     tx: &mut PgConnection,
     services: &[&str],
     keys: &[&str],
+    newest: &[i64],
 ) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
-    sqlx::query(
-        r#"insert into alert_keys (service_id, dedup_key, last_seq)
-           select s, k, 0 from unnest($1::text[], $2::text[]) as t(s, k)
-           order by s collate "C", k collate "C"
-           on conflict do nothing"#,
-    )
-    .bind(services)
-    .bind(keys)
-    .execute(&mut *tx)
-    .await?;
     sqlx::query_as(
-        r#"select a.service_id, a.dedup_key, a.last_seq
-           from alert_keys a join unnest($1::text[], $2::text[]) as t(s, k) on a.service_id = t.s and a.dedup_key = t.k
-           order by a.service_id collate "C", a.dedup_key collate "C"
-           for update of a"#,
+        "insert into alert_keys as a (service_id, dedup_key, last_seq)
+         select s, k, n from unnest($1::text[], $2::text[], $3::int8[]) with ordinality as t(s, k, n, o) order by o
+         on conflict (service_id, dedup_key) do update
+           set prev_seq = a.last_seq, last_seq = greatest(a.last_seq, excluded.last_seq)
+         returning a.service_id, a.dedup_key, a.prev_seq",
     )
     .bind(services)
     .bind(keys)
+    .bind(newest)
     .fetch_all(&mut *tx)
     .await
 }

@@ -50,17 +50,29 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
     }
     let by_key = group_by_key(events);
     let (services, keys): (Vec<&str>, Vec<&str>) = by_key.keys().copied().unzip();
+    // Each key's last applied sequence becomes the newest in the batch (a duplicate among them at
+    // worst makes a later event look late, which costs a re-fold, never a wrong result).
+    let newest: Vec<i64> = by_key.values().map(|events| events.iter().map(|e| e.seq).max().unwrap_or(0)).collect();
     let mut tx = pool.begin().await?;
 
     let last_seq: HashMap<(String, String), i64> =
-        lock_keys(&mut tx, &services, &keys).await?.into_iter().map(|(s, k, seq)| ((s, k), seq)).collect();
+        lock_keys(&mut tx, &services, &keys, &newest).await?.into_iter().map(|(s, k, seq)| ((s, k), seq)).collect();
     let event_ids: Vec<Uuid> = by_key.values().flatten().map(|e| e.envelope.event_id).collect();
-    let stored: HashMap<Uuid, i64> = sqlx::query_as("select event_id, seq from events where event_id = any($1)")
-        .bind(&event_ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+    let received: Vec<String> = by_key.values().flatten().map(|e| e.envelope.received_at.to_string()).collect();
+    let stored: HashMap<Uuid, i64> = sqlx::query_as(
+        // One primary-key lookup per event in the partition of its day, whatever the plan cache
+        // holds: a filter or hash join over the whole log would grow with it. (`limit 1` keeps
+        // the planner from flattening the lateral subquery into a join.)
+        "select e.event_id, e.seq from unnest($1::uuid[], $2::text[]) as t(id, r)
+         join lateral (select event_id, seq from events e
+                       where e.event_id = t.id and e.received_at = t.r::timestamptz limit 1) e on true",
+    )
+    .bind(&event_ids)
+    .bind(&received)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
     let mut open = load_open_incidents(&mut tx, &services, &keys).await?;
 
     let mut writes = Writes::default();
@@ -91,8 +103,6 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
             report.outcomes.extend(outcomes);
             report.refolded_keys += 1;
         }
-        let newest = fresh.iter().chain(&moved).map(|e| e.seq).max().unwrap_or(first_seq);
-        writes.key_seq(service_id, dedup_key, newest);
     }
     report.duplicates += by_key.values().map(Vec::len).sum::<usize>().abs_diff(events.len());
     writes.flush(&mut tx).await?;
@@ -121,9 +131,10 @@ async fn load_open_incidents(
     keys: &[&str],
 ) -> Result<HashMap<(String, String), IncidentState>, sqlx::Error> {
     let sql = format!(
-        "select {INCIDENT_COLUMNS} from incidents i
-         join unnest($1::text[], $2::text[]) as t(s, k) on i.service_id = t.s and i.dedup_key = t.k
-         where i.status <> 'RESOLVED'"
+        "select {INCIDENT_COLUMNS} from unnest($1::text[], $2::text[]) as t(s, k)
+         join lateral (select * from incidents i
+                       where i.service_id = t.s and i.dedup_key = t.k and i.status <> 'RESOLVED' limit 1) i
+           on true"
     );
     let rows = sqlx::query(&sql).bind(services).bind(keys).fetch_all(&mut *tx).await?;
     rows.iter()
@@ -250,7 +261,7 @@ async fn refold(
         match entry {
             Entry::Stored(s) => {
                 let (outcome, incident) = fold.apply(&s.fold_event());
-                writes.stored_event(s.event_id, s.seq, outcome, incident);
+                writes.stored_event(s, outcome, incident);
             }
             Entry::Fresh(event) => {
                 let (outcome, incident) = fold.apply(&fold_event(event));
@@ -261,13 +272,18 @@ async fn refold(
     }
     let incidents = fold.into_incidents();
     let keep: Vec<&str> = incidents.iter().map(|i| i.id.as_str()).collect();
-    sqlx::query("delete from incidents where service_id = $1 and dedup_key = $2 and opened_seq > $3 and id <> all($4)")
-        .bind(service_id)
-        .bind(dedup_key)
-        .bind(floor)
-        .bind(&keep)
-        .execute(&mut *tx)
-        .await?;
+    // Only incidents opened by an event this re-fold read can be replaced: older ones (whose
+    // events may have aged out of the log) are left as they are.
+    let read: Vec<i64> = rows.iter().map(|row| row.try_get::<i64, _>("seq")).collect::<Result<_, _>>()?;
+    sqlx::query(
+        "delete from incidents where service_id = $1 and dedup_key = $2 and opened_seq = any($3) and id <> all($4)",
+    )
+    .bind(service_id)
+    .bind(dedup_key)
+    .bind(&read)
+    .bind(&keep)
+    .execute(&mut *tx)
+    .await?;
     writes.incidents(service_id, dedup_key, incidents);
     Ok(outcomes)
 }
@@ -282,9 +298,7 @@ struct Writes {
     stored_seqs: Vec<i64>,
     stored_outcomes: Vec<&'static str>,
     stored_incidents: Vec<Option<String>>,
-    key_services: Vec<String>,
-    key_keys: Vec<String>,
-    key_seqs: Vec<i64>,
+    stored_received: Vec<String>,
 }
 
 #[derive(Default)]
@@ -315,7 +329,9 @@ impl Writes {
         rows.incident_id.push(incident);
     }
 
-    fn stored_event(&mut self, event_id: Uuid, seq: i64, outcome: Outcome, incident: Option<String>) {
+    fn stored_event(&mut self, stored: &StoredEvent, outcome: Outcome, incident: Option<String>) {
+        let (event_id, seq) = (stored.event_id, stored.seq);
+        self.stored_received.push(stored.received_at.to_string());
         self.stored_ids.push(event_id);
         self.stored_seqs.push(seq);
         self.stored_outcomes.push(outcome.as_str());
@@ -327,12 +343,6 @@ impl Writes {
             let rows = if incident.status == IncidentStatus::Resolved { &mut self.closed } else { &mut self.open };
             rows.push(service_id, dedup_key, incident);
         }
-    }
-
-    fn key_seq(&mut self, service_id: &str, dedup_key: &str, seq: i64) {
-        self.key_services.push(service_id.to_owned());
-        self.key_keys.push(dedup_key.to_owned());
-        self.key_seqs.push(seq);
     }
 
     async fn flush(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -362,25 +372,14 @@ impl Writes {
         if !self.stored_ids.is_empty() {
             sqlx::query(
                 "update events e set seq = t.seq, outcome = t.o, incident_id = t.i
-                 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[]) as t(id, seq, o, i)
-                 where e.event_id = t.id",
+                 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[]) as t(id, seq, o, i, r)
+                 where e.event_id = t.id and e.received_at = t.r::timestamptz",
             )
             .bind(&self.stored_ids)
             .bind(&self.stored_seqs)
             .bind(&self.stored_outcomes)
             .bind(&self.stored_incidents)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !self.key_seqs.is_empty() {
-            sqlx::query(
-                "update alert_keys a set last_seq = greatest(a.last_seq, t.seq)
-                 from unnest($1::text[], $2::text[], $3::int8[]) as t(s, k, seq)
-                 where a.service_id = t.s and a.dedup_key = t.k",
-            )
-            .bind(&self.key_services)
-            .bind(&self.key_keys)
-            .bind(&self.key_seqs)
+            .bind(&self.stored_received)
             .execute(&mut *tx)
             .await?;
         }

@@ -16,8 +16,12 @@ pub struct WorkerSettings {
     /// Most events applied in one transaction.
     #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// How long a small batch (under a quarter of WORKER_BATCH_SIZE) waits for more events before
+    /// its transaction starts, in milliseconds.
+    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 10)]
+    pub batch_linger_ms: u64,
     /// Transactions one worker process runs at once (lanes; each partition always feeds the same one).
-    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 2)]
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
     #[arg(long = "worker-ack-wait-secs", env = "WORKER_ACK_WAIT_SECS", default_value_t = 30)]
@@ -25,6 +29,10 @@ pub struct WorkerSettings {
     /// Deliveries of a message that keeps failing to apply before it goes to the dead-letter stream.
     #[arg(long = "worker-max-deliveries", env = "WORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
+    /// Days of raw events the log keeps; older days are dropped whole (incidents keep their state
+    /// and a summary of the dropped events in their timeline).
+    #[arg(long = "event-retention-days", env = "EVENT_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u32,
     /// Most messages of one partition delivered and not yet acknowledged.
     #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
@@ -42,6 +50,12 @@ impl WorkerSettings {
         if !(1..=64).contains(&self.concurrency) {
             bail!("WORKER_CONCURRENCY must be between 1 and 64");
         }
+        if !(1..=3650).contains(&self.retention_days) {
+            bail!("EVENT_RETENTION_DAYS must be between 1 and 3650");
+        }
+        if self.batch_linger_ms > 1000 {
+            bail!("WORKER_BATCH_LINGER_MS must be at most 1000");
+        }
         if self.ack_wait_secs == 0 {
             bail!("WORKER_ACK_WAIT_SECS must be at least 1");
         }
@@ -52,6 +66,10 @@ impl WorkerSettings {
             bail!("WORKER_MAX_ACK_PENDING must be at least WORKER_BATCH_SIZE");
         }
         Ok(())
+    }
+
+    pub fn batch_linger(&self) -> Duration {
+        Duration::from_millis(self.batch_linger_ms)
     }
 
     pub fn ack_wait(&self) -> Duration {

@@ -73,10 +73,21 @@ pub fn lane(
     shutdown: CancellationToken,
 ) -> (mpsc::Sender<Delivery>, tokio::task::JoinHandle<()>) {
     let batch_size = applier.settings.batch_size;
+    let linger = applier.settings.batch_linger();
     let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
     let task = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(batch_size);
         while receiver.recv_many(&mut batch, batch_size).await > 0 {
+            // A small batch waits a moment for company: a transaction costs PostgreSQL about
+            // the same for ten events as for a hundred.
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < batch_size / 4 {
+                let room = batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, receiver.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
             applier.apply_and_dispose(std::mem::take(&mut batch), &shutdown).await;
         }
     });

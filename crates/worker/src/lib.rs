@@ -7,6 +7,7 @@ pub mod config;
 pub mod consumer;
 pub mod ownership;
 pub mod partitions;
+pub mod retention;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,8 @@ use ownership::Leases;
 use partitions::Coordinator;
 
 /// Starts the worker: `settings.concurrency` lanes, the coordinator that owns this process's
-/// share of the partitions and fetches them into the lanes, and a task that publishes the
-/// backlog gauge. Wait on the returned set to know when they have drained after `shutdown`.
+/// share of the partitions and fetches them into the lanes, the event log's retention role, and
+/// a task that publishes the backlog gauge. Wait on the returned set to know when they have drained after `shutdown`.
 pub async fn start(
     settings: &WorkerSettings,
     nats: &NatsConfig,
@@ -40,8 +41,9 @@ pub async fn start(
     let stream = common::nats::ensure_streams(&js, nats).await?;
     let leases =
         Leases::new((*pool.connect_options()).clone(), &ownership::lock_name(&nats.stream, &settings.consumer));
-    let applier = Arc::new(Applier { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
     let mut tasks = JoinSet::new();
+    tasks.spawn(retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
+    let applier = Arc::new(Applier { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
     let mut lanes = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {
         let (sender, lane) = consumer::lane(applier.clone(), shutdown.clone());

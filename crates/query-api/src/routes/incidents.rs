@@ -590,7 +590,7 @@ async fn update(
     let (service_id, dedup_key) = key.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
     if let Some(change) = change {
         // The same lock workers take for this key, then the incident: no lost updates either way.
-        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()]).await?;
+        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()], &[0]).await?;
         let position = locked.first().map_or(0, |(_, _, seq)| *seq);
         let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
         let row = sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?;
@@ -724,7 +724,7 @@ pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
     let mut reopened = 0;
     for (id, service_id, dedup_key) in due {
         let mut tx = pool.begin().await?;
-        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()]).await?;
+        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()], &[0]).await?;
         let position = locked.first().map_or(0, |(_, _, seq)| *seq);
         let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
         let incident = incident_from_row(&sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?)?;

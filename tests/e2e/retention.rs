@@ -1,0 +1,101 @@
+//! The event log stays bounded: days past the retention are dropped whole, incidents keep their
+//! state and a summary, and a late event still re-folds exactly for a key whose old events are gone.
+
+use common::event::EventAction;
+use e2e::TestEnv;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use worker::apply::{QueuedEvent, apply_batch};
+use worker::retention::maintain;
+
+fn event_on(day: Date, seq: i64, service_id: &str, dedup_key: &str, action: EventAction) -> QueuedEvent {
+    let mut envelope = e2e::envelope(service_id, dedup_key, action, &format!("{dedup_key} is unhappy"));
+    envelope.received_at = day.at(12, 0, seq as i8, 0).to_zoned(TimeZone::UTC).expect("noon UTC").timestamp();
+    QueuedEvent { seq, envelope }
+}
+
+async fn incident(env: &TestEnv, dedup_key: &str) -> (String, String, i32) {
+    sqlx::query_as(
+        "select id, status, alert_count from incidents where dedup_key = $1 order by created_at desc limit 1",
+    )
+    .bind(dedup_key)
+    .fetch_one(&env.pool)
+    .await
+    .expect("incident")
+}
+
+async fn count(env: &TestEnv, sql: &str, dedup_key: &str) -> i64 {
+    sqlx::query_scalar(sql).bind(dedup_key).fetch_one(&env.pool).await.expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_needs() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await.id;
+    let today = jiff::Timestamp::now().to_zoned(TimeZone::UTC).date();
+    let old = today.checked_sub(jiff::Span::new().days(40)).unwrap();
+    let made: bool = sqlx::query_scalar("select events_ensure_day($1::date)")
+        .bind(old.to_string())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(made);
+
+    // 40 days ago: one incident opened and resolved, one opened and still open.
+    apply_batch(
+        &env.pool,
+        &[
+            event_on(old, 1, &service, "closed", EventAction::Trigger),
+            event_on(old, 2, &service, "closed", EventAction::Resolve),
+            event_on(old, 3, &service, "open", EventAction::Trigger),
+            event_on(old, 4, &service, "open", EventAction::Trigger),
+        ],
+    )
+    .await
+    .unwrap();
+    // Today: the open incident absorbs another alert.
+    apply_batch(&env.pool, &[event_on(today, 10, &service, "open", EventAction::Trigger)]).await.unwrap();
+
+    let report = maintain(&env.pool, 30, today).await.unwrap();
+    let partition = format!("events_{}", old.strftime("%Y%m%d"));
+    assert_eq!(report.dropped, vec![partition.clone()]);
+    assert_eq!(report.kept, 2, "the open incident's two old events are kept");
+    let gone: Option<String> =
+        sqlx::query_scalar("select to_regclass($1)::text").bind(&partition).fetch_one(&env.pool).await.unwrap();
+    assert_eq!(gone, None, "the day's partition was dropped, not emptied");
+    assert_eq!(count(&env, "select count(*) from events where dedup_key = $1", "closed").await, 0);
+    assert_eq!(count(&env, "select count(*) from events where dedup_key = $1", "open").await, 3);
+    let closed = incident(&env, "closed").await;
+    assert_eq!((closed.1.as_str(), closed.2), ("RESOLVED", 1), "incidents keep their state");
+    let summaries = "select count(*) from incident_timeline t join incidents i on i.id = t.incident_id
+                     where t.kind = 'events_expired' and i.dedup_key = $1";
+    assert_eq!(count(&env, summaries, "closed").await, 1);
+    assert_eq!(count(&env, summaries, "open").await, 1);
+
+    // Late events: an acknowledge for the open key between its old and new alerts re-folds it
+    // from what was kept; one for the resolved key (whose events are gone) is ignored and the
+    // resolved incident stays.
+    apply_batch(
+        &env.pool,
+        &[
+            event_on(today, 5, &service, "open", EventAction::Acknowledge),
+            event_on(today, 6, &service, "closed", EventAction::Acknowledge),
+        ],
+    )
+    .await
+    .unwrap();
+    let open = incident(&env, "open").await;
+    assert_eq!(
+        (open.1.as_str(), open.2),
+        ("ACKNOWLEDGED", 3),
+        "the sequential result for trigger, trigger, ack, trigger"
+    );
+    assert_eq!(incident(&env, "closed").await, closed);
+
+    // A second pass finds nothing to drop; once the open incident is resolved, its kept events go.
+    assert!(maintain(&env.pool, 30, today).await.unwrap().dropped.is_empty());
+    apply_batch(&env.pool, &[event_on(today, 11, &service, "open", EventAction::Resolve)]).await.unwrap();
+    maintain(&env.pool, 30, today).await.unwrap();
+    assert_eq!(count(&env, "select count(*) from events where dedup_key = $1 and seq < 5", "open").await, 0);
+    env.cleanup().await;
+}
