@@ -18,7 +18,7 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     /// How long a small batch (under a quarter of WORKER_BATCH_SIZE) waits for more events before
     /// its transaction starts, in milliseconds.
-    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 10)]
+    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 40)]
     pub batch_linger_ms: u64,
     /// Transactions one worker process runs at once (lanes; each partition always feeds the same one).
     #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 1)]
