@@ -15,7 +15,8 @@
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_EVENTS
 //! (100000 per closed-loop run), BENCH_KEYS (1000 dedup keys), BENCH_PARTITIONS (32, the default
-//! NATS_PARTITIONS).
+//! NATS_PARTITIONS), BENCH_PRELOAD_ROWS (0: old events put in the log before each run, to show
+//! that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -113,7 +114,9 @@ impl Pipeline {
         let mut env = TestEnv::new().await;
         env.nats.partitions = u32::try_from(setting("BENCH_PARTITIONS", 32)).expect("BENCH_PARTITIONS");
         let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
-        let routing_key = env.service("bench").await.routing_key;
+        let service = env.service("bench").await;
+        preload(&env, &service.id, setting("BENCH_PRELOAD_ROWS", 0)).await;
+        let routing_key = service.routing_key;
         let ingest_port = free_port();
         let ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
         wait_ready(&env.http, ingest_port).await;
@@ -179,6 +182,33 @@ impl Pipeline {
         drop(self.ingest);
         self.env.cleanup().await;
     }
+}
+
+/// Fills the event log with `rows` old events spread over the 29 days before today (one
+/// partition each), as a log a month into production at high volume would be.
+async fn preload(env: &TestEnv, service_id: &str, rows: usize) {
+    if rows == 0 {
+        return;
+    }
+    let started = Instant::now();
+    sqlx::query("select events_ensure_day((now() at time zone 'UTC')::date - d) from generate_series(1, 29) d")
+        .execute(&env.pool)
+        .await
+        .expect("partitions");
+    sqlx::query(
+        "insert into events (event_id, seq, service_id, dedup_key, action, payload, received_at, outcome)
+         select gen_random_uuid(), g, $1, 'old-' || (g % 100000), 'trigger', '{\"summary\": \"old\"}'::jsonb,
+                date_trunc('day', now()) - (1 + g % 29) * interval '1 day' + (g % 86400) * interval '1 second',
+                'absorbed'
+         from generate_series(1, $2::int8) g",
+    )
+    .bind(service_id)
+    .bind(i64::try_from(rows).expect("rows"))
+    .execute(&env.pool)
+    .await
+    .expect("preload");
+    sqlx::query("analyze events").execute(&env.pool).await.expect("analyze");
+    println!("  preloaded {rows} events over 29 day partitions in {:.0} s", started.elapsed().as_secs_f64());
 }
 
 #[derive(Default)]

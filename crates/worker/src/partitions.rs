@@ -3,9 +3,9 @@
 //!
 //! Hand-over: a worker giving a partition up stops fetching it, waits until every message it
 //! fetched was applied and acknowledged, flushes the acknowledgements to NATS, and only then
-//! releases the lock. The next owner, on taking the lock, finds the consumer with messages still
-//! delivered to someone (a worker that was killed, or messages that were buffered in the previous
-//! owner's client and never read) and re-creates it, so those are delivered again at once instead
+//! releases the lock. The next owner, on taking the lock, re-creates the consumer, so that what is
+//! still out with a previous owner (a worker that was killed, messages buffered in its client and
+//! never read, its pull requests still waiting on the server) is delivered again at once instead
 //! of after the ack wait. Exactly-once effect and per-key order during the hand-over rest on
 //! `apply` (event ids, the per-key lock and re-fold).
 
@@ -134,16 +134,13 @@ impl Coordinator {
         }
     }
 
-    /// The partition's consumer, re-created if messages are still out with a previous owner.
+    /// The partition's consumer, re-created: whatever a previous owner left behind (messages
+    /// delivered and never acknowledged, pull requests still waiting on the server for a client
+    /// that stopped reading) goes with the old one, and the new one starts at the oldest
+    /// unacknowledged message.
     async fn open(&self, partition: u32) -> anyhow::Result<PullConsumer> {
         let settings = &self.applier.settings;
         let (base, ack_wait, max_pending) = (&settings.consumer, settings.ack_wait(), settings.max_ack_pending);
-        let mut consumer =
-            common::nats::ensure_partition_consumer(&self.stream, &self.nats, base, partition, ack_wait, max_pending)
-                .await?;
-        if consumer.info().await?.num_ack_pending == 0 {
-            return Ok(consumer);
-        }
         metrics::counter!("worker_consumer_resets_total").increment(1);
         common::nats::recreate_partition_consumer(&self.stream, &self.nats, base, partition, ack_wait, max_pending)
             .await
