@@ -13,3 +13,4 @@ mod real_clients;
 mod retention;
 mod scale_out;
 mod schedules;
+mod streams;

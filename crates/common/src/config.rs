@@ -243,8 +243,10 @@ mod tests {
 
     #[test]
     fn a_key_always_lands_in_the_same_partition() {
-        // Fixed values: ingest and workers built at different times must agree.
-        assert_eq!(partition_of("svc_a", "disk-full", 32), partition_of("svc_a", "disk-full", 32));
+        // Fixed values (SHA-256 of "svc_a\0disk-full"): ingest and workers built at different
+        // times, by different compilers, must agree.
+        assert_eq!(partition_of("svc_a", "disk-full", 32), 28);
+        assert_eq!(partition_of("svc_a", "disk-full", 1024), 60);
         assert_ne!(partition_of("svc_a", "b", 1024), partition_of("svc_ab", "", 1024));
         assert_eq!(partition_of("svc_a", "disk-full", 1), 0);
     }
