@@ -96,16 +96,14 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
     let event = envelope(&service.id, "disk", EventAction::Trigger);
     let partition = common::config::partition_of(&service.id, "disk", env.nats.partitions);
-    let consumer = common::nats::ensure_partition_consumer(
-        &stream,
-        &env.nats,
-        &env.consumer,
-        partition,
-        settings.ack_wait(),
-        1000,
-    )
-    .await
-    .unwrap();
+    let spec = common::nats::ConsumerSpec {
+        events: &stream,
+        nats: &env.nats,
+        base: &env.consumer,
+        ack_wait: settings.ack_wait(),
+        max_ack_pending: 1000,
+    };
+    let consumer = spec.ensure(partition).await.unwrap();
     publish_copy(&js, &env, &event).await;
 
     // A worker takes the message and commits it, then dies before acknowledging.

@@ -38,11 +38,15 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     // worker: redelivered after the ack wait, behind later events) or naks it (redelivered at once).
     let stream = js.get_stream(&env.nats.stream).await.unwrap();
     let mut consumers = Vec::new();
+    let spec = common::nats::ConsumerSpec {
+        events: &stream,
+        nats: &env.nats,
+        base: &env.consumer,
+        ack_wait: settings.ack_wait(),
+        max_ack_pending: 5_000,
+    };
     for partition in 0..env.nats.partitions {
-        let (base, wait) = (&env.consumer, settings.ack_wait());
-        consumers.push(
-            common::nats::ensure_partition_consumer(&stream, &env.nats, base, partition, wait, 5_000).await.unwrap(),
-        );
+        consumers.push(spec.ensure(partition).await.unwrap());
     }
     let producers_done = tokio_util::sync::CancellationToken::new();
     let done = producers_done.clone();

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::NatsConfig;
@@ -122,62 +123,53 @@ pub fn partition_consumer_name(base: &str, partition: u32) -> String {
     format!("{base}-p{partition}")
 }
 
-/// The durable pull consumer of one partition. Redelivery after `ack_wait` is unlimited: a worker
-/// decides itself when a message is poison and moves it to the dead-letter stream.
-pub async fn ensure_partition_consumer(
-    events: &stream::Stream,
-    config: &NatsConfig,
-    base: &str,
-    partition: u32,
-    ack_wait: Duration,
-    max_ack_pending: i64,
-) -> anyhow::Result<consumer::PullConsumer> {
-    let name = partition_consumer_name(base, partition);
-    events
-        .get_or_create_consumer(&name, partition_consumer_config(config, &name, partition, ack_wait, max_ack_pending))
-        .await
-        .with_context(|| format!("creating JetStream consumer {name}"))
+/// What every partition's durable pull consumer is made with. Redelivery after `ack_wait` is
+/// unlimited: a worker decides itself when a message is poison and moves it to the dead-letter
+/// stream.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerSpec<'a> {
+    /// The event stream.
+    pub events: &'a stream::Stream,
+    pub nats: &'a NatsConfig,
+    /// Base name: a partition's consumer is `<base>-p<partition>`.
+    pub base: &'a str,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
 }
 
-/// Deletes and re-creates a partition's consumer, so that messages delivered to a previous owner
-/// and never acknowledged are delivered again at once rather than after the ack wait. On a
-/// work-queue stream a new consumer starts at the oldest message not yet acknowledged.
-pub async fn recreate_partition_consumer(
-    events: &stream::Stream,
-    config: &NatsConfig,
-    base: &str,
-    partition: u32,
-    ack_wait: Duration,
-    max_ack_pending: i64,
-) -> anyhow::Result<consumer::PullConsumer> {
-    let name = partition_consumer_name(base, partition);
-    match events.delete_consumer(&name).await {
-        Ok(_) => {}
-        Err(err)
-            if matches!(err.kind(), stream::ConsumerErrorKind::JetStream(e)
-                if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
-        Err(err) => return Err(err).with_context(|| format!("deleting JetStream consumer {name}")),
+impl ConsumerSpec<'_> {
+    /// The partition's consumer, created if missing.
+    pub async fn ensure(&self, partition: u32) -> anyhow::Result<PullConsumer> {
+        let name = partition_consumer_name(self.base, partition);
+        let created = self.events.get_or_create_consumer(&name, self.config(partition)).await;
+        created.with_context(|| format!("creating JetStream consumer {name}"))
     }
-    events
-        .create_consumer(partition_consumer_config(config, &name, partition, ack_wait, max_ack_pending))
-        .await
-        .with_context(|| format!("creating JetStream consumer {name}"))
-}
 
-fn partition_consumer_config(
-    config: &NatsConfig,
-    name: &str,
-    partition: u32,
-    ack_wait: Duration,
-    max_ack_pending: i64,
-) -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(name.to_owned()),
-        filter_subject: config.partition_subject(partition),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        max_deliver: -1,
-        max_ack_pending,
-        ..Default::default()
+    /// Deletes and re-creates the partition's consumer, so that messages delivered to a previous
+    /// owner and never acknowledged are delivered again at once rather than after the ack wait.
+    /// On a work-queue stream a new consumer starts at the oldest message not yet acknowledged.
+    pub async fn recreate(&self, partition: u32) -> anyhow::Result<PullConsumer> {
+        let name = partition_consumer_name(self.base, partition);
+        match self.events.delete_consumer(&name).await {
+            Ok(_) => {}
+            Err(err)
+                if matches!(err.kind(), stream::ConsumerErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+            Err(err) => return Err(err).with_context(|| format!("deleting JetStream consumer {name}")),
+        }
+        let created = self.events.create_consumer(self.config(partition)).await;
+        created.with_context(|| format!("creating JetStream consumer {name}"))
+    }
+
+    fn config(&self, partition: u32) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(partition_consumer_name(self.base, partition)),
+            filter_subject: self.nats.partition_subject(partition),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: -1,
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
     }
 }

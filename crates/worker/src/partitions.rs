@@ -140,10 +140,15 @@ impl Coordinator {
     /// unacknowledged message.
     async fn open(&self, partition: u32) -> anyhow::Result<PullConsumer> {
         let settings = &self.applier.settings;
-        let (base, ack_wait, max_pending) = (&settings.consumer, settings.ack_wait(), settings.max_ack_pending);
+        let spec = common::nats::ConsumerSpec {
+            events: &self.stream,
+            nats: &self.nats,
+            base: &settings.consumer,
+            ack_wait: settings.ack_wait(),
+            max_ack_pending: settings.max_ack_pending,
+        };
         metrics::counter!("worker_consumer_resets_total").increment(1);
-        common::nats::recreate_partition_consumer(&self.stream, &self.nats, base, partition, ack_wait, max_pending)
-            .await
+        spec.recreate(partition).await
     }
 
     fn fetch(&self, partition: u32, consumer: PullConsumer, shutdown: &CancellationToken) -> Owned {
