@@ -30,6 +30,9 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
         workers.push(env.spawn_worker(&settings, env.shutdown.clone()).await);
     }
 
+    // Messages stolen before the workers took their partitions would simply be delivered again
+    // in order when each worker re-creates its partitions' consumers: start once they have.
+    env.wait_for_even_ownership(3, "three workers to share the partitions").await;
     let client = async_nats::connect(&env.nats.url).await.unwrap();
     let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
     let publisher = Publisher::new(client, js.clone(), &env.nats);
@@ -48,27 +51,30 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     for partition in 0..env.nats.partitions {
         consumers.push(spec.ensure(partition).await.unwrap());
     }
+    // One thief per partition, each keeping a pull request waiting beside the owner's, so that
+    // now and then a message goes to it instead.
+    let stolen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producers_done = tokio_util::sync::CancellationToken::new();
-    let done = producers_done.clone();
-    let saboteur = tokio::spawn(async move {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-        let mut sabotaged = 0;
-        while sabotaged < 150 && !done.is_cancelled() {
-            let consumer = &consumers[rng.random_range(0..consumers.len())];
-            let Ok(mut batch) = consumer.fetch().max_messages(4).expires(Duration::from_millis(100)).messages().await
-            else {
-                continue;
-            };
-            while let Some(Ok(message)) = batch.next().await {
-                sabotaged += 1;
-                if rng.random_bool(0.5) {
-                    let _nak = message.ack_with(AckKind::Nak(None)).await;
+    let mut thieves = Vec::new();
+    for (partition, consumer) in consumers.into_iter().enumerate() {
+        let (done, stolen) = (producers_done.clone(), stolen.clone());
+        thieves.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ partition as u64);
+            while !done.is_cancelled() {
+                let Ok(mut batch) = consumer.fetch().max_messages(2).expires(Duration::from_secs(1)).messages().await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                while let Some(Ok(message)) = batch.next().await {
+                    stolen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if rng.random_bool(0.5) {
+                        let _nak = message.ack_with(AckKind::Nak(None)).await;
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(rng.random_range(5..30))).await;
-        }
-        sabotaged
-    });
+        }));
+    }
 
     const KEYS: usize = 6;
     const EVENTS_PER_KEY: usize = 60;
@@ -76,12 +82,19 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     let mut producers = Vec::new();
     for k in 0..KEYS {
         let (publisher, js, env_nats) = (publisher.clone(), js.clone(), env.nats.clone());
-        let (service_id, expected_events) = (service.id.clone(), expected_events.clone());
+        let (service_id, expected_events, stolen) = (service.id.clone(), expected_events.clone(), stolen.clone());
         producers.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(k as u64));
             let dedup_key = format!("key-{k}");
             let mut events = Vec::new();
-            for _ in 0..EVENTS_PER_KEY {
+            // At least EVENTS_PER_KEY, and on until the thieves took some (at most 30 s), so
+            // that stolen events have later ones of their key applied before they come back.
+            let started = std::time::Instant::now();
+            for i in 0.. {
+                let thefts = stolen.load(std::sync::atomic::Ordering::Relaxed);
+                if i >= EVENTS_PER_KEY && (thefts >= 20 || started.elapsed() > Duration::from_secs(30)) {
+                    break;
+                }
                 let event = random_event(&mut rng, &service_id, &dedup_key);
                 // Each key's events are published one after another, so their stream order is this order.
                 publisher.publish(&event).await.expect("accepted");
@@ -98,9 +111,7 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
                     publisher.publish(&event).await.expect("accepted");
                 }
                 events.push(event);
-                if rng.random_bool(0.2) {
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;
-                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;
             }
             expected_events.lock().await.insert(dedup_key, events);
         }));
@@ -109,11 +120,14 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
         producer.await.unwrap();
     }
     producers_done.cancel();
-    let sabotaged = saboteur.await.unwrap();
-    assert!(sabotaged > 0, "the saboteur took no message; nothing was redelivered");
+    for thief in thieves {
+        thief.await.unwrap();
+    }
+    let sabotaged = stolen.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sabotaged > 0, "the thieves took no message; nothing was redelivered");
     let expected = model(&*expected_events.lock().await);
 
-    let total = (KEYS * EVENTS_PER_KEY) as i64;
+    let total = expected_events.lock().await.values().map(Vec::len).sum::<usize>() as i64;
     env.wait_for_applied(total, Duration::from_secs(90)).await;
     env.wait_until_drained(Duration::from_secs(60)).await;
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::model::{incidents_as_modelled, model, random_event};
 use e2e::servers::free_port;
-use e2e::{TestEnv, service_binary, wait_until};
+use e2e::{TestEnv, service_binary};
 use ingest::publisher::Publisher;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,30 +56,10 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// (members, partitions owned, partitions owned twice) as PostgreSQL's lock table shows them.
-async fn ownership(env: &TestEnv) -> (i64, i64, i64) {
-    let (members, partitions) =
-        worker::ownership::lock_spaces(&worker::ownership::lock_name(&env.nats.stream, &env.consumer));
-    sqlx::query_as(
-        "select count(*) filter (where classid = $1::int8::oid),
-                count(distinct objid) filter (where classid = $2::int8::oid),
-                count(*) filter (where classid = $2::int8::oid) - count(distinct objid) filter (where classid = $2::int8::oid)
-         from pg_locks
-         where locktype = 'advisory' and granted and objsubid = 2
-           and database = (select oid from pg_database where datname = current_database())",
-    )
-    .bind(i64::from(members))
-    .bind(i64::from(partitions))
-    .fetch_one(&env.pool)
-    .await
-    .expect("pg_locks")
-}
-
 /// Waits until `members` workers share every partition, each owned once; returns how long it took.
 async fn wait_for_even_ownership(env: &TestEnv, members: i64, what: &str) -> Duration {
     let started = Instant::now();
-    let all = i64::from(env.nats.partitions);
-    wait_until(Duration::from_secs(10), what, || async { ownership(env).await == (members, all, 0) }).await;
+    env.wait_for_even_ownership(members, what).await;
     started.elapsed()
 }
 

@@ -228,6 +228,32 @@ impl TestEnv {
         }
     }
 
+    /// (members, partitions owned, partitions owned twice) as PostgreSQL's lock table shows the
+    /// workers' ownership locks.
+    pub async fn ownership(&self) -> (i64, i64, i64) {
+        let name = worker::ownership::lock_name(&self.nats.stream, &self.consumer);
+        let (members, partitions) = worker::ownership::lock_spaces(&name);
+        sqlx::query_as(
+            "select count(*) filter (where classid = $1::int8::oid),
+                    count(distinct objid) filter (where classid = $2::int8::oid),
+                    count(*) filter (where classid = $2::int8::oid) - count(distinct objid) filter (where classid = $2::int8::oid)
+             from pg_locks
+             where locktype = 'advisory' and granted and objsubid = 2
+               and database = (select oid from pg_database where datname = current_database())",
+        )
+        .bind(i64::from(members))
+        .bind(i64::from(partitions))
+        .fetch_one(&self.pool)
+        .await
+        .expect("pg_locks")
+    }
+
+    /// Waits (at most 10 s) until `members` workers share every partition, each owned once.
+    pub async fn wait_for_even_ownership(&self, members: i64, what: &str) {
+        let all = i64::from(self.nats.partitions);
+        wait_until(Duration::from_secs(10), what, || async { self.ownership().await == (members, all, 0) }).await;
+    }
+
     /// Events accepted and not yet applied: the messages the work-queue stream still holds.
     pub async fn backlog(&self) -> Option<u64> {
         let client = async_nats::connect(&self.nats.url).await.ok()?;
