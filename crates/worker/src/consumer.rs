@@ -45,37 +45,38 @@ impl InFlight {
     }
 }
 
-/// A decoded message on its way to a lane; leaving the in-flight count when dropped (after its
+/// A message's place in its partition's in-flight count, left when dropped (after its
 /// disposition).
+struct Counted(Arc<InFlight>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A decoded message on its way to a lane, counted in its partition's in-flight messages until
+/// it is disposed of.
 pub struct Delivery {
     pub message: Message,
     pub event: QueuedEvent,
-    in_flight: Arc<InFlight>,
+    counted: Counted,
 }
 
 impl Delivery {
     pub fn new(message: Message, event: QueuedEvent, in_flight: Arc<InFlight>) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
-        Self { message, event, in_flight }
+        Self { message, event, counted: Counted(in_flight) }
     }
 }
 
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        self.in_flight.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Starts a lane: it applies what `receiver` brings, each transaction taking everything queued
-/// (up to the batch size), until every sender is gone.
-pub fn lane(
-    applier: Arc<Applier>,
-    shutdown: CancellationToken,
-) -> (mpsc::Sender<Delivery>, tokio::task::JoinHandle<()>) {
+/// A lane: its sender, and the task that applies what it brings, each transaction taking
+/// everything queued (up to the batch size), until every sender is gone.
+pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
     let linger = applier.settings.batch_linger();
     let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
-    let task = tokio::spawn(async move {
+    let task = async move {
         let mut batch = Vec::with_capacity(batch_size);
         while receiver.recv_many(&mut batch, batch_size).await > 0 {
             // A small batch waits a moment for company: a transaction costs PostgreSQL about
@@ -90,15 +91,17 @@ pub fn lane(
             }
             applier.apply_and_dispose(std::mem::take(&mut batch), &shutdown).await;
         }
-    });
+    };
     (sender, task)
 }
 
 impl Applier {
-    /// Applies one batch and disposes of every message in it.
+    /// Applies one batch and disposes of every message in it; the messages leave their
+    /// partitions' in-flight counts once disposed of.
     async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
-        let messages: Vec<&Message> = batch.iter().map(|d| &d.message).collect();
-        let events: Vec<QueuedEvent> = batch.iter().map(|d| d.event.clone()).collect();
+        let (held, events): (Vec<(Message, Counted)>, Vec<QueuedEvent>) =
+            batch.into_iter().map(|d| ((d.message, d.counted), d.event)).unzip();
+        let messages: Vec<&Message> = held.iter().map(|(message, _)| message).collect();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(report) => {
@@ -119,8 +122,6 @@ impl Applier {
             }
             Err(err) => self.give_up_or_retry(messages[0], &err.to_string()).await,
         }
-        drop(messages);
-        drop(batch);
     }
 
     async fn apply_one(&self, message: &Message, event: &QueuedEvent, shutdown: &CancellationToken) {

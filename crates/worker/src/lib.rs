@@ -27,7 +27,8 @@ use partitions::Coordinator;
 
 /// Starts the worker: `settings.concurrency` lanes, the coordinator that owns this process's
 /// share of the partitions and fetches them into the lanes, the event log's retention role, and
-/// a task that publishes the backlog gauge. Wait on the returned set to know when they have drained after `shutdown`.
+/// a task that publishes the backlog gauge. Wait on the returned set to know when they have
+/// drained after `shutdown`.
 pub async fn start(
     settings: &WorkerSettings,
     nats: &NatsConfig,
@@ -48,9 +49,7 @@ pub async fn start(
     for _ in 0..settings.concurrency {
         let (sender, lane) = consumer::lane(applier.clone(), shutdown.clone());
         lanes.push(sender);
-        tasks.spawn(async move {
-            let _finished = lane.await;
-        });
+        tasks.spawn(lane);
     }
     let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes };
     tasks.spawn(coordinator.run(shutdown.clone()));
