@@ -78,15 +78,7 @@ impl Coordinator {
                 () = tokio::time::sleep(REBALANCE_INTERVAL) => {}
             }
         }
-        for partition in owned.values() {
-            partition.stop.cancel();
-        }
-        for (_, partition) in owned {
-            let _stopped = partition.fetch.await;
-            drained(&partition.in_flight).await;
-        }
-        // Acknowledgements are buffered in the client: send them before the locks go.
-        let _flushed = self.client.flush().await;
+        self.stop_and_drain(owned.into_values().collect()).await;
         self.leases.close().await;
         metrics::gauge!("worker_partitions_owned").set(0.0);
     }
@@ -95,15 +87,7 @@ impl Coordinator {
         let wanted = share(self.nats.partitions, view);
         let surplus: Vec<u32> = owned.keys().copied().filter(|p| !wanted.contains(p)).collect();
         if !surplus.is_empty() {
-            let giving: Vec<Owned> = surplus.iter().filter_map(|p| owned.remove(p)).collect();
-            for partition in &giving {
-                partition.stop.cancel();
-            }
-            for partition in giving {
-                let _stopped = partition.fetch.await;
-                drained(&partition.in_flight).await;
-            }
-            let _flushed = self.client.flush().await;
+            self.stop_and_drain(surplus.iter().filter_map(|p| owned.remove(p)).collect()).await;
             for p in &surplus {
                 if self.leases.give_back(*p).await.is_err() {
                     return;
@@ -132,6 +116,19 @@ impl Coordinator {
         if !taken.is_empty() {
             tracing::info!(partitions = ?taken, "took partitions");
         }
+    }
+
+    /// Stops fetching `partitions`, waits until what they fetched was disposed of, and sends the
+    /// acknowledgements (buffered in the client) to NATS, so their locks can go.
+    async fn stop_and_drain(&self, partitions: Vec<Owned>) {
+        for partition in &partitions {
+            partition.stop.cancel();
+        }
+        for partition in partitions {
+            let _stopped = partition.fetch.await;
+            drained(&partition.in_flight).await;
+        }
+        let _flushed = self.client.flush().await;
     }
 
     /// The partition's consumer, re-created: whatever a previous owner left behind (messages
