@@ -11,6 +11,7 @@ mod pagerduty;
 mod query_api;
 mod real_clients;
 mod retention;
+mod safe_input;
 mod scale_out;
 mod schedules;
 mod streams;

@@ -112,6 +112,7 @@ impl TestEnv {
             max_bytes: -1,
             publish_timeout_ms: 2000,
             partitions: TEST_PARTITIONS,
+            duplicate_window_secs: 120,
         };
         delete_stale_streams(nats_url).await;
         Self {
@@ -124,6 +125,7 @@ impl TestEnv {
                 api_per_minute: 300,
                 auth_failures_per_minute: 30,
                 auth_cache_ttl_secs: 10,
+                trusted_proxies: Vec::new(),
             },
             consumer: "workers".into(),
             shutdown: CancellationToken::new(),
@@ -196,6 +198,7 @@ impl TestEnv {
             ("NATS_STREAM", self.nats.stream.clone()),
             ("NATS_SUBJECT_PREFIX", self.nats.subject_prefix.clone()),
             ("NATS_PARTITIONS", self.nats.partitions.to_string()),
+            ("NATS_DUPLICATE_WINDOW_SECS", self.nats.duplicate_window_secs.to_string()),
             ("WORKER_CONSUMER", self.consumer.clone()),
             ("RUST_LOG", "warn".into()),
         ]

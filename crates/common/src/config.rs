@@ -114,6 +114,15 @@ pub struct NatsConfig {
     /// workers and the CLI must agree (a worker refuses a stream made with another count).
     #[arg(id = "nats_partitions", long = "nats-partitions", env = "NATS_PARTITIONS", default_value_t = 32)]
     pub partitions: u32,
+    /// How long JetStream remembers an event id to drop a re-published copy, in seconds: a
+    /// re-sent Alertmanager notification within it is not counted twice.
+    #[arg(
+        id = "nats_duplicate_window_secs",
+        long = "nats-duplicate-window-secs",
+        env = "NATS_DUPLICATE_WINDOW_SECS",
+        default_value_t = 120
+    )]
+    pub duplicate_window_secs: u64,
 }
 
 impl NatsConfig {
@@ -131,6 +140,9 @@ impl NatsConfig {
         }
         if self.publish_timeout_ms == 0 {
             bail!("NATS_PUBLISH_TIMEOUT_MS must be at least 1");
+        }
+        if self.duplicate_window_secs == 0 {
+            bail!("NATS_DUPLICATE_WINDOW_SECS must be at least 1");
         }
         if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
             bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
@@ -163,6 +175,10 @@ impl NatsConfig {
 
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.duplicate_window_secs)
     }
 }
 
@@ -204,6 +220,37 @@ pub struct RateLimitConfig {
     /// How long an API key lookup is cached in process, in seconds (revocation takes effect within it).
     #[arg(id = "auth_cache_ttl_secs", long = "auth-cache-ttl-secs", env = "AUTH_CACHE_TTL_SECS", default_value_t = 10)]
     pub auth_cache_ttl_secs: u64,
+    /// Reverse proxies (comma-separated addresses or CIDRs) whose `X-Forwarded-For` names the
+    /// client. Empty: the TCP peer is the client, and `X-Forwarded-For` is ignored.
+    #[arg(
+        id = "trusted_proxies",
+        long = "trusted-proxies",
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_proxy,
+        default_value = ""
+    )]
+    pub trusted_proxies: Vec<Option<ipnet::IpNet>>,
+}
+
+/// One `TRUSTED_PROXIES` entry: an address (a /32 or /128) or a CIDR; blank entries are skipped.
+fn parse_proxy(value: &str) -> Result<Option<ipnet::IpNet>, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(Some)
+        .map_err(|_| format!("TRUSTED_PROXIES: {value:?} is neither an IP address nor a CIDR"))
+}
+
+impl RateLimitConfig {
+    /// Whether requests from `peer` may name their client in `X-Forwarded-For`.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().flatten().any(|net| net.contains(&peer))
+    }
 }
 
 impl RateLimitConfig {

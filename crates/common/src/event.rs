@@ -124,6 +124,11 @@ pub enum ServiceRef {
 impl EventRequest {
     /// Checks the rules JSON types alone cannot express. Returns the service reference.
     pub fn validate(&self) -> Result<ServiceRef, ApiError> {
+        for (field, value) in
+            [("routing_key", &self.routing_key), ("service_id", &self.service_id), ("dedup_key", &self.dedup_key)]
+        {
+            no_nul(field, value.as_deref().unwrap_or_default())?;
+        }
         let service = match (non_empty(&self.routing_key), non_empty(&self.service_id)) {
             (Some(key), _) => ServiceRef::RoutingKey(key.to_owned()),
             (None, Some(id)) => ServiceRef::ServiceId(id.to_owned()),
@@ -159,6 +164,11 @@ impl EventRequest {
 
 impl AlertPayload {
     fn validate(&self) -> Result<(), ApiError> {
+        if let Some(details) = &self.custom_details
+            && let Some(path) = details.iter().find_map(|(k, v)| nul_path_in(k, v, "payload.custom_details"))
+        {
+            return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
+        }
         check_text("payload.summary", &self.summary, MAX_SUMMARY, true)?;
         check_text("payload.source", &self.source, MAX_SHORT_FIELD, true)?;
         for (field, value) in
@@ -173,6 +183,7 @@ impl AlertPayload {
 }
 
 fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
+    no_nul(field, value)?;
     if required && value.trim().is_empty() {
         return Err(ApiError::validation(field, "must not be empty"));
     }
@@ -180,6 +191,64 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
         return Err(ApiError::validation(field, format!("must be at most {max} characters")));
     }
     Ok(())
+}
+
+/// PostgreSQL stores no NUL character, in text or in JSON: an event holding one could never be
+/// applied, so the Events API refuses it, naming the field.
+fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.contains('\0') {
+        return Err(ApiError::validation(field, "must not contain NUL characters (\\u0000)"));
+    }
+    Ok(())
+}
+
+/// The path of the first NUL character under `key` (a key of the object at `parent`), if any.
+fn nul_path_in(key: &str, value: &Value, parent: &str) -> Option<String> {
+    let path = format!("{parent}.{key}");
+    if key.contains('\0') {
+        return Some(path);
+    }
+    match value {
+        Value::String(s) => s.contains('\0').then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_path_in(&format!("[{i}]"), item, &path).map(|p| p.replacen(".[", "[", 1))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| nul_path_in(k, v, &path)),
+        _ => None,
+    }
+}
+
+/// Removes every NUL character from the strings and keys of `value`, for the integrations that
+/// repair rather than refuse. Returns how many were removed.
+pub fn strip_nul(value: &mut Value) -> usize {
+    fn clean(text: &str) -> (String, usize) {
+        let removed = text.matches('\0').count();
+        (text.replace('\0', ""), removed)
+    }
+    match value {
+        Value::String(s) if s.contains('\0') => {
+            let (cleaned, removed) = clean(s);
+            *s = cleaned;
+            removed
+        }
+        Value::Array(items) => items.iter_mut().map(strip_nul).sum(),
+        Value::Object(map) => {
+            let mut removed = 0;
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let (k, n) = clean(&k);
+                        removed += n;
+                        (k, v)
+                    })
+                    .collect();
+            }
+            removed + map.values_mut().map(strip_nul).sum::<usize>()
+        }
+        _ => 0,
+    }
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {
@@ -265,6 +334,31 @@ mod tests {
         body.as_object_mut().unwrap().remove("routing_key");
         let err = request(body).validate().unwrap_err();
         assert_eq!(err.details.unwrap()["field"], "routing_key");
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_naming_its_field() {
+        let mut body = trigger();
+        body["dedup_key"] = json!("a\u{0}b");
+        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "dedup_key");
+        let mut body = trigger();
+        body["payload"]["summary"] = json!("cpu\u{0}");
+        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.summary");
+        let mut body = trigger();
+        body["payload"]["custom_details"] = json!({"hosts": ["a", "b\u{0}"]});
+        let err = request(body).validate().unwrap_err();
+        assert_eq!(err.details.unwrap()["field"], "payload.custom_details.hosts[1]");
+        let mut body = trigger();
+        body["payload"]["custom_details"] = json!({"k\u{0}": 1});
+        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.custom_details.k\u{0}");
+    }
+
+    #[test]
+    fn nul_characters_are_stripped_from_strings_and_keys() {
+        let mut value = json!({"a\u{0}": ["x\u{0}\u{0}", {"b": "\u{0}"}], "n": 1});
+        assert_eq!(strip_nul(&mut value), 4);
+        assert_eq!(value, json!({"a": ["x", {"b": ""}], "n": 1}));
+        assert_eq!(strip_nul(&mut value), 0);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -47,60 +50,80 @@ impl Gate {
         }
     }
 
-    /// Authenticates the request's API key, then counts it against the key's limit.
-    async fn admit(&self, headers: &HeaderMap, client: Option<IpAddr>, bucket: Bucket) -> Result<Admitted, ApiError> {
-        // Only needed when authentication fails or a key is not cached.
-        let client_bucket = || client.map(|ip| format!("authfail:{ip}"));
-        let auth_limit = self.limits.auth_failures_per_minute;
+    /// Authenticates the request's API key. Every key is looked up (a cached answer, or one
+    /// indexed query), so a valid key is never refused for what other clients did; only failures
+    /// count against the client's failed-authentication bucket, and past it they are answered `429`.
+    pub async fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, ApiError> {
         let Some(secret) = key_from_headers(headers) else {
-            return Err(self.failed_auth(client_bucket().as_deref(), "missing API key").await);
+            return Err(self.failed_auth(client, "missing API key").await);
         };
         let found = match self.keys.cached(secret) {
             Some(found) => found,
-            None => {
-                // A client that keeps failing is turned away before its keys cost a database lookup.
-                if let Some(bucket) = client_bucket()
-                    && let Ok(decision) = self.limiter.peek(&bucket, auth_limit).await
-                    && !decision.allowed
-                {
-                    return Err(ApiError::rate_limited(decision.retry_after));
-                }
-                match self.keys.lookup(secret).await {
-                    Ok(found) => found,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "API key lookup failed");
-                        return Err(ApiError::unavailable("cannot verify API keys right now, retry later", 5));
-                    }
-                }
-            }
+            None => self.keys.lookup(secret).await.map_err(|err| {
+                tracing::warn!(error = %err, "API key lookup failed");
+                ApiError::unavailable("cannot verify API keys right now, retry later", 5)
+            })?,
         };
-        let Some(principal) = found else {
-            return Err(self.failed_auth(client_bucket().as_deref(), "unknown or revoked API key").await);
-        };
+        match found {
+            Some(principal) => Ok(principal),
+            None => Err(self.failed_auth(client, "unknown or revoked API key").await),
+        }
+    }
+
+    /// Counts `cost` requests of `principal` against its limit for `bucket`, all or none.
+    /// `None` when Redis is unreachable (the limiter fails open).
+    pub async fn limit(
+        &self,
+        principal: &Principal,
+        bucket: Bucket,
+        cost: usize,
+    ) -> Option<crate::ratelimit::Decision> {
         let limit = principal.rate_limit.unwrap_or_else(|| self.default_limit(bucket));
         let kind = match bucket {
             Bucket::Events => "events",
             Bucket::Api => "api",
         };
-        let decision = self.limiter.check_or_fail_open(&format!("{kind}:{}", principal.key_id), limit).await;
-        Ok(Admitted { principal, decision })
+        let name = format!("{kind}:{}", principal.key_id);
+        if cost == 1 {
+            self.limiter.check_or_fail_open(&name, limit).await
+        } else {
+            self.limiter.check_whole_or_fail_open(&name, limit, cost).await
+        }
     }
 
-    async fn failed_auth(&self, client_bucket: Option<&str>, message: &str) -> ApiError {
+    async fn failed_auth(&self, client: Option<IpAddr>, message: &str) -> ApiError {
         metrics::counter!("auth_failures_total").increment(1);
-        if let Some(bucket) = client_bucket
-            && let Some(decision) = self.limiter.check_or_fail_open(bucket, self.limits.auth_failures_per_minute).await
+        if let Some(client) = client
+            && let Some(decision) = self
+                .limiter
+                .check_or_fail_open(&format!("authfail:{client}"), self.limits.auth_failures_per_minute)
+                .await
             && !decision.allowed
         {
             return ApiError::rate_limited(decision.retry_after);
         }
         ApiError::unauthorized(message)
     }
-}
 
-struct Admitted {
-    principal: Principal,
-    decision: Option<crate::ratelimit::Decision>,
+    /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy.
+    pub fn client_address(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.limits.is_trusted_proxy(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok());
+        let hops: Vec<&str> = hops.flat_map(|v| v.split(',')).map(str::trim).collect();
+        for hop in hops.iter().rev() {
+            let Ok(address) = hop.parse::<IpAddr>() else { break };
+            client = address;
+            if !self.limits.is_trusted_proxy(address) {
+                break;
+            }
+        }
+        Some(client)
+    }
 }
 
 /// State of the [`authenticate`] middleware.
@@ -113,12 +136,14 @@ pub struct GateLayer {
 /// Middleware: authenticates, rate-limits, puts the [`Principal`] in the request extensions and
 /// writes the `X-RateLimit-*` headers on whatever the handler answers.
 pub async fn authenticate(State(layer): State<GateLayer>, mut request: Request, next: Next) -> Response {
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
-    let admitted = match layer.gate.admit(request.headers(), client, layer.bucket).await {
-        Ok(admitted) => admitted,
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+    let client = layer.gate.client_address(peer, request.headers());
+    let principal = match layer.gate.authenticate(request.headers(), client).await {
+        Ok(principal) => principal,
         Err(err) => return err.into_response(),
     };
-    if let Some(decision) = admitted.decision
+    let decision = layer.gate.limit(&principal, layer.bucket, 1).await;
+    if let Some(decision) = decision
         && !decision.allowed
     {
         metrics::counter!("rate_limited_total", "bucket" => format!("{:?}", layer.bucket)).increment(1);
@@ -126,9 +151,9 @@ pub async fn authenticate(State(layer): State<GateLayer>, mut request: Request, 
         decision.write_headers(response.headers_mut());
         return response;
     }
-    request.extensions_mut().insert(admitted.principal);
+    request.extensions_mut().insert(principal);
     let mut response = next.run(request).await;
-    if let Some(decision) = admitted.decision {
+    if let Some(decision) = decision {
         decision.write_headers(response.headers_mut());
     }
     response
@@ -145,6 +170,57 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         require_json_content_type(request.headers())?;
         let bytes = read_body(request, state).await?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A path parameter: a bad one (not UTF-8, a NUL character, the wrong type) is a `400` in our
+/// format naming the parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let path = parts.uri.path().to_ascii_lowercase();
+        if path.contains("%00") {
+            return Err(ApiError::validation("path", "must not contain NUL characters"));
+        }
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(PathRejection::FailedToDeserializePathParams(err)) => {
+                let field = match err.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                    _ => "path".to_owned(),
+                };
+                Err(ApiError::validation(&field, err.body_text()))
+            }
+            Err(rejection) => Err(ApiError::validation("path", rejection.body_text())),
+        }
+    }
+}
+
+/// The query string, deserialized: a malformed one, a repeated or mistyped parameter or a NUL
+/// character is a `400` in our format naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|_| ApiError::validation("query", "malformed query string"))?;
+        if let Some((name, _)) = pairs.0.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            return Err(ApiError::validation(name, "must not contain NUL characters"));
+        }
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(value)| ApiQuery(value)).map_err(|rejection| {
+            let text = rejection.body_text();
+            // serde_urlencoded names the parameter between backticks ("duplicate field `x`").
+            let field = text.split('`').nth(1).unwrap_or("query").to_owned();
+            let message = text.rsplit(": ").next().unwrap_or(&text).to_owned();
+            ApiError::validation(&field, message)
+        })
     }
 }
 
@@ -173,22 +249,29 @@ pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<By
 /// Parses JSON, naming the field where it went wrong.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ApiError::validation("body", format!("malformed JSON: {inner}"))
-            }
-            _ => {
-                let field = if path == "." { "body".to_owned() } else { path };
-                // serde appends " at line X column Y"; the field name says more.
-                let message = inner.to_string();
-                let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
-                ApiError::validation(&field, message)
-            }
+    serde_path_to_error::deserialize(deserializer).map_err(json_error)
+}
+
+/// Converts parsed JSON to `T`, naming the field where it does not fit.
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(json_error)
+}
+
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::validation("body", format!("malformed JSON: {inner}"))
         }
-    })
+        _ => {
+            let field = if path == "." { "body".to_owned() } else { path };
+            // serde appends " at line X column Y"; the field name says more.
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            ApiError::validation(&field, message)
+        }
+    }
 }
 
 /// `404` in our format for unknown paths.

@@ -43,7 +43,7 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
         discard: stream::DiscardPolicy::New,
         max_bytes: config.max_bytes,
         num_replicas: config.replicas,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window: config.duplicate_window(),
         ..Default::default()
     };
     let events = reconcile(js, wanted).await?;
@@ -61,9 +61,6 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
     .await?;
     Ok(events)
 }
-
-/// How long JetStream remembers a `Nats-Msg-Id` to drop a re-published duplicate.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 fn partitions_description(partitions: u32) -> String {
     format!("OpsSentinal events; partitions={partitions}")
@@ -94,6 +91,7 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
     if current.subjects == wanted.subjects
         && current.max_bytes == wanted.max_bytes
         && current.num_replicas == wanted.num_replicas
+        && current.duplicate_window == wanted.duplicate_window
     {
         return Ok(existing);
     }
@@ -101,6 +99,7 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
         subjects: wanted.subjects,
         max_bytes: wanted.max_bytes,
         num_replicas: wanted.num_replicas,
+        duplicate_window: wanted.duplicate_window,
         ..current.clone()
     };
     tracing::info!(
@@ -111,8 +110,13 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
     );
     js.update_stream(updated).await.with_context(|| {
         format!(
-            "updating JetStream stream {name} (replicas {} -> {}, max bytes {} -> {})",
-            current.num_replicas, wanted.num_replicas, current.max_bytes, wanted.max_bytes
+            "updating JetStream stream {name} (replicas {} -> {}, max bytes {} -> {}, duplicate window {:?} -> {:?})",
+            current.num_replicas,
+            wanted.num_replicas,
+            current.max_bytes,
+            wanted.max_bytes,
+            current.duplicate_window,
+            wanted.duplicate_window
         )
     })?;
     js.get_stream(&name).await.with_context(|| format!("reading JetStream stream {name}"))

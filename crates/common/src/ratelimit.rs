@@ -13,8 +13,10 @@ use tokio::sync::oneshot;
 use axum::http::{HeaderMap, HeaderValue};
 use deadpool_redis::redis::{self, Script, aio::MultiplexedConnection};
 
-/// Admits up to `ARGV[3]` requests at once (0 only looks): as many as fit, in order. Returns
-/// `{admitted, remaining, reset (unix s), retry_after (s, for the first not admitted)}`.
+/// Admits up to `ARGV[3]` requests at once (0 only looks): as many as fit, in order; with
+/// `ARGV[4]` = 1 all of them or none (a group larger than the whole burst is admitted only from a
+/// full bucket, and what follows waits until the debt is paid). Returns `{admitted, remaining,
+/// reset (unix s), retry_after (s, for the first not admitted)}`.
 const GCRA: &str = r"
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
@@ -22,18 +24,24 @@ local now_s = tonumber(now_parts[1])
 local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local whole = tonumber(ARGV[4])
 local interval = period / limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local fit = math.floor((now + period - tat) / interval)
 if fit < 0 then fit = 0 end
 local admitted = math.min(cost, fit)
+local wanted = 1
+if whole == 1 and admitted < cost then
+  if tat == now then admitted = cost else admitted = 0 end
+  wanted = math.min(cost, limit)
+end
 local new_tat = tat + admitted * interval
 if admitted > 0 then
   redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
 local remaining = math.floor((now + period - new_tat) / interval)
-local retry_after = math.ceil((new_tat + interval - period - now) / 1000000)
+local retry_after = math.ceil((new_tat + wanted * interval - period - now) / 1000000)
 return {admitted, remaining, now_s + math.ceil((new_tat - now) / 1000000), retry_after}
 ";
 
@@ -172,7 +180,7 @@ impl RateLimiter {
                 }
                 waiters
             };
-            match self.run(&key, limit, waiters.len()).await {
+            match self.run(&key, limit, waiters.len(), false).await {
                 Ok(decisions) => {
                     for (waiter, decision) in waiters.into_iter().zip(decisions) {
                         let _gone = waiter.send(Ok(decision));
@@ -191,8 +199,22 @@ impl RateLimiter {
     /// Whether a request would pass, without counting it.
     pub async fn peek(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
         let key = format!("{}rl:{bucket}", self.prefix);
-        let mut decisions = self.run(&key, limit_per_minute, 0).await?;
+        let mut decisions = self.run(&key, limit_per_minute, 0, false).await?;
         Ok(decisions.pop().expect("a look yields one decision"))
+    }
+
+    /// Counts `cost` requests against `bucket` as one: all are admitted or none (an Alertmanager
+    /// notification is admitted whole, so its re-send is not half counted). Fails open like
+    /// [`check_or_fail_open`](Self::check_or_fail_open).
+    pub async fn check_whole_or_fail_open(&self, bucket: &str, limit_per_minute: u32, cost: usize) -> Option<Decision> {
+        let key = format!("{}rl:{bucket}", self.prefix);
+        match self.run(&key, limit_per_minute, cost.max(1), true).await {
+            Ok(decisions) => decisions.into_iter().last(),
+            Err(err) => {
+                self.fail_open(&err);
+                None
+            }
+        }
     }
 
     /// Like [`check`](Self::check), but fails open when Redis is unreachable: the failure is
@@ -221,12 +243,19 @@ impl RateLimiter {
 
     /// One script call admitting up to `cost` requests (0: only look). Returns a decision per
     /// request, in order (one for a look).
-    async fn run(&self, key: &str, limit: u32, cost: usize) -> Result<Vec<Decision>, LimiterError> {
+    async fn run(&self, key: &str, limit: u32, cost: usize, whole: bool) -> Result<Vec<Decision>, LimiterError> {
         let limit = limit.max(1);
         let call = async {
             let mut conn = self.connection().await?;
-            let (admitted, remaining, reset, retry_after): (i64, i64, i64, i64) =
-                self.script.key(key).arg(limit).arg(60_000_000u64).arg(cost).invoke_async(&mut conn).await?;
+            let (admitted, remaining, reset, retry_after): (i64, i64, i64, i64) = self
+                .script
+                .key(key)
+                .arg(limit)
+                .arg(60_000_000u64)
+                .arg(cost)
+                .arg(u8::from(whole))
+                .invoke_async(&mut conn)
+                .await?;
             Ok::<_, LimiterError>((admitted, remaining, reset, retry_after))
         };
         let result = tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(LimiterError::Timeout));

@@ -8,17 +8,16 @@ use uuid::Uuid;
 use crate::services::ServiceTarget;
 use crate::state::AppState;
 
-/// Builds the envelope (a dedup key is generated for a trigger without one) and publishes it;
-/// `Ok` only once JetStream stored it.
-pub async fn accept(
-    state: &AppState,
+/// The envelope of a new event: a fresh id and receive time (a retried request replaces both with
+/// its first acceptance's), and a generated dedup key for a trigger without one.
+pub fn envelope(
     service: &ServiceTarget,
     action: EventAction,
     dedup_key: Option<String>,
     payload: Option<AlertPayload>,
     api_key_id: Option<String>,
-) -> Result<EventEnvelope, ApiError> {
-    let envelope = EventEnvelope {
+) -> EventEnvelope {
+    EventEnvelope {
         event_id: Uuid::now_v7(),
         service_id: service.id.clone(),
         dedup_key: dedup_key.unwrap_or_else(|| Uuid::new_v4().simple().to_string()),
@@ -26,22 +25,31 @@ pub async fn accept(
         payload,
         received_at: received_now(),
         api_key_id,
-    };
-    state.publisher.publish(&envelope).await?;
-    metrics::counter!("events_accepted_total", "action" => envelope.action.as_str()).increment(1);
-    tracing::debug!(event.id = %envelope.event_id, service.id = %envelope.service_id, "event accepted");
-    Ok(envelope)
+    }
 }
 
-/// Counts one event against the service's routing-key limit (its own, or the default events
-/// limit). `None` when Redis is unreachable (the limiter fails open).
-pub async fn check_routing_key_limit(state: &AppState, service: &ServiceTarget) -> Option<Decision> {
+/// Publishes `envelope`; `Ok` only once JetStream stored it.
+pub async fn publish(state: &AppState, envelope: &EventEnvelope) -> Result<(), ApiError> {
+    state.publisher.publish(envelope).await?;
+    metrics::counter!("events_accepted_total", "action" => envelope.action.as_str()).increment(1);
+    tracing::debug!(event.id = %envelope.event_id, service.id = %envelope.service_id, "event accepted");
+    Ok(())
+}
+
+/// Counts `cost` events (all or none) against the service's routing-key limit (its own, or the
+/// default events limit). `None` when Redis is unreachable (the limiter fails open).
+pub async fn check_routing_key_limit(state: &AppState, service: &ServiceTarget, cost: usize) -> Option<Decision> {
     let limit = service.rate_limit.unwrap_or(state.gate.limits.events_per_minute);
-    state.gate.limiter.check_or_fail_open(&format!("events:service:{}", service.id), limit).await
+    let bucket = format!("events:service:{}", service.id);
+    if cost == 1 {
+        state.gate.limiter.check_or_fail_open(&bucket, limit).await
+    } else {
+        state.gate.limiter.check_whole_or_fail_open(&bucket, limit, cost).await
+    }
 }
 
 /// Now, to the microsecond PostgreSQL stores, so the envelope and the database agree exactly.
-fn received_now() -> jiff::Timestamp {
+pub fn received_now() -> jiff::Timestamp {
     let now = jiff::Timestamp::now();
     now.round(jiff::Unit::Microsecond).unwrap_or(now)
 }

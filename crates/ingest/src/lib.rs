@@ -3,6 +3,7 @@
 
 pub mod accept;
 pub mod config;
+pub mod idempotency;
 pub mod publisher;
 pub mod routes;
 pub mod services;

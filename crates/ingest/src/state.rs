@@ -7,6 +7,7 @@ use common::http::{Dependency, Gate, Readiness, redis_pool};
 use common::ratelimit::RateLimiter;
 
 use crate::config::IngestConfig;
+use crate::idempotency::Idempotency;
 use crate::publisher::Publisher;
 use crate::services::ServiceDirectory;
 
@@ -15,6 +16,7 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     pub publisher: Publisher,
     pub services: ServiceDirectory,
+    pub idempotency: Idempotency,
 }
 
 /// How long a routing key or service id lookup is cached.
@@ -36,6 +38,7 @@ impl AppState {
             gate,
             publisher,
             services: ServiceDirectory::new(pool.clone(), SERVICE_CACHE_TTL),
+            idempotency: Idempotency::new(redis.clone(), config.redis.key_prefix.clone(), config.redis.timeout()),
         });
         let readiness = Readiness {
             required: vec![Dependency::Nats(client)],

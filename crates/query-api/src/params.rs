@@ -2,22 +2,20 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use common::ApiError;
+use common::http::ApiQuery;
 use jiff::Timestamp;
 
-/// The query string as name → value; a malformed one is a `400` in our format.
+/// The query string as name → value; a malformed one, or a NUL character, is a `400` in our format.
 pub struct Params(pub HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map(|Query(map)| Params(map))
-            .map_err(|_| ApiError::validation("query", "malformed query string"))
+        ApiQuery::<HashMap<String, String>>::from_request_parts(parts, state).await.map(|ApiQuery(map)| Params(map))
     }
 }
 

@@ -6,19 +6,26 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use common::ApiError;
-use common::auth::{Scope, key_from_headers};
-use common::event::{AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, ServiceRef, Severity};
-use common::http::ApiJson;
+use common::auth::{Principal, Scope};
+use common::event::{
+    AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, ServiceRef, Severity, strip_nul,
+};
+use common::http::{ApiJson, ApiPath, ApiQuery, Bucket, parse_value};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::accept::{accept, check_routing_key_limit};
+use crate::accept::{check_routing_key_limit, envelope, publish};
+use crate::idempotency::{First, derived_id};
 use crate::services::ServiceTarget;
 use crate::state::AppState;
 
@@ -80,6 +87,7 @@ fn event_of(
     alert: &Alert,
     notification: &Notification,
     index: usize,
+    nul_removed: usize,
 ) -> Result<(EventAction, String, Option<AlertPayload>), ApiError> {
     let action = match alert.status.as_str() {
         "firing" => EventAction::Trigger,
@@ -93,7 +101,11 @@ fn event_of(
     };
     let dedup_key = match alert.fingerprint.as_deref().filter(|f| !f.is_empty()) {
         Some(fingerprint) => cut(fingerprint, MAX_DEDUP_KEY),
-        None => cut(&serde_json::to_string(&alert.labels).unwrap_or_default(), MAX_DEDUP_KEY),
+        // The labels identify an alert; their JSON (keys sorted) can be any length, its hash cannot.
+        None => {
+            let labels = serde_json::to_vec(&alert.labels).unwrap_or_default();
+            format!("labels:{}", hex::encode(Sha256::digest(labels)))
+        }
     };
     if action == EventAction::Resolve {
         return Ok((action, dedup_key, None));
@@ -108,6 +120,13 @@ fn event_of(
         .find_map(|k| alert.labels.get(*k))
         .map_or_else(|| "alertmanager".to_owned(), |s| cut(s, MAX_SHORT_FIELD));
     let mut details = Map::new();
+    if nul_removed > 0 {
+        metrics::counter!("alertmanager_repairs_total", "kind" => "nul_removed").increment(1);
+        details.insert(
+            "opssentinal_repairs".into(),
+            json!([format!("{nul_removed} NUL characters removed (PostgreSQL stores none)")]),
+        );
+    }
     details.insert("labels".into(), json!(alert.labels));
     details.insert("annotations".into(), json!(alert.annotations));
     for (key, value) in [
@@ -138,21 +157,27 @@ fn event_of(
 }
 
 /// Receive an Alertmanager webhook notification (version 4) for the service named by `routing_key`, or by `service_id` with an API key.
+/// A notification is admitted whole or not at all, and each alert's event id is derived from its content, so a re-sent notification is not counted twice.
 #[utoipa::path(post, path = "/api/integrations/alertmanager", tag = "events",
     params(("routing_key" = Option<String>, Query, description = "The service's routing key"),
            ("service_id" = Option<String>, Query, description = "With an API key holding events:write, instead of routing_key")),
     request_body(content = Object, description = "Alertmanager webhook payload, version 4"),
     responses((status = 202, description = "One event per alert was stored"), (status = 400, description = "A bad payload or routing key"),
-              (status = 401, description = "No routing key and no valid API key"), (status = 429, description = "Rate limited"),
+              (status = 401, description = "No routing key and no valid API key"), (status = 403, description = "The key lacks events:write"),
+              (status = 404, description = "Unknown service_id"), (status = 429, description = "Rate limited"),
               (status = 503, description = "The pipeline cannot accept now")))]
 async fn webhook(
     State(state): State<Arc<AppState>>,
-    Query(target): Query<Target>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ApiQuery(target): ApiQuery<Target>,
     headers: HeaderMap,
-    ApiJson(notification): ApiJson<Notification>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let service = resolve(&state, &target, &headers).await?;
-    receive(&state, &service, notification).await
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match resolve(&state, &target, &headers, peer).await {
+        Ok((service, principal)) => receive(&state, &service, principal.as_ref(), body).await,
+        Err(err) => err.into_response(),
+    }
 }
 
 /// The same, with the routing key in the path.
@@ -163,55 +188,114 @@ async fn webhook(
               (status = 429, description = "Rate limited"), (status = 503, description = "The pipeline cannot accept now")))]
 async fn webhook_with_key(
     State(state): State<Arc<AppState>>,
-    Path(routing_key): Path<String>,
-    ApiJson(notification): ApiJson<Notification>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let service = state.services.resolve(&ServiceRef::RoutingKey(routing_key)).await?;
-    receive(&state, &service, notification).await
+    ApiPath(routing_key): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
+    match state.services.resolve(&ServiceRef::RoutingKey(routing_key)).await {
+        Ok(service) => receive(&state, &service, None, body).await,
+        Err(err) => err.into_response(),
+    }
 }
 
-async fn resolve(state: &AppState, target: &Target, headers: &HeaderMap) -> Result<ServiceTarget, ApiError> {
+/// The service, and the caller when an API key names it: the API-key form goes through the same
+/// gate as every authenticated route (failed-authentication limit included).
+async fn resolve(
+    state: &AppState,
+    target: &Target,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<(ServiceTarget, Option<Principal>), ApiError> {
     if let Some(key) = target.routing_key.as_deref().filter(|k| !k.is_empty()) {
-        return state.services.resolve(&ServiceRef::RoutingKey(key.to_owned())).await;
+        return Ok((state.services.resolve(&ServiceRef::RoutingKey(key.to_owned())).await?, None));
     }
     let service_id = target.service_id.clone().ok_or_else(|| {
         ApiError::validation("routing_key", "routing_key, or service_id with an API key, is required")
     })?;
-    let secret =
-        key_from_headers(headers).ok_or_else(|| ApiError::unauthorized("an API key is required with service_id"))?;
-    let principal = state
-        .gate
-        .keys
-        .lookup(secret)
-        .await
-        .map_err(|_| ApiError::unavailable("cannot verify API keys right now, retry later", 5))?
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
+    let principal = state.gate.authenticate(headers, state.gate.client_address(peer, headers)).await?;
     principal.require(Scope::EventsWrite)?;
-    state.services.resolve(&ServiceRef::ServiceId(service_id)).await
+    Ok((state.services.resolve(&ServiceRef::ServiceId(service_id)).await?, Some(principal)))
 }
 
+/// Normalizes every alert (NUL characters removed and recorded), admits the notification as a
+/// whole against the routing key's or the API key's limit, and publishes one event per alert
+/// under an id derived from the alert's content.
 async fn receive(
     state: &AppState,
     service: &ServiceTarget,
-    notification: Notification,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let events = notification
-        .alerts
-        .iter()
-        .enumerate()
-        .map(|(i, alert)| event_of(alert, &notification, i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut accepted = Vec::with_capacity(events.len());
-    for (action, dedup_key, payload) in events {
-        if let Some(decision) = check_routing_key_limit(state, service).await.filter(|d| !d.allowed) {
-            return Err(ApiError::rate_limited(decision.retry_after));
-        }
-        let envelope = accept(state, service, action, Some(dedup_key), payload, None).await?;
-        accepted.push(
-            json!({"dedup_key": envelope.dedup_key, "event_id": envelope.event_id, "event_action": action.as_str()}),
-        );
+    principal: Option<&Principal>,
+    mut body: Value,
+) -> Response {
+    let removed: Vec<usize> = match body.get_mut("alerts").and_then(Value::as_array_mut) {
+        Some(alerts) => alerts.iter_mut().map(strip_nul).collect(),
+        None => Vec::new(),
+    };
+    strip_nul(&mut body);
+    let result = async {
+        let notification: Notification = parse_value(body)?;
+        notification
+            .alerts
+            .iter()
+            .enumerate()
+            .map(|(i, alert)| {
+                let (action, dedup_key, payload) =
+                    event_of(alert, &notification, i, removed.get(i).copied().unwrap_or(0))?;
+                let mut envelope =
+                    envelope(service, action, Some(dedup_key), payload, principal.map(|p| p.key_id.clone()));
+                envelope.event_id = content_id(&service.id, alert, &envelope.dedup_key);
+                Ok(envelope)
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    };
+    let mut envelopes = match result.await {
+        Ok(envelopes) => envelopes,
+        Err(err) => return err.into_response(),
+    };
+    let cost = envelopes.len().max(1);
+    let decision = match principal {
+        Some(principal) => state.gate.limit(principal, Bucket::Events, cost).await,
+        None => check_routing_key_limit(state, service, cost).await,
+    };
+    if let Some(decision) = decision.filter(|d| !d.allowed) {
+        metrics::counter!("rate_limited_total", "bucket" => "Alertmanager").increment(1);
+        let mut response = ApiError::rate_limited(decision.retry_after).into_response();
+        decision.write_headers(response.headers_mut());
+        return response;
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"status": "success", "message": "Events processed", "events": accepted}))))
+    let firsts = state
+        .idempotency
+        .remember(
+            envelopes
+                .iter()
+                .map(|e| (e.event_id, First { received_at: e.received_at, fingerprint: "alert".into() }))
+                .collect(),
+        )
+        .await;
+    let mut accepted = Vec::with_capacity(envelopes.len());
+    for (envelope, first) in envelopes.iter_mut().zip(firsts) {
+        envelope.received_at = first.received_at;
+        if let Err(err) = publish(state, envelope).await {
+            let mut response = err.into_response();
+            if let Some(decision) = decision {
+                decision.write_headers(response.headers_mut());
+            }
+            return response;
+        }
+        accepted.push(json!({"dedup_key": envelope.dedup_key, "event_id": envelope.event_id, "event_action": envelope.action.as_str()}));
+    }
+    let body = json!({"status": "success", "message": "Events processed", "events": accepted});
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Some(decision) = decision {
+        decision.write_headers(response.headers_mut());
+    }
+    response
+}
+
+/// An alert's event id, from what makes a re-sent alert the same event: its service and key, its
+/// status and when it started (and, resolved, when it ended).
+fn content_id(service_id: &str, alert: &Alert, dedup_key: &str) -> uuid::Uuid {
+    let started = alert.starts_at.as_deref().unwrap_or_default();
+    let ended = if alert.status == "resolved" { alert.ends_at.as_deref().unwrap_or_default() } else { "" };
+    derived_id(&["alertmanager", service_id, dedup_key, &alert.status, started, ended])
 }
 
 #[cfg(test)]
@@ -228,7 +312,7 @@ mod tests {
         let n = notification(json!([{"status": "firing", "fingerprint": "abc123",
             "labels": {"alertname": "DiskFull", "severity": "page", "instance": "web-01"},
             "annotations": {"description": "disk 95%"}, "startsAt": "2026-11-26T10:00:00Z"}]));
-        let (action, key, payload) = event_of(&n.alerts[0], &n, 0).unwrap();
+        let (action, key, payload) = event_of(&n.alerts[0], &n, 0, 0).unwrap();
         let payload = payload.unwrap();
         assert_eq!((action, key.as_str()), (EventAction::Trigger, "abc123"));
         assert_eq!((payload.summary.as_str(), payload.source.as_str()), ("disk 95%", "web-01"));
@@ -237,15 +321,46 @@ mod tests {
     }
 
     #[test]
+    fn alerts_without_a_fingerprint_are_keyed_by_a_hash_of_all_their_labels() {
+        let pod = |name: &str| {
+            json!({"status": "firing", "labels": {"alertname": "KubePodCrashLooping", "namespace": "production",
+                "pod": name, "container": "checkout-api", "job": "kube-state-metrics", "severity": "warning",
+                "instance": "10.42.7.19:8080", "cluster": "eu-west-1-prod-blue", "team": "payments-checkout",
+                "runbook": "https://runbooks.example.com/kubernetes/KubePodCrashLooping-checkout-api"}})
+        };
+        let n = notification(json!([pod("checkout-api-7d9f8c6b5-x2k9q"), pod("checkout-api-7d9f8c6b5-m4p7z")]));
+        assert!(serde_json::to_string(&n.alerts[0].labels).unwrap().len() > MAX_DEDUP_KEY);
+        let first = event_of(&n.alerts[0], &n, 0, 0).unwrap().1;
+        let second = event_of(&n.alerts[1], &n, 1, 0).unwrap().1;
+        assert_ne!(first, second);
+        assert!(first.len() <= MAX_DEDUP_KEY);
+        assert_eq!(first, event_of(&n.alerts[0], &n, 0, 0).unwrap().1);
+    }
+
+    #[test]
+    fn a_re_sent_alert_has_the_same_event_id_and_a_new_firing_another() {
+        let n = notification(json!([
+            {"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z"},
+            {"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T11:00:00Z"},
+            {"status": "resolved", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z", "endsAt": "2026-11-26T10:30:00Z"}]));
+        let again = notification(json!([{"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z"}]));
+        let id = |n: &Notification, i: usize| content_id("svc", &n.alerts[i], "f");
+        assert_eq!(id(&n, 0), id(&again, 0));
+        assert_ne!(id(&n, 0), id(&n, 1));
+        assert_ne!(id(&n, 0), id(&n, 2));
+        assert_ne!(id(&n, 0), content_id("svc2", &n.alerts[0], "f"));
+    }
+
+    #[test]
     fn summary_falls_back_to_the_alert_name_and_severity_to_error() {
         let n = notification(
             json!([{"status": "firing", "fingerprint": "f", "labels": {"alertname": "Down", "severity": "bad"}}]),
         );
-        let payload = event_of(&n.alerts[0], &n, 0).unwrap().2.unwrap();
+        let payload = event_of(&n.alerts[0], &n, 0, 0).unwrap().2.unwrap();
         assert_eq!((payload.summary.as_str(), payload.severity), ("Down", Severity::Error));
         let resolved = notification(json!([{"status": "resolved", "fingerprint": "f"}]));
-        assert_eq!(event_of(&resolved.alerts[0], &resolved, 0).unwrap().0, EventAction::Resolve);
+        assert_eq!(event_of(&resolved.alerts[0], &resolved, 0, 0).unwrap().0, EventAction::Resolve);
         let odd = notification(json!([{"status": "pending", "fingerprint": "f"}]));
-        assert_eq!(event_of(&odd.alerts[0], &odd, 0).unwrap_err().details.unwrap()["field"], "alerts[0].status");
+        assert_eq!(event_of(&odd.alerts[0], &odd, 0, 0).unwrap_err().details.unwrap()["field"], "alerts[0].status");
     }
 }

@@ -3,28 +3,34 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use common::ApiError;
 use common::auth::{Principal, Scope};
 use common::event::EventRequest;
 use common::http::{parse_json, read_body, require_json_content_type};
+use common::{ApiError, ErrorCode};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::accept::{envelope, publish};
+use crate::idempotency::{First, derived_id};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(post_event))
 }
 
-/// Send an event (trigger, acknowledge, resolve). `202` means JetStream stored it.
+/// Send an event (trigger, acknowledge, resolve). `202` means JetStream stored it. A retry with
+/// the same `Idempotency-Key` (per API key, remembered a day) has no second effect and gets the
+/// same `event_id`.
 #[utoipa::path(post, path = "/api/events", tag = "events",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key (per API key, within a day) has no second effect")),
     request_body(content = Object, description = "routing_key or service_id, event_action, dedup_key?, payload {summary, source, severity, ...}"),
     responses((status = 202, description = "Stored; applied asynchronously"), (status = 400, description = "VALIDATION_ERROR naming the field, or INVALID_ROUTING_KEY"),
-              (status = 404, description = "Unknown service_id"), (status = 413, description = "Body over 512 KiB"), (status = 415, description = "Not JSON"),
+              (status = 404, description = "Unknown service_id"), (status = 409, description = "Idempotency-Key reused with another body"), (status = 413, description = "Body over 512 KiB"), (status = 415, description = "Not JSON"),
               (status = 503, description = "The pipeline cannot accept now; retry after Retry-After"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
     security(("api_key" = ["events:write"])))]
 #[tracing::instrument(skip_all, fields(api_key.id = %principal.key_id))]
@@ -49,6 +55,7 @@ async fn accept(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     principal.require(Scope::EventsWrite)?;
     require_json_content_type(request.headers())?;
+    let idempotency_key = idempotency_key(request.headers())?;
     let body = read_body(request, &()).await?;
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::validation("body", "must be a JSON object"));
@@ -56,15 +63,28 @@ async fn accept(
     let event: EventRequest = parse_json(&body)?;
     let service = event.validate()?;
     let service = state.services.resolve(&service).await?;
-    let envelope = crate::accept::accept(
-        state,
-        &service,
-        event.event_action,
-        event.dedup_key,
-        event.payload,
-        Some(principal.key_id.clone()),
-    )
-    .await?;
+    let mut envelope =
+        envelope(&service, event.event_action, event.dedup_key.clone(), event.payload, Some(principal.key_id.clone()));
+    if let Some(key) = idempotency_key {
+        // A retry: the same id (JetStream drops a copy within its window) and the first
+        // acceptance's receive time (the worker drops a later copy as a duplicate).
+        envelope.event_id = derived_id(&["events", &principal.key_id, &key]);
+        if event.dedup_key.is_none() {
+            envelope.dedup_key = envelope.event_id.simple().to_string();
+        }
+        let fingerprint = hex::encode(&Sha256::digest(&body)[..12]);
+        let ours = First { received_at: envelope.received_at, fingerprint };
+        let first = state.idempotency.remember(vec![(envelope.event_id, ours.clone())]).await.remove(0);
+        if first.fingerprint != ours.fingerprint {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this Idempotency-Key was already used with a different request body",
+            )
+            .with_details(json!({"field": "Idempotency-Key"})));
+        }
+        envelope.received_at = first.received_at;
+    }
+    publish(state, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
@@ -75,4 +95,20 @@ async fn accept(
             "event_id": envelope.event_id,
         })),
     ))
+}
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`: 1–255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bad = || {
+        ApiError::validation("Idempotency-Key", format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"))
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() || text.len() > MAX_IDEMPOTENCY_KEY || !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(bad());
+    }
+    Ok(Some(text.to_owned()))
 }

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::accept::{accept, check_routing_key_limit};
+use crate::accept::{check_routing_key_limit, envelope, publish};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
@@ -101,7 +101,12 @@ struct Normalized {
     payload: Option<AlertPayload>,
 }
 
-fn normalize(body: &Value) -> Result<Normalized, Vec<String>> {
+fn normalize(mut body: Value) -> Result<Normalized, Vec<String>> {
+    let mut repairs = Vec::new();
+    let removed = common::event::strip_nul(&mut body);
+    if removed > 0 {
+        repaired(&mut repairs, "nul_removed", format!("{removed} NUL characters removed (PostgreSQL stores none)"));
+    }
     let Some(event) = body.as_object() else { return Err(vec!["the event must be a JSON object".into()]) };
     let mut errors = Vec::new();
     let routing_key = event.get("routing_key").and_then(Value::as_str).map(str::trim).unwrap_or_default().to_owned();
@@ -117,7 +122,6 @@ fn normalize(body: &Value) -> Result<Normalized, Vec<String>> {
             None
         }
     };
-    let mut repairs = Vec::new();
     let mut dedup_key = event.get("dedup_key").and_then(as_text).filter(|k| !k.trim().is_empty());
     if let Some(key) = dedup_key.as_mut().filter(|k| k.chars().count() > MAX_DEDUP_KEY) {
         *key = key.chars().take(MAX_DEDUP_KEY).collect();
@@ -237,7 +241,7 @@ async fn enqueue(
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
         return PdResponse::invalid(vec!["the body is not valid JSON".into()]);
     };
-    let event = match normalize(&value) {
+    let event = match normalize(value) {
         Ok(event) => event,
         Err(errors) => return PdResponse::invalid(errors),
     };
@@ -248,7 +252,7 @@ async fn enqueue(
         }
         Err(err) => return PdResponse::from_api_error(err),
     };
-    let decision = check_routing_key_limit(&state, &service).await;
+    let decision = check_routing_key_limit(&state, &service, 1).await;
     if let Some(decision) = decision.filter(|d| !d.allowed) {
         metrics::counter!("rate_limited_total", "bucket" => "RoutingKey").increment(1);
         let body = json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly. Please retry later."});
@@ -259,8 +263,9 @@ async fn enqueue(
             rate_limit: Some(decision),
         };
     }
-    match accept(&state, &service, event.action, event.dedup_key, event.payload, None).await {
-        Ok(envelope) => PdResponse {
+    let envelope = envelope(&service, event.action, event.dedup_key, event.payload, None);
+    match publish(&state, &envelope).await {
+        Ok(()) => PdResponse {
             status: StatusCode::ACCEPTED,
             body: json!({"status": "success", "message": "Event processed", "dedup_key": envelope.dedup_key}),
             retry_after: None,
@@ -277,7 +282,7 @@ mod tests {
     #[test]
     fn real_senders_rule_breaking_is_repaired_and_recorded() {
         let long = "x".repeat(1500);
-        let event = normalize(&json!({
+        let event = normalize(json!({
             "routing_key": "rk", "event_action": "trigger", "client": "Alertmanager",
             "payload": {"summary": long, "severity": "PAGE", "timestamp": "yesterday", "custom_details": "just text"}
         }))
@@ -298,14 +303,28 @@ mod tests {
 
     #[test]
     fn severity_is_case_insensitive_and_acknowledge_needs_no_payload() {
-        let event = normalize(&json!({"routing_key": "rk", "event_action": "trigger",
+        let event = normalize(json!({"routing_key": "rk", "event_action": "trigger",
             "payload": {"summary": "s", "source": "h", "severity": "Warning"}}))
         .ok()
         .unwrap();
         assert_eq!(event.payload.unwrap().severity, Severity::Warning);
         let ack =
-            normalize(&json!({"routing_key": "rk", "event_action": "acknowledge", "dedup_key": "k"})).ok().unwrap();
+            normalize(json!({"routing_key": "rk", "event_action": "acknowledge", "dedup_key": "k"})).ok().unwrap();
         assert!(ack.payload.is_none());
+    }
+
+    #[test]
+    fn nul_characters_are_removed_and_the_repair_recorded() {
+        let event = normalize(json!({"routing_key": "rk", "event_action": "trigger", "dedup_key": "k\u{0}1",
+            "payload": {"summary": "disk\u{0}", "source": "h", "severity": "info", "custom_details": {"a\u{0}": "\u{0}"}}}))
+        .ok()
+        .unwrap();
+        assert_eq!(event.dedup_key.as_deref(), Some("k1"));
+        let payload = event.payload.unwrap();
+        assert_eq!(payload.summary, "disk");
+        let details = payload.custom_details.unwrap();
+        assert_eq!(details["a"], "");
+        assert!(details["opssentinal_repairs"][0].as_str().unwrap().contains("4 NUL"));
     }
 
     #[test]
@@ -316,7 +335,7 @@ mod tests {
             (json!({"routing_key": "rk", "event_action": "explode"}), "event_action"),
             (json!({"routing_key": "rk", "event_action": "resolve"}), "dedup_key"),
         ] {
-            let errors = normalize(&body).err().unwrap();
+            let errors = normalize(body.clone()).err().unwrap();
             assert!(errors.iter().any(|e| e.contains(error)), "{body}: {errors:?}");
         }
     }

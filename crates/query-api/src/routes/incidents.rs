@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
 use common::event::Urgency;
 use common::fold::{FoldAction, FoldEvent, IncidentStatus, KeyFold, ManualChange};
-use common::http::ApiJson;
+use common::http::{ApiJson, ApiPath};
 use common::ids::new_id;
 use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, optional_timestamp, timestamp};
 use common::{ApiError, ErrorCode};
@@ -378,7 +378,7 @@ const DETAIL_ENTRIES: i64 = 100;
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::IncidentsRead)?;
     let mut incident = fetch(&state.pool, &id).await?;
@@ -536,7 +536,7 @@ async fn create(
 async fn update(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::IncidentsWrite)?;

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
-use common::http::ApiJson;
+use common::http::{ApiJson, ApiPath};
 use common::ids::new_id;
 use common::store::{optional_timestamp, timestamp};
 use jiff::civil::Time;
@@ -279,7 +279,7 @@ pub async fn create_schedule(pool: &PgPool, body: &Map<String, Value>) -> Result
 async fn add_layer(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
@@ -308,7 +308,7 @@ pub async fn add_layer_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value
 async fn add_override(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
@@ -390,7 +390,7 @@ pub async fn list_schedules(pool: &PgPool, limit: i64, offset: i64) -> Result<Va
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
     Ok(Json(json!({ "schedule": schedule_json(&state.pool, &id).await? })))
@@ -498,7 +498,7 @@ fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
 async fn on_call(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
@@ -529,7 +529,7 @@ async fn on_call(
 async fn shifts(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::SchedulesRead)?;

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use common::ApiError;
 use common::admin::{self, AdminError};
 use common::auth::{Principal, Scope};
-use common::http::ApiJson;
+use common::http::{ApiJson, ApiPath};
 use common::store::timestamp;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgRow;
@@ -134,7 +134,7 @@ async fn list(
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(Scope::ServicesRead)?;
     Ok(Json(json!({ "service": fetch(&state.pool, &id, principal.has(Scope::ServicesWrite)).await? })))
