@@ -48,6 +48,24 @@ async fn an_operator_creates_users_keys_and_services_with_the_cli() {
     let bad_role =
         run(&env, &["--user", "X", "--email", "x@example.com", "--password", "correct horse", "--role", "root"]);
     assert_eq!(bad_role.status.code(), Some(2), "bad usage exits 2");
+    // Missing required input is bad usage too, found before connecting (the database given here
+    // cannot be reached, so a connection attempt would exit 1).
+    for args in [
+        &[][..],
+        &["--user", "X", "--email", "x@example.com", "--role", "user"][..],
+        &["--user", "X", "--email", "x@example.com", "--password", "correct horse"][..],
+        &["--email", "x@example.com", "--password", "correct horse", "--role", "user"][..],
+        &["user", "create", "--name", "X", "--email", "x@example.com", "--role", "user"][..],
+    ] {
+        let output = Command::new(opssentinal())
+            .args(args)
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+            .output()
+            .expect("opssentinal runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("connect"), "{args:?} tried the database: {stderr}");
+    }
 
     let key = json_of(&run(
         &env,

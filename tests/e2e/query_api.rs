@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use common::auth::{Role, Scope};
 use e2e::{TestEnv, action, trigger, wait_until};
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -224,34 +224,84 @@ async fn a_manual_change_racing_alert_events_loses_neither() {
     let (_, list) = env.get_json(&format!("{base}/api/incidents"), &key).await;
     let url = format!("{base}/api/incidents/{}", list["incidents"][0]["id"].as_str().unwrap());
 
-    const TRIGGERS: usize = 60;
+    // Triggers flow until every manual change was made while alerts were still arriving: each
+    // change waits until the worker applied more alerts since the previous one, and triggers keep
+    // coming after the last. So every change races the worker's applies by construction.
+    let changes_done = std::sync::atomic::AtomicBool::new(false);
     let events = async {
-        for _ in 0..TRIGGERS {
+        let mut sent = 0usize;
+        let mut after_changes = 0;
+        while after_changes < 20 {
             assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "flap", "flapping")).await.status(), 202);
+            sent += 1;
+            if changes_done.load(std::sync::atomic::Ordering::SeqCst) {
+                after_changes += 1;
+            }
         }
+        sent
     };
     let manual = async {
-        for (i, body) in [
+        let mut seen = 1;
+        for body in [
             json!({"status": "ACKNOWLEDGED"}),
             json!({"urgency": "LOW"}),
             json!({"priority": "P1"}),
             json!({"note": "on it"}),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+        ] {
+            wait_until(Duration::from_secs(30), "more alerts to be applied", || async {
+                env.get_json(&url, &key).await.1["incident"]["alertCount"].as_i64().unwrap_or(0) > seen
+            })
+            .await;
             let (status, response) = env.send_json(Method::PATCH, &url, &key, &body).await;
             assert_eq!(status, 200, "{response}");
+            seen = response["incident"]["alertCount"].as_i64().unwrap();
         }
+        changes_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        seen
     };
-    tokio::join!(events, manual);
-    env.wait_for_applied(1 + TRIGGERS as i64 + 1, Duration::from_secs(30)).await;
+    let (sent, last_seen_by_a_change) = tokio::join!(events, manual);
+    let total = 1 + sent as i64;
+    assert!(last_seen_by_a_change < total, "the last change came after every alert: no race");
+    env.wait_for_applied(total + 1, Duration::from_secs(30)).await;
     let (_, detail) = env.get_json(&url, &key).await;
     let incident = &detail["incident"];
-    assert_eq!(incident["alertCount"], 1 + TRIGGERS);
+    assert_eq!(incident["alertCount"], total);
     assert_eq!(incident["status"], "ACKNOWLEDGED");
     assert_eq!((incident["urgency"].as_str(), incident["priority"].as_str()), (Some("LOW"), Some("P1")));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_always_agrees_with_the_page_while_incidents_are_created() {
+    let env = TestEnv::new().await;
+    let base = env.spawn_query_api().await;
+    let key = env.api_key(Role::Admin, None, Some(100_000)).await;
+    let service = env.service("Busy").await;
+    const CREATED: usize = 150;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let create = async {
+        let creations = (0..CREATED).map(|i| {
+            let body = json!({"title": format!("incident {i}"), "serviceId": service.id, "urgency": "HIGH"});
+            let (env, base, key) = (&env, &base, &key);
+            async move { create_incident(env, base, key, body).await }
+        });
+        futures_util::stream::iter(creations).buffer_unordered(4).collect::<Vec<_>>().await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let url = format!("{base}/api/incidents?serviceId={}&status=OPEN&limit=200", service.id);
+    let read = async {
+        let mut answers = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || answers == 0 {
+            let (status, list) = env.get_json(&url, &key).await;
+            assert_eq!(status, 200, "{list}");
+            let shown = list["incidents"].as_array().unwrap().len() as i64;
+            assert_eq!(list["total"].as_i64(), Some(shown), "answer {answers}: the total disagrees with the page");
+            answers += 1;
+        }
+        answers
+    };
+    let ((), answers) = tokio::join!(create, read);
+    assert!(answers > 10, "only {answers} reads raced the creations");
     env.cleanup().await;
 }
 

@@ -54,11 +54,13 @@ receivers:
         statuses(&env, &paged.id).await.len() == 1 && statuses(&env, &hooked.id).await.len() == 1
     })
     .await;
-    // Alertmanager re-sends a firing group every repeat_interval: each re-send only adds to the
-    // alert count of the same open incident.
-    wait_until(Duration::from_secs(60), "a re-send to reach both receivers", || async {
-        let (a, b) = (statuses(&env, &paged.id).await, statuses(&env, &hooked.id).await);
-        a.len() == 1 && b.len() == 1 && a[0].1 >= 2 && b[0].1 >= 2
+    // Alertmanager re-sends a firing group every repeat_interval, to both receivers at once.
+    // Through PagerDuty's API each re-send adds to the alert count of the same open incident; the
+    // webhook's event ids come from the alert's content, so a re-send of the same firing alert is
+    // the same event and is not counted again (DESIGN §3 "Retries are safe").
+    wait_until(Duration::from_secs(60), "two re-sends to reach the PagerDuty receiver", || async {
+        let a = statuses(&env, &paged.id).await;
+        a.len() == 1 && a[0].1 >= 3
     })
     .await;
     for service in [&paged, &hooked] {
@@ -66,6 +68,7 @@ receivers:
         assert_eq!(incidents.len(), 1, "re-sends open no new incident");
         assert_eq!(incidents[0].0, "OPEN");
     }
+    assert_eq!(statuses(&env, &hooked.id).await[0].1, 1, "a re-sent webhook alert was counted again");
     let (title, urgency): (String, String) =
         sqlx::query_as("select title, urgency from incidents where service_id = $1")
             .bind(&hooked.id)

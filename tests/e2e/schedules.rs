@@ -81,6 +81,10 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
         ]
     );
 
+    // A window near the largest timestamp is a 400 naming the parameter, not a 500.
+    let (status, error) = env.get_json(&format!("{url}/{id}/shifts?from=9999-12-30T00:00:00Z"), &key).await;
+    assert_eq!((status, error["error"]["details"]["field"].as_str()), (400, Some("from")), "{error}");
+
     // A higher layer added later wins where it has someone.
     let (status, layer) = env
         .send_json(Method::POST, &format!("{url}/{id}/layers"), &key, &json!({"start": "2026-04-01T00:00:00Z", "end": "2026-04-02T00:00:00Z", "rotation": "hours", "rotationHours": 12, "handoffTime": "00:00", "users": [users[2]]}))

@@ -57,6 +57,24 @@ enum Command {
     Serve(Box<commands::serve::ServeArgs>),
 }
 
+/// A command line that cannot work (missing required input): exit code 2, like clap's own
+/// usage errors, found before anything is connected to.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// `Err(Usage)` with `message` unless `value` is given.
+pub fn required<T>(value: Option<T>, message: &str) -> Result<T, Usage> {
+    value.ok_or_else(|| Usage(message.to_owned()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -68,6 +86,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Usage>().is_some() => {
+            eprintln!("error: {err}\n\nFor more information, try '--help'.");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

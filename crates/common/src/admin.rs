@@ -116,7 +116,7 @@ fn validate_user_fields(name: Option<&str>, email: Option<&str>, password: Optio
 }
 
 /// A created API key; `key` is the secret, shown this once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedApiKey {
     pub id: String,
@@ -126,6 +126,18 @@ pub struct CreatedApiKey {
     pub user_id: String,
     pub scopes: Vec<Scope>,
     pub rate_limit: Option<u32>,
+}
+
+/// Shown only once, to whoever created it: never in logs or `Debug` output.
+impl std::fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("id", &self.id)
+            .field("prefix", &self.prefix)
+            .field("user_id", &self.user_id)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Creates an API key for the user with `email`. Without `scopes`, the key gets every scope the
@@ -188,7 +200,7 @@ pub async fn create_api_key(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedService {
     pub id: String,
@@ -196,6 +208,13 @@ pub struct CreatedService {
     pub description: String,
     pub routing_key: String,
     pub rate_limit: Option<u32>,
+}
+
+/// The routing key authenticates `/v2/enqueue`: not in `Debug` output.
+impl std::fmt::Debug for CreatedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedService").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// Creates a service with a fresh routing (integration) key: 32 hex characters, like PagerDuty's.
@@ -233,11 +252,17 @@ pub async fn create_service(
 }
 
 /// What the first start of a fresh installation created.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Bootstrap {
     pub email: String,
     pub password: String,
     pub api_key: CreatedApiKey,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap").field("email", &self.email).field("api_key", &self.api_key).finish_non_exhaustive()
+    }
 }
 
 /// On a database with no users, creates an admin user with a random password and an admin API
@@ -347,4 +372,33 @@ pub async fn rotate_routing_key(pool: &PgPool, id: &str) -> Result<CreatedServic
     let (id, name, description, routing_key, rate_limit) =
         row.ok_or_else(|| AdminError::NotFound(format!("no service {id}")))?;
     Ok(CreatedService { id, name, description, routing_key, rate_limit: rate_limit.map(i32::unsigned_abs) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let api_key = CreatedApiKey {
+            id: "key_1".into(),
+            key: "osk_secret".into(),
+            name: "n".into(),
+            prefix: "osk_sec".into(),
+            user_id: "usr_1".into(),
+            scopes: vec![],
+            rate_limit: None,
+        };
+        let bootstrap = Bootstrap { email: "a@b.c".into(), password: "hunter2".into(), api_key };
+        let shown = format!("{bootstrap:?}");
+        assert!(!shown.contains("osk_secret") && !shown.contains("hunter2"), "{shown}");
+        let service = CreatedService {
+            id: "svc_1".into(),
+            name: "n".into(),
+            description: String::new(),
+            routing_key: "rk_secret".into(),
+            rate_limit: None,
+        };
+        assert!(!format!("{service:?}").contains("rk_secret"));
+    }
 }

@@ -1,32 +1,29 @@
 //! An in-process cache of database answers, for lookups on every request (API keys, routing
 //! keys). An answer — including "not found" — is kept for `ttl`; past it the database is asked
 //! again, and if the database is unreachable the stale answer is used, so known callers keep
-//! working through a database outage.
+//! working through a database outage. Beyond its capacity entries are evicted one by one, the
+//! ones asked for least first (quick_cache's CLOCK-Pro): a flood of unknown keys cannot flush the
+//! known ones that keep ingest running through an outage.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct LookupCache<K, V> {
     ttl: Duration,
-    /// Beyond this many entries (mostly unknown keys from scanners) the cache starts over.
-    max_entries: usize,
     /// Counter incremented each time a stale answer stands in for an unreachable database.
     stale_metric: &'static str,
-    entries: Mutex<HashMap<K, (Option<V>, Instant)>>,
+    entries: quick_cache::sync::Cache<K, (Option<V>, Instant)>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
     pub fn new(ttl: Duration, max_entries: usize, stale_metric: &'static str) -> Self {
-        Self { ttl, max_entries, stale_metric, entries: Mutex::new(HashMap::new()) }
+        Self { ttl, stale_metric, entries: quick_cache::sync::Cache::new(max_entries) }
     }
 
     /// The cached answer while it is fresh (`Some(None)`: known not to exist).
     pub fn fresh(&self, key: &K) -> Option<Option<V>> {
-        let entries = self.entries.lock().expect("lookup cache poisoned");
-        entries.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(value, _)| value.clone())
+        self.entries.get(key).filter(|(_, at)| at.elapsed() < self.ttl).map(|(value, _)| value)
     }
 
     /// The fresh answer, or `fetch`'s (then cached); a stale answer if `fetch` finds the
@@ -35,21 +32,14 @@ impl<K: Eq + Hash + Clone, V: Clone> LookupCache<K, V> {
     where
         F: Future<Output = Result<Option<V>, sqlx::Error>>,
     {
-        let stale = {
-            let entries = self.entries.lock().expect("lookup cache poisoned");
-            match entries.get(&key) {
-                Some((value, at)) if at.elapsed() < self.ttl => return Ok(value.clone()),
-                Some((value, _)) => value.clone(),
-                None => None,
-            }
+        let stale = match self.entries.get(&key) {
+            Some((value, at)) if at.elapsed() < self.ttl => return Ok(value),
+            Some((value, _)) => value,
+            None => None,
         };
         match fetch.await {
             Ok(value) => {
-                let mut entries = self.entries.lock().expect("lookup cache poisoned");
-                if entries.len() >= self.max_entries {
-                    entries.clear();
-                }
-                entries.insert(key, (value.clone(), Instant::now()));
+                self.entries.insert(key, (value.clone(), Instant::now()));
                 Ok(value)
             }
             Err(err) if crate::db::is_unavailable(&err) && stale.is_some() => {
@@ -77,6 +67,22 @@ mod tests {
         assert!(never_seen.is_err());
         let bad_query = cache.get_or_fetch("k", async { Err(sqlx::Error::RowNotFound) }).await;
         assert!(bad_query.is_err(), "only an unreachable database falls back");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_keys_does_not_flush_the_known_ones() {
+        let cache = LookupCache::new(Duration::ZERO, 1_000, "test_stale_total");
+        cache.get_or_fetch("known".to_owned(), async { Ok(Some(1)) }).await.unwrap();
+        for i in 0..100_000 {
+            // The database is down for the known key, which keeps being asked for (a live
+            // integration), while a scanner's unknown keys are answered and cached.
+            if i % 100 == 0 {
+                let during_outage =
+                    cache.get_or_fetch("known".to_owned(), async { Err(sqlx::Error::PoolTimedOut) }).await;
+                assert_eq!(during_outage.ok(), Some(Some(1)), "lost after {i} unknown keys");
+            }
+            cache.get_or_fetch(format!("scan-{i}"), async { Ok(None) }).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -7,14 +7,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global `tracing` subscriber. A second call (tests) is a no-op.
-pub fn init_tracing(config: &LogConfig) {
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global `tracing` subscriber. A second call (tests) is a no-op. An invalid filter
+/// is an error naming `RUST_LOG`, not a silent fallback.
+pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+    let filter = EnvFilter::builder()
+        .parse(&config.filter)
+        .map_err(|err| anyhow::anyhow!("RUST_LOG {:?} is not a valid log filter: {err}", config.filter))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _already_set = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    Ok(())
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -33,4 +37,16 @@ pub fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_log_filter_is_named_not_ignored() {
+        let config = LogConfig { format: LogFormat::Pretty, filter: "info,worker=loudest".into() };
+        let err = init_tracing(&config).unwrap_err().to_string();
+        assert!(err.contains("RUST_LOG") && err.contains("loudest"), "{err}");
+    }
 }

@@ -4,8 +4,9 @@
 //!
 //! A layer's turns are anchored at its start's local date at the hand-off time: hand-off `k` is
 //! that civil date-time plus `k` periods (1 day, 7 days, or `n` hours) of *civil* time, placed in
-//! the zone (a hand-off inside a spring-forward gap moves to the first valid instant after it; in
-//! a fall-back fold it takes the earlier instant). So a daily 09:00 hand-off stays at 09:00
+//! the zone (a hand-off inside a spring-forward gap is read with the offset before the gap, as
+//! RFC 5545 and Temporal's "compatible" do: 02:30 on a day that skips 02:00–03:00 hands off at
+//! 03:30; in a fall-back fold it takes the earlier instant). So a daily 09:00 hand-off stays at 09:00
 //! local across daylight-saving changes, and that day's shift is 23 or 25 hours long. Turn `k`
 //! belongs to user `k mod n` (turn -1 being a partial first shift when the layer starts before
 //! its first hand-off).

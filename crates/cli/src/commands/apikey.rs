@@ -1,6 +1,5 @@
 //! `opssentinal apikey create`
 
-use anyhow::bail;
 use clap::Subcommand;
 use common::admin;
 use common::auth::Scope;
@@ -60,7 +59,7 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
     match command {
         ApiKeyCommand::Create { email, name, scopes, rate_limit, database } => {
             if scopes.as_ref().is_some_and(Vec::is_empty) {
-                bail!("--scopes must name at least one scope");
+                return Err(crate::Usage("--scopes must name at least one scope".into()).into());
             }
             let pool = super::connect(&database).await?;
             let key = admin::create_api_key(&pool, &email, &name, scopes.as_deref(), rate_limit).await?;

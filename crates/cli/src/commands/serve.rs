@@ -35,7 +35,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    common::telemetry::init_tracing(&args.log);
+    common::telemetry::init_tracing(&args.log)?;
     parse_listen("OPSSENTINAL_LISTEN", &args.listen)?;
     let ingest_config = IngestConfig {
         listen: args.listen.clone(),

@@ -10,6 +10,7 @@ use common::auth::Role;
 use common::config::DatabaseConfig;
 
 use crate::output::Output;
+use crate::required;
 
 pub const LEGACY_HELP: &str = "Create or update a user without a subcommand:
   opssentinal --user \"Jane Doe\" --email jane@example.com --password '…' --role admin
@@ -114,7 +115,7 @@ fn parse_role(value: &str) -> Result<Role, String> {
 pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
     match command {
         UserCommand::Create { name, email, password, role, database } => {
-            let password = password.resolve()?.context("a password is required: --password or --password-stdin")?;
+            let password = required(password.resolve()?, "a password is required: --password or --password-stdin")?;
             let pool = super::connect(&database).await?;
             let user = admin::create_user(&pool, &name, &email, &password, role).await?;
             print_user(output, &user, "created")
@@ -136,17 +137,17 @@ pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
 }
 
 pub async fn run_legacy(args: LegacyUserArgs, database: &DatabaseConfig, output: Output) -> anyhow::Result<()> {
-    let Some(email) = args.email else {
-        bail!("nothing to do: give a subcommand (see --help) or --user/--email/--password/--role");
-    };
+    let email =
+        required(args.email, "nothing to do: give a subcommand (see --help) or --user/--email/--password/--role")?;
     let password = resolve_password(args.password, args.password_stdin)?;
-    let pool = super::connect(database).await?;
     let user = if args.update {
+        let pool = super::connect(database).await?;
         admin::update_user(&pool, &email, args.user.as_deref(), password.as_deref(), args.role).await?
     } else {
-        let name = args.user.context("--user NAME is required to create a user (or add --update)")?;
-        let password = password.context("--password (or --password-stdin) is required to create a user")?;
-        let role = args.role.context("--role is required to create a user: admin, responder or user")?;
+        let name = required(args.user, "--user NAME is required to create a user (or add --update)")?;
+        let password = required(password, "--password (or --password-stdin) is required to create a user")?;
+        let role = required(args.role, "--role is required to create a user: admin, responder or user")?;
+        let pool = super::connect(database).await?;
         admin::create_user(&pool, &name, &email, &password, role).await?
     };
     print_user(output, &user, if args.update { "updated" } else { "created" })

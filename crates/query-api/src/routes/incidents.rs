@@ -16,7 +16,7 @@ use common::{ApiError, ErrorCode};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -204,11 +204,11 @@ impl Filter {
     /// The exact number of matching incidents. Filters on status, urgency and service are
     /// answered from the maintained counts (plus the pending deltas, in the same snapshot) and
     /// ended snoozes; others count rows.
-    async fn total(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+    async fn total(&self, conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         if self.assignee_id.is_some() || self.created_after.is_some() || self.created_before.is_some() {
             let mut count = QueryBuilder::new("select count(*) from incidents i where true");
             self.push(&mut count);
-            return count.build_query_scalar::<i64>().fetch_one(pool).await;
+            return count.build_query_scalar::<i64>().fetch_one(conn).await;
         }
         let (open, snoozed) = match &self.statuses {
             Some(statuses) => (statuses.iter().any(|s| s == "OPEN"), statuses.iter().any(|s| s == "SNOOZED")),
@@ -231,7 +231,7 @@ impl Filter {
             self.push_counted(&mut query, false);
             query.push(")");
         }
-        query.build_query_scalar::<i64>().fetch_one(pool).await
+        query.build_query_scalar::<i64>().fetch_one(conn).await
     }
 
     /// The status (if `with_status`), urgency and service filters, on columns of `i`.
@@ -345,7 +345,11 @@ async fn list(
         .push_bind(limit + 1)
         .push(" offset ")
         .push_bind(offset);
-    let (rows, total) = tokio::try_join!(query.build().fetch_all(&state.pool), filter.total(&state.pool))?;
+    // The page and its total from one snapshot, so they agree while incidents are being created.
+    let mut snapshot = state.pool.begin_with("begin isolation level repeatable read read only").await?;
+    let rows = query.build().fetch_all(&mut *snapshot).await?;
+    let total = filter.total(&mut snapshot).await?;
+    snapshot.commit().await?;
 
     let has_more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];

@@ -521,6 +521,14 @@ async fn on_call(
     })))
 }
 
+/// Shifts can be asked for between 1900-01-01 and 9000-01-01 (Unix seconds).
+const SHIFTS_EARLIEST: i64 = -2_208_988_800;
+const SHIFTS_LATEST: i64 = 221_845_392_000;
+
+fn out_of_range(name: &str) -> ApiError {
+    ApiError::validation(name, "must be between 1900-01-01 and 9000-01-01")
+}
+
 /// The final rendered shifts of a window (at most 93 days; default the next 7 days).
 #[utoipa::path(get, path = "/api/schedules/{id}/shifts", tag = "schedules",
     params(("id" = String, Path, description = "Schedule id"), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339")),
@@ -536,8 +544,14 @@ async fn shifts(
     let from = params.timestamp("from")?.unwrap_or_else(Timestamp::now);
     let to = match params.timestamp("to")? {
         Some(to) => to,
-        None => from.checked_add(SignedDuration::from_hours(24 * 7)).map_err(ApiError::internal)?,
+        None => from.checked_add(SignedDuration::from_hours(24 * 7)).map_err(|_| out_of_range("from"))?,
     };
+    // Rotations are walked in the schedule's zone: keep well inside what civil time can express.
+    for (name, t) in [("from", from), ("to", to)] {
+        if !(SHIFTS_EARLIEST..=SHIFTS_LATEST).contains(&t.as_second()) {
+            return Err(out_of_range(name));
+        }
+    }
     if to <= from {
         return Err(ApiError::validation("to", "must be after from"));
     }
