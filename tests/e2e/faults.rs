@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::servers::{PrivateNats, PrivatePostgres, PrivateRedis};
+use e2e::servers::{PrivateNats, PrivatePostgres, PrivateRedis, ServiceProcess};
 use e2e::{NATS_URL, PG_ADMIN_URL, REDIS_URL, TestEnv, trigger, wait_until};
 use serde_json::Value;
 
@@ -87,5 +87,62 @@ async fn postgres_down_ingest_keeps_accepting_and_workers_catch_up() {
     let counts: Vec<i32> =
         sqlx::query_scalar("select alert_count from incidents order by dedup_key").fetch_all(&env.pool).await.unwrap();
     assert_eq!(counts, vec![2; 10]);
+    env.cleanup().await;
+}
+
+/// DESIGN §1.6: every service starts with PostgreSQL and NATS down (`/readyz` 503 naming them),
+/// connects by itself when they appear, and stops within its shutdown timeout when they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_start_with_dependencies_down_and_stop_within_their_timeout_with_them_gone() {
+    let pg = PrivatePostgres::start();
+    let mut nats = PrivateNats::start();
+    let env = TestEnv::on(&pg.admin_url(), REDIS_URL, &nats.url()).await;
+    let key = env.admin_key().await;
+    let rk = env.service("API").await.routing_key;
+    nats.kill();
+    pg.stop();
+
+    let mut vars = env.service_env();
+    vars.push(("SHUTDOWN_TIMEOUT_SECS", "3".into()));
+    let mut services: Vec<ServiceProcess> = ["opssentinal-ingest", "opssentinal-query-api", "opssentinal-worker"]
+        .into_iter()
+        .map(|binary| ServiceProcess::start(binary, &vars))
+        .collect();
+    for service in &services {
+        wait_until(Duration::from_secs(20), "/readyz to answer 503 naming what is down", || async {
+            service.readiness(&env.http).await.is_some_and(|(status, body)| {
+                status == 503 && body["checks"].as_object().is_some_and(|c| c.values().any(|v| v == "down"))
+            })
+        })
+        .await;
+    }
+    let (_, body) = services[2].readiness(&env.http).await.unwrap();
+    assert_eq!((body["checks"]["postgres"].as_str(), body["checks"]["nats"].as_str()), (Some("down"), Some("down")));
+
+    pg.start_again();
+    nats.restart();
+    for service in &services {
+        wait_until(Duration::from_secs(60), "every service to become ready by itself", || async {
+            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+    }
+    let ingest = services[0].url();
+    assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "k", "after the outage")).await.status(), 202);
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+
+    // Both gone again: SIGTERM must still end every process within its timeout (3 s) plus a margin.
+    nats.kill();
+    pg.stop();
+    for service in &mut services {
+        service.signal("-TERM");
+        let exited = service.exited_within(Duration::from_secs(8)).await;
+        assert!(
+            exited.is_some(),
+            "pid {} still running 8 s after SIGTERM with NATS and PostgreSQL down",
+            service.pid()
+        );
+    }
+    pg.start_again();
     env.cleanup().await;
 }

@@ -3,13 +3,12 @@
 //! key ends as the sequential model says.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
-use e2e::servers::free_port;
-use e2e::{TestEnv, service_binary};
+use e2e::servers::ServiceProcess;
 use ingest::publisher::Publisher;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,43 +16,15 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// A worker binary with its metrics endpoint on its own port.
-struct WorkerProcess {
-    child: Child,
-    port: u16,
+fn start_worker(env: &TestEnv) -> ServiceProcess {
+    let mut vars = env.service_env();
+    vars.push(("WORKER_BATCH_SIZE", "100".into()));
+    ServiceProcess::start("opssentinal-worker", &vars)
 }
 
-impl WorkerProcess {
-    fn start(env: &TestEnv) -> Self {
-        let port = free_port();
-        let child = Command::new(service_binary("opssentinal-worker"))
-            .envs(env.service_env())
-            .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WORKER_BATCH_SIZE", "100")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("worker starts");
-        Self { child, port }
-    }
-
-    /// This process's `worker_refolds_total` (0 before its first re-fold).
-    async fn refolds(&self, env: &TestEnv) -> u64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let text = env.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
-        text.lines().find_map(|l| l.strip_prefix("worker_refolds_total ")).map_or(0, |n| n.trim().parse().unwrap_or(0))
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
-        assert!(status.success());
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _killed = self.child.kill();
-        let _reaped = self.child.wait();
-    }
+/// This process's `worker_refolds_total` (0 before its first re-fold).
+async fn refolds(worker: &ServiceProcess, env: &TestEnv) -> u64 {
+    worker.metric(&env.http, "worker_refolds_total").await as u64
 }
 
 /// Waits until `members` workers share every partition, each owned once; returns how long it took.
@@ -75,7 +46,7 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     let seed: u64 = rand::rng().random();
     println!("seed {seed}");
 
-    let mut workers: Vec<WorkerProcess> = (0..3).map(|_| WorkerProcess::start(&env)).collect();
+    let mut workers: Vec<ServiceProcess> = (0..3).map(|_| start_worker(&env)).collect();
     wait_for_even_ownership(&env, 3, "three workers to share the partitions").await;
 
     // Producers: each owns some keys and publishes their random events one at a time, so each
@@ -106,24 +77,23 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     }
 
     wait_for_more_applied(&env, 1000).await;
-    workers.push(WorkerProcess::start(&env));
+    workers.push(start_worker(&env));
     let joined = wait_for_even_ownership(&env, 4, "a fourth worker to take its share").await;
 
     wait_for_more_applied(&env, 1000).await;
     let mut leaving = workers.remove(0);
     leaving.signal("-TERM");
     let left = wait_for_even_ownership(&env, 3, "the others to take the share of a worker stopped by SIGTERM").await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while leaving.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the worker did not exit within 15 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        leaving.exited_within(Duration::from_secs(15)).await.is_some(),
+        "the worker did not exit within 15 s of SIGTERM"
+    );
 
     wait_for_more_applied(&env, 1000).await;
-    let mut refolds: u64 = 0;
-    let mut dying = workers.remove(0);
-    refolds += dying.refolds(&env).await;
-    dying.child.kill().unwrap(); // SIGKILL
+    let mut refolded: u64 = 0;
+    let dying = workers.remove(0);
+    refolded += refolds(&dying, &env).await;
+    dying.signal("-KILL");
     let killed_at = Instant::now();
     let died = wait_for_even_ownership(&env, 2, "the others to take the share of a worker killed by SIGKILL").await;
     drop(dying);
@@ -141,11 +111,11 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     assert_eq!(env.applied_events().await, total as i64, "each event stored once, seed {seed}");
     assert_eq!(incidents_as_modelled(&env.pool).await, expected, "seed {seed}");
     for worker in &workers {
-        refolds += worker.refolds(&env).await;
+        refolded += refolds(worker, &env).await;
     }
     println!(
         "{total} events; hand-over after join {joined:?}, SIGTERM {left:?}, SIGKILL {died:?}; \
-         drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolds}"
+         drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolded}"
     );
     env.cleanup().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::admin::{self, CreatedService};
 use common::auth::{Role, Scope};
-use common::config::{DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig};
+use common::config::{DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig};
 use ingest::IngestConfig;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -143,6 +143,7 @@ impl TestEnv {
             nats: self.nats.clone(),
             limits: self.limits.clone(),
             log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
+            shutdown: ShutdownConfig { timeout_secs: 10 },
         }
     }
 
@@ -173,6 +174,7 @@ impl TestEnv {
             redis: self.redis.clone(),
             limits: self.limits.clone(),
             log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
+            shutdown: ShutdownConfig { timeout_secs: 10 },
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move { query_api::run(config, listener, shutdown).await.expect("query-api runs") });

@@ -246,3 +246,82 @@ impl Drop for PrivateAlertmanager {
         let _removed = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// One of our service binaries (`opssentinal-ingest`, `-query-api`, `-worker`) as a real process
+/// with its HTTP endpoint on its own port; killed (SIGKILL) when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    pub port: u16,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `env`, listening on a free port.
+    pub fn start(binary: &str, env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let listen = match binary {
+            "opssentinal-ingest" => "INGEST_LISTEN",
+            "opssentinal-query-api" => "QUERY_API_LISTEN",
+            _ => "WORKER_LISTEN",
+        };
+        let child = Command::new(crate::service_binary(binary))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(listen, format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits at most `timeout` for the process to exit; how long it took, or `None`.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// A counter or gauge from this process's `/metrics` (0 when not yet exported).
+    pub async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let url = format!("{}/metrics", self.url());
+        let Ok(response) = http.get(url).send().await else { return 0.0 };
+        let text = response.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// `/readyz`: status and body.
+    pub async fn readiness(&self, http: &reqwest::Client) -> Option<(u16, serde_json::Value)> {
+        let response = http.get(format!("{}/readyz", self.url())).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}

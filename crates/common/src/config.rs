@@ -279,6 +279,26 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// How long a service may take to stop once asked (SIGTERM): in-flight work it cannot finish in
+/// that time is abandoned (and redelivered). Kubernetes' termination grace period should exceed it.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// Seconds a service may take to stop after SIGTERM, whatever is unreachable.
+    #[arg(
+        id = "shutdown_timeout_secs",
+        long = "shutdown-timeout-secs",
+        env = "SHUTDOWN_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub timeout_secs: u64,
+}
+
+impl ShutdownConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
 /// Parses a listen address, naming the variable on failure.
 pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketAddr> {
     value.parse().with_context(|| format!("{name} must be host:port, got {value:?}"))

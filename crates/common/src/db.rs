@@ -46,8 +46,8 @@ pub fn is_conflict(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
 }
 
-/// Applies migrations, waiting (with backoff) for PostgreSQL to become reachable, unless
-/// `shutdown` fires first.
+/// Applies migrations, waiting (with backoff) for PostgreSQL to become reachable. Returns `Ok`
+/// without migrating if `shutdown` fires first (callers check the token).
 pub async fn migrate_when_reachable(
     pool: &PgPool,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -63,6 +63,6 @@ pub async fn migrate_when_reachable(
         .notify(|err, delay| tracing::warn!(error = %err, retry_in_ms = delay.as_millis(), "database unreachable, waiting to migrate"));
     tokio::select! {
         result = attempt => result.context("applying database migrations"),
-        () = shutdown.cancelled() => anyhow::bail!("shut down while waiting for the database"),
+        () = shutdown.cancelled() => Ok(()),
     }
 }

@@ -290,6 +290,8 @@ pub enum Dependency {
     Postgres(PgPool),
     Redis(deadpool_redis::Pool),
     Nats(async_nats::Client),
+    /// Set-up that waits for dependencies (schema, streams, consumers), done once the flag is set.
+    SetUp(&'static str, Arc<std::sync::atomic::AtomicBool>),
 }
 
 impl Dependency {
@@ -298,6 +300,7 @@ impl Dependency {
             Self::Postgres(_) => "postgres",
             Self::Redis(_) => "redis",
             Self::Nats(_) => "nats",
+            Self::SetUp(name, _) => name,
         }
     }
 
@@ -310,6 +313,7 @@ impl Dependency {
                     Err(_) => false,
                 },
                 Self::Nats(client) => client.connection_state() == async_nats::connection::State::Connected,
+                Self::SetUp(_, done) => done.load(std::sync::atomic::Ordering::Acquire),
             }
         };
         tokio::time::timeout(Duration::from_secs(2), probe).await.unwrap_or(false)

@@ -23,6 +23,41 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
         .with_context(|| format!("connecting to NATS at {}", config.url))
 }
 
+/// A stream made with another partition count than this service's: a configuration error no
+/// retry can fix.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "JetStream stream {stream} was made with {found:?}, but this service is configured with {wanted:?} \
+     (NATS_PARTITIONS must match the stream's)"
+)]
+pub struct PartitionMismatch {
+    pub stream: String,
+    pub found: String,
+    pub wanted: String,
+}
+
+/// [`ensure_streams`], waiting (with backoff) while NATS is unreachable; `None` if `shutdown`
+/// fires first. A [`PartitionMismatch`] is returned at once.
+pub async fn ensure_streams_when_reachable(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<stream::Stream>> {
+    use backon::Retryable;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let attempt = (|| ensure_streams(js, config))
+        .retry(backoff)
+        .when(|err| err.downcast_ref::<PartitionMismatch>().is_none())
+        .notify(|err, delay| tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis(), "cannot set up JetStream streams yet"));
+    tokio::select! {
+        result = attempt => result.map(Some),
+        () = shutdown.cancelled() => Ok(None),
+    }
+}
+
 /// A JetStream context whose requests (publish acks included) time out after `timeout`.
 pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
     let mut context = jetstream::new(client);
@@ -81,12 +116,12 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
     };
     let current = existing.info().await.with_context(|| format!("reading JetStream stream {name}"))?.config.clone();
     if wanted.description.is_some() && current.description != wanted.description {
-        anyhow::bail!(
-            "JetStream stream {name} was made with {:?}, but this service is configured with {:?} \
-             (NATS_PARTITIONS must match the stream's)",
-            current.description.unwrap_or_default(),
-            wanted.description.unwrap_or_default()
-        );
+        return Err(PartitionMismatch {
+            stream: name,
+            found: current.description.unwrap_or_default(),
+            wanted: wanted.description.unwrap_or_default(),
+        }
+        .into());
     }
     if current.subjects == wanted.subjects
         && current.max_bytes == wanted.max_bytes

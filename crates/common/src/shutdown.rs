@@ -28,3 +28,23 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Runs `work` to its end, but once `token` is cancelled gives it at most `timeout` more: a
+/// service stops within its shutdown timeout whatever is unreachable (DESIGN §1.6). Work abandoned
+/// then is safe to abandon: unacknowledged messages are redelivered.
+pub async fn within_deadline<F>(work: F, token: &CancellationToken, timeout: std::time::Duration) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let deadline = async {
+        token.cancelled().await;
+        tokio::time::sleep(timeout).await;
+    };
+    tokio::select! {
+        result = work => result,
+        () = deadline => {
+            tracing::warn!(timeout_secs = timeout.as_secs(), "shutdown timeout reached; abandoning in-flight work (it is redelivered)");
+            Ok(())
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! ingest configuration.
 
 use clap::Parser;
-use common::config::{DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen};
+use common::config::{
+    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen,
+};
 
 /// OpsSentinal ingest: accepts events over HTTP and stores them durably in NATS JetStream.
 #[derive(Debug, Clone, Parser)]
@@ -20,6 +22,8 @@ pub struct IngestConfig {
     pub limits: RateLimitConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
 }
 
 impl IngestConfig {

@@ -53,14 +53,21 @@ pub fn with_fallbacks(router: Router) -> Router {
 }
 
 /// Serves ingest on `listener` until `shutdown` is cancelled, then drains in-flight requests.
+/// Starts whatever is down; exits early only for a configuration error found once NATS answers.
 pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
-    let (state, readiness) = AppState::connect(&config).await?;
-    common::db::migrate_when_reachable(&state.pool, &shutdown).await?;
+    let (state, readiness, set_up) = AppState::connect(&config, shutdown.clone()).await?;
     let app = with_fallbacks(api_router(state).merge(health_router(readiness)));
     tracing::info!(listen = %listener.local_addr()?, "ingest listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Set up (or shut down before it could be), serving goes on to its graceful end.
+    let failed = async {
+        set_up.await?;
+        std::future::pending::<anyhow::Result<()>>().await
+    };
+    tokio::select! {
+        served = serve => Ok(served?),
+        failed = failed => failed,
+    }
 }

@@ -10,5 +10,6 @@ async fn main() -> anyhow::Result<()> {
     common::telemetry::init_tracing(&config.log)?;
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
-    ingest::run(config, listener, common::shutdown::on_signal()).await
+    let (shutdown, deadline) = (common::shutdown::on_signal(), config.shutdown.timeout());
+    common::shutdown::within_deadline(ingest::run(config, listener, shutdown.clone()), &shutdown, deadline).await
 }

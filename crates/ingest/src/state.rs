@@ -1,7 +1,10 @@
 //! What ingest's handlers share.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use common::http::{Dependency, Gate, Readiness, redis_pool};
 use common::ratelimit::RateLimiter;
@@ -23,13 +26,33 @@ pub struct AppState {
 const SERVICE_CACHE_TTL: Duration = Duration::from_secs(30);
 
 impl AppState {
-    /// Connects to every dependency (lazily where it may be down) and makes sure the streams exist.
-    pub async fn connect(config: &IngestConfig) -> anyhow::Result<(Arc<Self>, Readiness)> {
+    /// Connects to every dependency, lazily: nothing needs to be up yet. The returned set-up
+    /// future creates the schema and the streams as soon as PostgreSQL and NATS can be reached
+    /// (`/readyz` says "streams" down until then, and publishing answers 503); it fails only for
+    /// a configuration no retry can fix.
+    pub async fn connect(
+        config: &IngestConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Arc<Self>, Readiness, impl Future<Output = anyhow::Result<()>> + use<>)> {
         let pool = common::db::pool(&config.database)?;
         let redis = redis_pool(&config.redis.url, config.redis.timeout())?;
         let client = common::nats::connect(&config.nats, "opssentinal-ingest").await?;
         let js = common::nats::jetstream(client.clone(), config.nats.publish_timeout());
-        common::nats::ensure_streams(&js, &config.nats).await?;
+        let streams_ready = Arc::new(AtomicBool::new(false));
+        let set_up = {
+            let (pool, nats, ready) = (pool.clone(), config.nats.clone(), streams_ready.clone());
+            let js = js.clone();
+            async move {
+                let streams = async {
+                    if common::nats::ensure_streams_when_reachable(&js, &nats, &shutdown).await?.is_some() {
+                        ready.store(true, Ordering::Release);
+                    }
+                    anyhow::Ok(())
+                };
+                let (streams, schema) = tokio::join!(streams, common::db::migrate_when_reachable(&pool, &shutdown));
+                streams.and(schema)
+            }
+        };
         let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
         let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
         let publisher = Publisher::new(client.clone(), js, &config.nats);
@@ -41,9 +64,9 @@ impl AppState {
             idempotency: Idempotency::new(redis.clone(), config.redis.key_prefix.clone(), config.redis.timeout()),
         });
         let readiness = Readiness {
-            required: vec![Dependency::Nats(client)],
+            required: vec![Dependency::Nats(client), Dependency::SetUp("streams", streams_ready)],
             optional: vec![Dependency::Postgres(pool), Dependency::Redis(redis)],
         };
-        Ok((state, readiness))
+        Ok((state, readiness, set_up))
     }
 }

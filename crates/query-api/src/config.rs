@@ -1,7 +1,7 @@
 //! query-api configuration.
 
 use clap::Parser;
-use common::config::{DatabaseConfig, LogConfig, RateLimitConfig, RedisConfig, parse_listen};
+use common::config::{DatabaseConfig, LogConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen};
 
 /// OpsSentinal query API: incidents, services, schedules and on-call.
 #[derive(Debug, Clone, Parser)]
@@ -18,6 +18,8 @@ pub struct QueryApiConfig {
     pub limits: RateLimitConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
 }
 
 impl QueryApiConfig {

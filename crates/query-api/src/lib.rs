@@ -83,20 +83,33 @@ pub async fn maintain(pool: sqlx::PgPool, shutdown: CancellationToken) {
 pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let pool = common::db::pool(&config.database)?;
-    common::db::migrate_when_reachable(&pool, &shutdown).await?;
     let redis = redis_pool(&config.redis.url, config.redis.timeout())?;
     let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
     let state = Arc::new(AppState { pool: pool.clone(), gate });
-    tokio::spawn(maintain(pool.clone(), shutdown.clone()));
-    let readiness = Readiness { required: vec![Dependency::Postgres(pool)], optional: vec![Dependency::Redis(redis)] };
+    let schema_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set_up = {
+        let (pool, shutdown, ready) = (pool.clone(), shutdown.clone(), schema_ready.clone());
+        async move {
+            common::db::migrate_when_reachable(&pool, &shutdown).await?;
+            ready.store(!shutdown.is_cancelled(), std::sync::atomic::Ordering::Release);
+            maintain(pool, shutdown).await;
+            std::future::pending::<anyhow::Result<()>>().await
+        }
+    };
+    let readiness = Readiness {
+        required: vec![Dependency::Postgres(pool), Dependency::SetUp("schema", schema_ready)],
+        optional: vec![Dependency::Redis(redis)],
+    };
     let app = api_router(state)
         .merge(health_router(readiness))
         .fallback(common::http::not_found)
         .method_not_allowed_fallback(common::http::method_not_allowed);
     tracing::info!(listen = %listener.local_addr()?, "query-api listening");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned());
+    tokio::select! {
+        served = serve => Ok(served?),
+        failed = set_up => failed,
+    }
 }

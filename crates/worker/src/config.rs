@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Parser};
-use common::config::{DatabaseConfig, LogConfig, NatsConfig, parse_listen};
+use common::config::{DatabaseConfig, LogConfig, NatsConfig, ShutdownConfig, parse_listen};
 
 /// How a worker consumes the event stream.
 #[derive(Debug, Clone, Args)]
@@ -92,6 +92,8 @@ pub struct WorkerConfig {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub log: LogConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
 }
 
 impl WorkerConfig {

@@ -10,6 +10,7 @@ pub mod partitions;
 pub mod retention;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -27,7 +28,8 @@ use partitions::Coordinator;
 
 /// Starts the worker: `settings.concurrency` lanes, the coordinator that owns this process's
 /// share of the partitions and fetches them into the lanes, the event log's retention role, and
-/// a task that publishes the backlog gauge. Wait on the returned set to know when they have
+/// a task that publishes the backlog gauge. Waits (with backoff) for NATS to set up the streams;
+/// an empty set if `shutdown` fires first. Wait on the returned set to know when they have
 /// drained after `shutdown`.
 pub async fn start(
     settings: &WorkerSettings,
@@ -39,7 +41,9 @@ pub async fn start(
     settings.validate()?;
     nats.validate()?;
     let js = jetstream::new(client.clone());
-    let stream = common::nats::ensure_streams(&js, nats).await?;
+    let Some(stream) = common::nats::ensure_streams_when_reachable(&js, nats, &shutdown).await? else {
+        return Ok(JoinSet::new());
+    };
     let leases =
         Leases::new((*pool.connect_options()).clone(), &ownership::lock_name(&nats.stream, &settings.consumer));
     let mut tasks = JoinSet::new();
@@ -71,21 +75,40 @@ async fn report_backlog(mut stream: jetstream::stream::Stream, shutdown: Cancell
     }
 }
 
-/// Runs a standalone worker with its health and metrics endpoint on `listener`.
+/// Runs a standalone worker with its health and metrics endpoint on `listener`. Serves `/readyz`
+/// (503, naming what is missing) at once, whatever is down, and starts working when PostgreSQL
+/// and NATS can be reached.
 pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let pool = common::db::pool(&config.database)?;
-    common::db::migrate_when_reachable(&pool, &shutdown).await?;
     let client = common::nats::connect(&config.nats, "opssentinal-worker").await?;
-    let mut tasks = start(&config.worker, &config.nats, pool.clone(), client.clone(), shutdown.clone()).await?;
-    let readiness =
-        Readiness { required: vec![Dependency::Postgres(pool), Dependency::Nats(client.clone())], optional: vec![] };
+    let working = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness {
+        required: vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Nats(client.clone()),
+            Dependency::SetUp("consumers", working.clone()),
+        ],
+        optional: vec![],
+    };
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(server, async { while tasks.join_next().await.is_some() {} });
-    // Acks are buffered in the client: send them before exiting.
-    client.flush().await?;
+    let work = async {
+        common::db::migrate_when_reachable(&pool, &shutdown).await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let mut tasks = start(&config.worker, &config.nats, pool.clone(), client.clone(), shutdown.clone()).await?;
+        working.store(true, Ordering::Release);
+        while tasks.join_next().await.is_some() {}
+        anyhow::Ok(())
+    };
+    let (served, worked) = tokio::join!(server, work);
+    // Acks are buffered in the client: send them, if NATS can still be reached.
+    if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
+        tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
+    }
     served?;
-    Ok(())
+    worked
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Args;
-use common::config::{DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, parse_listen};
+use common::config::{
+    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen,
+};
 use common::http::{Dependency, Readiness, health_router, redis_pool};
 use ingest::IngestConfig;
 use worker::WorkerSettings;
@@ -31,6 +33,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     log: LogConfig,
     #[command(flatten)]
+    shutdown: ShutdownConfig,
+    #[command(flatten)]
     worker: WorkerSettings,
 }
 
@@ -44,40 +48,53 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         nats: args.nats.clone(),
         limits: args.limits.clone(),
         log: args.log.clone(),
+        shutdown: args.shutdown.clone(),
     };
     ingest_config.validate()?;
     args.worker.validate()?;
     let shutdown = common::shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(&args.listen).await?;
+    let deadline = args.shutdown.timeout();
+    let serve = {
+        let shutdown = shutdown.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind(&args.listen).await?;
 
-    let pool = common::db::pool(&args.database)?;
-    common::db::migrate_when_reachable(&pool, &shutdown).await?;
-    if let Some(first) = common::admin::bootstrap_admin(&pool, &args.admin_email).await? {
-        println!("First start: created the admin user and an admin API key. They are shown only now.");
-        println!("  admin email:    {}", first.email);
-        println!("  admin password: {}", first.password);
-        println!("  admin API key:  {}", first.api_key.key);
-    }
+            let pool = common::db::pool(&args.database)?;
+            common::db::migrate_when_reachable(&pool, &shutdown).await?;
+            if let Some(first) = common::admin::bootstrap_admin(&pool, &args.admin_email).await? {
+                println!("First start: created the admin user and an admin API key. They are shown only now.");
+                println!("  admin email:    {}", first.email);
+                println!("  admin password: {}", first.password);
+                println!("  admin API key:  {}", first.api_key.key);
+            }
 
-    let (ingest_state, _) = ingest::AppState::connect(&ingest_config).await?;
-    let worker_client = common::nats::connect(&args.nats, "opssentinal-worker").await?;
-    let mut workers =
-        worker::start(&args.worker, &args.nats, pool.clone(), worker_client.clone(), shutdown.clone()).await?;
+            let (ingest_state, _, streams) = ingest::AppState::connect(&ingest_config, shutdown.clone()).await?;
+            streams.await?;
+            let worker_client = common::nats::connect(&args.nats, "opssentinal-worker").await?;
+            let mut workers =
+                worker::start(&args.worker, &args.nats, pool.clone(), worker_client.clone(), shutdown.clone()).await?;
 
-    let readiness = Readiness {
-        required: vec![Dependency::Nats(worker_client.clone()), Dependency::Postgres(pool.clone())],
-        optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
+            let readiness = Readiness {
+                required: vec![Dependency::Nats(worker_client.clone()), Dependency::Postgres(pool.clone())],
+                optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
+            };
+            let query_state = Arc::new(query_api::AppState { pool: pool.clone(), gate: ingest_state.gate.clone() });
+            tokio::spawn(query_api::maintain(pool, shutdown.clone()));
+            let app = ingest::with_fallbacks(
+                ingest::api_router(ingest_state)
+                    .merge(query_api::api_router(query_state))
+                    .merge(health_router(readiness)),
+            );
+            tracing::info!(listen = %listener.local_addr()?, "opssentinal serving ingest, worker and query API");
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .await?;
+            while workers.join_next().await.is_some() {}
+            if tokio::time::timeout(std::time::Duration::from_secs(2), worker_client.flush()).await.is_err() {
+                tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
+            }
+            Ok(())
+        }
     };
-    let query_state = Arc::new(query_api::AppState { pool: pool.clone(), gate: ingest_state.gate.clone() });
-    tokio::spawn(query_api::maintain(pool, shutdown.clone()));
-    let app = ingest::with_fallbacks(
-        ingest::api_router(ingest_state).merge(query_api::api_router(query_state)).merge(health_router(readiness)),
-    );
-    tracing::info!(listen = %listener.local_addr()?, "opssentinal serving ingest, worker and query API");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await?;
-    while workers.join_next().await.is_some() {}
-    worker_client.flush().await?;
-    Ok(())
+    common::shutdown::within_deadline(serve, &shutdown, deadline).await
 }
