@@ -26,6 +26,8 @@ use crate::config::WorkerSettings;
 /// What applying and disposing of messages needs.
 pub struct Applier {
     pub pool: PgPool,
+    /// The event stream's name, the `stream` label of the re-fold counter.
+    pub stream: String,
     pub js: jetstream::Context,
     pub dlq_subject: String,
     pub settings: WorkerSettings,
@@ -105,7 +107,7 @@ impl Applier {
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(report) => {
-                record(&report, started);
+                record(&report, started, &self.stream);
                 ack_all(&messages).await;
             }
             Err(err) if common::db::is_unavailable(&err) => {
@@ -128,7 +130,7 @@ impl Applier {
         let started = Instant::now();
         match self.apply(std::slice::from_ref(event)).await {
             Ok(report) => {
-                record(&report, started);
+                record(&report, started, &self.stream);
                 ack_all(&[message]).await;
             }
             Err(err) if common::db::is_unavailable(&err) => {
@@ -220,14 +222,14 @@ fn header_safe(reason: &str) -> String {
     reason.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { ' ' }).take(512).collect()
 }
 
-fn record(report: &BatchReport, started: Instant) {
+fn record(report: &BatchReport, started: Instant, stream: &str) {
     metrics::histogram!("worker_apply_batch_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("worker_batch_size").record(report.outcomes.len() as f64);
     for outcome in &report.outcomes {
         metrics::counter!("events_applied_total", "outcome" => outcome.as_str()).increment(1);
     }
     metrics::counter!("events_duplicate_total").increment(report.duplicates as u64);
-    metrics::counter!("worker_refolds_total").increment(report.refolded_keys as u64);
+    metrics::counter!("worker_refolds_total", "stream" => stream.to_owned()).increment(report.refolded_keys as u64);
 }
 
 async fn ack_all(messages: &[&Message]) {

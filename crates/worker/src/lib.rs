@@ -48,7 +48,13 @@ pub async fn start(
         Leases::new((*pool.connect_options()).clone(), &ownership::lock_name(&nats.stream, &settings.consumer));
     let mut tasks = JoinSet::new();
     tasks.spawn(retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
-    let applier = Arc::new(Applier { pool, js, dlq_subject: nats.dlq_subject(), settings: settings.clone() });
+    let applier = Arc::new(Applier {
+        pool,
+        stream: nats.stream.clone(),
+        js,
+        dlq_subject: nats.dlq_subject(),
+        settings: settings.clone(),
+    });
     let mut lanes = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {
         let (sender, lane) = consumer::lane(applier.clone(), shutdown.clone());
