@@ -141,3 +141,53 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     assert!(refolds.is_some_and(|n| n != "0"), "no event arrived out of order; the test proved nothing (seed {seed})");
     env.cleanup().await;
 }
+
+/// DESIGN §1 guarantee 3 without losing people's work: a late alert that makes the worker
+/// re-fold a key merges the incident a responder was working into the one that now holds its
+/// alerts, and the acknowledgement, assignee, priority and notes follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_alert_merges_incidents_and_keeps_what_responders_did() {
+    use common::event::EventAction;
+    use reqwest::Method;
+    use worker::apply::{QueuedEvent, apply_batch};
+
+    let env = TestEnv::new().await;
+    let query = env.spawn_query_api().await;
+    let key = env.admin_key().await;
+    let service = env.service("API").await;
+    let responder: String = sqlx::query_scalar("select id from users limit 1").fetch_one(&env.pool).await.unwrap();
+    let event = |summary: &str| e2e::envelope(&service.id, "disk", EventAction::Trigger, summary);
+    let (t5, t7) = (event("T5: accepted first, applied late"), event("T7"));
+
+    // T7 (stream sequence 7) opens I7, and a responder works it.
+    apply_batch(&env.pool, &[QueuedEvent { seq: 7, envelope: t7.clone() }]).await.unwrap();
+    let i7 = common::ids::incident_id_for_event(t7.event_id);
+    let url = format!("{query}/api/incidents/{i7}");
+    for body in [
+        serde_json::json!({"status": "ACKNOWLEDGED"}),
+        serde_json::json!({"assigneeId": responder, "priority": "P1"}),
+        serde_json::json!({"note": "rebooting the disk array"}),
+    ] {
+        let (status, answer) = env.send_json(Method::PATCH, &url, &key, &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    // T5 (sequence 5) arrives late: replayed in order, T5 opens I5 and T7 is absorbed by it.
+    let report = apply_batch(&env.pool, &[QueuedEvent { seq: 5, envelope: t5.clone() }]).await.unwrap();
+    assert_eq!(report.refolded_keys, 1);
+    let i5 = common::ids::incident_id_for_event(t5.event_id);
+    let (status, detail) = env.get_json(&format!("{query}/api/incidents/{i5}"), &key).await;
+    assert_eq!(status, 200, "{detail}");
+    let incident = &detail["incident"];
+    assert_eq!(incident["alertCount"], 2);
+    assert_eq!(incident["status"], "ACKNOWLEDGED", "the acknowledgement of I7 was lost");
+    assert_eq!(
+        (incident["priority"].as_str(), incident["assignee"]["id"].as_str()),
+        (Some("P1"), Some(responder.as_str()))
+    );
+    let timeline = incident["timeline"].to_string();
+    assert!(timeline.contains("rebooting the disk array"), "the note was lost: {timeline}");
+    assert!(timeline.contains(&format!("incident {i7} was merged")), "{timeline}");
+    assert_eq!(env.get_json(&url, &key).await.0, 404);
+    env.cleanup().await;
+}

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use common::event::{AlertPayload, EventAction, EventEnvelope};
 use common::fold::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome};
+use common::ids::incident_id_for_event;
 use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, timestamp};
 use jiff::Timestamp;
 use sqlx::types::Json;
@@ -255,12 +256,32 @@ async fn refold(
     entries.extend(fresh.iter().map(|e| ((e.seq, false, e.envelope.event_id), Entry::Fresh(e))));
     entries.sort_by_key(|(order, _)| *order);
 
+    // What a stored event belonged to before this re-fold.
+    let before: HashMap<Uuid, String> = rows
+        .iter()
+        .filter_map(|row| Some((row.try_get("event_id").ok()?, row.try_get::<Option<String>, _>("incident_id").ok()??)))
+        .collect();
     let mut fold = KeyFold::new(None);
     let mut outcomes = Vec::new();
+    // An incident whose opening alert another incident now holds is merged into that one: what
+    // people did to it (manual changes, notes, assignee, priority) follows.
+    let mut merged_into: HashMap<String, String> = HashMap::new();
     for (_, entry) in entries {
         match entry {
             Entry::Stored(s) => {
-                let (outcome, incident) = fold.apply(&s.fold_event());
+                let mut event = s.fold_event();
+                if let FoldAction::Manual { incident_id, change } = event.action
+                    && let Some(target) = merged_into.get(incident_id)
+                {
+                    event.action = FoldAction::Manual { incident_id: target, change };
+                }
+                let (outcome, incident) = fold.apply(&event);
+                if let (Some(was), Some(now)) = (before.get(&s.event_id), incident.as_ref())
+                    && *was == incident_id_for_event(s.event_id)
+                    && was != now
+                {
+                    merged_into.insert(was.clone(), now.clone());
+                }
                 writes.stored_event(s, outcome, incident);
             }
             Entry::Fresh(event) => {
@@ -275,15 +296,42 @@ async fn refold(
     // Only incidents opened by an event this re-fold read can be replaced: older ones (whose
     // events may have aged out of the log) are left as they are.
     let read: Vec<i64> = rows.iter().map(|row| row.try_get::<i64, _>("seq")).collect::<Result<_, _>>()?;
-    sqlx::query(
-        "delete from incidents where service_id = $1 and dedup_key = $2 and opened_seq = any($3) and id <> all($4)",
+    let dropped: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "select id, priority, assignee_id from incidents
+         where service_id = $1 and dedup_key = $2 and opened_seq = any($3) and id <> all($4)",
     )
     .bind(service_id)
     .bind(dedup_key)
     .bind(&read)
     .bind(&keep)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let (mut from, mut into) = (Vec::new(), Vec::new());
+    for (id, _, _) in &dropped {
+        if let Some(target) = merged_into.get(id).filter(|t| keep.contains(&t.as_str())) {
+            from.push(id.clone());
+            into.push(target.clone());
+        }
+    }
+    if !from.is_empty() {
+        // Before the delete would cascade to them; the target may be written only at the end of
+        // the batch, which the deferred reference allows.
+        sqlx::query(
+            "update incident_timeline t set incident_id = m.into_id
+             from unnest($1::text[], $2::text[]) as m(from_id, into_id) where t.incident_id = m.from_id",
+        )
+        .bind(&from)
+        .bind(&into)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let ids: Vec<&str> = dropped.iter().map(|(id, _, _)| id.as_str()).collect();
+    sqlx::query("delete from incidents where id = any($1)").bind(&ids).execute(&mut *tx).await?;
+    for (id, priority, assignee) in dropped {
+        if let Some(target) = merged_into.get(&id).filter(|t| keep.contains(&t.as_str())) {
+            writes.merged(id, target.clone(), priority, assignee);
+        }
+    }
     writes.incidents(service_id, dedup_key, incidents);
     Ok(outcomes)
 }
@@ -299,6 +347,16 @@ struct Writes {
     stored_outcomes: Vec<&'static str>,
     stored_incidents: Vec<Option<String>>,
     stored_received: Vec<String>,
+    merges: Merges,
+}
+
+/// Incidents a re-fold merged into another (from → into), with what people had set on them.
+#[derive(Default)]
+struct Merges {
+    from: Vec<String>,
+    into: Vec<String>,
+    priority: Vec<Option<String>>,
+    assignee: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -338,6 +396,14 @@ impl Writes {
         self.stored_incidents.push(incident);
     }
 
+    fn merged(&mut self, from: String, into: String, priority: Option<String>, assignee: Option<String>) {
+        let merges = &mut self.merges;
+        merges.from.push(from);
+        merges.into.push(into);
+        merges.priority.push(priority);
+        merges.assignee.push(assignee);
+    }
+
     fn incidents(&mut self, service_id: &str, dedup_key: &str, incidents: Vec<IncidentState>) {
         for incident in incidents {
             let rows = if incident.status == IncidentStatus::Resolved { &mut self.closed } else { &mut self.open };
@@ -366,6 +432,27 @@ impl Writes {
             .bind(&e.received_at)
             .bind(&e.outcome)
             .bind(&e.incident_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let m = &self.merges;
+        if !m.from.is_empty() {
+            // The merged incidents' assignee and priority where the target has none, and a
+            // timeline entry saying what happened (their timelines were moved by the re-fold).
+            sqlx::query(
+                "with merge as (select * from unnest($1::text[], $2::text[], $3::text[], $4::text[]) as t(from_id, into_id, p, a)),
+                 kept as (update incidents i set priority = coalesce(i.priority, m.p), assignee_id = coalesce(i.assignee_id, m.a)
+                          from merge m where i.id = m.into_id)
+                 insert into incident_timeline (incident_id, kind, actor_id, message, data)
+                 select into_id, 'merged', 'system',
+                        'incident ' || from_id || ' was merged into this one: a late alert re-ordered this key''s events',
+                        jsonb_build_object('mergedIncidentId', from_id)
+                 from merge",
+            )
+            .bind(&m.from)
+            .bind(&m.into)
+            .bind(&m.priority)
+            .bind(&m.assignee)
             .execute(&mut *tx)
             .await?;
         }
