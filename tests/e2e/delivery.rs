@@ -213,3 +213,64 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
     assert!(reasons[1].contains("foreign key") || reasons[1].contains("incidents"), "{reasons:?}");
     env.cleanup().await;
 }
+
+/// DESIGN §1 guarantee 5: the poison bound counts failed apply attempts, not deliveries. A
+/// message delivered many times without being tried (an outage, expired ack waits) that then
+/// fails once is retried, and dead-lettered only after `max_deliveries` failed attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
+    let env = TestEnv::new().await;
+    let mut settings = env.worker_settings();
+    settings.max_deliveries = 3;
+    settings.ack_wait_secs = 1;
+    let js = jetstream_context(&env).await;
+    let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    let event = envelope("svc_gone", "orphan", EventAction::Trigger);
+    let partition = common::config::partition_of("svc_gone", "orphan", env.nats.partitions);
+    let spec = common::nats::ConsumerSpec {
+        events: &stream,
+        nats: &env.nats,
+        base: &env.consumer,
+        ack_wait: settings.ack_wait(),
+        max_ack_pending: 1000,
+    };
+    let consumer = spec.ensure(partition).await.unwrap();
+    publish_copy(&js, &env, &event).await;
+
+    // Delivered three times and never tried: each delivery left to expire.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        assert!(std::time::Instant::now() < deadline, "no third delivery within 20 s");
+        let mut batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(2)).messages().await.unwrap();
+        if let Some(Ok(message)) = batch.next().await
+            && message.info().unwrap().delivered >= 3
+        {
+            break message;
+        }
+    };
+    let queued = QueuedEvent { seq: i64::try_from(message.info().unwrap().stream_sequence).unwrap(), envelope: event };
+
+    let applier = worker::consumer::Applier {
+        pool: env.pool.clone(),
+        stream: env.nats.stream.clone(),
+        js: js.clone(),
+        dlq_subject: env.nats.dlq_subject(),
+        settings: settings.clone(),
+    };
+    let dead_letters =
+        || async { js.get_stream(env.nats.dlq_stream()).await.unwrap().info().await.unwrap().state.messages };
+    let attempts = || async {
+        sqlx::query_scalar::<_, i32>("select attempts from apply_failures").fetch_optional(&env.pool).await.unwrap()
+    };
+    applier.give_up_or_retry(&message, &queued, "first failure").await;
+    assert_eq!(
+        (attempts().await, dead_letters().await),
+        (Some(1), 0),
+        "one failure after three deliveries dead-lettered it"
+    );
+    applier.give_up_or_retry(&message, &queued, "second failure").await;
+    assert_eq!((attempts().await, dead_letters().await), (Some(2), 0));
+    applier.give_up_or_retry(&message, &queued, "third failure").await;
+    assert_eq!((attempts().await, dead_letters().await), (Some(3), 1), "three failed attempts make it poison");
+    env.cleanup().await;
+}

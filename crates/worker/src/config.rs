@@ -26,7 +26,8 @@ pub struct WorkerSettings {
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
     #[arg(long = "worker-ack-wait-secs", env = "WORKER_ACK_WAIT_SECS", default_value_t = 30)]
     pub ack_wait_secs: u64,
-    /// Deliveries of a message that keeps failing to apply before it goes to the dead-letter stream.
+    /// Failed attempts to apply an event before it goes to the dead-letter stream (redeliveries
+    /// after a database outage or an expired ack wait are not attempts).
     #[arg(long = "worker-max-deliveries", env = "WORKER_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
     /// Days of raw events the log keeps; older days are dropped whole (incidents keep their state

@@ -122,7 +122,7 @@ impl Applier {
                     self.apply_one(message, event, shutdown).await;
                 }
             }
-            Err(err) => self.give_up_or_retry(messages[0], &err.to_string()).await,
+            Err(err) => self.give_up_or_retry(messages[0], &events[0], &err.to_string()).await,
         }
     }
 
@@ -137,7 +137,7 @@ impl Applier {
                 nak_all(&[message], Duration::from_secs(2)).await;
                 self.wait_for_database(shutdown).await;
             }
-            Err(err) => self.give_up_or_retry(message, &err.to_string()).await,
+            Err(err) => self.give_up_or_retry(message, event, &err.to_string()).await,
         }
     }
 
@@ -153,15 +153,35 @@ impl Applier {
             .await
     }
 
-    /// A message that failed to apply: retried later with a growing delay, until it has been
-    /// delivered `max_deliveries` times; then it is poison and goes to the dead-letter stream.
-    async fn give_up_or_retry(&self, message: &Message, reason: &str) {
-        let deliveries = message.info().map(|info| info.delivered).unwrap_or(1).max(1).unsigned_abs();
-        if deliveries >= self.settings.max_deliveries {
+    /// A message that failed to apply: its failed attempt is counted (in PostgreSQL, so every
+    /// worker sees the same count), and it is retried later with a growing delay until it has
+    /// failed `max_deliveries` times; then it is poison and goes to the dead-letter stream.
+    /// Redeliveries that were no attempt (a database outage, an ack wait that expired) do not
+    /// count. If the count cannot be written, the message is simply retried.
+    pub async fn give_up_or_retry(&self, message: &Message, event: &QueuedEvent, reason: &str) {
+        let counted: Result<i32, sqlx::Error> = sqlx::query_scalar(
+            "insert into apply_failures (event_id, attempts, last_error) values ($1, 1, $2)
+             on conflict (event_id) do update
+               set attempts = apply_failures.attempts + 1, last_error = excluded.last_error, updated_at = now()
+             returning attempts",
+        )
+        .bind(event.envelope.event_id)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await;
+        let attempts = match counted {
+            Ok(attempts) => u64::from(attempts.unsigned_abs()),
+            Err(err) => {
+                tracing::warn!(error = %err, reason, "could not count a failed attempt; will retry");
+                nak_all(&[message], Duration::from_secs(2)).await;
+                return;
+            }
+        };
+        if attempts >= self.settings.max_deliveries {
             self.dead_letter(message, reason).await;
         } else {
-            let delay = Duration::from_millis(500 * 2u64.pow(u32::try_from(deliveries).unwrap_or(7).min(7)));
-            tracing::warn!(reason, deliveries, retry_in_ms = delay.as_millis(), "event failed to apply; will retry");
+            let delay = Duration::from_millis(500 * 2u64.pow(u32::try_from(attempts).unwrap_or(7).min(7)));
+            tracing::warn!(reason, attempts, retry_in_ms = delay.as_millis(), "event failed to apply; will retry");
             metrics::counter!("worker_retries_total").increment(1);
             nak_all(&[message], delay).await;
         }

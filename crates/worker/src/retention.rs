@@ -68,6 +68,7 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
         report.skipped = true;
         return Ok(report);
     }
+    sqlx::query("delete from apply_failures where updated_at < now() - interval '7 days'").execute(&mut *tx).await?;
     for offset in -1..=DAYS_AHEAD {
         let day =
             today.checked_add(jiff::Span::new().days(offset)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
