@@ -460,16 +460,26 @@ async fn schedules_and_dead_letters_are_managed_with_the_cli() {
         .execute(&env.pool)
         .await
         .unwrap();
+    // The key's resolve came after the trigger and is applied (to no incident) before the replay.
+    let resolve = e2e::envelope("svc_later", "orphan", common::event::EventAction::Resolve, "");
+    js.publish(env.nats.event_subject("svc_later", "orphan"), serde_json::to_vec(&resolve).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
     let replayed = json_of(&run_with_nats(&env, &["dlq", "replay", "--all", "--output", "json"]));
     assert_eq!(replayed["replayed"].as_array().unwrap().len(), 1);
-    wait_until(Duration::from_secs(30), "the replayed trigger to open an incident", || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from incidents where dedup_key = 'orphan'")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap()
-            == 1
+    // Replayed at its original place, before the resolve: the incident it opens is resolved.
+    wait_until(Duration::from_secs(30), "the replayed trigger to be applied", || async {
+        env.applied_events().await == 2
     })
     .await;
+    let statuses: Vec<String> = sqlx::query_scalar("select status from incidents where dedup_key = 'orphan'")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["RESOLVED"], "a replayed trigger reopened a resolved key");
     let listed = json_of(&run_with_nats(&env, &["dlq", "list", "--output", "json"]));
     assert!(listed.as_array().unwrap().is_empty());
     let (code, _) = failure(&run_with_nats(&env, &["dlq", "replay", "99"]));

@@ -23,6 +23,10 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
         .with_context(|| format!("connecting to NATS at {}", config.url))
 }
 
+/// Header of a replayed dead letter: the stream sequence the event was first accepted at, where
+/// workers apply it (so a trigger replayed after its key's resolve does not reopen the incident).
+pub const ORIGINAL_SEQ_HEADER: &str = "OpsSentinal-Original-Seq";
+
 /// A stream made with another partition count than this service's: a configuration error no
 /// retry can fix.
 #[derive(Debug, thiserror::Error)]

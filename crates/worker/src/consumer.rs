@@ -190,7 +190,8 @@ impl Applier {
     /// Copies the message to the dead-letter stream with the reason, then terminates it. If the
     /// copy cannot be stored, the message is left for redelivery instead.
     pub async fn dead_letter(&self, message: &Message, reason: &str) {
-        let (seq, deliveries) = message.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 0));
+        let deliveries = message.info().map(|i| i.delivered).unwrap_or(0);
+        let seq = position(message).unwrap_or(0);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("dlq-{seq}").as_str());
         headers.insert("OpsSentinal-Reason", header_safe(reason).as_str());
@@ -231,11 +232,21 @@ impl Applier {
 
 /// Reads an event from a message; the reason it cannot be applied otherwise.
 pub fn decode(message: &Message) -> Result<QueuedEvent, String> {
-    let seq = message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?.stream_sequence;
+    let seq = position(message)?;
     let envelope: EventEnvelope =
         serde_json::from_slice(&message.payload).map_err(|e| format!("undecodable event: {e}"))?;
     envelope.check_applicable()?;
     Ok(QueuedEvent { seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?, envelope })
+}
+
+/// Where a message's event belongs in its key's order: the stream sequence it was first
+/// accepted at (a replayed dead letter carries it in a header), else its own.
+fn position(message: &Message) -> Result<u64, String> {
+    let replayed = message.headers.as_ref().and_then(|h| h.get(common::nats::ORIGINAL_SEQ_HEADER));
+    match replayed {
+        Some(value) => value.as_str().parse().map_err(|_| format!("bad {} header", common::nats::ORIGINAL_SEQ_HEADER)),
+        None => Ok(message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?.stream_sequence),
+    }
 }
 
 fn header_safe(reason: &str) -> String {

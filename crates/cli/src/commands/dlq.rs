@@ -103,6 +103,12 @@ pub async fn run(command: DlqCommand, output: Output) -> anyhow::Result<()> {
             for letter in &chosen {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("replay-{}-{}", nats.dlq_stream(), letter.seq).as_str());
+                // Applied where it was first accepted, not after what came since.
+                if let Some(original) =
+                    letter.message.headers.get("OpsSentinal-Stream-Seq").filter(|s| s.as_str() != "0")
+                {
+                    headers.insert(common::nats::ORIGINAL_SEQ_HEADER, original.as_str());
+                }
                 // An undecodable letter goes to partition 0, where a worker dead-letters it again.
                 let subject = serde_json::from_slice::<common::event::EventEnvelope>(&letter.message.payload)
                     .map_or_else(|_| nats.partition_subject(0), |e| nats.event_subject(&e.service_id, &e.dedup_key));
