@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::bench::{CpuClock, Service, median, ms, quantile, setting, spawn, wait_ready};
+use e2e::bench::{CpuClock, median, ms, quantile, setting, wait_ready};
+use e2e::servers::ServiceProcess;
 use e2e::servers::free_port;
 use e2e::{TestEnv, trigger};
 
@@ -109,8 +110,8 @@ struct Pipeline {
     base: String,
     key: String,
     routing_key: String,
-    ingest: Service,
-    workers: Vec<(Service, u16)>,
+    ingest: ServiceProcess,
+    workers: Vec<(ServiceProcess, u16)>,
 }
 
 impl Pipeline {
@@ -122,7 +123,7 @@ impl Pipeline {
         preload(&env, &service.id, setting("BENCH_PRELOAD_ROWS", 0)).await;
         let routing_key = service.routing_key;
         let ingest_port = free_port();
-        let ingest = spawn(&env, "opssentinal-ingest", "INGEST_LISTEN", ingest_port);
+        let ingest = ServiceProcess::start_on("opssentinal-ingest", &env.service_env(), ingest_port);
         wait_ready(&env.http, ingest_port).await;
         let mut pipeline = Self {
             env,
@@ -140,7 +141,7 @@ impl Pipeline {
 
     async fn add_worker(&mut self) {
         let port = free_port();
-        let worker = spawn(&self.env, "opssentinal-worker", "WORKER_LISTEN", port);
+        let worker = ServiceProcess::start_on("opssentinal-worker", &self.env.service_env(), port);
         wait_ready(&self.env.http, port).await;
         self.workers.push((worker, port));
     }

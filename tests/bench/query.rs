@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::TestEnv;
-use e2e::bench::{median, ms, quantile, setting, spawn, wait_ready};
+use e2e::bench::{median, ms, quantile, setting, wait_ready};
+use e2e::servers::ServiceProcess;
 use e2e::servers::free_port;
 
 async fn load(env: &TestEnv, incidents: usize) {
@@ -145,7 +146,7 @@ async fn main() {
     let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
     load(&env, incidents).await;
     let port = free_port();
-    let _query_api = spawn(&env, "opssentinal-query-api", "QUERY_API_LISTEN", port);
+    let _query_api = ServiceProcess::start_on("opssentinal-query-api", &env.service_env(), port);
     wait_ready(&env.http, port).await;
     let base = format!("http://127.0.0.1:{port}");
     println!("{requests} requests per query and run, {concurrency} in flight, {runs} runs");

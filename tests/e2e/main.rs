@@ -2,6 +2,7 @@
 
 mod cli;
 mod delivery;
+mod fault_matrix;
 mod faults;
 mod ingest_api;
 mod lifecycle;

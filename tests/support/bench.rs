@@ -1,38 +1,8 @@
 //! Helpers shared by the benchmarks: the release binaries as separate processes, and statistics.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{TestEnv, wait_until};
-
-/// A service process, killed when dropped.
-pub struct Service(Child);
-
-impl Service {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _killed = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
-
-/// Starts `binary` against `env`'s database, Redis prefix, stream and consumer, listening on
-/// `port` through the variable `listen_var`.
-pub fn spawn(env: &TestEnv, binary: &str, listen_var: &str, port: u16) -> Service {
-    let child = Command::new(crate::service_binary(binary))
-        .envs(env.service_env())
-        .env(listen_var, format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn service");
-    Service(child)
-}
+use crate::wait_until;
 
 pub async fn wait_ready(http: &reqwest::Client, port: u16) {
     wait_until(Duration::from_secs(60), "service readiness", || async {

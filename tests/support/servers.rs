@@ -87,15 +87,21 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let port = free_port();
+        let mut redis = Self { port: free_port(), process: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it (again) on the same port, empty.
+    pub fn restart(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        wait_for_port(port, "redis-server");
-        Self { port, process: Some(Process(child)) }
+        self.process = Some(Process(child));
+        wait_for_port(self.port, "redis-server");
     }
 
     pub fn url(&self) -> String {
@@ -252,25 +258,27 @@ impl Drop for PrivateAlertmanager {
 pub struct ServiceProcess {
     child: Child,
     pub port: u16,
+    binary: String,
+    env: Vec<(String, String)>,
 }
 
 impl ServiceProcess {
     /// Starts `binary` with `env`, listening on a free port.
     pub fn start(binary: &str, env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let listen = match binary {
-            "opssentinal-ingest" => "INGEST_LISTEN",
-            "opssentinal-query-api" => "QUERY_API_LISTEN",
-            _ => "WORKER_LISTEN",
-        };
-        let child = Command::new(crate::service_binary(binary))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(listen, format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
-        Self { child, port }
+        Self::start_on(binary, env, free_port())
+    }
+
+    /// Starts `binary` with `env`, listening on `port`.
+    pub fn start_on(binary: &str, env: &[(&str, String)], port: u16) -> Self {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        Self { child: spawn_service(binary, &env, port), port, binary: binary.to_owned(), env }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        let _killed = self.child.kill();
+        let _reaped = self.child.wait();
+        self.child = spawn_service(&self.binary, &self.env, self.port);
     }
 
     pub fn url(&self) -> String {
@@ -317,6 +325,21 @@ impl ServiceProcess {
         let status = response.status().as_u16();
         Some((status, response.json().await.ok()?))
     }
+}
+
+fn spawn_service(binary: &str, env: &[(String, String)], port: u16) -> Child {
+    let listen = match binary {
+        "opssentinal-ingest" => "INGEST_LISTEN",
+        "opssentinal-query-api" => "QUERY_API_LISTEN",
+        _ => "WORKER_LISTEN",
+    };
+    Command::new(crate::service_binary(binary))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(listen, format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{binary} starts: {e}"))
 }
 
 impl Drop for ServiceProcess {

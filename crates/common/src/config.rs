@@ -97,7 +97,8 @@ pub struct NatsConfig {
         default_value_t = 1
     )]
     pub replicas: usize,
-    /// Largest size of the event stream in bytes (-1: unlimited). When full, ingest answers 503.
+    /// Largest size of the event stream in bytes (-1: unlimited): past it, ingest answers 503
+    /// until workers catch up. Enforced by ingest (within a quarter second), not by NATS.
     #[arg(id = "nats_stream_max_bytes", long = "nats-stream-max-bytes", env = "NATS_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
     pub max_bytes: i64,
     /// How long ingest waits for JetStream's publish acknowledgement before answering 503, in milliseconds.

@@ -70,8 +70,14 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
 }
 
 /// Creates the event stream and the dead-letter stream if missing, or brings an existing one's
-/// subjects, size cap and replicas in line with `config`; returns the event stream. A stream made
-/// with another partition count is refused, naming both counts.
+/// subjects, replicas and duplicate window in line with `config`; returns the event stream. A
+/// stream made with another partition count is refused, naming both counts.
+///
+/// The stream itself has no size cap, and an old cap is removed: NATS 2.9 (Debian's 2.9.10, as
+/// measured) deletes the *oldest* messages of a work-queue stream that has consumers when its
+/// `max_bytes` is reached, even with the discard-new policy, which would silently drop accepted
+/// events. `NATS_STREAM_MAX_BYTES` is enforced by ingest instead (see `ingest::publisher`); the
+/// server's own storage limits refuse a publish, never drop one.
 pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> anyhow::Result<stream::Stream> {
     let wanted = stream::Config {
         name: config.stream.clone(),
@@ -80,7 +86,7 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
-        max_bytes: config.max_bytes,
+        max_bytes: -1,
         num_replicas: config.replicas,
         duplicate_window: config.duplicate_window(),
         ..Default::default()

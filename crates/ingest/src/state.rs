@@ -39,12 +39,16 @@ impl AppState {
         let client = common::nats::connect(&config.nats, "opssentinal-ingest").await?;
         let js = common::nats::jetstream(client.clone(), config.nats.publish_timeout());
         let streams_ready = Arc::new(AtomicBool::new(false));
+        let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
+        let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
+        let publisher = Publisher::new(client.clone(), js.clone(), &config.nats);
         let set_up = {
             let (pool, nats, ready) = (pool.clone(), config.nats.clone(), streams_ready.clone());
-            let js = js.clone();
+            let publisher = publisher.clone();
             async move {
                 let streams = async {
                     if common::nats::ensure_streams_when_reachable(&js, &nats, &shutdown).await?.is_some() {
+                        tokio::spawn(publisher.watch_fill(shutdown.clone()));
                         ready.store(true, Ordering::Release);
                     }
                     anyhow::Ok(())
@@ -53,9 +57,6 @@ impl AppState {
                 streams.and(schema)
             }
         };
-        let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
-        let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
-        let publisher = Publisher::new(client.clone(), js, &config.nats);
         let state = Arc::new(Self {
             pool: pool.clone(),
             gate,

@@ -26,11 +26,15 @@ use crate::ownership::{Leases, View, share};
 /// How often a worker re-reads the members and adjusts what it owns.
 pub const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often idle partitions are checked for messages a NATS crash left behind.
+const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Longest wait for a partition's fetched messages to be disposed of before it is given up anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A partition this worker owns.
 struct Owned {
+    consumer: PullConsumer,
     stop: CancellationToken,
     fetch: JoinHandle<()>,
     in_flight: Arc<InFlight>,
@@ -52,6 +56,7 @@ impl Coordinator {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
         let mut last_view = None;
+        let mut orphans_checked = tokio::time::Instant::now();
         loop {
             match self.leases.view().await {
                 Ok(view) => {
@@ -61,6 +66,10 @@ impl Coordinator {
                         last_view = Some(view);
                     }
                     self.rebalance(view, &mut owned, &shutdown).await;
+                    if orphans_checked.elapsed() >= ORPHAN_CHECK_INTERVAL {
+                        self.repair_orphans(&mut owned, &shutdown).await;
+                        orphans_checked = tokio::time::Instant::now();
+                    }
                 }
                 Err(err) => {
                     if last_view.take().is_some() || !owned.is_empty() {
@@ -128,7 +137,57 @@ impl Coordinator {
             let _stopped = partition.fetch.await;
             drained(&partition.in_flight).await;
         }
-        let _flushed = self.client.flush().await;
+        if tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await.is_err() {
+            tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
+        }
+    }
+
+    /// After a crash, NATS 2.9 may restore a work-queue stream and its consumer from different
+    /// moments: the stream still holds messages the consumer counts as acknowledged. They would
+    /// never be delivered again and the backlog would never drain. An owned partition whose
+    /// consumer has nothing pending while the stream holds messages on its subject gets its
+    /// consumer re-created, which delivers them again (already applied: acknowledged at once as
+    /// duplicates).
+    async fn repair_orphans(&mut self, owned: &mut BTreeMap<u32, Owned>, shutdown: &CancellationToken) {
+        let mut idle = Vec::new();
+        for (p, partition) in owned.iter_mut() {
+            if partition.in_flight.count() == 0
+                && let Ok(info) = partition.consumer.info().await
+                && info.num_pending == 0
+                && info.num_ack_pending == 0
+            {
+                idle.push(*p);
+            }
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let stream = self.stream.clone();
+        let Ok(subjects) = stream.info_with_subjects(self.nats.events_subjects()).await else { return };
+        let held: std::collections::HashMap<String, usize> =
+            subjects.filter_map(|entry| async move { entry.ok() }).collect().await;
+        for p in idle {
+            if held.get(&self.nats.partition_subject(p)).copied().unwrap_or(0) == 0 {
+                continue;
+            }
+            tracing::warn!(
+                partition = p,
+                "the stream holds messages this partition's consumer counts as acknowledged; re-creating the consumer"
+            );
+            metrics::counter!("worker_orphaned_message_repairs_total").increment(1);
+            if let Some(partition) = owned.remove(&p) {
+                self.stop_and_drain(vec![partition]).await;
+            }
+            match self.open(p).await {
+                Ok(consumer) => {
+                    owned.insert(p, self.fetch(p, consumer, shutdown));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, partition = p, "cannot re-create the partition's consumer; giving it up for now");
+                    let _released = self.leases.give_back(p).await;
+                }
+            }
+        }
     }
 
     /// The partition's consumer, re-created: whatever a previous owner left behind (messages
@@ -152,8 +211,8 @@ impl Coordinator {
         let stop = shutdown.child_token();
         let in_flight = Arc::new(InFlight::default());
         let lane = self.lanes[partition as usize % self.lanes.len()].clone();
-        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer, lane, in_flight.clone(), stop.clone()));
-        Owned { stop, fetch, in_flight }
+        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer.clone(), lane, in_flight.clone(), stop.clone()));
+        Owned { consumer, stop, fetch, in_flight }
     }
 }
 
