@@ -14,6 +14,9 @@ pub const MAX_DEDUP_KEY: usize = 255;
 pub const MAX_SUMMARY: usize = 1024;
 /// Longest accepted `payload.source`, `component`, `group`, `class`, in characters.
 pub const MAX_SHORT_FIELD: usize = 255;
+/// Deepest nesting of `payload.custom_details` (objects and arrays), so that the stored event,
+/// which wraps the details in more levels, always stays within what JSON parsers accept.
+pub const MAX_DETAILS_DEPTH: usize = 64;
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
@@ -164,10 +167,16 @@ impl EventRequest {
 
 impl AlertPayload {
     fn validate(&self) -> Result<(), ApiError> {
-        if let Some(details) = &self.custom_details
-            && let Some(path) = details.iter().find_map(|(k, v)| nul_path_in(k, v, "payload.custom_details"))
-        {
-            return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
+        if let Some(details) = &self.custom_details {
+            if let Some(path) = details.iter().find_map(|(k, v)| nul_path_in(k, v, "payload.custom_details")) {
+                return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
+            }
+            if 1 + details.values().map(depth).max().unwrap_or(0) > MAX_DETAILS_DEPTH {
+                return Err(ApiError::validation(
+                    "payload.custom_details",
+                    format!("must not nest deeper than {MAX_DETAILS_DEPTH} levels"),
+                ));
+            }
         }
         check_text("payload.summary", &self.summary, MAX_SUMMARY, true)?;
         check_text("payload.source", &self.source, MAX_SHORT_FIELD, true)?;
@@ -247,6 +256,29 @@ pub fn strip_nul(value: &mut Value) -> usize {
             }
             removed + map.values_mut().map(strip_nul).sum::<usize>()
         }
+        _ => 0,
+    }
+}
+
+/// Levels of objects and arrays in `value` (0 for a scalar).
+pub fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Replaces every value that would make `value` deeper than `max` levels by its JSON text, for
+/// the integrations that repair rather than refuse. Returns how many were replaced.
+pub fn flatten_deep(value: &mut Value, max: usize) -> usize {
+    if max == 0 && matches!(value, Value::Array(_) | Value::Object(_)) {
+        *value = Value::String(value.to_string());
+        return 1;
+    }
+    match value {
+        Value::Array(items) => items.iter_mut().map(|v| flatten_deep(v, max - 1)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| flatten_deep(v, max - 1)).sum(),
         _ => 0,
     }
 }
@@ -359,6 +391,22 @@ mod tests {
         assert_eq!(strip_nul(&mut value), 4);
         assert_eq!(value, json!({"a": ["x", {"b": ""}], "n": 1}));
         assert_eq!(strip_nul(&mut value), 0);
+    }
+
+    #[test]
+    fn details_nested_too_deep_are_refused_or_flattened() {
+        let nested = |levels: usize| -> Value { (0..levels).fold(json!(1), |inner, _| json!({ "a": inner })) };
+        let mut body = trigger();
+        body["payload"]["custom_details"] = nested(MAX_DETAILS_DEPTH);
+        assert!(request(body.clone()).validate().is_ok());
+        body["payload"]["custom_details"] = nested(MAX_DETAILS_DEPTH + 1);
+        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.custom_details");
+
+        let mut deep = nested(10);
+        assert_eq!(depth(&deep), 10);
+        assert_eq!(flatten_deep(&mut deep, 4), 1);
+        assert_eq!(depth(&deep), 4);
+        assert_eq!(deep["a"]["a"]["a"]["a"], json!(nested(6).to_string()));
     }
 
     #[test]

@@ -16,7 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::ApiError;
 use common::event::ServiceRef;
-use common::event::{AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, Severity};
+use common::event::{
+    AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_DETAILS_DEPTH, MAX_SHORT_FIELD, MAX_SUMMARY, Severity,
+};
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -200,6 +202,15 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
         .collect();
     if !extras.is_empty() {
         details.insert("pagerduty".into(), Value::Object(extras));
+    }
+    // The details object is the first level.
+    let flattened: usize = details.values_mut().map(|v| common::event::flatten_deep(v, MAX_DETAILS_DEPTH - 1)).sum();
+    if flattened > 0 {
+        repaired(
+            repairs,
+            "details_too_deep",
+            format!("{flattened} values nested deeper than {MAX_DETAILS_DEPTH} levels kept as JSON text"),
+        );
     }
     if !repairs.is_empty() {
         details.insert("opssentinal_repairs".into(), json!(repairs));
