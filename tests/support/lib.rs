@@ -3,6 +3,7 @@
 //! Services run in process on port 0; fault tests start private servers of their own.
 
 pub mod bench;
+pub mod load;
 pub mod model;
 pub mod servers;
 
@@ -106,6 +107,10 @@ impl TestEnv {
         let suffix = db_name.trim_start_matches("ostest_").to_owned();
         let nats = NatsConfig {
             url: nats_url.to_owned(),
+            creds: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             stream: format!("OSTEST_{suffix}"),
             subject_prefix: format!("ostest.{suffix}"),
             replicas: 1,

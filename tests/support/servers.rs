@@ -348,3 +348,74 @@ impl Drop for ServiceProcess {
         let _reaped = self.child.wait();
     }
 }
+
+/// A private three-node JetStream cluster on loopback ports (routes between all three), each node
+/// with its own store; nodes can be killed (SIGKILL) and restarted one at a time.
+pub struct PrivateNatsCluster {
+    ports: Vec<u16>,
+    configs: Vec<PathBuf>,
+    nodes: Vec<Option<Process>>,
+    dir: PathBuf,
+}
+
+impl PrivateNatsCluster {
+    pub fn start() -> Self {
+        let dir = scratch_dir("nats-cluster");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let configs = (0..3)
+            .map(|i| {
+                let others: Vec<String> =
+                    (0..3).filter(|j| *j != i).map(|j| format!("\"nats-route://127.0.0.1:{}\"", routes[j])).collect();
+                let config = format!(
+                    "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: \"ostest\", listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
+                    ports[i],
+                    dir.join(format!("n{i}")).display(),
+                    routes[i],
+                    others.join(", ")
+                );
+                let path = dir.join(format!("n{i}.conf"));
+                std::fs::write(&path, config).expect("cluster config");
+                path
+            })
+            .collect();
+        let mut cluster = Self { ports, configs, nodes: vec![None, None, None], dir };
+        for i in 0..3 {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    /// The three client URLs, comma-separated: what `NATS_URL` takes.
+    pub fn seeds(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn url(&self, node: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[node])
+    }
+
+    pub fn kill(&mut self, node: usize) {
+        self.nodes[node] = None;
+    }
+
+    pub fn restart(&mut self, node: usize) {
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.configs[node])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        self.nodes[node] = Some(Process(child));
+        wait_for_port(self.ports[node], "nats-server");
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _removed = std::fs::remove_dir_all(&self.dir);
+    }
+}

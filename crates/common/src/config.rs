@@ -75,9 +75,23 @@ impl RedisConfig {
 /// NATS JetStream: the event stream and its dead-letter stream.
 #[derive(Debug, Clone, Args)]
 pub struct NatsConfig {
-    /// NATS URL.
+    /// NATS server URLs, comma-separated: the seeds of a cluster (any reachable one will do; the
+    /// client learns the others). `nats://user:password@host` or `nats://token@host` carry
+    /// credentials; `tls://` requires TLS.
     #[arg(id = "nats_url", long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub url: String,
+    /// A NATS `.creds` file (user JWT and NKey seed) to authenticate with.
+    #[arg(id = "nats_creds", long = "nats-creds", env = "NATS_CREDS")]
+    pub creds: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) to verify the NATS servers with; setting it requires TLS.
+    #[arg(id = "nats_tls_ca", long = "nats-tls-ca", env = "NATS_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients; with `NATS_TLS_KEY`.
+    #[arg(id = "nats_tls_cert", long = "nats-tls-cert", env = "NATS_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(id = "nats_tls_key", long = "nats-tls-key", env = "NATS_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
     #[arg(id = "nats_stream", long = "nats-stream", env = "NATS_STREAM", default_value = "OPSSENTINAL_EVENTS")]
     pub stream: String,
@@ -128,7 +142,22 @@ pub struct NatsConfig {
 
 impl NatsConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
-        async_nats::ServerAddr::from_str(&self.url).context("NATS_URL is not a valid NATS URL")?;
+        self.servers()?;
+        for (name, path) in [
+            ("NATS_CREDS", &self.creds),
+            ("NATS_TLS_CA", &self.tls_ca),
+            ("NATS_TLS_CERT", &self.tls_cert),
+            ("NATS_TLS_KEY", &self.tls_key),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                bail!("{name}: {} is not a readable file", path.display());
+            }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("NATS_TLS_CERT and NATS_TLS_KEY go together");
+        }
         let token_ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !token_ok(&self.stream) {
             bail!("NATS_STREAM must be letters, digits, '_' or '-'");
@@ -149,6 +178,19 @@ impl NatsConfig {
             bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
         }
         Ok(())
+    }
+
+    /// The servers `NATS_URL` names (comma-separated seeds).
+    pub fn servers(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                async_nats::ServerAddr::from_str(s).with_context(|| format!("NATS_URL: {s:?} is not a valid NATS URL"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .and_then(|servers| if servers.is_empty() { bail!("NATS_URL names no server") } else { Ok(servers) })
     }
 
     /// The subjects the event stream holds: `<prefix>.events.<partition>`.
@@ -317,6 +359,23 @@ mod tests {
         assert_eq!(partition_of("svc_a", "disk-full", 1024), 60);
         assert_ne!(partition_of("svc_a", "b", 1024), partition_of("svc_ab", "", 1024));
         assert_eq!(partition_of("svc_a", "disk-full", 1), 0);
+    }
+
+    #[test]
+    fn nats_url_takes_comma_separated_seeds() {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            nats: NatsConfig,
+        }
+        let mut config = <Wrap as clap::Parser>::try_parse_from(["x"]).unwrap().nats;
+        config.url = "nats://n1:4222, nats://u:p@n2:4223,tls://n3:4224".into();
+        assert_eq!(config.servers().unwrap().len(), 3);
+        config.validate().unwrap();
+        config.url = "nats://n1:4222,nats://n2:port".into();
+        assert!(config.validate().unwrap_err().to_string().contains("n2:port"));
+        config.url = " , ".into();
+        assert!(config.validate().is_err());
     }
 
     #[test]

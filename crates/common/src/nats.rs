@@ -11,16 +11,34 @@ use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::NatsConfig;
 
-/// Connects to NATS. With `retry` the client keeps trying in the background and the call returns
-/// at once, so a service can start while NATS is down.
+/// Connects to NATS (any of `NATS_URL`'s seeds, with its credentials and TLS settings). The
+/// client keeps trying in the background and the call returns at once, so a service can start
+/// while NATS is down.
 pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+    options(config)
+        .await?
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
-        .connect(&config.url)
+        .connect(config.servers()?)
         .await
         .with_context(|| format!("connecting to NATS at {}", config.url))
+}
+
+/// Connection options from the configuration: a `.creds` file, a CA to verify servers with
+/// (TLS then required), a client certificate.
+pub async fn options(config: &NatsConfig) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(creds) = &config.creds {
+        options = options.credentials_file(creds).await.with_context(|| format!("NATS_CREDS {}", creds.display()))?;
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
 }
 
 /// Header of a replayed dead letter: the stream sequence the event was first accepted at, where

@@ -41,9 +41,10 @@ struct Letter {
 
 async fn letters(nats: &NatsConfig) -> anyhow::Result<(jetstream::Context, jetstream::stream::Stream, Vec<Letter>)> {
     nats.validate()?;
-    let client = async_nats::ConnectOptions::new()
+    let client = common::nats::options(nats)
+        .await?
         .connection_timeout(std::time::Duration::from_secs(3))
-        .connect(&nats.url)
+        .connect(nats.servers()?)
         .await
         .with_context(|| format!("cannot reach NATS at {}", nats.url))?;
     let js = jetstream::new(client);
