@@ -74,3 +74,29 @@ async fn a_three_node_cluster_loses_nothing_while_each_node_is_killed_in_turn() 
     }
     env.cleanup().await;
 }
+
+/// NATS over TLS (a CA made by the test, `NATS_TLS_CA`) with a user and password in `NATS_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_nats_over_tls_with_a_password() {
+    let (nats, ca) = e2e::servers::PrivateNats::start_tls();
+    let url = format!("nats://user:secret@127.0.0.1:{}", nats.port);
+    let mut env = TestEnv::on(PG_ADMIN_URL, REDIS_URL, &url).await;
+    env.nats.url = url;
+    env.nats.tls_ca = Some(ca.clone());
+    let key = env.admin_key().await;
+    let routing_key = env.service("Over TLS").await.routing_key;
+    let mut vars = env.service_env();
+    vars.push(("NATS_TLS_CA", ca.display().to_string()));
+    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
+    let worker = ServiceProcess::start("opssentinal-worker", &vars);
+    for service in [&ingest, &worker] {
+        wait_until(Duration::from_secs(30), "the services to be ready over TLS", || async {
+            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+    }
+    let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "tls", "over TLS")).await;
+    assert_eq!(response.status(), 202);
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+    env.cleanup().await;
+}

@@ -40,13 +40,85 @@ pub struct PrivateNats {
     pub port: u16,
     process: Option<Process>,
     store: PathBuf,
+    /// A configuration file (TLS, users), when the server needs more than flags.
+    config: Option<PathBuf>,
 }
 
 impl PrivateNats {
     pub fn start() -> Self {
-        let mut nats = Self { port: free_port(), process: None, store: scratch_dir("nats") };
+        let mut nats = Self { port: free_port(), process: None, store: scratch_dir("nats"), config: None };
         nats.restart();
         nats
+    }
+
+    /// A server that requires TLS with a certificate for 127.0.0.1 signed by a CA made for the
+    /// occasion (`openssl`), and user `user` with password `secret`. Returns it and the CA's path.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let store = scratch_dir("nats-tls");
+        let run = |args: &[&str]| {
+            let status = Command::new("openssl").args(args).current_dir(&store).stderr(Stdio::null()).status();
+            assert!(status.expect("openssl is installed").success(), "openssl {args:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(store.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").expect("san");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let port = free_port();
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n\
+             tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n\
+             authorization {{ user: \"user\", password: \"secret\" }}\n",
+            store.join("js").display(),
+            store.join("server.pem").display(),
+            store.join("server.key").display()
+        );
+        let path = store.join("nats.conf");
+        std::fs::write(&path, config).expect("nats config");
+        let ca = store.join("ca.pem");
+        let mut nats = Self { port, process: None, store, config: Some(path) };
+        nats.restart();
+        (nats, ca)
     }
 
     pub fn url(&self) -> String {
@@ -60,13 +132,12 @@ impl PrivateNats {
 
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
+        let mut command = Command::new("nats-server");
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&self.store),
+        };
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server is installed");
         self.process = Some(Process(child));
         wait_for_port(self.port, "nats-server");
     }

@@ -29,6 +29,16 @@ pub async fn connect(config: &NatsConfig, name: &str) -> anyhow::Result<async_na
 /// (TLS then required), a client certificate.
 pub async fn options(config: &NatsConfig) -> anyhow::Result<async_nats::ConnectOptions> {
     let mut options = async_nats::ConnectOptions::new();
+    // `nats://user:password@host` or `nats://token@host` (the client does not read them from
+    // the addresses itself); the first seed that carries them speaks for all.
+    let servers = config.servers()?;
+    if let Some(server) = servers.iter().find(|s| s.username().is_some()) {
+        let user = server.username().unwrap_or_default().to_owned();
+        options = match server.password() {
+            Some(password) => options.user_and_password(user, password.to_owned()),
+            None => options.token(user),
+        };
+    }
     if let Some(creds) = &config.creds {
         options = options.credentials_file(creds).await.with_context(|| format!("NATS_CREDS {}", creds.display()))?;
     }
