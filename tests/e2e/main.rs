@@ -18,3 +18,4 @@ mod safe_input;
 mod scale_out;
 mod schedules;
 mod streams;
+mod tls;

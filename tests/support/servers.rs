@@ -6,6 +6,60 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Makes, in `dir`, a CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`), with `openssl`.
+pub fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
+        assert!(status.expect("openssl is installed").success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").expect("san");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+}
+
 /// A free loopback port (the listener is closed before the server binds it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -190,10 +244,24 @@ pub struct PrivatePostgres {
     pub port: u16,
     data: PathBuf,
     bin: PathBuf,
+    /// Serves TLS with `server.pem`/`server.key` from its data directory (see [`make_certificates`]).
+    ssl: bool,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that also speaks TLS, with a certificate for 127.0.0.1 signed by a CA made for
+    /// the occasion; returns it and the CA's path.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let pg = Self::start_with(true);
+        let ca = pg.data.join("ca.pem");
+        (pg, ca)
+    }
+
+    fn start_with(ssl: bool) -> Self {
         let bin = postgres_bin_dir();
         let data = scratch_dir("pg");
         let port = free_port();
@@ -209,7 +277,17 @@ impl PrivatePostgres {
             .status()
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
-        let pg = Self { port, data, bin };
+        if ssl {
+            make_certificates(&data);
+            if is_root() {
+                let status =
+                    Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().expect("chown");
+                assert!(status.success(), "chown certificates");
+            }
+            let status = Command::new("chmod").arg("600").arg(data.join("server.key")).status().expect("chmod");
+            assert!(status.success(), "chmod key");
+        }
+        let pg = Self { port, data, bin, ssl };
         pg.ctl("start");
         wait_for_port(port, "postgres");
         pg
@@ -230,7 +308,11 @@ impl PrivatePostgres {
     }
 
     fn ctl(&self, action: &str) {
-        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.data.display());
+        let mut options =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.data.display());
+        if self.ssl {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key");
+        }
         let mut command = as_postgres(&self.bin.join("pg_ctl"));
         command.args(["-D", &self.data.to_string_lossy(), "-w", "-l"]).arg(self.data.join("log"));
         match action {

@@ -1,0 +1,48 @@
+//! PostgreSQL over TLS: `sslmode=require` against the shared server (Debian's serves TLS with its
+//! snakeoil certificate) and `sslmode=verify-full` against a private server whose CA the test made.
+
+use std::time::Duration;
+
+use e2e::servers::{PrivatePostgres, ServiceProcess};
+use e2e::{NATS_URL, REDIS_URL, TestEnv, wait_until};
+use sqlx::PgPool;
+
+async fn over_tls(pool: &PgPool) -> bool {
+    sqlx::query_scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()").fetch_one(pool).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
+    let shared = PgPool::connect(&format!("{}?sslmode=require", e2e::PG_ADMIN_URL)).await.expect("sslmode=require");
+    assert!(over_tls(&shared).await, "sslmode=require connected without TLS");
+    shared.close().await;
+
+    let (pg, ca) = PrivatePostgres::start_tls();
+    let mut env = TestEnv::on(&pg.admin_url(), REDIS_URL, NATS_URL).await;
+    let verified = format!("{}?sslmode=verify-full&sslrootcert={}", env.database.url, ca.display());
+    let pool = PgPool::connect(&verified).await.expect("sslmode=verify-full with the test's CA");
+    assert!(over_tls(&pool).await);
+    pool.close().await;
+    let wrong_ca = format!("{}?sslmode=verify-full&sslrootcert=/etc/ssl/certs/ssl-cert-snakeoil.pem", env.database.url);
+    assert!(PgPool::connect(&wrong_ca).await.is_err(), "verify-full accepted a certificate its CA did not sign");
+
+    // A service configured that way works, over TLS.
+    env.database.url = verified;
+    let query = ServiceProcess::start("opssentinal-query-api", &env.service_env());
+    wait_until(Duration::from_secs(30), "query-api to be ready over TLS", || async {
+        query.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let key = env.admin_key().await;
+    let (status, _) = env.get_json(&format!("{}/api/services", query.url()), &key).await;
+    assert_eq!(status, 200);
+    let tls_sessions: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_ssl s join pg_stat_activity a using (pid)
+         where s.ssl and a.datname = current_database() and a.pid <> pg_backend_pid()",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(tls_sessions > 0, "query-api's connections are not TLS");
+    env.cleanup().await;
+}
