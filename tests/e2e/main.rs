@@ -4,6 +4,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod delivery;
+mod deploy;
 mod fault_matrix;
 mod faults;
 mod ingest_api;

@@ -159,6 +159,22 @@ pub async fn authenticate(State(layer): State<GateLayer>, mut request: Request, 
     response
 }
 
+/// Middleware: records `http_request_duration_seconds{service, route, method, status}` (the
+/// route as registered, e.g. `/api/incidents/{id}`, so the labels stay few).
+pub async fn record_request(State(service): State<&'static str>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!("http_request_duration_seconds", "service" => service, "route" => route, "method" => method,
+        "status" => response.status().as_u16().to_string())
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// A JSON request body: `415` unless the content type is JSON, `413` past the body limit, `400`
 /// naming the field for malformed JSON or wrong types.
 pub struct ApiJson<T>(pub T);
@@ -355,11 +371,13 @@ async fn ready(readiness: &Readiness) -> Response {
     let mut ok = true;
     for dep in &readiness.required {
         let up = dep.check().await;
+        metrics::gauge!("service_dependency_up", "dependency" => dep.name()).set(f64::from(u8::from(up)));
         ok &= up;
         checks.insert(dep.name().into(), serde_json::json!(if up { "up" } else { "down" }));
     }
     for dep in &readiness.optional {
         let up = dep.check().await;
+        metrics::gauge!("service_dependency_up", "dependency" => dep.name()).set(f64::from(u8::from(up)));
         checks.insert(dep.name().into(), serde_json::json!(if up { "up" } else { "degraded" }));
     }
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -21,6 +21,15 @@ pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Counters a service exports from its start (at 0), so dashboards and alert rules find every
+/// series before its first event.
+pub fn export_counters(names: &[&'static str]) {
+    metrics_handle();
+    for name in names {
+        metrics::counter!(*name).increment(0);
+    }
+}
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide Prometheus recorder (installed on first call).

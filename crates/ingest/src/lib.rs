@@ -57,7 +57,17 @@ pub fn with_fallbacks(router: Router) -> Router {
 pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     let (state, readiness, set_up) = AppState::connect(&config, shutdown.clone()).await?;
-    let app = with_fallbacks(api_router(state).merge(health_router(readiness)));
+    common::telemetry::export_counters(&[
+        "events_accepted_total",
+        "events_rejected_total",
+        "events_publish_failures_total",
+        "rate_limited_total",
+        "rate_limit_fail_open_total",
+        "auth_failures_total",
+        "idempotency_unavailable_total",
+    ]);
+    let app = with_fallbacks(api_router(state).merge(health_router(readiness)))
+        .layer(axum::middleware::from_fn_with_state("ingest", common::http::record_request));
     tracing::info!(listen = %listener.local_addr()?, "ingest listening");
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());

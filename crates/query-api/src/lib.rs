@@ -101,10 +101,12 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
         required: vec![Dependency::Postgres(pool), Dependency::SetUp("schema", schema_ready)],
         optional: vec![Dependency::Redis(redis)],
     };
+    common::telemetry::export_counters(&["rate_limited_total", "rate_limit_fail_open_total", "auth_failures_total"]);
     let app = api_router(state)
         .merge(health_router(readiness))
         .fallback(common::http::not_found)
-        .method_not_allowed_fallback(common::http::method_not_allowed);
+        .method_not_allowed_fallback(common::http::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state("query-api", common::http::record_request));
     tracing::info!(listen = %listener.local_addr()?, "query-api listening");
     let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned());

@@ -97,6 +97,16 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         ],
         optional: vec![],
     };
+    common::telemetry::export_counters(&[
+        "events_applied_total",
+        "events_duplicate_total",
+        "events_dead_lettered_total",
+        "worker_refolds_total",
+        "worker_retries_total",
+        "worker_database_unavailable_total",
+        "worker_consumer_resets_total",
+        "worker_orphaned_message_repairs_total",
+    ]);
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
