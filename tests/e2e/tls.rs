@@ -46,3 +46,26 @@ async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
     assert!(tls_sessions > 0, "query-api's connections are not TLS");
     env.cleanup().await;
 }
+
+/// Redis over TLS: `rediss://` against a Redis started with TLS only, the test's CA trusted
+/// through `SSL_CERT_FILE` (the standard variable the TLS roots are read from).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_work_over_rediss() {
+    let (redis, ca) = e2e::servers::PrivateRedis::start_tls();
+    let env = TestEnv::on(e2e::PG_ADMIN_URL, &redis.url(), NATS_URL).await;
+    let mut vars = env.service_env();
+    vars.push(("SSL_CERT_FILE", ca.display().to_string()));
+    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
+    wait_until(Duration::from_secs(30), "ingest to see Redis up over TLS", || async {
+        ingest.readiness(&env.http).await.is_some_and(|(status, body)| status == 200 && body["checks"]["redis"] == "up")
+    })
+    .await;
+    let key = env.admin_key().await;
+    let rk = env.service("Limited over TLS").await.routing_key;
+    let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&rk, "k", "s")).await;
+    assert_eq!(response.status(), 202);
+    // The limiter answered (it omits the headers while it fails open).
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "99");
+    assert_eq!(ingest.metric(&env.http, "rate_limit_fail_open_total").await, 0.0);
+    env.cleanup().await;
+}

@@ -208,29 +208,51 @@ impl Drop for PrivateNats {
 pub struct PrivateRedis {
     pub port: u16,
     process: Option<Process>,
+    /// Serves TLS only, with certificates made in this directory (see [`make_certificates`]).
+    tls: Option<PathBuf>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut redis = Self { port: free_port(), process: None };
+        let mut redis = Self { port: free_port(), process: None, tls: None };
         redis.restart();
         redis
     }
 
+    /// A server speaking only TLS, with a certificate for 127.0.0.1 signed by a CA made for the
+    /// occasion; returns it and the CA's path. Its URL is `rediss://127.0.0.1:<port>`.
+    pub fn start_tls() -> (Self, PathBuf) {
+        let dir = scratch_dir("redis-tls");
+        make_certificates(&dir);
+        let ca = dir.join("ca.pem");
+        let mut redis = Self { port: free_port(), process: None, tls: Some(dir) };
+        redis.restart();
+        (redis, ca)
+    }
+
     /// Starts it (again) on the same port, empty.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            Some(dir) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no", "--tls-cert-file"])
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem")),
+            None => command.args(["--port", &port]),
+        };
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server is installed");
         self.process = Some(Process(child));
         wait_for_port(self.port, "redis-server");
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn kill(&mut self) {
