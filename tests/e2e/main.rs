@@ -20,3 +20,4 @@ mod scale_out;
 mod schedules;
 mod streams;
 mod tls;
+mod traces;

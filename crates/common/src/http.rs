@@ -168,7 +168,8 @@ pub async fn record_request(State(service): State<&'static str>, request: Reques
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let span = tracing::info_span!("http.request", service, http.route = %route, http.method = %method);
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     metrics::histogram!("http_request_duration_seconds", "service" => service, "route" => route, "method" => method,
         "status" => response.status().as_u16().to_string())
     .record(started.elapsed().as_secs_f64());

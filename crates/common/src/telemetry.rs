@@ -1,24 +1,105 @@
-//! Logging and metrics set-up.
+//! Logging, tracing and metrics set-up.
+//!
+//! Tracing: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are exported over OTLP/HTTP (JSON) to
+//! that collector (`OTEL_SERVICE_NAME` overrides the service's name), and the W3C trace context
+//! travels inside each JetStream message (`traceparent` header), so one trace covers an event from
+//! the HTTP request at ingest to the worker that applied it.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global `tracing` subscriber. A second call (tests) is a no-op. An invalid filter
-/// is an error naming `RUST_LOG`, not a silent fallback.
-pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+/// Keeps the span exporter alive; dropping it sends the spans still buffered.
+#[must_use = "spans are exported until this is dropped"]
+pub struct Telemetry(Option<SdkTracerProvider>);
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take()
+            && let Err(err) = provider.shutdown()
+        {
+            eprintln!("could not flush the last spans: {err}");
+        }
+    }
+}
+
+/// Installs the global `tracing` subscriber (and, with `OTEL_EXPORTER_OTLP_ENDPOINT`, the OTLP
+/// exporter) for `service`. A second call (tests) is a no-op. An invalid filter is an error
+/// naming `RUST_LOG`, not a silent fallback.
+pub fn init_tracing(config: &LogConfig, service: &'static str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::builder()
         .parse(&config.filter)
         .map_err(|err| anyhow::anyhow!("RUST_LOG {:?} is not a valid log filter: {err}", config.filter))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _already_set = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => Some(otlp(service)?),
+        _ => None,
     };
-    Ok(())
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _already_set = match config.format {
+        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+    };
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    Ok(Telemetry(provider))
+}
+
+/// A tracer provider exporting in batches over OTLP/HTTP JSON to `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn otlp(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .build()
+        .map_err(|err| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {err}"))?;
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
+}
+
+/// Writes the current span's trace context into `headers` (`traceparent`), for the next hop.
+pub fn inject_context(headers: &mut async_nats::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Injector<'a>(&'a mut async_nats::HeaderMap);
+    impl opentelemetry::propagation::Injector for Injector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key, value.as_str());
+        }
+    }
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut Injector(headers)));
+}
+
+/// A span for work continuing a trace whose context `headers` carry (`traceparent`); `None`
+/// when they carry none (tracing off at the sender), so untraced work costs nothing.
+pub fn continue_trace(
+    headers: Option<&async_nats::HeaderMap>,
+    make: impl FnOnce() -> tracing::Span,
+) -> Option<tracing::Span> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Extractor<'a>(&'a async_nats::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Extractor<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).map(|v| v.as_str())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(k, _)| k.as_ref()).collect()
+        }
+    }
+    let headers = headers.filter(|h| h.get("traceparent").is_some())?;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
+    let span = make();
+    let _linked = span.set_parent(parent);
+    Some(span)
 }
 
 /// Counters a service exports from its start (at 0), so dashboards and alert rules find every
@@ -55,7 +136,7 @@ mod tests {
     #[test]
     fn an_invalid_log_filter_is_named_not_ignored() {
         let config = LogConfig { format: LogFormat::Pretty, filter: "info,worker=loudest".into() };
-        let err = init_tracing(&config).unwrap_err().to_string();
+        let err = init_tracing(&config, "test").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("RUST_LOG") && err.contains("loudest"), "{err}");
     }
 }

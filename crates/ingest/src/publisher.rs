@@ -66,7 +66,10 @@ impl Publisher {
         }
         let payload = serde_json::to_vec(event).map_err(ApiError::internal)?;
         let started = Instant::now();
-        let publish = PublishMessage::build().payload(payload.into()).message_id(event.event_id.to_string());
+        let mut headers = async_nats::HeaderMap::new();
+        common::telemetry::inject_context(&mut headers);
+        let publish =
+            PublishMessage::build().headers(headers).payload(payload.into()).message_id(event.event_id.to_string());
         let result = tokio::time::timeout(self.timeout, async {
             let subject = self.nats.event_subject(&event.service_id, &event.dedup_key);
             self.js.send_publish(subject, publish).await?.await

@@ -7,7 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = QueryApiConfig::parse();
-    common::telemetry::init_tracing(&config.log)?;
+    let _telemetry = common::telemetry::init_tracing(&config.log, "opssentinal-query-api")?;
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen).await?;
     let (shutdown, deadline) = (common::shutdown::on_signal(), config.shutdown.timeout());

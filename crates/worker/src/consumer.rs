@@ -63,14 +63,25 @@ pub struct Delivery {
     pub message: Message,
     pub event: QueuedEvent,
     counted: Counted,
+    /// The event's span, continuing the trace ingest started (when tracing is on), ended when
+    /// the message is disposed of.
+    span: Option<tracing::Span>,
 }
 
 impl Delivery {
     pub fn new(message: Message, event: QueuedEvent, in_flight: Arc<InFlight>) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
-        Self { message, event, counted: Counted(in_flight) }
+        let span = common::telemetry::continue_trace(
+            message.headers.as_ref(),
+            || tracing::info_span!("apply_event", event.id = %event.envelope.event_id, stream.seq = event.seq),
+        );
+        Self { message, event, counted: Counted(in_flight), span }
     }
 }
+
+/// A message until its disposition, with what ends with it: its place in the in-flight count and
+/// its span.
+type Held = (Message, Counted, Option<tracing::Span>);
 
 /// A lane: its sender, and the task that applies what it brings, each transaction taking
 /// everything queued (up to the batch size), until every sender is gone.
@@ -101,9 +112,9 @@ impl Applier {
     /// Applies one batch and disposes of every message in it; the messages leave their
     /// partitions' in-flight counts once disposed of.
     async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
-        let (held, events): (Vec<(Message, Counted)>, Vec<QueuedEvent>) =
-            batch.into_iter().map(|d| ((d.message, d.counted), d.event)).unzip();
-        let messages: Vec<&Message> = held.iter().map(|(message, _)| message).collect();
+        let (held, events): (Vec<Held>, Vec<QueuedEvent>) =
+            batch.into_iter().map(|d| ((d.message, d.counted, d.span), d.event)).unzip();
+        let messages: Vec<&Message> = held.iter().map(|(message, _, _)| message).collect();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(report) => {

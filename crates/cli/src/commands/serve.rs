@@ -39,7 +39,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    common::telemetry::init_tracing(&args.log)?;
+    let _telemetry = common::telemetry::init_tracing(&args.log, "opssentinal")?;
     parse_listen("OPSSENTINAL_LISTEN", &args.listen)?;
     let ingest_config = IngestConfig {
         listen: args.listen.clone(),
