@@ -100,3 +100,28 @@ async fn services_reach_nats_over_tls_with_a_password() {
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     env.cleanup().await;
 }
+
+/// NATS with a `.creds` file (`NATS_CREDS`): a server in operator mode that knows no user but
+/// trusts the account that signed ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_reach_nats_with_a_creds_file() {
+    let (nats, creds) = e2e::servers::start_nats_with_creds();
+    let mut env = TestEnv::on(PG_ADMIN_URL, REDIS_URL, &nats.url()).await;
+    env.nats.creds = Some(creds.clone());
+    let key = env.admin_key().await;
+    let routing_key = env.service("With creds").await.routing_key;
+    let mut vars = env.service_env();
+    vars.push(("NATS_CREDS", creds.display().to_string()));
+    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
+    let worker = ServiceProcess::start("opssentinal-worker", &vars);
+    for service in [&ingest, &worker] {
+        wait_until(Duration::from_secs(30), "the services to be ready with the creds file", || async {
+            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
+        })
+        .await;
+    }
+    let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "creds", "with creds")).await;
+    assert_eq!(response.status(), 202);
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+    env.cleanup().await;
+}

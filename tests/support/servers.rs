@@ -594,3 +594,69 @@ impl Drop for PrivateNatsCluster {
         let _removed = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A private `nats-server` in operator mode (JWT authentication, the accounts preloaded), with
+/// one account allowed JetStream and a user in it; returns the server and the user's `.creds`
+/// file, as `nsc` would write it. The keys and JWTs are made here.
+pub fn start_nats_with_creds() -> (PrivateNats, PathBuf) {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let jwt = |issuer: &nkeys::KeyPair, subject: &str, nats: serde_json::Value| {
+        let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        let claims = serde_json::json!({
+            "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+            "iat": jiff::Timestamp::now().as_second(),
+            "iss": issuer.public_key(),
+            "name": "opssentinal-test",
+            "sub": subject,
+            "nats": nats,
+        });
+        let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+        let signature = issuer.sign(signed.as_bytes()).expect("sign");
+        format!("{signed}.{}", b64(&signature))
+    };
+    let (operator, account, user) =
+        (nkeys::KeyPair::new_operator(), nkeys::KeyPair::new_account(), nkeys::KeyPair::new_user());
+    let operator_jwt = jwt(&operator, &operator.public_key(), serde_json::json!({"type": "operator", "version": 2}));
+    let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1});
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(&operator, &system.public_key(), serde_json::json!({"type": "account", "version": 2}));
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        serde_json::json!({"type": "user", "version": 2,
+        "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let store = scratch_dir("nats-creds");
+    let port = free_port();
+    let config = format!(
+        "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\noperator: \"{operator_jwt}\"\n\
+         system_account: {}\nresolver: MEMORY\n\
+         resolver_preload: {{ {}: \"{account_jwt}\", {}: \"{system_jwt}\" }}\n",
+        store.join("js").display(),
+        system.public_key(),
+        account.public_key(),
+        system.public_key()
+    );
+    let path = store.join("nats.conf");
+    std::fs::write(&path, config).expect("nats config");
+    let creds = store.join("user.creds");
+    let seed = user.seed().expect("seed");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .expect("creds");
+    let mut nats = PrivateNats { port, process: None, store, config: Some(path) };
+    nats.restart();
+    (nats, creds)
+}
