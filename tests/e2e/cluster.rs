@@ -75,7 +75,8 @@ async fn a_three_node_cluster_loses_nothing_while_each_node_is_killed_in_turn() 
     env.cleanup().await;
 }
 
-/// NATS over TLS (a CA made by the test, `NATS_TLS_CA`) with a user and password in `NATS_URL`.
+/// NATS over TLS (a CA made by the test, `NATS_TLS_CA`), a server that verifies clients
+/// (`NATS_TLS_CERT`, `NATS_TLS_KEY`), and a user and password in `NATS_URL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_reach_nats_over_tls_with_a_password() {
     let (nats, ca) = e2e::servers::PrivateNats::start_tls();
@@ -87,6 +88,9 @@ async fn services_reach_nats_over_tls_with_a_password() {
     let routing_key = env.service("Over TLS").await.routing_key;
     let mut vars = env.service_env();
     vars.push(("NATS_TLS_CA", ca.display().to_string()));
+    let dir = ca.parent().unwrap();
+    vars.push(("NATS_TLS_CERT", dir.join("client.pem").display().to_string()));
+    vars.push(("NATS_TLS_KEY", dir.join("client.key").display().to_string()));
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
     let worker = ServiceProcess::start("opssentinal-worker", &vars);
     for service in [&ingest, &worker] {

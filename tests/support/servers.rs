@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Makes, in `dir`, a CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
-/// (`server.pem`, `server.key`), with `openssl`.
+/// Makes, in `dir`, a CA (`ca.pem`), a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`) and a client certificate (`client.pem`, `client.key`), with `openssl`.
 pub fn make_certificates(dir: &Path) {
     let run = |args: &[&str]| {
         let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
@@ -58,6 +58,13 @@ pub fn make_certificates(dir: &Path) {
         "-out",
         "server.pem",
     ]);
+    let client = "/CN=opssentinal";
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", client, "-keyout", "client.key", "-out", "client.csr"]);
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage = clientAuth\n").expect("client ext");
+    let sign = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
+    let mut args = vec!["x509", "-req", "-in", "client.csr", "-extfile", "client.ext", "-out", "client.pem"];
+    args.extend(sign);
+    run(&args);
 }
 
 /// A free loopback port (the listener is closed before the server binds it).
@@ -106,66 +113,20 @@ impl PrivateNats {
     }
 
     /// A server that requires TLS with a certificate for 127.0.0.1 signed by a CA made for the
-    /// occasion (`openssl`), and user `user` with password `secret`. Returns it and the CA's path.
+    /// occasion (`openssl`), a client certificate signed by it (`client.pem`, `client.key` beside
+    /// the CA), and user `user` with password `secret`. Returns it and the CA's path.
     pub fn start_tls() -> (Self, PathBuf) {
         let store = scratch_dir("nats-tls");
-        let run = |args: &[&str]| {
-            let status = Command::new("openssl").args(args).current_dir(&store).stderr(Stdio::null()).status();
-            assert!(status.expect("openssl is installed").success(), "openssl {args:?}");
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(store.join("san.ext"), "subjectAltName = IP:127.0.0.1\n").expect("san");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
-        ]);
+        make_certificates(&store);
         let port = free_port();
         let config = format!(
             "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n\
-             tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n\
+             tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true }}\n\
              authorization {{ user: \"user\", password: \"secret\" }}\n",
             store.join("js").display(),
             store.join("server.pem").display(),
-            store.join("server.key").display()
+            store.join("server.key").display(),
+            store.join("ca.pem").display()
         );
         let path = store.join("nats.conf");
         std::fs::write(&path, config).expect("nats config");
