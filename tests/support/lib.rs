@@ -40,6 +40,12 @@ where
 
 /// A service binary built next to the running test or benchmark (`scripts/test.sh` and
 /// `scripts/bench.sh` build them first), e.g. `opssentinal-worker`.
+/// The log filter of the services a test starts: `TEST_LOG` (e.g. `TEST_LOG=info,worker=debug`),
+/// else warnings only. With `TEST_LOG` set, in-process services log too.
+pub fn test_log() -> String {
+    std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 pub fn service_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
@@ -95,6 +101,10 @@ impl TestEnv {
     pub async fn on(pg_admin_url: &str, redis_url: &str, nats_url: &str) -> Self {
         // reqwest is built with rustls and no default crypto provider: use ring, as async-nats does.
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        if std::env::var_os("TEST_LOG").is_some() {
+            let config = LogConfig { format: LogFormat::Pretty, filter: test_log() };
+            let _logging = common::telemetry::init_tracing(&config, "e2e").expect("TEST_LOG is a valid filter");
+        }
         let db_name = unique("ostest");
         let admin = PgPool::connect(pg_admin_url).await.expect("connect to PostgreSQL");
         drop_stale_databases(&admin).await;
@@ -147,7 +157,7 @@ impl TestEnv {
             redis: self.redis.clone(),
             nats: self.nats.clone(),
             limits: self.limits.clone(),
-            log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
+            log: LogConfig { format: LogFormat::Pretty, filter: test_log() },
             shutdown: ShutdownConfig { timeout_secs: 10 },
         }
     }
@@ -178,7 +188,7 @@ impl TestEnv {
             database: self.database.clone(),
             redis: self.redis.clone(),
             limits: self.limits.clone(),
-            log: LogConfig { format: LogFormat::Pretty, filter: "warn".into() },
+            log: LogConfig { format: LogFormat::Pretty, filter: test_log() },
             shutdown: ShutdownConfig { timeout_secs: 10 },
         };
         let shutdown = self.shutdown.clone();
@@ -207,7 +217,7 @@ impl TestEnv {
             ("NATS_PARTITIONS", self.nats.partitions.to_string()),
             ("NATS_DUPLICATE_WINDOW_SECS", self.nats.duplicate_window_secs.to_string()),
             ("WORKER_CONSUMER", self.consumer.clone()),
-            ("RUST_LOG", "warn".into()),
+            ("RUST_LOG", test_log()),
         ]
     }
 
