@@ -185,7 +185,6 @@ impl Pipeline {
     async fn stop(self) {
         drop(self.workers);
         drop(self.ingest);
-        self.env.cleanup().await;
     }
 }
 

@@ -166,5 +166,4 @@ async fn main() {
         }
         println!("median {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms", median(rates), median(p50s), median(p99s));
     }
-    env.cleanup().await;
 }

@@ -241,5 +241,4 @@ async fn random_hostile_json_gets_202_or_a_json_4xx_and_every_202_is_applied() {
     assert_eq!(dead, 0, "accepted events were dead-lettered (seed {seed}): {reasons:#?}");
     env.wait_until_drained(Duration::from_secs(60)).await;
     assert_eq!(env.applied_events().await, expected as i64, "seed {seed}");
-    env.cleanup().await;
 }

@@ -10,10 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The CLI binary next to this test binary (`scripts/test.sh` builds it first).
 fn opssentinal() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let binary = exe.parent().and_then(|deps| deps.parent()).unwrap().join("opssentinal");
-    assert!(binary.exists(), "{} is missing: run `cargo build --workspace --bins` first", binary.display());
-    binary
+    e2e::service_binary("opssentinal")
 }
 
 fn run(env: &TestEnv, args: &[&str]) -> Output {
@@ -147,7 +144,6 @@ async fn an_operator_creates_users_keys_and_services_with_the_cli() {
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the database"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +186,6 @@ async fn serve_runs_everything_on_one_port_and_prints_an_admin_key_once() {
     let (status, document) = env.get_json(&format!("{base}/api/openapi.json"), "").await;
     assert_eq!((status, document["openapi"].is_string()), (200, true));
     serve.kill().await.unwrap();
-    env.cleanup().await;
 }
 
 /// Runs the CLI as an API client against `url`.
@@ -351,7 +346,6 @@ async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
     assert!(through_api.contains("Storage") && through_api.contains("OPERATIONAL"), "{through_api}");
     let schedules = json_of(&client(&env, &query, &key, &["schedule", "list", "--api", "--output", "json"]));
     assert_eq!(schedules[0]["name"], "Primary");
-    env.cleanup().await;
 }
 
 fn run_with_nats(env: &TestEnv, args: &[&str]) -> Output {
@@ -484,5 +478,4 @@ async fn schedules_and_dead_letters_are_managed_with_the_cli() {
     assert!(listed.as_array().unwrap().is_empty());
     let (code, _) = failure(&run_with_nats(&env, &["dlq", "replay", "99"]));
     assert_eq!(code, Some(1));
-    env.cleanup().await;
 }

@@ -72,7 +72,6 @@ async fn a_three_node_cluster_loses_nothing_while_each_node_is_killed_in_turn() 
             "a service needs a restart"
         );
     }
-    env.cleanup().await;
 }
 
 /// NATS over TLS (a CA made by the test, `NATS_TLS_CA`), a server that verifies clients
@@ -102,7 +101,6 @@ async fn services_reach_nats_over_tls_with_a_password() {
     let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "tls", "over TLS")).await;
     assert_eq!(response.status(), 202);
     env.wait_for_applied(1, Duration::from_secs(30)).await;
-    env.cleanup().await;
 }
 
 /// NATS with a `.creds` file (`NATS_CREDS`): a server in operator mode that knows no user but
@@ -127,5 +125,4 @@ async fn services_reach_nats_with_a_creds_file() {
     let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "creds", "with creds")).await;
     assert_eq!(response.status(), 202);
     env.wait_for_applied(1, Duration::from_secs(30)).await;
-    env.cleanup().await;
 }

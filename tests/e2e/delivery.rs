@@ -56,7 +56,6 @@ async fn the_same_event_applied_twenty_times_at_once_takes_effect_once() {
     assert_eq!(reports.iter().map(|r| r.duplicates).sum::<usize>(), 19);
     assert_eq!(env.applied_events().await, 1);
     assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +82,6 @@ async fn twenty_copies_in_the_stream_with_three_workers_apply_once() {
     env.wait_until_drained(Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
     assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +117,6 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     env.wait_until_drained(Duration::from_secs(30)).await;
     assert_eq!(env.applied_events().await, 1);
     assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 1)]));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +176,6 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
     let counts = alert_counts(&env).await;
     assert_eq!(counts.len(), KEYS);
     assert!(counts.values().all(|n| *n as usize == EVENTS / KEYS), "{counts:?}");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +207,6 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
     }
     assert!(reasons[0].contains("undecodable"), "{reasons:?}");
     assert!(reasons[1].contains("foreign key") || reasons[1].contains("incidents"), "{reasons:?}");
-    env.cleanup().await;
 }
 
 /// DESIGN §1 guarantee 5: the poison bound counts failed apply attempts, not deliveries. A
@@ -272,5 +267,4 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
     assert_eq!((attempts().await, dead_letters().await), (Some(2), 0));
     applier.give_up_or_retry(&message, &queued, "third failure").await;
     assert_eq!((attempts().await, dead_letters().await), (Some(3), 1), "three failed attempts make it poison");
-    env.cleanup().await;
 }

@@ -143,5 +143,4 @@ async fn alert_rules_parse_and_every_metric_dashboards_and_rules_use_is_exported
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(missing.is_empty(), "used by the dashboard or the alert rules but not exported: {missing:?}");
-    env.cleanup().await;
 }

@@ -249,5 +249,4 @@ async fn every_fault_loses_nothing_and_applies_nothing_twice() {
         assert_eq!((r.lost, r.twice), (0, 0), "{}: lost {}, applied twice {}", r.fault, r.lost, r.twice);
         assert!(r.accepted > 0, "{}: nothing was accepted", r.fault);
     }
-    rig.env.cleanup().await;
 }

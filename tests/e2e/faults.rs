@@ -34,7 +34,6 @@ async fn nats_unreachable_means_503_and_never_202() {
         env.post_event(&base, &key, &trigger(&rk, "after", "back")).await.status() == 202
     })
     .await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +67,6 @@ async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
     );
     let ready: Value = env.http.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["redis"], "degraded");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +93,6 @@ async fn postgres_down_ingest_keeps_accepting_and_workers_catch_up() {
     let counts: Vec<i32> =
         sqlx::query_scalar("select alert_count from incidents order by dedup_key").fetch_all(&env.pool).await.unwrap();
     assert_eq!(counts, vec![2; 10]);
-    env.cleanup().await;
 }
 
 /// DESIGN §1.6: every service starts with PostgreSQL and NATS down (`/readyz` 503 naming them),
@@ -152,5 +149,4 @@ async fn services_start_with_dependencies_down_and_stop_within_their_timeout_wit
         );
     }
     pg.start_again();
-    env.cleanup().await;
 }

@@ -64,7 +64,6 @@ async fn trigger_twice_acknowledge_resolve_then_trigger_opens_a_second_incident(
     .unwrap();
     assert_eq!(title, "Database timeout");
     assert!(description.unwrap().contains("\"host\": \"web-01\""));
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -87,7 +86,6 @@ async fn acknowledge_and_resolve_of_an_unknown_key_are_recorded_and_ignored() {
             .unwrap();
     assert_eq!(outcomes, ["ignored", "ignored"]);
     assert!(incidents(&env, "never-triggered").await.is_empty());
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -117,5 +115,4 @@ async fn a_trigger_without_dedup_key_gets_one_that_later_events_can_use() {
     let rows = incidents(&env, &dedup_key).await;
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].status.as_str(), rows[0].urgency.as_str()), ("RESOLVED", "LOW"));
-    env.cleanup().await;
 }

@@ -64,5 +64,4 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
     }
     let unrouted = env.http.get(format!("{query}/api/nothing")).send().await.unwrap();
     assert_eq!(unrouted.status(), 404);
-    env.cleanup().await;
 }

@@ -139,7 +139,6 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     let refolds = metrics.render().lines().find_map(|l| l.strip_prefix(&label).map(str::to_owned));
     println!("re-folded keys: {refolds:?}");
     assert!(refolds.is_some_and(|n| n != "0"), "no event arrived out of order; the test proved nothing (seed {seed})");
-    env.cleanup().await;
 }
 
 /// DESIGN §1 guarantee 3 without losing people's work: a late alert that makes the worker
@@ -189,5 +188,4 @@ async fn a_late_alert_merges_incidents_and_keeps_what_responders_did() {
     assert!(timeline.contains("rebooting the disk array"), "the note was lost: {timeline}");
     assert!(timeline.contains(&format!("incident {i7} was merged")), "{timeline}");
     assert_eq!(env.get_json(&url, &key).await.0, 404);
-    env.cleanup().await;
 }

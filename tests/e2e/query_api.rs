@@ -87,7 +87,6 @@ async fn incidents_can_be_filtered_sorted_and_paged() {
     }
     let (status, body) = env.get_json(&format!("{base}/api/incidents/inc_nope"), &key).await;
     assert_eq!((status, body["error"]["code"].as_str().unwrap()), (404, "NOT_FOUND"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,20 +131,18 @@ async fn walking_by_cursor_yields_every_incident_once_while_new_ones_arrive() {
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no incident appears twice");
     assert!(before.is_subset(&unique), "every incident that existed when the walk began is seen");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest().await;
-    let base = env.spawn_query_api().await;
-    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let pipeline = env.spawn_pipeline().await;
+    let (ingest, base) = (&pipeline.ingest, &pipeline.query);
     let key = env.admin_key().await;
     let service = env.service("API").await;
     let rk = &service.routing_key;
     for body in [trigger(rk, "cpu", "CPU high"), trigger(rk, "cpu", "CPU high")] {
-        assert_eq!(env.post_event(&ingest, &key, &body).await.status(), 202);
+        assert_eq!(env.post_event(ingest, &key, &body).await.status(), 202);
     }
     env.wait_for_applied(2, Duration::from_secs(30)).await;
     let (_, list) = env.get_json(&format!("{base}/api/incidents?status=OPEN"), &key).await;
@@ -178,7 +175,7 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     assert_eq!((status, updated["incident"]["assignee"].clone()), (200, Value::Null));
 
     // An alert still arriving is absorbed; the manual acknowledgement is kept.
-    assert_eq!(env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high")).await.status(), 202);
+    assert_eq!(env.post_event(ingest, &key, &trigger(rk, "cpu", "CPU high")).await.status(), 202);
     env.wait_for_applied(4, Duration::from_secs(30)).await;
     let (_, detail) = env.get_json(&url, &key).await;
     let incident = &detail["incident"];
@@ -202,11 +199,10 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     assert_eq!(status, 404);
 
     // A trigger after the manual resolve opens a new incident.
-    assert_eq!(env.post_event(&ingest, &key, &trigger(rk, "cpu", "CPU high again")).await.status(), 202);
+    assert_eq!(env.post_event(ingest, &key, &trigger(rk, "cpu", "CPU high again")).await.status(), 202);
     env.wait_for_applied(6, Duration::from_secs(30)).await;
     let (_, all) = env.get_json(&format!("{base}/api/incidents?serviceId={}", service.id), &key).await;
     assert_eq!(all["total"], 2);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +264,6 @@ async fn a_manual_change_racing_alert_events_loses_neither() {
     assert_eq!(incident["alertCount"], total);
     assert_eq!(incident["status"], "ACKNOWLEDGED");
     assert_eq!((incident["urgency"].as_str(), incident["priority"].as_str()), (Some("LOW"), Some("P1")));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +297,6 @@ async fn the_total_always_agrees_with_the_page_while_incidents_are_created() {
     };
     let ((), answers) = tokio::join!(create, read);
     assert!(answers > 10, "only {answers} reads raced the creations");
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -332,15 +326,13 @@ async fn a_snoozed_incident_is_open_again_when_its_snooze_ends() {
         sqlx::query_scalar::<_, String>("select status from incidents").fetch_one(&env.pool).await.unwrap() == "OPEN"
     })
     .await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_show_status_derived_from_open_incidents() {
     let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest().await;
-    let base = env.spawn_query_api().await;
-    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let pipeline = env.spawn_pipeline().await;
+    let (ingest, base) = (&pipeline.ingest, &pipeline.query);
     let key = env.admin_key().await;
     let (status, created) = env
         .send_json(
@@ -358,18 +350,18 @@ async fn services_show_status_derived_from_open_incidents() {
 
     let mut warning = trigger(&rk, "slow", "slow");
     warning["payload"]["severity"] = "warning".into();
-    assert_eq!(env.post_event(&ingest, &key, &warning).await.status(), 202);
+    assert_eq!(env.post_event(ingest, &key, &warning).await.status(), 202);
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     let (_, got) = env.get_json(&url, &key).await;
     assert_eq!(got["service"]["status"], "DEGRADED");
     assert_eq!(got["service"]["openIncidents"], json!({"HIGH": 0, "MEDIUM": 1, "LOW": 0}));
-    assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "down", "down")).await.status(), 202);
+    assert_eq!(env.post_event(ingest, &key, &trigger(&rk, "down", "down")).await.status(), 202);
     env.wait_for_applied(2, Duration::from_secs(30)).await;
     let (_, list) = env.get_json(&format!("{base}/api/services"), &key).await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["services"][0]["status"], "CRITICAL");
     for dedup in ["slow", "down"] {
-        assert_eq!(env.post_event(&ingest, &key, &action(&rk, dedup, "resolve")).await.status(), 202);
+        assert_eq!(env.post_event(ingest, &key, &action(&rk, dedup, "resolve")).await.status(), 202);
     }
     env.wait_for_applied(4, Duration::from_secs(30)).await;
     assert_eq!(env.get_json(&url, &key).await.1["service"]["status"], "OPERATIONAL");
@@ -382,7 +374,6 @@ async fn services_show_status_derived_from_open_incidents() {
     let (status, body) =
         env.send_json(Method::POST, &format!("{base}/api/services"), &key, &json!({"description": "no name"})).await;
     assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("name")));
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -407,7 +398,6 @@ async fn scopes_are_enforced_and_named() {
     assert_eq!(status, 200);
     let (status, _) = env.get_json(&format!("{base}/api/incidents"), "osk_wrong").await;
     assert_eq!(status, 401);
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -422,5 +412,4 @@ async fn queries_past_300_a_minute_are_rate_limited() {
     assert_eq!(response.headers()["x-ratelimit-limit"], "300");
     assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
     assert!(response.headers().contains_key("retry-after"));
-    env.cleanup().await;
 }

@@ -89,7 +89,6 @@ receivers:
         a.len() == 1 && b.len() == 1 && a[0].0 == "RESOLVED" && b[0].0 == "RESOLVED"
     })
     .await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,5 +128,4 @@ print(key)
     .unwrap();
     assert_eq!((status.as_str(), acknowledged), ("RESOLVED", true));
     assert!(details.unwrap().contains("9.5"));
-    env.cleanup().await;
 }

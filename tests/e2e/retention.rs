@@ -97,5 +97,4 @@ async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_ne
     apply_batch(&env.pool, &[event_on(today, 11, &service, "open", EventAction::Resolve)]).await.unwrap();
     maintain(&env.pool, 30, today).await.unwrap();
     assert_eq!(count(&env, "select count(*) from events where dedup_key = $1 and seq < 5", "open").await, 0);
-    env.cleanup().await;
 }

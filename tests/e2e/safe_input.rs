@@ -41,9 +41,8 @@ async fn alert_counts(env: &TestEnv, service_id: &str) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_refused_by_the_events_api_and_repaired_by_integrations() {
     let env = TestEnv::new().await;
-    let ingest = env.spawn_ingest().await;
-    let query = env.spawn_query_api().await;
-    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let pipeline = env.spawn_pipeline().await;
+    let (ingest, query) = (&pipeline.ingest, &pipeline.query);
     let key = env.admin_key().await;
     let service = env.service("NUL").await;
     let rk = &service.routing_key;
@@ -57,7 +56,7 @@ async fn nul_characters_are_refused_by_the_events_api_and_repaired_by_integratio
     body["payload"]["custom_details"] = json!({"host": "web\u{0}01"});
     cases.push((body, "payload.custom_details.host"));
     for (body, field) in cases {
-        let (status, error) = error_of(env.post_event(&ingest, &key, &body).await).await;
+        let (status, error) = error_of(env.post_event(ingest, &key, &body).await).await;
         assert_eq!((status, error["details"]["field"].as_str()), (400, Some(field)), "{error}");
     }
 
@@ -93,7 +92,6 @@ async fn nul_characters_are_refused_by_the_events_api_and_repaired_by_integratio
     let url = format!("{query}/api/incidents?serviceId=a%00b");
     let (status, error) = error_of(env.http.get(url).bearer_auth(&key).send().await.unwrap()).await;
     assert_eq!((status, error["details"]["field"].as_str()), (400, Some("serviceId")));
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -112,7 +110,6 @@ async fn path_and_query_rejections_are_json_naming_the_parameter() {
     let url = format!("{ingest}/api/integrations/alertmanager/%FF");
     let (status, error) = error_of(notify(&env, &url, json!([])).await).await;
     assert_eq!((status, error["details"]["field"].as_str()), (400, Some("routing_key")), "{error}");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +148,6 @@ async fn a_retry_with_the_same_idempotency_key_has_no_second_effect_even_after_t
     body["payload"]["summary"] = json!("something else");
     let (status, error) = error_of(send(body, "retry-1").await).await;
     assert_eq!((status, error["code"].as_str()), (409, Some("CONFLICT")));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +179,6 @@ async fn a_re_sent_alertmanager_notification_counts_once_and_a_large_group_is_ad
     env.wait_until_drained(APPLY_TIMEOUT).await;
     assert_eq!(alert_counts(&env, &small.id).await, vec![1, 1, 1], "the re-send was counted again");
     assert!(alert_counts(&env, &service.id).await.iter().all(|c| *c == 1));
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -236,5 +231,4 @@ async fn one_failing_client_behind_a_proxy_never_locks_out_valid_keys() {
     assert_eq!(response.headers()["x-ratelimit-limit"], "5");
     let response = env.http.post(&url).bearer_auth(&limited).json(&json!({"alerts": six})).send().await.unwrap();
     assert_eq!(response.status(), 429, "the key's own limit applies to the webhook, per alert");
-    env.cleanup().await;
 }

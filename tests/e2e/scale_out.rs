@@ -117,5 +117,4 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
         "{total} events; hand-over after join {joined:?}, SIGTERM {left:?}, SIGKILL {died:?}; \
          drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolded}"
     );
-    env.cleanup().await;
 }

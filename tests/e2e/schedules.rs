@@ -101,7 +101,6 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     let (_, list) = env.get_json(&url, &key).await;
     assert_eq!(list["total"], 1);
     assert_eq!(list["schedules"][0]["timeZone"], "Europe/Berlin");
-    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -134,5 +133,4 @@ async fn bad_schedules_are_refused_naming_the_field() {
     let (status, error) = env.send_json(Method::POST, &url, &reader, &json!({"name": "S", "timeZone": "UTC"})).await;
     assert_eq!(status, 403);
     assert!(error["error"]["message"].as_str().unwrap().contains("schedules:write"));
-    env.cleanup().await;
 }

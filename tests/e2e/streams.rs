@@ -31,7 +31,6 @@ async fn changed_settings_update_the_stream_and_another_partition_count_is_refus
     let refused = common::nats::ensure_streams(&js, &other).await.unwrap_err().to_string();
     assert!(refused.contains("NATS_PARTITIONS"), "{refused}");
     assert!(refused.contains(&format!("partitions={}", env.nats.partitions)), "{refused}");
-    env.cleanup().await;
 }
 
 /// DESIGN §1 guarantee 1 with a full stream: past `NATS_STREAM_MAX_BYTES` ingest answers 503,
@@ -81,5 +80,4 @@ async fn a_full_stream_refuses_new_events_and_keeps_every_accepted_one() {
     let mut stream = js.get_stream(&env.nats.stream).await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
     assert_eq!((state.messages, state.first_sequence), (accepted, 1), "accepted events were dropped");
-    env.cleanup().await;
 }

@@ -44,7 +44,6 @@ async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
     .await
     .unwrap();
     assert!(tls_sessions > 0, "query-api's connections are not TLS");
-    env.cleanup().await;
 }
 
 /// Redis over TLS: `rediss://` against a Redis started with TLS only, the test's CA trusted
@@ -67,5 +66,4 @@ async fn rate_limits_work_over_rediss() {
     // The limiter answered (it omits the headers while it fails open).
     assert_eq!(response.headers()["x-ratelimit-remaining"], "99");
     assert_eq!(ingest.metric(&env.http, "rate_limit_fail_open_total").await, 0.0);
-    env.cleanup().await;
 }

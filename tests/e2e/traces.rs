@@ -84,5 +84,4 @@ async fn one_trace_spans_the_request_at_ingest_and_the_worker_that_applied_the_e
         })
     })
     .await;
-    env.cleanup().await;
 }

@@ -287,6 +287,14 @@ impl TestEnv {
         wait_until(timeout, "the workers to drain the stream", || async { self.backlog().await == Some(0) }).await;
     }
 
+    /// The whole pipeline in process: ingest, query-api and a worker, each ready.
+    pub async fn spawn_pipeline(&self) -> Pipeline {
+        let ingest = self.spawn_ingest().await;
+        let query = self.spawn_query_api().await;
+        let worker = self.spawn_worker(&self.worker_settings(), self.shutdown.clone()).await;
+        Pipeline { ingest, query, _worker: worker }
+    }
+
     /// Starts a worker in process; cancel `stop` to drain it, or abort the set to crash it.
     pub async fn spawn_worker(&self, settings: &WorkerSettings, stop: CancellationToken) -> JoinSet<()> {
         let client = common::nats::connect(&self.nats, "test-worker").await.expect("nats");
@@ -328,21 +336,42 @@ impl TestEnv {
     pub async fn wait_for_applied(&self, n: i64, timeout: Duration) {
         wait_until(timeout, &format!("{n} applied events"), || async { self.applied_events().await >= n }).await;
     }
+}
 
-    /// Removes this test's database and streams. Call at the end of a passing test; a failed
-    /// test's leftovers are removed by age when a later test starts.
-    pub async fn cleanup(self) {
+/// What [`TestEnv::spawn_pipeline`] started: the base URLs, and the worker (stopped with the env).
+pub struct Pipeline {
+    pub ingest: String,
+    pub query: String,
+    _worker: JoinSet<()>,
+}
+
+impl Drop for TestEnv {
+    /// Removes this test's database and streams, whether it passed or failed (what a killed run
+    /// leaves is removed by age when a later test starts). Services it started in process stop.
+    fn drop(&mut self) {
         self.shutdown.cancel();
-        self.pool.close().await;
-        if let Ok(client) = async_nats::connect(&self.nats.url).await {
-            let js = async_nats::jetstream::new(client);
-            let _events = js.delete_stream(&self.nats.stream).await;
-            let _dlq = js.delete_stream(&self.nats.dlq_stream()).await;
-        }
-        if let Ok(admin) = PgPool::connect(&self.pg_admin_url).await {
-            let drop = format!("drop database if exists {} with (force)", self.db_name);
-            let _dropped = sqlx::query(&drop).execute(&admin).await;
-        }
+        let (nats, pg_admin_url, db_name) = (self.nats.clone(), self.pg_admin_url.clone(), self.db_name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread and a
+        // runtime of its own.
+        let cleaning = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let first = nats.servers().ok().and_then(|s| s.into_iter().next());
+                let connect = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
+                if let Some(server) = first
+                    && let Ok(client) = connect.connect(server).await
+                {
+                    let js = async_nats::jetstream::new(client);
+                    let _events = js.delete_stream(&nats.stream).await;
+                    let _dlq = js.delete_stream(nats.dlq_stream()).await;
+                }
+                if let Ok(admin) = PgPool::connect(&pg_admin_url).await {
+                    let drop = format!("drop database if exists {db_name} with (force)");
+                    let _dropped = sqlx::query(&drop).execute(&admin).await;
+                }
+            });
+        });
+        let _cleaned = cleaning.join();
     }
 }
 
