@@ -23,9 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::bench::{CpuClock, median, ms, quantile, setting, wait_ready};
+use e2e::bench::{CpuClock, READY, median, ms, quantile, setting};
 use e2e::servers::ServiceProcess;
-use e2e::servers::free_port;
 use e2e::{TestEnv, trigger};
 
 struct Load {
@@ -111,7 +110,7 @@ struct Pipeline {
     key: String,
     routing_key: String,
     ingest: ServiceProcess,
-    workers: Vec<(ServiceProcess, u16)>,
+    workers: Vec<ServiceProcess>,
 }
 
 impl Pipeline {
@@ -122,17 +121,9 @@ impl Pipeline {
         let service = env.service("bench").await;
         preload(&env, &service.id, setting("BENCH_PRELOAD_ROWS", 0)).await;
         let routing_key = service.routing_key;
-        let ingest_port = free_port();
-        let ingest = ServiceProcess::start_on("opssentinal-ingest", &env.service_env(), ingest_port);
-        wait_ready(&env.http, ingest_port).await;
-        let mut pipeline = Self {
-            env,
-            base: format!("http://127.0.0.1:{ingest_port}"),
-            key,
-            routing_key,
-            ingest,
-            workers: Vec::new(),
-        };
+        let ingest = ServiceProcess::start("opssentinal-ingest", &env.service_env());
+        ingest.wait_ready(&env.http, READY).await;
+        let mut pipeline = Self { base: ingest.url(), env, key, routing_key, ingest, workers: Vec::new() };
         for _ in 0..workers {
             pipeline.add_worker().await;
         }
@@ -140,10 +131,9 @@ impl Pipeline {
     }
 
     async fn add_worker(&mut self) {
-        let port = free_port();
-        let worker = ServiceProcess::start_on("opssentinal-worker", &self.env.service_env(), port);
-        wait_ready(&self.env.http, port).await;
-        self.workers.push((worker, port));
+        let worker = ServiceProcess::start("opssentinal-worker", &self.env.service_env());
+        worker.wait_ready(&self.env.http, READY).await;
+        self.workers.push(worker);
     }
 
     async fn send(&self, settings: &Settings, rate: Option<f64>) -> Load {
@@ -153,12 +143,8 @@ impl Pipeline {
     /// A metric summed over all workers.
     async fn worker_metric(&self, name: &str) -> f64 {
         let mut total = 0.0;
-        let prefix = format!("{name} ");
-        for (_, port) in &self.workers {
-            let url = format!("http://127.0.0.1:{port}/metrics");
-            let text = self.env.http.get(url).send().await.expect("metrics").text().await.expect("metrics text");
-            total +=
-                text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |n| n.trim().parse().unwrap_or(0.0));
+        for worker in &self.workers {
+            total += worker.metric(&self.env.http, name).await;
         }
         total
     }
@@ -178,7 +164,7 @@ impl Pipeline {
 
     fn clock(&self) -> CpuClock {
         let mut named = vec![("ingest".to_owned(), self.ingest.pid())];
-        named.extend(self.workers.iter().enumerate().map(|(i, (w, _))| (format!("worker {}", i + 1), w.pid())));
+        named.extend(self.workers.iter().enumerate().map(|(i, w)| (format!("worker {}", i + 1), w.pid())));
         CpuClock::start(named)
     }
 
@@ -348,7 +334,7 @@ async fn wide(events: usize, keys: usize, results: &mut Series) {
     let load = pipeline.send(&Settings { events, concurrency: 64, keys }, None).await;
     let started = Instant::now();
     pipeline.add_worker().await;
-    let pid = pipeline.workers[0].0.pid();
+    let pid = pipeline.workers[0].pid();
     let peak = tokio::spawn(async move {
         let mut peak = 0;
         for _ in 0..3600 {
@@ -361,7 +347,7 @@ async fn wide(events: usize, keys: usize, results: &mut Series) {
         peak
     });
     let done = wait_applied(&pipeline.env, load.accepted).await;
-    let peak_kib = e2e::bench::peak_rss_kib(pipeline.workers[0].0.pid()).unwrap_or(0);
+    let peak_kib = e2e::bench::peak_rss_kib(pipeline.workers[0].pid()).unwrap_or(0);
     peak.abort();
     println!(
         "  wide drain: {events} events over {keys} keys: {:>8.0} applied/s, worker peak RSS {:.0} MiB",

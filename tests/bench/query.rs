@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::TestEnv;
-use e2e::bench::{median, ms, quantile, setting, wait_ready};
+use e2e::bench::{READY, median, ms, quantile, setting};
 use e2e::servers::ServiceProcess;
-use e2e::servers::free_port;
 
 async fn load(env: &TestEnv, incidents: usize) {
     let started = Instant::now();
@@ -145,10 +144,9 @@ async fn main() {
     let env = TestEnv::new().await;
     let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
     load(&env, incidents).await;
-    let port = free_port();
-    let _query_api = ServiceProcess::start_on("opssentinal-query-api", &env.service_env(), port);
-    wait_ready(&env.http, port).await;
-    let base = format!("http://127.0.0.1:{port}");
+    let query_api = ServiceProcess::start("opssentinal-query-api", &env.service_env());
+    query_api.wait_ready(&env.http, READY).await;
+    let base = query_api.url();
     println!("{requests} requests per query and run, {concurrency} in flight, {runs} runs");
     for (name, query) in [
         ("open+acknowledged, newest first", Query::OpenNewest),

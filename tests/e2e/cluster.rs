@@ -25,10 +25,7 @@ async fn a_three_node_cluster_loses_nothing_while_each_node_is_killed_in_turn() 
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
     let workers: Vec<ServiceProcess> = (0..2).map(|_| ServiceProcess::start("opssentinal-worker", &vars)).collect();
     for service in std::iter::once(&ingest).chain(&workers) {
-        wait_until(Duration::from_secs(90), "the services to be ready on the cluster", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(90)).await;
     }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
     let client = Client { http, url: format!("{}/api/events", ingest.url()), key, routing_key };
@@ -67,10 +64,7 @@ async fn a_three_node_cluster_loses_nothing_while_each_node_is_killed_in_turn() 
     assert!(accepted.len() > 200, "too little got through to say anything");
     assert!(twice.is_empty(), "applied twice: {twice:?}");
     for service in std::iter::once(&ingest).chain(&workers) {
-        assert!(
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200),
-            "a service needs a restart"
-        );
+        assert!(service.is_ready(&env.http).await, "a service needs a restart");
     }
 }
 
@@ -93,10 +87,7 @@ async fn services_reach_nats_over_tls_with_a_password() {
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
     let worker = ServiceProcess::start("opssentinal-worker", &vars);
     for service in [&ingest, &worker] {
-        wait_until(Duration::from_secs(30), "the services to be ready over TLS", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(30)).await;
     }
     let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "tls", "over TLS")).await;
     assert_eq!(response.status(), 202);
@@ -117,10 +108,7 @@ async fn services_reach_nats_with_a_creds_file() {
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
     let worker = ServiceProcess::start("opssentinal-worker", &vars);
     for service in [&ingest, &worker] {
-        wait_until(Duration::from_secs(30), "the services to be ready with the creds file", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(30)).await;
     }
     let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "creds", "with creds")).await;
     assert_eq!(response.status(), 202);

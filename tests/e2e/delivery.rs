@@ -21,6 +21,24 @@ async fn jetstream_context(env: &TestEnv) -> jetstream::Context {
     jetstream::new(async_nats::connect(&env.nats.url).await.unwrap())
 }
 
+/// The durable consumer of `event`'s partition, made as a worker makes it (the streams too).
+async fn partition_consumer(
+    js: &jetstream::Context,
+    env: &TestEnv,
+    settings: &worker::WorkerSettings,
+    event: &EventEnvelope,
+) -> jetstream::consumer::PullConsumer {
+    let stream = common::nats::ensure_streams(js, &env.nats).await.unwrap();
+    let spec = common::nats::ConsumerSpec {
+        events: &stream,
+        nats: &env.nats,
+        base: &env.consumer,
+        ack_wait: settings.ack_wait(),
+        max_ack_pending: 1000,
+    };
+    spec.ensure(common::config::partition_of(&event.service_id, &event.dedup_key, env.nats.partitions)).await.unwrap()
+}
+
 /// Publishes the envelope as a distinct message (its own Nats-Msg-Id), as a publish retried
 /// after the stream's duplicate window would be.
 async fn publish_copy(js: &jetstream::Context, env: &TestEnv, event: &EventEnvelope) -> u64 {
@@ -91,17 +109,8 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     let mut settings = env.worker_settings();
     settings.ack_wait_secs = 1;
     let js = jetstream_context(&env).await;
-    let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
     let event = envelope(&service.id, "disk", EventAction::Trigger);
-    let partition = common::config::partition_of(&service.id, "disk", env.nats.partitions);
-    let spec = common::nats::ConsumerSpec {
-        events: &stream,
-        nats: &env.nats,
-        base: &env.consumer,
-        ack_wait: settings.ack_wait(),
-        max_ack_pending: 1000,
-    };
-    let consumer = spec.ensure(partition).await.unwrap();
+    let consumer = partition_consumer(&js, &env, &settings, &event).await;
     publish_copy(&js, &env, &event).await;
 
     // A worker takes the message and commits it, then dies before acknowledging.
@@ -219,17 +228,8 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
     settings.max_deliveries = 3;
     settings.ack_wait_secs = 1;
     let js = jetstream_context(&env).await;
-    let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
     let event = envelope("svc_gone", "orphan", EventAction::Trigger);
-    let partition = common::config::partition_of("svc_gone", "orphan", env.nats.partitions);
-    let spec = common::nats::ConsumerSpec {
-        events: &stream,
-        nats: &env.nats,
-        base: &env.consumer,
-        ack_wait: settings.ack_wait(),
-        max_ack_pending: 1000,
-    };
-    let consumer = spec.ensure(partition).await.unwrap();
+    let consumer = partition_consumer(&js, &env, &settings, &event).await;
     publish_copy(&js, &env, &event).await;
 
     // Delivered three times and never tried: each delivery left to expire.

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::servers::ServiceProcess;
-use e2e::{TestEnv, trigger, wait_until};
+use e2e::{TestEnv, trigger};
 
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").join("deploy")
@@ -112,10 +112,7 @@ async fn alert_rules_parse_and_every_metric_dashboards_and_rules_use_is_exported
         .map(|binary| ServiceProcess::start(binary, &vars))
         .collect();
     for service in &services {
-        wait_until(Duration::from_secs(30), "the services to be ready", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(30)).await;
     }
     let key = env.admin_key().await;
     let rk = env.service("Metrics").await.routing_key;

@@ -55,10 +55,7 @@ impl Rig {
 
     async fn wait_ready(&self) {
         for service in std::iter::once(&self.ingest).chain(&self.workers) {
-            wait_until(Duration::from_secs(60), "a service to be ready", || async {
-                service.readiness(&self.env.http).await.is_some_and(|(status, _)| status == 200)
-            })
-            .await;
+            service.wait_ready(&self.env.http, Duration::from_secs(60)).await;
         }
     }
 

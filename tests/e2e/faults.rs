@@ -43,10 +43,7 @@ async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
     // A process of its own, so its fail-open counter counts only this test's requests.
     let ingest = ServiceProcess::start("opssentinal-ingest", &env.service_env());
     let base = ingest.url();
-    wait_until(Duration::from_secs(20), "ingest to be ready", || async {
-        ingest.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-    })
-    .await;
+    ingest.wait_ready(&env.http, Duration::from_secs(20)).await;
     let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let rk = env.service("API").await.routing_key;
@@ -127,10 +124,7 @@ async fn services_start_with_dependencies_down_and_stop_within_their_timeout_wit
     pg.start_again();
     nats.restart();
     for service in &services {
-        wait_until(Duration::from_secs(60), "every service to become ready by itself", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(60)).await;
     }
     let ingest = services[0].url();
     assert_eq!(env.post_event(&ingest, &key, &trigger(&rk, "k", "after the outage")).await.status(), 202);

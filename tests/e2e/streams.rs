@@ -57,10 +57,7 @@ async fn a_full_stream_refuses_new_events_and_keeps_every_accepted_one() {
     let mut vars = env.service_env();
     vars.push(("NATS_STREAM_MAX_BYTES", (64 * 1024).to_string()));
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
-    e2e::wait_until(Duration::from_secs(20), "ingest to be ready", || async {
-        ingest.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-    })
-    .await;
+    ingest.wait_ready(&env.http, Duration::from_secs(20)).await;
     let mut accepted = 0u64;
     let mut refused = None;
     for i in 0..2_000 {

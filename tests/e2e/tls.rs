@@ -29,10 +29,7 @@ async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
     // A service configured that way works, over TLS.
     env.database.url = verified;
     let query = ServiceProcess::start("opssentinal-query-api", &env.service_env());
-    wait_until(Duration::from_secs(30), "query-api to be ready over TLS", || async {
-        query.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-    })
-    .await;
+    query.wait_ready(&env.http, Duration::from_secs(30)).await;
     let key = env.admin_key().await;
     let (status, _) = env.get_json(&format!("{}/api/services", query.url()), &key).await;
     assert_eq!(status, 200);

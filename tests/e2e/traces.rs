@@ -64,10 +64,7 @@ async fn one_trace_spans_the_request_at_ingest_and_the_worker_that_applied_the_e
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
     let worker = ServiceProcess::start("opssentinal-worker", &vars);
     for service in [&ingest, &worker] {
-        wait_until(Duration::from_secs(30), "the services to be ready", || async {
-            service.readiness(&env.http).await.is_some_and(|(status, _)| status == 200)
-        })
-        .await;
+        service.wait_ready(&env.http, Duration::from_secs(30)).await;
     }
     let key = env.admin_key().await;
     let rk = env.service("Traced").await.routing_key;

@@ -2,14 +2,8 @@
 
 use std::time::Duration;
 
-use crate::wait_until;
-
-pub async fn wait_ready(http: &reqwest::Client, port: u16) {
-    wait_until(Duration::from_secs(60), "service readiness", || async {
-        http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-}
+/// How long a benchmark waits for a service to be ready.
+pub const READY: Duration = Duration::from_secs(60);
 
 /// The `q` quantile of sorted latencies.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {

@@ -401,11 +401,7 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` with `env`, listening on a free port.
     pub fn start(binary: &str, env: &[(&str, String)]) -> Self {
-        Self::start_on(binary, env, free_port())
-    }
-
-    /// Starts `binary` with `env`, listening on `port`.
-    pub fn start_on(binary: &str, env: &[(&str, String)], port: u16) -> Self {
+        let port = free_port();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
         Self { child: spawn_service(binary, &env, port), port, binary: binary.to_owned(), env }
     }
@@ -453,6 +449,17 @@ impl ServiceProcess {
             .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
             .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
             .sum()
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub async fn is_ready(&self, http: &reqwest::Client) -> bool {
+        self.readiness(http).await.is_some_and(|(status, _)| status == 200)
+    }
+
+    /// Waits (at most `timeout`) until `/readyz` answers 200.
+    pub async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) {
+        let what = format!("{} on port {} to be ready", self.binary, self.port);
+        crate::wait_until(timeout, &what, || self.is_ready(http)).await;
     }
 
     /// `/readyz`: status and body.

@@ -83,12 +83,7 @@ impl Gate {
             Bucket::Events => "events",
             Bucket::Api => "api",
         };
-        let name = format!("{kind}:{}", principal.key_id);
-        if cost == 1 {
-            self.limiter.check_or_fail_open(&name, limit).await
-        } else {
-            self.limiter.check_whole_or_fail_open(&name, limit, cost).await
-        }
+        self.limiter.check_all_or_fail_open(&format!("{kind}:{}", principal.key_id), limit, cost).await
     }
 
     async fn failed_auth(&self, client: Option<IpAddr>, message: &str) -> ApiError {
@@ -198,8 +193,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let path = parts.uri.path().to_ascii_lowercase();
-        if path.contains("%00") {
+        if parts.uri.path().contains("%00") {
             return Err(ApiError::validation("path", "must not contain NUL characters"));
         }
         match Path::<T>::from_request_parts(parts, state).await {
@@ -226,10 +220,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-            .map_err(|_| ApiError::validation("query", "malformed query string"))?;
-        if let Some((name, _)) = pairs.0.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
-            return Err(ApiError::validation(name, "must not contain NUL characters"));
+        // A NUL can only arrive percent-encoded; only then are the pairs read to name it.
+        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
+            let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+                .map_err(|_| ApiError::validation("query", "malformed query string"))?;
+            if let Some((name, _)) = pairs.0.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+                return Err(ApiError::validation(name, "must not contain NUL characters"));
+            }
         }
         Query::<T>::from_request_parts(parts, state).await.map(|Query(value)| ApiQuery(value)).map_err(|rejection| {
             let text = rejection.body_text();

@@ -51,6 +51,14 @@ pub async fn options(config: &NatsConfig) -> anyhow::Result<async_nats::ConnectO
     Ok(options)
 }
 
+/// Sends what the client buffered (acknowledgements above all), waiting at most two seconds: a
+/// service stopping while NATS is unreachable must not hang here. What is not sent is redelivered.
+pub async fn flush_bounded(client: &async_nats::Client) {
+    if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
+        tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
+    }
+}
+
 /// Header of a replayed dead letter: the stream sequence the event was first accepted at, where
 /// workers apply it (so a trigger replayed after its key's resolve does not reopen the incident).
 pub const ORIGINAL_SEQ_HEADER: &str = "OpsSentinal-Original-Seq";

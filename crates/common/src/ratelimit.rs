@@ -204,11 +204,15 @@ impl RateLimiter {
     }
 
     /// Counts `cost` requests against `bucket` as one: all are admitted or none (an Alertmanager
-    /// notification is admitted whole, so its re-send is not half counted). Fails open like
+    /// notification is admitted whole, so its re-send is not half counted); a single request goes
+    /// through the coalescing [`check`](Self::check). Fails open like
     /// [`check_or_fail_open`](Self::check_or_fail_open).
-    pub async fn check_whole_or_fail_open(&self, bucket: &str, limit_per_minute: u32, cost: usize) -> Option<Decision> {
+    pub async fn check_all_or_fail_open(&self, bucket: &str, limit_per_minute: u32, cost: usize) -> Option<Decision> {
+        if cost <= 1 {
+            return self.check_or_fail_open(bucket, limit_per_minute).await;
+        }
         let key = format!("{}rl:{bucket}", self.prefix);
-        match self.run(&key, limit_per_minute, cost.max(1), true).await {
+        match self.run(&key, limit_per_minute, cost, true).await {
             Ok(decisions) => decisions.into_iter().last(),
             Err(err) => {
                 self.fail_open(&err);

@@ -40,12 +40,7 @@ pub async fn publish(state: &AppState, envelope: &EventEnvelope) -> Result<(), A
 /// default events limit). `None` when Redis is unreachable (the limiter fails open).
 pub async fn check_routing_key_limit(state: &AppState, service: &ServiceTarget, cost: usize) -> Option<Decision> {
     let limit = service.rate_limit.unwrap_or(state.gate.limits.events_per_minute);
-    let bucket = format!("events:service:{}", service.id);
-    if cost == 1 {
-        state.gate.limiter.check_or_fail_open(&bucket, limit).await
-    } else {
-        state.gate.limiter.check_whole_or_fail_open(&bucket, limit, cost).await
-    }
+    state.gate.limiter.check_all_or_fail_open(&format!("events:service:{}", service.id), limit, cost).await
 }
 
 /// Now, to the microsecond PostgreSQL stores, so the envelope and the database agree exactly.

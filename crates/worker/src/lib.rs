@@ -122,9 +122,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
     };
     let (served, worked) = tokio::join!(server, work);
     // Acks are buffered in the client: send them, if NATS can still be reached.
-    if tokio::time::timeout(Duration::from_secs(2), client.flush()).await.is_err() {
-        tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
-    }
+    common::nats::flush_bounded(&client).await;
     served?;
     worked
 }

@@ -137,9 +137,7 @@ impl Coordinator {
             let _stopped = partition.fetch.await;
             drained(&partition.in_flight).await;
         }
-        if tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await.is_err() {
-            tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
-        }
+        common::nats::flush_bounded(&self.client).await;
     }
 
     /// After a crash, NATS 2.9 may restore a work-queue stream and its consumer from different

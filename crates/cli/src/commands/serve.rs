@@ -90,9 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                 .await?;
             while workers.join_next().await.is_some() {}
-            if tokio::time::timeout(std::time::Duration::from_secs(2), worker_client.flush()).await.is_err() {
-                tracing::warn!("could not flush acknowledgements to NATS; those messages will be redelivered");
-            }
+            common::nats::flush_bounded(&worker_client).await;
             Ok(())
         }
     };
