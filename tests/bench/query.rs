@@ -54,9 +54,9 @@ async fn load(env: &TestEnv, incidents: usize) {
         let query = if sql.contains("$1") { query.bind(incidents as i64) } else { query };
         query.execute(&env.pool).await.expect("load");
     }
-    // Fold the counts the bulk load produced (the running service does this every second), then
+    // Fold the counts the bulk load produced (a running worker does this every second), then
     // vacuum, as a long-running database would be.
-    query_api::routes::incidents::fold_count_deltas(&env.pool).await.expect("fold counts");
+    common::incident::change::fold_count_deltas(&env.pool).await.expect("fold counts");
     sqlx::query("vacuum analyze").execute(&env.pool).await.expect("vacuum");
     let (events, timeline): (i64, i64) =
         sqlx::query_as("select (select count(*) from events), (select count(*) from incident_timeline)")

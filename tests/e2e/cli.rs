@@ -3,10 +3,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use e2e::servers::free_port;
 use e2e::{TestEnv, trigger, wait_until};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The CLI binary next to this test binary (`scripts/test.sh` builds it first).
 fn opssentinal() -> std::path::PathBuf {
@@ -149,43 +147,18 @@ async fn an_operator_creates_users_keys_and_services_with_the_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_runs_everything_on_one_port_and_prints_an_admin_key_once() {
     let env = TestEnv::new().await;
-    let port = free_port();
-    let mut serve = tokio::process::Command::new(opssentinal())
-        .arg("serve")
-        .envs(env.service_env())
-        .env("OPSSENTINAL_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let key = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(key) = line.trim().strip_prefix("admin API key:") {
-                return key.trim().to_owned();
-            }
-        }
-        panic!("serve exited without printing an admin key");
-    })
-    .await
-    .expect("the admin key is printed on first start");
+    let serve = env.spawn_serve(&[]).await;
+    let (base, key) = (&serve.base, &serve.admin_key);
     let service = json_of(&run(&env, &["service", "create", "--name", "API", "--output", "json"]));
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), "serve to be ready", || async {
-        env.http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
 
     let body = trigger(service["routingKey"].as_str().unwrap(), "disk", "Disk full");
-    assert_eq!(env.post_event(&base, &key, &body).await.status(), 202);
+    assert_eq!(env.post_event(base, key, &body).await.status(), 202);
     wait_until(Duration::from_secs(30), "the incident on the same port", || async {
-        env.get_json(&format!("{base}/api/incidents"), &key).await.1["total"] == 1
+        env.get_json(&format!("{base}/api/incidents"), key).await.1["total"] == 1
     })
     .await;
     let (status, document) = env.get_json(&format!("{base}/api/openapi.json"), "").await;
     assert_eq!((status, document["openapi"].is_string()), (200, true));
-    serve.kill().await.unwrap();
 }
 
 /// Runs the CLI as an API client against `url`.

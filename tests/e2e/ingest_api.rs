@@ -96,7 +96,7 @@ async fn every_error_ingest_can_produce_has_its_code_and_names_the_field() {
         (json!({"event_action": "resolve", "dedup_key": "k"}), "routing_key"),
         (
             json!({"routing_key": rk, "event_action": "trigger", "payload": {"summary": "s", "severity": "info"}}),
-            "payload",
+            "payload.source",
         ),
         (json!([1, 2]), "body"),
     ];

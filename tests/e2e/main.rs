@@ -1,5 +1,6 @@
 //! End-to-end tests: the real services against real PostgreSQL, Redis and NATS.
 
+mod api_contract;
 mod bad_input;
 mod cli;
 mod cluster;

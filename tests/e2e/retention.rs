@@ -6,7 +6,7 @@ use e2e::TestEnv;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use worker::apply::{QueuedEvent, apply_batch};
-use worker::retention::maintain;
+use worker::roles::retention::maintain;
 
 fn event_on(day: Date, seq: i64, service_id: &str, dedup_key: &str, action: EventAction) -> QueuedEvent {
     let mut envelope = e2e::envelope(service_id, dedup_key, action, &format!("{dedup_key} is unhappy"));

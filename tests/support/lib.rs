@@ -338,6 +338,48 @@ impl TestEnv {
     }
 }
 
+/// `opssentinal serve` on a free port of this env, and the admin key it printed on first start.
+pub struct Serve {
+    pub base: String,
+    pub admin_key: String,
+    _process: tokio::process::Child,
+}
+
+impl TestEnv {
+    /// Starts `opssentinal serve` (with `extra` environment) and waits until it is ready.
+    pub async fn spawn_serve(&self, extra: &[(&str, &str)]) -> Serve {
+        use tokio::io::AsyncBufReadExt;
+        let port = servers::free_port();
+        let mut process = tokio::process::Command::new(service_binary("opssentinal"))
+            .arg("serve")
+            .envs(self.service_env())
+            .envs(extra.iter().copied())
+            .env("OPSSENTINAL_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("opssentinal serve starts");
+        let mut lines = tokio::io::BufReader::new(process.stdout.take().expect("stdout")).lines();
+        let admin_key = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("serve's output") {
+                if let Some(key) = line.trim().strip_prefix("admin API key:") {
+                    return key.trim().to_owned();
+                }
+            }
+            panic!("serve exited without printing an admin key");
+        })
+        .await
+        .expect("the admin key is printed on first start");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(30), "serve to be ready", || async {
+            self.http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Serve { base, admin_key, _process: process }
+    }
+}
+
 /// What [`TestEnv::spawn_pipeline`] started: the base URLs, and the worker (stopped with the env).
 pub struct Pipeline {
     pub ingest: String,

@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// The documented error codes and their HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     ValidationError,
     InvalidRoutingKey,
@@ -18,6 +19,7 @@ pub enum ErrorCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
+    #[serde(rename = "INTERNAL_ERROR")]
     Internal,
     ServiceUnavailable,
 }
@@ -117,15 +119,35 @@ impl ApiError {
 
     /// The JSON body of this error.
     pub fn body(&self) -> Value {
-        let mut error = json!({ "code": self.code.as_str(), "message": self.message });
-        if let Some(details) = &self.details {
-            error["details"] = details.clone();
-        }
-        if let Some(retry_after) = self.retry_after.filter(|_| self.code == ErrorCode::RateLimited) {
-            error["retry_after"] = json!(retry_after);
-        }
-        json!({ "error": error })
+        let error = ErrorObject {
+            code: self.code,
+            message: self.message.clone(),
+            details: self.details.clone(),
+            retry_after: self.retry_after.filter(|_| self.code == ErrorCode::RateLimited),
+        };
+        serde_json::to_value(ErrorBody { error }).unwrap_or_default()
     }
+}
+
+/// The error envelope every endpoint answers with.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorObject {
+    pub code: ErrorCode,
+    /// For people; a `VALIDATION_ERROR` starts with the field's name.
+    pub message: String,
+    /// `field` (the offending field or parameter) for `VALIDATION_ERROR`, `requiredScope` for
+    /// `FORBIDDEN`, `retry_after` for `RATE_LIMITED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+    /// Seconds to wait (`RATE_LIMITED`); also in the `Retry-After` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl std::fmt::Display for ApiError {

@@ -20,7 +20,7 @@ pub const MAX_DETAILS_DEPTH: usize = 64;
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventAction {
     Trigger,
@@ -38,7 +38,7 @@ impl EventAction {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Critical,
@@ -48,7 +48,7 @@ pub enum Severity {
 }
 
 /// Incident urgency, derived from the alert severity or set by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Urgency {
     High,
@@ -86,32 +86,52 @@ impl From<Severity> for Urgency {
 }
 
 /// What the alert says: the `payload` of a trigger.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertPayload {
+    /// The incident's title.
+    #[schema(min_length = 1, max_length = 1024, pattern = "\\S")]
     pub summary: String,
+    /// What sent the alert (host, check).
+    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
     pub source: String,
     pub severity: Severity,
+    /// When the condition began (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub component: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub class: Option<String>,
+    /// Any JSON object, at most 64 levels deep, without NUL characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub custom_details: Option<Map<String, Value>>,
 }
 
-/// `POST /api/events` as sent by an alert source.
-#[derive(Debug, Clone, Deserialize)]
+/// `POST /api/events` as sent by an alert source: `routing_key` or `service_id` names the
+/// service; `dedup_key` is required to acknowledge or resolve; `payload` to trigger.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"routing_key": "R0UT1NGK3Y", "event_action": "trigger", "dedup_key": "disk-full-web-01",
+    "payload": {"summary": "Disk 95% full on web-01", "source": "web-01", "severity": "critical"}}))]
 pub struct EventRequest {
+    /// The service's routing key (integration key).
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub routing_key: Option<String>,
+    /// The service's id, instead of `routing_key`.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub service_id: Option<String>,
     pub event_action: EventAction,
+    /// Events with the same key (per service) act on the same incident; default a new UUID.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
     pub dedup_key: Option<String>,
     #[serde(default)]
     pub payload: Option<AlertPayload>,

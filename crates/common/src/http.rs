@@ -279,13 +279,25 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             ApiError::validation("body", format!("malformed JSON: {inner}"))
         }
         _ => {
-            let field = if path == "." { "body".to_owned() } else { path };
             // serde appends " at line X column Y"; the field name says more.
             let message = inner.to_string();
-            let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+            let message = message.split(" at line ").next().unwrap_or(&message);
+            // A missing field is reported at its parent (an unknown one sometimes too): name the field.
+            let named = |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split('`').next());
+            let (field, message) = match (named("missing field `"), named("unknown field `")) {
+                (Some(name), _) => (child(&path, name), "is required".to_owned()),
+                (_, Some(name)) if path.rsplit('.').next() == Some(name) => (path, "is not a known field".to_owned()),
+                (_, Some(name)) => (child(&path, name), "is not a known field".to_owned()),
+                _ => (if path == "." { "body".to_owned() } else { path }, message.to_owned()),
+            };
             ApiError::validation(&field, message)
         }
     }
+}
+
+/// `parent.name`, or `name` at the top level (`.`).
+fn child(parent: &str, name: &str) -> String {
+    if parent == "." { name.to_owned() } else { format!("{parent}.{name}") }
 }
 
 /// `404` in our format for unknown paths.

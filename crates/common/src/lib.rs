@@ -9,13 +9,12 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod event;
-pub mod fold;
 pub mod http;
 pub mod ids;
+pub mod incident;
 pub mod nats;
 pub mod ratelimit;
 pub mod shutdown;
-pub mod store;
 pub mod telemetry;
 
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorBody, ErrorCode};

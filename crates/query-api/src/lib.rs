@@ -2,13 +2,13 @@
 
 pub mod config;
 pub mod oncall;
-mod params;
+pub mod pagination;
+pub mod params;
 pub mod routes;
 pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use common::http::{Bucket, Dependency, Gate, GateLayer, Readiness, authenticate, health_router, redis_pool};
@@ -62,23 +62,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api
 }
 
-/// Background upkeep, every second until `shutdown`: snoozed incidents whose snooze ended go
-/// back to `OPEN`, and pending incident-count deltas are folded into the counts.
-pub async fn maintain(pool: sqlx::PgPool, shutdown: CancellationToken) {
-    loop {
-        if let Err(err) = routes::incidents::reopen_due_snoozes(&pool).await {
-            tracing::warn!(error = %err, "could not reopen snoozed incidents");
-        }
-        if let Err(err) = routes::incidents::fold_count_deltas(&pool).await {
-            tracing::warn!(error = %err, "could not fold incident count deltas");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
 /// Serves the query API on `listener` until `shutdown`.
 pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
@@ -93,7 +76,6 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
         async move {
             common::db::migrate_when_reachable(&pool, &shutdown).await?;
             ready.store(!shutdown.is_cancelled(), std::sync::atomic::Ordering::Release);
-            maintain(pool, shutdown).await;
             std::future::pending::<anyhow::Result<()>>().await
         }
     };

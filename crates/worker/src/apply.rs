@@ -14,9 +14,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use common::event::{AlertPayload, EventAction, EventEnvelope};
-use common::fold::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome};
 use common::ids::incident_id_for_event;
-use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, timestamp};
+use common::incident::state::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome};
+use common::incident::store::{
+    EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys, timestamp,
+};
 use jiff::Timestamp;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -359,32 +361,23 @@ struct Merges {
     assignee: Vec<Option<String>>,
 }
 
-#[derive(Default)]
-struct EventRows {
-    event_id: Vec<Uuid>,
-    seq: Vec<i64>,
-    service_id: Vec<String>,
-    dedup_key: Vec<String>,
-    action: Vec<&'static str>,
-    payload: Vec<Option<String>>,
-    received_at: Vec<String>,
-    outcome: Vec<&'static str>,
-    incident_id: Vec<Option<String>>,
-}
-
 impl Writes {
     fn new_event(&mut self, event: &QueuedEvent, outcome: Outcome, incident: Option<String>) {
         let e = &event.envelope;
-        let rows = &mut self.events;
-        rows.event_id.push(e.event_id);
-        rows.seq.push(event.seq);
-        rows.service_id.push(e.service_id.clone());
-        rows.dedup_key.push(e.dedup_key.clone());
-        rows.action.push(e.action.as_str());
-        rows.payload.push(e.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()));
-        rows.received_at.push(e.received_at.to_string());
-        rows.outcome.push(outcome.as_str());
-        rows.incident_id.push(incident);
+        self.events.push(
+            &e.service_id,
+            &e.dedup_key,
+            LoggedEvent {
+                event_id: e.event_id,
+                seq: event.seq,
+                action: e.action.as_str(),
+                payload: e.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()),
+                received_at: e.received_at,
+                outcome,
+                incident_id: incident,
+                actor: None,
+            },
+        );
     }
 
     fn stored_event(&mut self, stored: &StoredEvent, outcome: Outcome, incident: Option<String>) {
@@ -415,26 +408,7 @@ impl Writes {
         // Resolved incidents first, so a key never has two open incidents mid-statement.
         self.closed.upsert(tx).await?;
         self.open.upsert(tx).await?;
-        let e = &self.events;
-        if !e.event_id.is_empty() {
-            sqlx::query(
-                "insert into events (event_id, seq, service_id, dedup_key, action, payload, received_at, outcome, incident_id)
-                 select id, seq, s, k, a, p::jsonb, r::timestamptz, o, i
-                 from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
-                   as t(id, seq, s, k, a, p, r, o, i)",
-            )
-            .bind(&e.event_id)
-            .bind(&e.seq)
-            .bind(&e.service_id)
-            .bind(&e.dedup_key)
-            .bind(&e.action)
-            .bind(&e.payload)
-            .bind(&e.received_at)
-            .bind(&e.outcome)
-            .bind(&e.incident_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        self.events.insert(tx).await?;
         let m = &self.merges;
         if !m.from.is_empty() {
             // The merged incidents' assignee and priority where the target has none, and a

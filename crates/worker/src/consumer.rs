@@ -111,6 +111,8 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
 impl Applier {
     /// Applies one batch and disposes of every message in it; the messages leave their
     /// partitions' in-flight counts once disposed of.
+    #[tracing::instrument(name = "apply_batch", skip_all, fields(batch = batch.len(),
+        stream.first_seq = batch.first().map(|d| d.event.seq), stream.last_seq = batch.last().map(|d| d.event.seq)))]
     async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
         let (held, events): (Vec<Held>, Vec<QueuedEvent>) =
             batch.into_iter().map(|d| ((d.message, d.counted, d.span), d.event)).unzip();
@@ -137,6 +139,7 @@ impl Applier {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(event.id = %event.envelope.event_id, stream.seq = event.seq))]
     async fn apply_one(&self, message: &Message, event: &QueuedEvent, shutdown: &CancellationToken) {
         let started = Instant::now();
         match self.apply(std::slice::from_ref(event)).await {
@@ -169,6 +172,7 @@ impl Applier {
     /// failed `max_deliveries` times; then it is poison and goes to the dead-letter stream.
     /// Redeliveries that were no attempt (a database outage, an ack wait that expired) do not
     /// count. If the count cannot be written, the message is simply retried.
+    #[tracing::instrument(name = "apply_outcome", skip_all, fields(event.id = %event.envelope.event_id, stream.seq = event.seq))]
     pub async fn give_up_or_retry(&self, message: &Message, event: &QueuedEvent, reason: &str) {
         let counted: Result<i32, sqlx::Error> = sqlx::query_scalar(
             "insert into apply_failures (event_id, attempts, last_error) values ($1, 1, $2)

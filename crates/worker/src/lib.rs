@@ -7,7 +7,7 @@ pub mod config;
 pub mod consumer;
 pub mod ownership;
 pub mod partitions;
-pub mod retention;
+pub mod roles;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,8 +27,8 @@ use ownership::Leases;
 use partitions::Coordinator;
 
 /// Starts the worker: `settings.concurrency` lanes, the coordinator that owns this process's
-/// share of the partitions and fetches them into the lanes, the event log's retention role, and
-/// a task that publishes the backlog gauge. Waits (with backoff) for NATS to set up the streams;
+/// share of the partitions and fetches them into the lanes, the background roles (retention,
+/// upkeep), and a task that publishes the backlog gauge. Waits (with backoff) for NATS to set up the streams;
 /// an empty set if `shutdown` fires first. Wait on the returned set to know when they have
 /// drained after `shutdown`.
 pub async fn start(
@@ -47,7 +47,8 @@ pub async fn start(
     let leases =
         Leases::new((*pool.connect_options()).clone(), &ownership::lock_name(&nats.stream, &settings.consumer));
     let mut tasks = JoinSet::new();
-    tasks.spawn(retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
+    tasks.spawn(roles::retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
+    tasks.spawn(roles::upkeep::run(pool.clone(), shutdown.clone()));
     let applier = Arc::new(Applier {
         pool,
         stream: nats.stream.clone(),

@@ -3,8 +3,10 @@
 
 use clap::Subcommand;
 use common::config::DatabaseConfig;
-use query_api::routes::schedules::{add_layer_to, add_override_to, create_schedule, list_schedules};
-use serde_json::{Map, Value, json};
+use query_api::pagination::PageRequest;
+use query_api::routes::schedules::{
+    NewLayer, NewOverride, NewSchedule, RotationKind, add_layer_to, add_override_to, create_schedule, list_schedules,
+};
 
 use crate::client::Client;
 use crate::output::{Output, cell};
@@ -48,8 +50,8 @@ pub enum LayerCommand {
         #[arg(long)]
         end: Option<String>,
         /// daily, weekly or hours.
-        #[arg(long)]
-        rotation: String,
+        #[arg(long, value_parser = parse_rotation)]
+        rotation: RotationKind,
         /// With --rotation hours: the shift length (1 to 720).
         #[arg(long)]
         rotation_hours: Option<i64>,
@@ -85,13 +87,21 @@ pub enum OverrideCommand {
     },
 }
 
+fn parse_rotation(value: &str) -> Result<RotationKind, String> {
+    match value {
+        "daily" => Ok(RotationKind::Daily),
+        "weekly" => Ok(RotationKind::Weekly),
+        "hours" => Ok(RotationKind::Hours),
+        _ => Err("must be daily, weekly or hours".into()),
+    }
+}
+
 pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()> {
     match command {
         ScheduleCommand::Create { name, time_zone, database } => {
             let pool = super::connect(&database).await?;
-            let body: Map<String, Value> =
-                [("name".into(), json!(name)), ("timeZone".into(), json!(time_zone))].into_iter().collect();
-            let schedule = create_schedule(&pool, &body).await?;
+            let body = NewSchedule { name, time_zone, layers: Vec::new(), overrides: Vec::new() };
+            let schedule = serde_json::to_value(create_schedule(&pool, &body).await?)?;
             output.record(
                 &schedule,
                 &[
@@ -105,7 +115,9 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
             let page = if source.api {
                 Client::new(&source.client)?.get("/api/schedules?limit=200").await?
             } else {
-                list_schedules(&super::connect(&source.database).await?, 200, 0).await?
+                let pool = super::connect(&source.database).await?;
+                let first = PageRequest { limit: 200, offset: 0, cursor: None };
+                serde_json::to_value(list_schedules(&pool, &first).await?)?
             };
             let schedules = page["schedules"].as_array().cloned().unwrap_or_default();
             let rows = schedules.iter().map(|s| vec![cell(&s["id"]), cell(&s["name"]), cell(&s["timeZone"])]).collect();
@@ -123,15 +135,14 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
             database,
         }) => {
             let pool = super::connect(&database).await?;
-            let body = json!({"start": start, "end": end, "rotation": rotation, "rotationHours": rotation_hours,
-                              "handoffTime": handoff, "users": users, "name": name});
-            let layer = add_layer_to(&pool, &schedule, &body).await?;
+            let body = NewLayer { name, start, end, rotation, rotation_hours, handoff_time: Some(handoff), users };
+            let layer = serde_json::to_value(add_layer_to(&pool, &schedule, &body).await?)?;
             output.record(&layer, &[("layer", cell(&layer["id"])), ("position", cell(&layer["position"]))])
         }
         ScheduleCommand::Override(OverrideCommand::Add { schedule, user, start, end, database }) => {
             let pool = super::connect(&database).await?;
-            let created =
-                add_override_to(&pool, &schedule, &json!({"userId": user, "start": start, "end": end})).await?;
+            let body = NewOverride { user_id: user, start: start.clone(), end: end.clone() };
+            let created = serde_json::to_value(add_override_to(&pool, &schedule, &body).await?)?;
             output.record(&created, &[("override", cell(&created["id"])), ("from", start), ("until", end)])
         }
     }

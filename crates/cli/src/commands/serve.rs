@@ -79,7 +79,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
             };
             let query_state = Arc::new(query_api::AppState { pool: pool.clone(), gate: ingest_state.gate.clone() });
-            tokio::spawn(query_api::maintain(pool, shutdown.clone()));
             let app = ingest::with_fallbacks(
                 ingest::api_router(ingest_state)
                     .merge(query_api::api_router(query_state))

@@ -12,12 +12,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use common::ApiError;
 use common::auth::{Principal, Scope};
 use common::event::{
     AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, ServiceRef, Severity, strip_nul,
 };
 use common::http::{ApiJson, ApiPath, ApiQuery, Bucket, parse_value};
+use common::{ApiError, ErrorBody};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -33,33 +33,58 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(webhook)).routes(routes!(webhook_with_key))
 }
 
-#[derive(Debug, Deserialize)]
+/// Alertmanager's webhook notification (version 4); other fields are ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"version": "4", "receiver": "opssentinal", "alerts": [{"status": "firing",
+    "labels": {"alertname": "DiskFull", "severity": "critical", "instance": "web-01"},
+    "annotations": {"summary": "Disk 95% full"}, "startsAt": "2026-11-26T10:00:00Z", "fingerprint": "5f1c2b"}]}))]
 #[serde(rename_all = "camelCase")]
-struct Notification {
+pub struct Notification {
     #[serde(default)]
-    alerts: Vec<Alert>,
+    pub alerts: Vec<Alert>,
     #[serde(default, rename = "externalURL")]
-    external_url: Option<String>,
+    pub external_url: Option<String>,
     #[serde(default)]
-    receiver: Option<String>,
+    pub receiver: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Alert {
-    status: String,
+pub struct Alert {
+    /// `firing` (a trigger) or `resolved` (a resolve).
+    #[schema(pattern = "^(firing|resolved)$")]
+    pub status: String,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     #[serde(default)]
-    annotations: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     #[serde(default)]
-    starts_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub starts_at: Option<String>,
     #[serde(default)]
-    ends_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub ends_at: Option<String>,
     #[serde(default, rename = "generatorURL")]
-    generator_url: Option<String>,
+    pub generator_url: Option<String>,
+    /// The dedup key; without one, a hash of the labels.
     #[serde(default)]
-    fingerprint: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+/// The answer to an accepted notification: one event per alert.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AlertsAccepted {
+    /// Always `success`.
+    pub status: &'static str,
+    pub message: &'static str,
+    pub events: Vec<AcceptedAlert>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AcceptedAlert {
+    pub dedup_key: String,
+    pub event_id: uuid::Uuid,
+    pub event_action: EventAction,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,11 +186,12 @@ fn event_of(
 #[utoipa::path(post, path = "/api/integrations/alertmanager", tag = "events",
     params(("routing_key" = Option<String>, Query, description = "The service's routing key"),
            ("service_id" = Option<String>, Query, description = "With an API key holding events:write, instead of routing_key")),
-    request_body(content = Object, description = "Alertmanager webhook payload, version 4"),
-    responses((status = 202, description = "One event per alert was stored"), (status = 400, description = "A bad payload or routing key"),
-              (status = 401, description = "No routing key and no valid API key"), (status = 403, description = "The key lacks events:write"),
-              (status = 404, description = "Unknown service_id"), (status = 429, description = "Rate limited"),
-              (status = 503, description = "The pipeline cannot accept now")))]
+    request_body = Notification,
+    responses((status = 202, description = "One event per alert was stored", body = AlertsAccepted), (status = 400, description = "A bad payload or routing key", body = ErrorBody),
+              (status = 401, description = "No routing key and no valid API key", body = ErrorBody), (status = 403, description = "The key lacks events:write", body = ErrorBody),
+              (status = 404, description = "Unknown service_id", body = ErrorBody), (status = 413, description = "Body over 512 KiB", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody), (status = 429, description = "Rate limited", body = ErrorBody),
+              (status = 503, description = "The pipeline cannot accept now", body = ErrorBody)))]
 async fn webhook(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -183,9 +209,10 @@ async fn webhook(
 /// The same, with the routing key in the path.
 #[utoipa::path(post, path = "/api/integrations/alertmanager/{routing_key}", tag = "events",
     params(("routing_key" = String, Path, description = "The service's routing key")),
-    request_body(content = Object, description = "Alertmanager webhook payload, version 4"),
-    responses((status = 202, description = "One event per alert was stored"), (status = 400, description = "A bad payload or routing key"),
-              (status = 429, description = "Rate limited"), (status = 503, description = "The pipeline cannot accept now")))]
+    request_body = Notification,
+    responses((status = 202, description = "One event per alert was stored", body = AlertsAccepted), (status = 400, description = "A bad payload or routing key", body = ErrorBody),
+              (status = 413, description = "Body over 512 KiB", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 429, description = "Rate limited", body = ErrorBody), (status = 503, description = "The pipeline cannot accept now", body = ErrorBody)))]
 async fn webhook_with_key(
     State(state): State<Arc<AppState>>,
     ApiPath(routing_key): ApiPath<String>,
@@ -280,9 +307,13 @@ async fn receive(
             }
             return response;
         }
-        accepted.push(json!({"dedup_key": envelope.dedup_key, "event_id": envelope.event_id, "event_action": envelope.action.as_str()}));
+        accepted.push(AcceptedAlert {
+            dedup_key: envelope.dedup_key.clone(),
+            event_id: envelope.event_id,
+            event_action: envelope.action,
+        });
     }
-    let body = json!({"status": "success", "message": "Events processed", "events": accepted});
+    let body = AlertsAccepted { status: "success", message: "Events processed", events: accepted };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Some(decision) = decision {
         decision.write_headers(response.headers_mut());

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
 use common::event::EventRequest;
 use common::http::{parse_json, read_body, require_json_content_type};
-use common::{ApiError, ErrorCode};
+use common::{ApiError, ErrorBody, ErrorCode};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa_axum::router::OpenApiRouter;
@@ -27,11 +27,15 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 /// the same `Idempotency-Key` (per API key, remembered a day) has no second effect and gets the
 /// same `event_id`.
 #[utoipa::path(post, path = "/api/events", tag = "events",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key (per API key, within a day) has no second effect")),
-    request_body(content = Object, description = "routing_key or service_id, event_action, dedup_key?, payload {summary, source, severity, ...}"),
-    responses((status = 202, description = "Stored; applied asynchronously"), (status = 400, description = "VALIDATION_ERROR naming the field, or INVALID_ROUTING_KEY"),
-              (status = 404, description = "Unknown service_id"), (status = 409, description = "Idempotency-Key reused with another body"), (status = 413, description = "Body over 512 KiB"), (status = 415, description = "Not JSON"),
-              (status = 503, description = "The pipeline cannot accept now; retry after Retry-After"), (status = 401, description = "Missing, unknown or revoked API key"), (status = 403, description = "The key lacks the scope"), (status = 429, description = "Rate limited")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes retries safe: the same key (per API key, within a day) has no second effect")),
+    request_body = EventRequest,
+    responses((status = 202, description = "Stored; applied asynchronously", body = EventAccepted),
+              (status = 400, description = "VALIDATION_ERROR naming the field, or INVALID_ROUTING_KEY", body = ErrorBody),
+              (status = 404, description = "Unknown service_id", body = ErrorBody), (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
+              (status = 413, description = "Body over 512 KiB", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody),
+              (status = 503, description = "The pipeline cannot accept now; retry after Retry-After", body = ErrorBody),
+              (status = 401, description = "Missing, unknown or revoked API key", body = ErrorBody), (status = 403, description = "The key lacks the scope", body = ErrorBody),
+              (status = 429, description = "Rate limited", body = ErrorBody)),
     security(("api_key" = ["events:write"])))]
 #[tracing::instrument(skip_all, fields(api_key.id = %principal.key_id))]
 async fn post_event(
@@ -48,11 +52,23 @@ async fn post_event(
     }
 }
 
+/// The answer to an accepted event.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventAccepted {
+    /// Always `success`.
+    pub status: &'static str,
+    pub message: &'static str,
+    pub dedup_key: String,
+    /// The same as `dedup_key` (PagerDuty's older name).
+    pub incident_key: String,
+    pub event_id: uuid::Uuid,
+}
+
 async fn accept(
     state: &AppState,
     principal: &Principal,
     request: Request,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<EventAccepted>), ApiError> {
     principal.require(Scope::EventsWrite)?;
     require_json_content_type(request.headers())?;
     let idempotency_key = idempotency_key(request.headers())?;
@@ -87,13 +103,13 @@ async fn accept(
     publish(state, &envelope).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "status": "success",
-            "message": "Event processed",
-            "dedup_key": envelope.dedup_key,
-            "incident_key": envelope.dedup_key,
-            "event_id": envelope.event_id,
-        })),
+        Json(EventAccepted {
+            status: "success",
+            message: "Event processed",
+            dedup_key: envelope.dedup_key.clone(),
+            incident_key: envelope.dedup_key,
+            event_id: envelope.event_id,
+        }),
     ))
 }
 

@@ -30,10 +30,62 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(enqueue))
 }
 
+/// An event as PagerDuty's Events API v2 takes it. Only `routing_key`, `event_action` and (to
+/// acknowledge or resolve) `dedup_key` are checked; the rest is repaired where it breaks the rules.
+#[derive(utoipa::ToSchema)]
+#[schema(example = json!({"routing_key": "R0UT1NGK3Y", "event_action": "trigger",
+    "payload": {"summary": "Disk 95% full on web-01", "source": "web-01", "severity": "critical"}}))]
+pub struct PagerDutyEvent {
+    pub routing_key: String,
+    #[schema(value_type = EventAction)]
+    pub event_action: String,
+    pub dedup_key: Option<String>,
+    pub payload: Option<PagerDutyPayload>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub images: Option<Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub links: Option<Value>,
+    pub client: Option<String>,
+    pub client_url: Option<String>,
+}
+
+#[derive(utoipa::ToSchema)]
+pub struct PagerDutyPayload {
+    pub summary: String,
+    pub source: String,
+    /// critical, error, warning or info (others become error).
+    pub severity: String,
+    #[schema(format = DateTime)]
+    pub timestamp: Option<String>,
+    pub component: Option<String>,
+    pub group: Option<String>,
+    pub class: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub custom_details: Option<Value>,
+}
+
 /// An answer in PagerDuty's format.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PdBody {
+    /// `success`, `invalid event`, `throttle event`, `unavailable` or `error`.
+    pub status: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+impl PdBody {
+    fn new(status: &str, message: impl Into<String>) -> Self {
+        Self { status: status.into(), message: message.into(), dedup_key: None, errors: None }
+    }
+}
+
+/// An answer in PagerDuty's format, with its status and headers.
 struct PdResponse {
     status: StatusCode,
-    body: Value,
+    body: PdBody,
     retry_after: Option<u64>,
     rate_limit: Option<common::ratelimit::Decision>,
 }
@@ -41,7 +93,7 @@ struct PdResponse {
 impl PdResponse {
     fn invalid(errors: Vec<String>) -> Self {
         metrics::counter!("events_rejected_total", "reason" => "PAGERDUTY_INVALID").increment(1);
-        let body = json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors});
+        let body = PdBody { errors: Some(errors), ..PdBody::new("invalid event", "Event object is invalid") };
         Self { status: StatusCode::BAD_REQUEST, body, retry_after: None, rate_limit: None }
     }
 
@@ -49,11 +101,11 @@ impl PdResponse {
         metrics::counter!("events_rejected_total", "reason" => err.code.as_str()).increment(1);
         let status = err.code.status();
         let body = match status {
-            StatusCode::SERVICE_UNAVAILABLE => json!({"status": "unavailable", "message": err.message}),
+            StatusCode::SERVICE_UNAVAILABLE => PdBody::new("unavailable", err.message),
             StatusCode::PAYLOAD_TOO_LARGE => {
-                json!({"status": "invalid event", "message": "Request entity too large", "errors": [err.message]})
+                PdBody { errors: Some(vec![err.message]), ..PdBody::new("invalid event", "Request entity too large") }
             }
-            _ => json!({"status": "error", "message": err.message}),
+            _ => PdBody::new("error", err.message),
         };
         Self { status, body, retry_after: err.retry_after, rate_limit: None }
     }
@@ -228,12 +280,11 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
 }
 
 /// Send an event in PagerDuty Events API v2 format; the routing key authenticates.
-#[utoipa::path(post, path = "/v2/enqueue", tag = "events",
-    request_body(content = Object, description = "PagerDuty Events v2: routing_key, event_action, dedup_key?, payload {summary, source, severity, timestamp?, component?, group?, class?, custom_details?}, images?, links?, client?, client_url?"),
-    responses((status = 202, description = "{status: success, message: Event processed, dedup_key}"),
-              (status = 400, description = "{status: invalid event, message: Event object is invalid, errors: [...]}"),
-              (status = 413, description = "Body over 512 KiB"), (status = 429, description = "Too many events for this routing key"),
-              (status = 503, description = "The pipeline cannot accept now; retry after Retry-After")))]
+#[utoipa::path(post, path = "/v2/enqueue", tag = "events", request_body = PagerDutyEvent,
+    responses((status = 202, description = "Stored; applied asynchronously", body = PdBody),
+              (status = 400, description = "Structurally invalid: status `invalid event` with `errors`", body = PdBody),
+              (status = 413, description = "Body over 512 KiB", body = PdBody), (status = 429, description = "Too many events for this routing key", body = PdBody),
+              (status = 503, description = "The pipeline cannot accept now; retry after Retry-After", body = PdBody)))]
 async fn enqueue(
     State(state): State<Arc<AppState>>,
     _headers: HeaderMap,
@@ -266,7 +317,8 @@ async fn enqueue(
     let decision = check_routing_key_limit(&state, &service, 1).await;
     if let Some(decision) = decision.filter(|d| !d.allowed) {
         metrics::counter!("rate_limited_total", "bucket" => "RoutingKey").increment(1);
-        let body = json!({"status": "throttle event", "message": "Requests for this service are arriving too quickly. Please retry later."});
+        let body =
+            PdBody::new("throttle event", "Requests for this service are arriving too quickly. Please retry later.");
         return PdResponse {
             status: StatusCode::TOO_MANY_REQUESTS,
             body,
@@ -278,7 +330,7 @@ async fn enqueue(
     match publish(&state, &envelope).await {
         Ok(()) => PdResponse {
             status: StatusCode::ACCEPTED,
-            body: json!({"status": "success", "message": "Event processed", "dedup_key": envelope.dedup_key}),
+            body: PdBody { dedup_key: Some(envelope.dedup_key.clone()), ..PdBody::new("success", "Event processed") },
             retry_after: None,
             rate_limit: decision,
         },

@@ -6,22 +6,24 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use common::ApiError;
 use common::auth::{Principal, Scope};
 use common::event::Urgency;
-use common::fold::{FoldAction, FoldEvent, IncidentStatus, KeyFold, ManualChange};
-use common::http::{ApiJson, ApiPath};
-use common::ids::new_id;
-use common::store::{INCIDENT_COLUMNS, IncidentRows, incident_from_row, lock_keys, optional_timestamp, timestamp};
-use common::{ApiError, ErrorCode};
-use jiff::Timestamp;
-use serde_json::{Map, Value, json};
+use common::http::{ApiJson, ApiPath, parse_value};
+use common::incident::change::{self, NewIncident, Update};
+use common::incident::state::{IncidentStatus, ManualChange};
+use common::incident::store::{optional_timestamp, timestamp};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::Refusals;
+use super::{ErrorBody, Refusals, Timestamp};
+use crate::pagination::{PageRequest, Pagination};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -40,45 +42,175 @@ const SELECT: &str =
         (case when i.status = 'SNOOZED' and i.snoozed_until <= now() then 'OPEN' else i.status end) as status";
 const FROM: &str = " from incidents i join services s on s.id = i.service_id left join users u on u.id = i.assignee_id";
 
-fn ts(value: Option<Timestamp>) -> Value {
-    value.map_or(Value::Null, |t| json!(t.to_string()))
+/// An incident as listed.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Incident {
+    pub id: String,
+    pub title: String,
+    /// An ended snooze reads as `OPEN`.
+    pub status: IncidentStatus,
+    pub urgency: Urgency,
+    #[schema(pattern = "^P[1-5]$")]
+    pub priority: Option<String>,
+    pub dedup_key: String,
+    pub service: ServiceName,
+    pub assignee: Option<Assignee>,
+    #[schema(minimum = 0)]
+    pub alert_count: i32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub acknowledged_at: Option<Timestamp>,
+    pub resolved_at: Option<Timestamp>,
+    /// Set while `SNOOZED`.
+    pub snoozed_until: Option<Timestamp>,
 }
 
-fn incident_json(row: &PgRow, with_description: bool) -> Result<Value, sqlx::Error> {
+#[derive(Serialize, ToSchema)]
+pub struct ServiceName {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Assignee {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// An incident with its description.
+#[derive(Serialize, ToSchema)]
+pub struct DescribedIncident {
+    #[serde(flatten)]
+    pub incident: Incident,
+    pub description: Option<String>,
+}
+
+/// An incident with its description, timeline and alerts (newest first, at most 100 each).
+#[derive(Serialize, ToSchema)]
+pub struct IncidentDetail {
+    #[serde(flatten)]
+    pub incident: DescribedIncident,
+    pub timeline: Vec<TimelineEntry>,
+    pub alerts: Vec<Alert>,
+}
+
+/// An entry of the timeline: an event or status change from the key's log, or a note, field
+/// change, merge or retention summary.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TimelineEntry {
+    Event(LoggedEntry),
+    Note(NoteEntry),
+}
+
+/// An alert source's event (`type` `event`) or a person's status change (`type` `change`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoggedEntry {
+    #[schema(pattern = "^(event|change)$")]
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub at: Timestamp,
+    pub action: String,
+    pub outcome: String,
+    pub actor: Option<String>,
+    pub event_id: Uuid,
+    pub summary: Option<String>,
+}
+
+/// A timeline entry: `created`, `note`, `change` (urgency, priority, assignee), `merged`,
+/// `events_expired`.
+#[derive(Serialize, ToSchema)]
+pub struct NoteEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: Timestamp,
+    #[schema(required = true)]
+    pub actor: Option<String>,
+    #[schema(required = true)]
+    pub message: Option<String>,
+    #[schema(required = true, value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+/// One alert (a trigger) on the incident.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub event_id: Uuid,
+    pub received_at: Timestamp,
+    #[serde(flatten)]
+    pub payload: StoredPayload,
+}
+
+/// What the alert said, as stored.
+#[derive(Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredPayload {
+    pub summary: Option<String>,
+    pub source: Option<String>,
+    pub severity: Option<String>,
+    pub component: Option<String>,
+    pub group: Option<String>,
+    pub class: Option<String>,
+    #[serde(alias = "custom_details")]
+    #[schema(value_type = Option<Object>)]
+    pub custom_details: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IncidentBody {
+    pub incident: DescribedIncident,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IncidentDetailBody {
+    pub incident: IncidentDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IncidentList {
+    pub incidents: Vec<Incident>,
+    /// Every incident matching the filters, in the same snapshot as the page.
+    pub total: i64,
+    pub pagination: Pagination,
+}
+
+fn incident_of(row: &PgRow) -> Result<Incident, sqlx::Error> {
     let status: String = row.try_get("status")?;
+    let status = IncidentStatus::parse(&status).unwrap_or(IncidentStatus::Open);
     let assignee = match row.try_get::<Option<String>, _>("assignee_id")? {
-        Some(id) => json!({"id": id, "name": row.try_get::<Option<String>, _>("assignee_name")?,
-                           "email": row.try_get::<Option<String>, _>("assignee_email")?}),
-        None => Value::Null,
+        Some(id) => Some(Assignee { id, name: row.try_get("assignee_name")?, email: row.try_get("assignee_email")? }),
+        None => None,
     };
-    let snoozed_until = if status == "SNOOZED" { optional_timestamp(row, "snoozed_until")? } else { None };
-    let mut incident = json!({
-        "id": row.try_get::<String, _>("id")?,
-        "title": row.try_get::<String, _>("title")?,
-        "status": status,
-        "urgency": row.try_get::<String, _>("urgency")?,
-        "priority": row.try_get::<Option<String>, _>("priority")?,
-        "dedupKey": row.try_get::<String, _>("dedup_key")?,
-        "service": {"id": row.try_get::<String, _>("service_id")?, "name": row.try_get::<String, _>("service_name")?},
-        "assignee": assignee,
-        "alertCount": row.try_get::<i32, _>("alert_count")?,
-        "createdAt": timestamp(row, "created_at")?.to_string(),
-        "updatedAt": timestamp(row, "updated_at")?.to_string(),
-        "acknowledgedAt": ts(optional_timestamp(row, "acknowledged_at")?),
-        "resolvedAt": ts(optional_timestamp(row, "resolved_at")?),
-        "snoozedUntil": ts(snoozed_until),
-    });
-    if with_description {
-        incident["description"] = json!(row.try_get::<Option<String>, _>("description")?);
-    }
-    Ok(incident)
+    let snoozed_until =
+        if status == IncidentStatus::Snoozed { optional_timestamp(row, "snoozed_until")? } else { None };
+    let urgency: String = row.try_get("urgency")?;
+    Ok(Incident {
+        id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        status,
+        urgency: Urgency::parse(&urgency).unwrap_or(Urgency::High),
+        priority: row.try_get("priority")?,
+        dedup_key: row.try_get("dedup_key")?,
+        service: ServiceName { id: row.try_get("service_id")?, name: row.try_get("service_name")? },
+        assignee,
+        alert_count: row.try_get("alert_count")?,
+        created_at: timestamp(row, "created_at")?.into(),
+        updated_at: timestamp(row, "updated_at")?.into(),
+        acknowledged_at: optional_timestamp(row, "acknowledged_at")?.map(Into::into),
+        resolved_at: optional_timestamp(row, "resolved_at")?.map(Into::into),
+        snoozed_until: snoozed_until.map(Into::into),
+    })
 }
 
-async fn fetch(pool: &PgPool, id: &str) -> Result<Value, ApiError> {
+async fn fetch(pool: &PgPool, id: &str) -> Result<DescribedIncident, ApiError> {
     let sql = format!("{SELECT}{FROM} where i.id = $1");
     let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
-    Ok(incident_json(&row, true)?)
+    Ok(DescribedIncident { incident: incident_of(&row)?, description: row.try_get("description")? })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,8 +268,8 @@ struct Filter {
     urgencies: Option<Vec<String>>,
     service_id: Option<String>,
     assignee_id: Option<String>,
-    created_after: Option<Timestamp>,
-    created_before: Option<Timestamp>,
+    created_after: Option<jiff::Timestamp>,
+    created_before: Option<jiff::Timestamp>,
 }
 
 fn comma_list<T>(
@@ -248,22 +380,9 @@ impl Filter {
     }
 }
 
-/// Folds the pending count deltas into the counts, in one statement (so any reader sees either
-/// the deltas or their sum, never both or neither).
-pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        "with moved as (delete from incident_count_deltas returning service_id, status, urgency, n)
-         insert into incident_counts (service_id, status, urgency, n)
-         select service_id, status, urgency, sum(n) from moved group by 1, 2, 3 order by 1, 2, 3
-         on conflict (service_id, status, urgency) do update set n = incident_counts.n + excluded.n",
-    )
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
-}
-
-/// Where the previous page ended: the sort value and id of its last incident.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// Where the previous page ended: the sort, the order, and the sort value and id of its last
+/// incident.
+#[derive(Serialize, Deserialize)]
 struct Cursor {
     s: String,
     o: String,
@@ -271,43 +390,29 @@ struct Cursor {
     id: String,
 }
 
-impl Cursor {
-    fn encode(&self) -> String {
-        hex::encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    fn decode(value: &str, sort: Sort, order: &str) -> Result<Self, ApiError> {
-        let invalid = || ApiError::validation("cursor", "is not a cursor from this listing");
-        let cursor: Self = hex::decode(value).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or_else(invalid)?;
-        if cursor.s != sort.name() || cursor.o != order {
-            return Err(ApiError::validation("cursor", "was made for another sort or order"));
-        }
-        Ok(cursor)
-    }
-}
-
 /// List incidents, newest first by default.
 #[utoipa::path(get, path = "/api/incidents", tag = "incidents",
     params(
         ("status" = Option<String>, Query, description = "Comma list of OPEN, ACKNOWLEDGED, RESOLVED, SNOOZED, SUPPRESSED (case-insensitive; triggered = OPEN)"),
-        ("urgency" = Option<String>, Query, description = "Comma list of HIGH, MEDIUM, LOW"),
+        ("urgency" = Option<String>, Query, description = "Comma list of HIGH, MEDIUM, LOW (case-insensitive)"),
         ("serviceId" = Option<String>, Query, description = "Only this service (also service_id)"),
         ("assigneeId" = Option<String>, Query, description = "Only this assignee (also assignee_id)"),
-        ("created_after" = Option<String>, Query, description = "RFC 3339"),
-        ("created_before" = Option<String>, Query, description = "RFC 3339"),
-        ("sort" = Option<String>, Query, description = "created_at | updated_at | urgency | status"),
-        ("order" = Option<String>, Query, description = "asc | desc (default)"),
-        ("limit" = Option<i64>, Query, description = "1 to 200, default 50"),
-        ("offset" = Option<i64>, Query, description = "Rows to skip"),
-        ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page"),
+        ("created_after" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("created_before" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("sort" = inline(Option<SortField>), Query, description = "Default created_at (camelCase names are accepted too)"),
+        ("order" = inline(Option<SortOrder>), Query, description = "Default desc"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page length, default 50"),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Rows to skip (not with cursor)"),
+        ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page (same sort and order)"),
     ),
-    responses((status = 200, description = "A page of incidents with the exact total"), (status = 400, description = "A bad parameter, named in the error"), Refusals),
+    responses((status = 200, description = "A page of incidents with the exact total", body = IncidentList),
+              (status = 400, description = "A bad parameter, named in the error", body = ErrorBody), Refusals),
     security(("api_key" = ["incidents:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IncidentList>, ApiError> {
     principal.require(Scope::IncidentsRead)?;
     let filter = Filter::parse(&params)?;
     let sort = match params.get(&["sort"]) {
@@ -320,17 +425,15 @@ async fn list(
         Some(o) if o == "asc" || o == "desc" => o,
         Some(_) => return Err(ApiError::validation("order", "must be asc or desc")),
     };
-    let limit = params.integer("limit", 50, 1, 200)?;
-    let offset = params.integer("offset", 0, 0, i64::MAX)?;
-    let cursor = params.get(&["cursor"]).map(|(_, v)| Cursor::decode(v, sort, &order)).transpose()?;
-    if cursor.is_some() && offset > 0 {
-        return Err(ApiError::validation("offset", "cannot be combined with cursor"));
+    let page = PageRequest::<Cursor>::parse(&params)?;
+    if page.cursor.as_ref().is_some_and(|c| c.s != sort.name() || c.o != order) {
+        return Err(ApiError::validation("cursor", "was made for another sort or order"));
     }
 
     let mut query =
         QueryBuilder::new(format!("{SELECT}, ({})::text as sort_value{FROM} where true", sort.expression()));
     filter.push(&mut query);
-    if let Some(cursor) = &cursor {
+    if let Some(cursor) = &page.cursor {
         let op = if order == "desc" { "<" } else { ">" };
         query
             .push(format!(" and ({}, i.id) {op} (", sort.expression()))
@@ -342,30 +445,42 @@ async fn list(
     }
     query
         .push(format!(" order by {} {order}, i.id {order} limit ", sort.expression()))
-        .push_bind(limit + 1)
+        .push_bind(page.fetch())
         .push(" offset ")
-        .push_bind(offset);
+        .push_bind(page.offset);
     // The page and its total from one snapshot, so they agree while incidents are being created.
     let mut snapshot = state.pool.begin_with("begin isolation level repeatable read read only").await?;
-    let rows = query.build().fetch_all(&mut *snapshot).await?;
+    let mut rows = query.build().fetch_all(&mut *snapshot).await?;
     let total = filter.total(&mut snapshot).await?;
     snapshot.commit().await?;
 
-    let has_more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let next_cursor = match page.last() {
-        Some(last) if has_more => Some(
-            Cursor { s: sort.name().into(), o: order.clone(), v: last.try_get("sort_value")?, id: last.try_get("id")? }
-                .encode(),
-        ),
-        _ => None,
-    };
-    let incidents = page.iter().map(|row| incident_json(row, false)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({
-        "incidents": incidents,
-        "total": total,
-        "pagination": {"limit": limit, "offset": offset, "hasMore": has_more, "nextCursor": next_cursor},
-    })))
+    let pagination = page.finish(&mut rows, |last| {
+        Ok::<_, sqlx::Error>(Cursor {
+            s: sort.name().into(),
+            o: order.clone(),
+            v: last.try_get("sort_value")?,
+            id: last.try_get("id")?,
+        })
+    })?;
+    let incidents = rows.iter().map(incident_of).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(IncidentList { incidents, total, pagination }))
+}
+
+/// The orders incidents can be listed in.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SortField {
+    CreatedAt,
+    UpdatedAt,
+    Urgency,
+    Status,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    Desc,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -377,15 +492,16 @@ const DETAIL_ENTRIES: i64 = 100;
 /// One incident with its timeline and alerts (newest first, at most 100 each).
 #[utoipa::path(get, path = "/api/incidents/{id}", tag = "incidents",
     params(("id" = String, Path, description = "Incident id")),
-    responses((status = 200, description = "The incident"), (status = 404, description = "No such incident"), Refusals),
+    responses((status = 200, description = "The incident", body = IncidentDetailBody), (status = 400, description = "A bad id", body = ErrorBody),
+              (status = 404, description = "No such incident", body = ErrorBody), Refusals),
     security(("api_key" = ["incidents:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<IncidentDetailBody>, ApiError> {
     principal.require(Scope::IncidentsRead)?;
-    let mut incident = fetch(&state.pool, &id).await?;
+    let incident = fetch(&state.pool, &id).await?;
     let events = sqlx::query(
         "select event_id, action, outcome, received_at, actor_id, payload from events
          where incident_id = $1 order by received_at desc, seq desc limit $2",
@@ -402,70 +518,137 @@ async fn detail(
     .fetch_all(&state.pool)
     .await?;
 
-    let mut timeline: Vec<(Timestamp, Value)> = Vec::new();
+    let mut timeline: Vec<(jiff::Timestamp, TimelineEntry)> = Vec::new();
     let mut alerts = Vec::new();
     for row in &events {
         let at = timestamp(row, "received_at")?;
         let action: String = row.try_get("action")?;
         let actor: Option<String> = row.try_get("actor_id")?;
         let payload: Option<Value> = row.try_get::<Option<sqlx::types::Json<Value>>, _>("payload")?.map(|j| j.0);
+        let payload: StoredPayload = payload.and_then(|p| serde_json::from_value(p).ok()).unwrap_or_default();
         let event_id: Uuid = row.try_get("event_id")?;
+        let is_alert = action == "trigger" && actor.is_none();
         timeline.push((
             at,
-            json!({"type": if actor.is_some() { "change" } else { "event" }, "at": at.to_string(), "action": action,
-                   "outcome": row.try_get::<String, _>("outcome")?, "actor": actor, "eventId": event_id,
-                   "summary": payload.as_ref().and_then(|p| p.get("summary")).cloned()}),
+            TimelineEntry::Event(LoggedEntry {
+                kind: if actor.is_some() { "change" } else { "event" },
+                at: at.into(),
+                action,
+                outcome: row.try_get("outcome")?,
+                actor,
+                event_id,
+                summary: payload.summary.clone(),
+            }),
         ));
-        if action == "trigger" && actor.is_none() {
-            let payload = payload.unwrap_or(Value::Null);
-            alerts.push(json!({
-                "eventId": event_id, "receivedAt": at.to_string(), "summary": payload.get("summary"),
-                "source": payload.get("source"), "severity": payload.get("severity"),
-                "component": payload.get("component"), "group": payload.get("group"), "class": payload.get("class"),
-                "customDetails": payload.get("custom_details"),
-            }));
+        if is_alert {
+            alerts.push(Alert { event_id, received_at: at.into(), payload });
         }
     }
     for row in &notes {
         let at = timestamp(row, "at")?;
         timeline.push((
             at,
-            json!({"type": row.try_get::<String, _>("kind")?, "at": at.to_string(),
-                   "actor": row.try_get::<Option<String>, _>("actor_id")?,
-                   "message": row.try_get::<Option<String>, _>("message")?,
-                   "data": row.try_get::<Option<sqlx::types::Json<Value>>, _>("data")?.map(|j| j.0)}),
+            TimelineEntry::Note(NoteEntry {
+                kind: row.try_get("kind")?,
+                at: at.into(),
+                actor: row.try_get("actor_id")?,
+                message: row.try_get("message")?,
+                data: row.try_get::<Option<sqlx::types::Json<Value>>, _>("data")?.map(|j| j.0),
+            }),
         ));
     }
     timeline.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     timeline.truncate(DETAIL_ENTRIES as usize);
-    incident["timeline"] = Value::Array(timeline.into_iter().map(|(_, v)| v).collect());
-    incident["alerts"] = Value::Array(alerts);
-    Ok(Json(json!({ "incident": incident })))
+    let timeline = timeline.into_iter().map(|(_, entry)| entry).collect();
+    Ok(Json(IncidentDetailBody { incident: IncidentDetail { incident, timeline, alerts } }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Create and update
 
-fn text(body: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > max => {
+/// An incident opened by hand.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"title": "Checkout is slow", "serviceId": "svc_0192", "urgency": "HIGH", "priority": "P2"}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateIncident {
+    #[schema(min_length = 1, max_length = 1024, pattern = "\\S")]
+    pub title: String,
+    #[schema(max_length = 64)]
+    pub service_id: String,
+    #[serde(default)]
+    #[schema(max_length = 65536)]
+    pub description: Option<String>,
+    /// Default HIGH (case-insensitive).
+    #[serde(default)]
+    #[schema(value_type = Option<Urgency>)]
+    pub urgency: Option<String>,
+    /// P1 to P5 (case-insensitive).
+    #[serde(default)]
+    #[schema(pattern = "^[Pp][1-5]$")]
+    pub priority: Option<String>,
+}
+
+/// A person's change to an incident; every part is optional.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"status": "ACKNOWLEDGED", "priority": "P2", "note": "looking into it"}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IncidentChange {
+    /// The new status (case-insensitive); `SNOOZED` needs `snoozedUntil`.
+    #[serde(default)]
+    #[schema(value_type = Option<StatusChange>)]
+    pub status: Option<String>,
+    /// When a snooze ends (in the future); alone, it snoozes.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub snoozed_until: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Urgency>)]
+    pub urgency: Option<String>,
+    #[serde(default)]
+    #[schema(pattern = "^[Pp][1-5]$")]
+    pub priority: Option<String>,
+    /// A user id; null or "" unassigns.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub assignee_id: Option<Option<String>>,
+    /// A note added to the timeline.
+    #[serde(default)]
+    #[schema(max_length = 10000)]
+    pub note: Option<String>,
+}
+
+/// The statuses a person may set.
+#[derive(ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
+pub enum StatusChange {
+    Open,
+    Acknowledged,
+    Resolved,
+    Snoozed,
+}
+
+/// A field that is present (even as null) is `Some`, so null can mean "clear it".
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+fn at_most(field: &str, value: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(text) if text.chars().count() > max => {
             Err(ApiError::validation(field, format!("must be at most {max} characters")))
         }
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::validation(field, "must be a string")),
+        other => Ok(other),
     }
 }
 
-fn urgency(body: &Map<String, Value>) -> Result<Option<Urgency>, ApiError> {
-    text(body, "urgency", 16)?
+fn urgency(value: Option<String>) -> Result<Option<Urgency>, ApiError> {
+    value
         .map(|u| Urgency::parse(&u).ok_or_else(|| ApiError::validation("urgency", "must be HIGH, MEDIUM or LOW")))
         .transpose()
 }
 
-fn priority(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
-    text(body, "priority", 2)
-        .map_err(|_| ApiError::validation("priority", "must be P1, P2, P3, P4 or P5"))?
+fn priority(value: Option<String>) -> Result<Option<String>, ApiError> {
+    value
         .map(|p| {
             let p = p.to_ascii_uppercase();
             if ["P1", "P2", "P3", "P4", "P5"].contains(&p.as_str()) {
@@ -477,80 +660,54 @@ fn priority(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
         .transpose()
 }
 
-fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
-    match body.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(field) => Err(ApiError::validation(field, "is not a known field")),
-        None => Ok(()),
-    }
-}
-
-/// Open an incident by hand: `title`, `serviceId`; optional `description`, `urgency`, `priority`.
-#[utoipa::path(post, path = "/api/incidents", tag = "incidents",
-    request_body(content = Object, description = "title, serviceId, description?, urgency?, priority?"),
-    responses((status = 201, description = "The new incident"), (status = 400, description = "A bad field, named in the error"), Refusals),
+/// Open an incident by hand.
+#[utoipa::path(post, path = "/api/incidents", tag = "incidents", request_body = CreateIncident,
+    responses((status = 201, description = "The new incident", body = IncidentBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 413, description = "Body over 512 KiB", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
     security(("api_key" = ["incidents:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiJson(body): ApiJson<Map<String, Value>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<IncidentBody>), ApiError> {
     principal.require(Scope::IncidentsWrite)?;
-    reject_unknown(&body, &["title", "serviceId", "description", "urgency", "priority"])?;
-    let title = text(&body, "title", 1024)?.filter(|t| !t.trim().is_empty());
-    let title = title.ok_or_else(|| ApiError::validation("title", "is required"))?;
-    let service_id = text(&body, "serviceId", 64)?.ok_or_else(|| ApiError::validation("serviceId", "is required"))?;
-    let description = text(&body, "description", 65_536)?;
-    let urgency = urgency(&body)?.unwrap_or(Urgency::High);
-    let priority = priority(&body)?;
-    let id = new_id("inc");
-    let mut tx = state.pool.begin().await?;
-    let inserted = sqlx::query(
-        "insert into incidents (id, service_id, dedup_key, title, description, status, urgency, priority, alert_count,
-                                created_at, updated_at)
-         select $1, s.id, $3, $4, $5, 'OPEN', $6, $7, 0, now(), now() from services s where s.id = $2",
-    )
-    .bind(&id)
-    .bind(&service_id)
-    .bind(format!("manual-{}", Uuid::now_v7().simple()))
-    .bind(title.trim())
-    .bind(&description)
-    .bind(urgency.as_str())
-    .bind(&priority)
-    .execute(&mut *tx)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(ApiError::validation("serviceId", format!("no service {service_id}")));
-    }
-    sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'created', $2, 'created by hand')")
-        .bind(&id)
-        .bind(&principal.user_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(json!({ "incident": fetch(&state.pool, &id).await? }))))
+    // The scope first: a key without it learns nothing about the body.
+    let body: CreateIncident = parse_value(body)?;
+    let title = at_most("title", Some(body.title), 1024)?.filter(|t| !t.trim().is_empty());
+    let new = NewIncident {
+        title: title.ok_or_else(|| ApiError::validation("title", "is required"))?,
+        service_id: at_most("serviceId", Some(body.service_id), 64)?.unwrap_or_default(),
+        description: at_most("description", body.description, 65_536)?,
+        urgency: urgency(body.urgency)?.unwrap_or(Urgency::High),
+        priority: priority(body.priority)?,
+    };
+    let id = change::open(&state.pool, &new, &principal.user_id).await?;
+    Ok((StatusCode::CREATED, Json(IncidentBody { incident: fetch(&state.pool, &id).await? })))
 }
 
 /// Change status (incl. SNOOZED with snoozedUntil), urgency, priority, assignee, or add a note.
 #[utoipa::path(patch, path = "/api/incidents/{id}", tag = "incidents",
-    params(("id" = String, Path, description = "Incident id")),
-    request_body(content = Object, description = "status?, snoozedUntil?, urgency?, priority?, assigneeId?, note?"),
-    responses((status = 200, description = "The updated incident"), (status = 400, description = "A bad field, named in the error"),
-              (status = 404, description = "No such incident"), (status = 409, description = "Impossible transition"), Refusals),
+    params(("id" = String, Path, description = "Incident id")), request_body = IncidentChange,
+    responses((status = 200, description = "The updated incident", body = IncidentBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 404, description = "No such incident", body = ErrorBody), (status = 409, description = "Impossible transition", body = ErrorBody),
+              (status = 413, description = "Body over 512 KiB", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
     security(("api_key" = ["incidents:write"])))]
 async fn update(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<Map<String, Value>>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<IncidentBody>, ApiError> {
     principal.require(Scope::IncidentsWrite)?;
-    reject_unknown(&body, &["status", "snoozedUntil", "urgency", "priority", "assigneeId", "note"])?;
-    let snoozed_until = text(&body, "snoozedUntil", 64)?
+    // The scope first: a key without it learns nothing about the body.
+    let body: IncidentChange = parse_value(body)?;
+    let snoozed_until = at_most("snoozedUntil", body.snoozed_until, 64)?
         .map(|t| {
-            t.parse::<Timestamp>().map_err(|_| ApiError::validation("snoozedUntil", "must be an RFC 3339 timestamp"))
+            t.parse::<jiff::Timestamp>()
+                .map_err(|_| ApiError::validation("snoozedUntil", "must be an RFC 3339 timestamp"))
         })
         .transpose()?;
-    let status = match text(&body, "status", 16)? {
+    let status = match at_most("status", body.status, 16)? {
         Some(s) => Some(match IncidentStatus::parse(&s) {
             Some(IncidentStatus::Suppressed) | None => {
                 return Err(ApiError::validation("status", "must be OPEN, ACKNOWLEDGED, RESOLVED or SNOOZED"));
@@ -560,10 +717,10 @@ async fn update(
         None if snoozed_until.is_some() => Some(IncidentStatus::Snoozed),
         None => None,
     };
-    let change = match status {
+    let status = match status {
         Some(IncidentStatus::Snoozed) => {
             let until = snoozed_until.ok_or_else(|| ApiError::validation("snoozedUntil", "is required to snooze"))?;
-            if until <= Timestamp::now() {
+            if until <= jiff::Timestamp::now() {
                 return Err(ApiError::validation("snoozedUntil", "must be in the future"));
             }
             Some(ManualChange::Snooze(until))
@@ -573,170 +730,13 @@ async fn update(
         Some(_) => Some(ManualChange::Reopen),
         None => None,
     };
-    let urgency = urgency(&body)?;
-    let priority = priority(&body)?;
-    let assignee = match body.get("assigneeId") {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(Value::String(s)) if s.is_empty() => Some(None),
-        Some(Value::String(s)) => Some(Some(s.clone())),
-        Some(_) => {
-            return Err(ApiError::validation("assigneeId", "must be a user id, null or \"\""));
-        }
+    let update = Update {
+        status,
+        urgency: urgency(at_most("urgency", body.urgency, 16)?)?,
+        priority: priority(at_most("priority", body.priority, 2)?)?,
+        assignee: body.assignee_id.map(|a| a.filter(|id| !id.is_empty())),
+        note: at_most("note", body.note, 10_000)?.filter(|n| !n.trim().is_empty()),
     };
-    let note = text(&body, "note", 10_000)?.filter(|n| !n.trim().is_empty());
-
-    let mut tx = state.pool.begin().await?;
-    let key: Option<(String, String)> = sqlx::query_as("select service_id, dedup_key from incidents where id = $1")
-        .bind(&id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let (service_id, dedup_key) = key.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
-    if let Some(change) = change {
-        // The same lock workers take for this key, then the incident: no lost updates either way.
-        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()], &[0]).await?;
-        let position = locked.first().map_or(0, |(_, _, seq)| *seq);
-        let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
-        let row = sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?;
-        let mut incident = incident_from_row(&row)?;
-        if incident.status == IncidentStatus::Snoozed && incident.snoozed_until.is_some_and(|u| u <= Timestamp::now()) {
-            incident.status = IncidentStatus::Open;
-        }
-        check_transition(incident.status, change)?;
-        apply_manual(&mut tx, &service_id, &dedup_key, position, incident, change, &principal.user_id).await?;
-    }
-    if let Some(urgency) = urgency {
-        sqlx::query("update incidents set urgency = $2, updated_at = now() where id = $1")
-            .bind(&id)
-            .bind(urgency.as_str())
-            .execute(&mut *tx)
-            .await?;
-        log_change(&mut tx, &id, &principal.user_id, json!({"urgency": urgency.as_str()})).await?;
-    }
-    if let Some(priority) = priority {
-        sqlx::query("update incidents set priority = $2, updated_at = now() where id = $1")
-            .bind(&id)
-            .bind(&priority)
-            .execute(&mut *tx)
-            .await?;
-        log_change(&mut tx, &id, &principal.user_id, json!({"priority": priority})).await?;
-    }
-    if let Some(assignee) = assignee {
-        if let Some(user) = &assignee {
-            let exists: Option<String> =
-                sqlx::query_scalar("select id from users where id = $1").bind(user).fetch_optional(&mut *tx).await?;
-            if exists.is_none() {
-                return Err(ApiError::validation("assigneeId", format!("no user {user}")));
-            }
-        }
-        sqlx::query("update incidents set assignee_id = $2, updated_at = now() where id = $1")
-            .bind(&id)
-            .bind(&assignee)
-            .execute(&mut *tx)
-            .await?;
-        log_change(&mut tx, &id, &principal.user_id, json!({"assigneeId": assignee})).await?;
-    }
-    if let Some(note) = note {
-        sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'note', $2, $3)")
-            .bind(&id)
-            .bind(&principal.user_id)
-            .bind(note.trim())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(Json(json!({ "incident": fetch(&state.pool, &id).await? })))
-}
-
-fn check_transition(from: IncidentStatus, change: ManualChange) -> Result<(), ApiError> {
-    let conflict = |why: &str| Err(ApiError::new(ErrorCode::Conflict, why.to_owned()));
-    match (from, change) {
-        (IncidentStatus::Resolved, _) => conflict("the incident is resolved; a new trigger opens a new incident"),
-        (IncidentStatus::Open, ManualChange::Reopen) => conflict("the incident is already open"),
-        _ => Ok(()),
-    }
-}
-
-/// Applies a person's status change through the incident state machine and records it in the
-/// key's event log at the key's current stream position.
-pub async fn apply_manual(
-    tx: &mut sqlx::PgConnection,
-    service_id: &str,
-    dedup_key: &str,
-    position: i64,
-    incident: common::fold::IncidentState,
-    change: ManualChange,
-    actor: &str,
-) -> Result<(), ApiError> {
-    let now = Timestamp::now();
-    let at = now.round(jiff::Unit::Microsecond).unwrap_or(now);
-    let event_id = Uuid::now_v7();
-    let target = incident.id.clone();
-    let mut fold = KeyFold::new(Some(incident));
-    let (outcome, _) = fold.apply(&FoldEvent {
-        event_id,
-        seq: position,
-        action: FoldAction::Manual { incident_id: &target, change },
-        received_at: at,
-    });
-    let mut rows = IncidentRows::default();
-    for incident in fold.into_incidents() {
-        rows.push(service_id, dedup_key, incident);
-    }
-    rows.upsert(tx).await?;
-    let payload = match change {
-        ManualChange::Snooze(until) => Some(json!({"until": until.to_string()}).to_string()),
-        _ => None,
-    };
-    sqlx::query(
-        "insert into events (event_id, seq, service_id, dedup_key, action, payload, received_at, outcome, incident_id, actor_id)
-         values ($1, $2, $3, $4, $5, $6::jsonb, $7::timestamptz, $8, $9, $10)",
-    )
-    .bind(event_id)
-    .bind(position)
-    .bind(service_id)
-    .bind(dedup_key)
-    .bind(change.action())
-    .bind(payload)
-    .bind(at.to_string())
-    .bind(outcome.as_str())
-    .bind(&target)
-    .bind(actor)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
-async fn log_change(tx: &mut sqlx::PgConnection, id: &str, actor: &str, data: Value) -> Result<(), sqlx::Error> {
-    sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, data) values ($1, 'change', $2, $3)")
-        .bind(id)
-        .bind(actor)
-        .bind(sqlx::types::Json(data))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Returns incidents whose snooze ended to `OPEN` (a system change in their key's log).
-/// Returns how many were reopened.
-pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
-    let due: Vec<(String, String, String)> = sqlx::query_as(
-        "select id, service_id, dedup_key from incidents where status = 'SNOOZED' and snoozed_until <= now() limit 100",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut reopened = 0;
-    for (id, service_id, dedup_key) in due {
-        let mut tx = pool.begin().await?;
-        let locked = lock_keys(&mut tx, &[service_id.as_str()], &[dedup_key.as_str()], &[0]).await?;
-        let position = locked.first().map_or(0, |(_, _, seq)| *seq);
-        let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
-        let incident = incident_from_row(&sqlx::query(&sql).bind(&id).fetch_one(&mut *tx).await?)?;
-        if incident.status == IncidentStatus::Snoozed && incident.snoozed_until.is_some_and(|u| u <= Timestamp::now()) {
-            apply_manual(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
-            reopened += 1;
-        }
-        tx.commit().await?;
-    }
-    Ok(reopened)
+    change::update(&state.pool, &id, update, &principal.user_id).await?;
+    Ok(Json(IncidentBody { incident: fetch(&state.pool, &id).await? }))
 }

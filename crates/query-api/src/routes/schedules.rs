@@ -1,5 +1,7 @@
 //! Schedules and on-call (DESIGN §7): create schedules, layers and overrides; list and read
-//! them; ask who is on call at an instant; render the final shifts of a window.
+//! them; ask who is on call at an instant; render the final shifts of a window. The `create_*`,
+//! `add_*` and `list_schedules` functions take and return the same typed bodies as the HTTP API,
+//! so the CLI and the routes validate alike.
 
 use std::sync::Arc;
 
@@ -8,19 +10,22 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
-use common::http::{ApiJson, ApiPath};
+use common::http::{ApiJson, ApiPath, parse_value};
 use common::ids::new_id;
-use common::store::{optional_timestamp, timestamp};
+use common::incident::store::{optional_timestamp, timestamp};
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp};
-use serde_json::{Map, Value, json};
+use jiff::{SignedDuration, Timestamp as Instant};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::Refusals;
-use crate::oncall::{Layer, Override, Rotation, Schedule, Source};
+use super::{ErrorBody, Refusals, Timestamp};
+use crate::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
+use crate::pagination::{PageRequest, Pagination};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -41,95 +46,284 @@ const ON_CALL_HORIZON: SignedDuration = SignedDuration::from_hours(24 * 45);
 /// Longest rotation in hours (30 days).
 const MAX_ROTATION_HOURS: i64 = 720;
 
-fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    body.get(name).filter(|v| !v.is_null())
+// ---------------------------------------------------------------------------------------------
+// Bodies
+
+/// A new schedule, with optional layers and overrides.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"name": "Primary", "timeZone": "Europe/Berlin"}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewSchedule {
+    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
+    pub name: String,
+    /// An IANA time zone, e.g. `Europe/Berlin`: rotations hand off at local time.
+    #[schema(max_length = 255)]
+    pub time_zone: String,
+    #[serde(default)]
+    pub layers: Vec<NewLayer>,
+    #[serde(default)]
+    pub overrides: Vec<NewOverride>,
 }
 
-fn string(body: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<String>, ApiError> {
-    match field(body, name) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= 255 => Ok(Some(s.trim().to_owned())),
-        Some(Value::String(_)) => {
-            Err(ApiError::validation(&format!("{prefix}{name}"), "must be at most 255 characters"))
-        }
-        Some(_) => Err(ApiError::validation(&format!("{prefix}{name}"), "must be a string")),
+/// A rotation layer; later layers win over earlier ones.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"start": "2026-12-01T08:00:00Z", "rotation": "weekly", "handoffTime": "09:00", "users": ["usr_0192"]}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewLayer {
+    /// Default `Layer`.
+    #[serde(default)]
+    #[schema(max_length = 255)]
+    pub name: Option<String>,
+    #[schema(format = DateTime)]
+    pub start: String,
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub end: Option<String>,
+    pub rotation: RotationKind,
+    /// Shift length with rotation `hours`.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 720)]
+    pub rotation_hours: Option<i64>,
+    /// Local hand-off time, default 09:00.
+    #[serde(default)]
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+    pub handoff_time: Option<String>,
+    /// User ids in rotation order.
+    #[schema(min_items = 1)]
+    pub users: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema, Clone, Copy, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationKind {
+    Daily,
+    Weekly,
+    Hours,
+}
+
+/// A user on call for an interval, over all layers.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"userId": "usr_0192", "start": "2026-12-24T00:00:00Z", "end": "2026-12-27T00:00:00Z"}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewOverride {
+    #[schema(max_length = 255)]
+    pub user_id: String,
+    #[schema(format = DateTime)]
+    pub start: String,
+    #[schema(format = DateTime)]
+    pub end: String,
+}
+
+/// A schedule as listed.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSummary {
+    pub id: String,
+    pub name: String,
+    pub time_zone: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A schedule with its layers (bottom first) and overrides.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    #[serde(flatten)]
+    pub summary: ScheduleSummary,
+    pub layers: Vec<LayerView>,
+    pub overrides: Vec<OverrideView>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerView {
+    pub id: String,
+    pub name: String,
+    pub position: i32,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    pub rotation: RotationKind,
+    pub rotation_hours: Option<i32>,
+    pub handoff_time: String,
+    pub users: Vec<UserName>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct UserName {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverrideView {
+    pub id: String,
+    pub user: UserName,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+/// An override as created.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedOverride {
+    pub id: String,
+    pub user_id: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleBody {
+    pub schedule: Schedule,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LayerBody {
+    pub layer: LayerView,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverrideBody {
+    #[serde(rename = "override")]
+    pub created: CreatedOverride,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub schedules: Vec<ScheduleSummary>,
+    pub total: i64,
+    pub pagination: Pagination,
+}
+
+/// Who is on call at `at`; `onCall` is null when nobody is.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnCallBody {
+    pub at: Timestamp,
+    pub on_call: Option<OnCall>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OnCall {
+    pub user: OnCallUser,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    #[serde(flatten)]
+    pub source: ShiftSource,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OnCallUser {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+}
+
+/// What put the user on call: an override (`override` true, `overrideId`) or a layer
+/// (`override` false, `layerId`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShiftSource {
+    #[serde(rename = "override")]
+    pub is_override: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_id: Option<String>,
+}
+
+/// The final shifts of a window.
+#[derive(Serialize, ToSchema)]
+pub struct ShiftsBody {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub shifts: Vec<ShiftView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ShiftView {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub user: ShiftUser,
+    #[serde(flatten)]
+    pub source: ShiftSource,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ShiftUser {
+    pub id: String,
+    /// Null for a user deleted since.
+    pub name: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation and writes
+
+fn instant(field: &str, value: &str) -> Result<Instant, ApiError> {
+    value.trim().parse().map_err(|_| ApiError::validation(field, "must be an RFC 3339 timestamp"))
+}
+
+fn text(field: &str, value: &str) -> Result<String, ApiError> {
+    if value.chars().count() > 255 {
+        return Err(ApiError::validation(field, "must be at most 255 characters"));
     }
-}
-
-fn instant(body: &Map<String, Value>, name: &str, prefix: &str) -> Result<Option<Timestamp>, ApiError> {
-    string(body, name, prefix)?
-        .map(|s| {
-            s.parse().map_err(|_| ApiError::validation(&format!("{prefix}{name}"), "must be an RFC 3339 timestamp"))
-        })
-        .transpose()
+    Ok(value.trim().to_owned())
 }
 
 fn zone(name: &str) -> Result<TimeZone, ApiError> {
     TimeZone::get(name).map_err(|_| ApiError::validation("timeZone", format!("{name:?} is not an IANA time zone")))
 }
 
-/// A layer as sent by a client, validated.
-struct NewLayer {
+/// A layer, validated.
+struct ValidLayer {
     name: String,
-    start: Timestamp,
-    end: Option<Timestamp>,
-    rotation: &'static str,
+    start: Instant,
+    end: Option<Instant>,
+    rotation: RotationKind,
     hours: Option<i64>,
     handoff: String,
     users: Vec<String>,
 }
 
-fn parse_layer(value: &Value, prefix: &str) -> Result<NewLayer, ApiError> {
-    let body =
-        value.as_object().ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
-    let start = instant(body, "start", prefix)?
-        .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
-    let end = instant(body, "end", prefix)?;
+fn validate_layer(layer: &NewLayer, prefix: &str) -> Result<ValidLayer, ApiError> {
+    let start = instant(&format!("{prefix}start"), &layer.start)?;
+    let end = layer.end.as_deref().map(|e| instant(&format!("{prefix}end"), e)).transpose()?;
     if end.is_some_and(|end| end <= start) {
         return Err(ApiError::validation(&format!("{prefix}end"), "must be after start"));
     }
-    let (rotation, hours) = match string(body, "rotation", prefix)?.as_deref() {
-        Some("daily") => ("daily", None),
-        Some("weekly") => ("weekly", None),
-        Some("hours") => {
-            let hours = field(body, "rotationHours")
-                .and_then(Value::as_i64)
-                .filter(|h| (1..=MAX_ROTATION_HOURS).contains(h))
-                .ok_or_else(|| {
-                    ApiError::validation(&format!("{prefix}rotationHours"), "must be 1 to 720 with rotation \"hours\"")
-                })?;
-            ("hours", Some(hours))
+    let hours = match layer.rotation {
+        RotationKind::Hours => {
+            Some(layer.rotation_hours.filter(|h| (1..=MAX_ROTATION_HOURS).contains(h)).ok_or_else(|| {
+                ApiError::validation(&format!("{prefix}rotationHours"), "must be 1 to 720 with rotation \"hours\"")
+            })?)
         }
-        _ => {
-            return Err(ApiError::validation(&format!("{prefix}rotation"), "must be daily, weekly or hours"));
-        }
+        RotationKind::Daily | RotationKind::Weekly => None,
     };
-    let handoff = string(body, "handoffTime", prefix)?.unwrap_or_else(|| "09:00".into());
+    let handoff = text(&format!("{prefix}handoffTime"), layer.handoff_time.as_deref().unwrap_or("09:00"))?;
     let time: Time =
         handoff.parse().map_err(|_| ApiError::validation(&format!("{prefix}handoffTime"), "must be HH:MM"))?;
-    let users: Vec<String> = match field(body, "users") {
-        Some(Value::Array(users)) if !users.is_empty() => users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                u.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::validation(&format!("{prefix}users[{i}]"), "must be a user id"))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => {
-            return Err(ApiError::validation(&format!("{prefix}users"), "must list at least one user id"));
-        }
-    };
-    Ok(NewLayer {
-        name: string(body, "name", prefix)?.unwrap_or_else(|| "Layer".into()),
+    if layer.users.is_empty() {
+        return Err(ApiError::validation(&format!("{prefix}users"), "must list at least one user id"));
+    }
+    let name = text(&format!("{prefix}name"), layer.name.as_deref().unwrap_or_default())?;
+    Ok(ValidLayer {
+        name: if name.is_empty() { "Layer".into() } else { name },
         start,
         end,
-        rotation,
+        rotation: layer.rotation,
         hours,
         handoff: time.strftime("%H:%M").to_string(),
-        users,
+        users: layer.users.clone(),
     })
+}
+
+fn rotation_name(rotation: RotationKind) -> &'static str {
+    match rotation {
+        RotationKind::Daily => "daily",
+        RotationKind::Weekly => "weekly",
+        RotationKind::Hours => "hours",
+    }
 }
 
 async fn check_users(tx: &mut PgConnection, users: &[String], prefix: &str) -> Result<(), ApiError> {
@@ -144,7 +338,7 @@ async fn check_users(tx: &mut PgConnection, users: &[String], prefix: &str) -> R
 async fn insert_layer(
     tx: &mut PgConnection,
     schedule_id: &str,
-    layer: &NewLayer,
+    layer: &ValidLayer,
     prefix: &str,
 ) -> Result<String, ApiError> {
     check_users(tx, &layer.users, &format!("{prefix}users")).await?;
@@ -159,7 +353,7 @@ async fn insert_layer(
     .bind(&layer.name)
     .bind(layer.start.to_string())
     .bind(layer.end.map(|e| e.to_string()))
-    .bind(layer.rotation)
+    .bind(rotation_name(layer.rotation))
     .bind(layer.hours.map(|h| h as i32))
     .bind(&layer.handoff)
     .execute(&mut *tx)
@@ -175,31 +369,30 @@ async fn insert_layer(
     Ok(id)
 }
 
-struct NewOverride {
+/// An override, validated.
+struct ValidOverride {
     user: String,
-    start: Timestamp,
-    end: Timestamp,
+    start: Instant,
+    end: Instant,
 }
 
-fn parse_override(value: &Value, prefix: &str) -> Result<NewOverride, ApiError> {
-    let body =
-        value.as_object().ok_or_else(|| ApiError::validation(prefix.trim_end_matches('.'), "must be an object"))?;
-    let user = string(body, "userId", prefix)?
-        .ok_or_else(|| ApiError::validation(&format!("{prefix}userId"), "is required"))?;
-    let start = instant(body, "start", prefix)?
-        .ok_or_else(|| ApiError::validation(&format!("{prefix}start"), "is required"))?;
-    let end =
-        instant(body, "end", prefix)?.ok_or_else(|| ApiError::validation(&format!("{prefix}end"), "is required"))?;
+fn validate_override(o: &NewOverride, prefix: &str) -> Result<ValidOverride, ApiError> {
+    let user = text(&format!("{prefix}userId"), &o.user_id)?;
+    if user.is_empty() {
+        return Err(ApiError::validation(&format!("{prefix}userId"), "is required"));
+    }
+    let start = instant(&format!("{prefix}start"), &o.start)?;
+    let end = instant(&format!("{prefix}end"), &o.end)?;
     if end <= start {
         return Err(ApiError::validation(&format!("{prefix}end"), "must be after start"));
     }
-    Ok(NewOverride { user, start, end })
+    Ok(ValidOverride { user, start, end })
 }
 
 async fn insert_override(
     tx: &mut PgConnection,
     schedule_id: &str,
-    o: &NewOverride,
+    o: &ValidOverride,
     prefix: &str,
 ) -> Result<String, ApiError> {
     check_users(tx, std::slice::from_ref(&o.user), &format!("{prefix}userId"))
@@ -218,40 +411,40 @@ async fn insert_override(
 }
 
 /// Create a schedule (name, IANA timeZone) with optional layers and overrides.
-#[utoipa::path(post, path = "/api/schedules", tag = "schedules",
-    request_body(content = Object, description = "name, timeZone, layers?, overrides?"),
-    responses((status = 201, description = "The schedule"), (status = 400, description = "A bad field, named in the error"), Refusals),
+#[utoipa::path(post, path = "/api/schedules", tag = "schedules", request_body = NewSchedule,
+    responses((status = 201, description = "The schedule", body = ScheduleBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 413, description = "Body over 512 KiB", body = ErrorBody), (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn create(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiJson(body): ApiJson<Map<String, Value>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    ApiJson(body): ApiJson<Value>,
+) -> Result<(StatusCode, Json<ScheduleBody>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    Ok((StatusCode::CREATED, Json(json!({ "schedule": create_schedule(&state.pool, &body).await? }))))
+    // The scope first: a key without it learns nothing about the body.
+    let body: NewSchedule = parse_value(body)?;
+    Ok((StatusCode::CREATED, Json(ScheduleBody { schedule: create_schedule(&state.pool, &body).await? })))
 }
 
-/// Creates a schedule from its JSON description (as `POST /api/schedules` takes it); returns it.
-pub async fn create_schedule(pool: &PgPool, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let name = string(body, "name", "")?
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::validation("name", "is required"))?;
-    let time_zone = string(body, "timeZone", "")?.ok_or_else(|| ApiError::validation("timeZone", "is required"))?;
+/// Creates a schedule as `POST /api/schedules` does; returns it.
+pub async fn create_schedule(pool: &PgPool, body: &NewSchedule) -> Result<Schedule, ApiError> {
+    let name = text("name", &body.name)?;
+    if name.is_empty() {
+        return Err(ApiError::validation("name", "is required"));
+    }
+    let time_zone = text("timeZone", &body.time_zone)?;
     zone(&time_zone)?;
-    let list = |name: &str| match field(body, name) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => Ok(items.clone()),
-        Some(_) => Err(ApiError::validation(name, "must be an array")),
-    };
-    let layers = list("layers")?
+    let layers = body
+        .layers
         .iter()
         .enumerate()
-        .map(|(i, l)| parse_layer(l, &format!("layers[{i}].")))
+        .map(|(i, l)| validate_layer(l, &format!("layers[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
-    let overrides = list("overrides")?
+    let overrides = body
+        .overrides
         .iter()
         .enumerate()
-        .map(|(i, o)| parse_override(o, &format!("overrides[{i}].")))
+        .map(|(i, o)| validate_override(o, &format!("overrides[{i}].")))
         .collect::<Result<Vec<_>, _>>()?;
     let id = new_id("sch");
     let mut tx = pool.begin().await?;
@@ -268,60 +461,68 @@ pub async fn create_schedule(pool: &PgPool, body: &Map<String, Value>) -> Result
         insert_override(&mut tx, &id, o, &format!("overrides[{i}].")).await?;
     }
     tx.commit().await?;
-    schedule_json(pool, &id).await
+    Ok(load(pool, &id).await?.0)
 }
 
-/// Add a layer on top of the existing ones (start, end?, rotation daily|weekly|hours, rotationHours?, handoffTime HH:MM, users).
+/// Add a layer on top of the existing ones.
 #[utoipa::path(post, path = "/api/schedules/{id}/layers", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
-    request_body(content = Object, description = "The layer"),
-    responses((status = 201, description = "The layer"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), Refusals),
+    request_body = NewLayer,
+    responses((status = 201, description = "The layer", body = LayerBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody), (status = 413, description = "Body over 512 KiB", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn add_layer(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<LayerBody>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    Ok((StatusCode::CREATED, Json(json!({ "layer": add_layer_to(&state.pool, &id, &body).await? }))))
+    // The scope first: a key without it learns nothing about the body.
+    let body: NewLayer = parse_value(body)?;
+    Ok((StatusCode::CREATED, Json(LayerBody { layer: add_layer_to(&state.pool, &id, &body).await? })))
 }
 
-/// Adds a layer (as `POST /api/schedules/{id}/layers` takes it) above the schedule's others.
-pub async fn add_layer_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
-    let layer = parse_layer(body, "")?;
+/// Adds a layer (as `POST /api/schedules/{id}/layers` does) above the schedule's others.
+pub async fn add_layer_to(pool: &PgPool, id: &str, body: &NewLayer) -> Result<LayerView, ApiError> {
+    let layer = validate_layer(body, "")?;
     let mut tx = begin_change(pool, id).await?;
     let layer_id = insert_layer(&mut tx, id, &layer, "").await?;
     finish_change(tx, id).await?;
-    let schedule = schedule_json(pool, id).await?;
-    Ok(schedule["layers"]
-        .as_array()
-        .and_then(|ls| ls.iter().find(|l| l["id"] == layer_id.as_str()))
-        .cloned()
-        .unwrap_or_default())
+    let (schedule, _) = load(pool, id).await?;
+    schedule
+        .layers
+        .into_iter()
+        .find(|l| l.id == layer_id)
+        .ok_or_else(|| ApiError::internal(format!("layer {layer_id} vanished after its commit")))
 }
 
 /// Put a user on call for an interval, over all layers.
 #[utoipa::path(post, path = "/api/schedules/{id}/overrides", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
-    request_body(content = Object, description = "userId, start, end"),
-    responses((status = 201, description = "The override"), (status = 400, description = "A bad field"), (status = 404, description = "No such schedule"), Refusals),
+    request_body = NewOverride,
+    responses((status = 201, description = "The override", body = OverrideBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody), (status = 413, description = "Body over 512 KiB", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:write"])))]
 async fn add_override(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<OverrideBody>), ApiError> {
     principal.require(Scope::SchedulesWrite)?;
-    Ok((StatusCode::CREATED, Json(json!({ "override": add_override_to(&state.pool, &id, &body).await? }))))
+    // The scope first: a key without it learns nothing about the body.
+    let body: NewOverride = parse_value(body)?;
+    Ok((StatusCode::CREATED, Json(OverrideBody { created: add_override_to(&state.pool, &id, &body).await? })))
 }
 
-/// Adds an override (as `POST /api/schedules/{id}/overrides` takes it).
-pub async fn add_override_to(pool: &PgPool, id: &str, body: &Value) -> Result<Value, ApiError> {
-    let o = parse_override(body, "")?;
+/// Adds an override as `POST /api/schedules/{id}/overrides` does.
+pub async fn add_override_to(pool: &PgPool, id: &str, body: &NewOverride) -> Result<CreatedOverride, ApiError> {
+    let o = validate_override(body, "")?;
     let mut tx = begin_change(pool, id).await?;
     let override_id = insert_override(&mut tx, id, &o, "").await?;
     finish_change(tx, id).await?;
-    Ok(json!({"id": override_id, "userId": o.user, "start": o.start.to_string(), "end": o.end.to_string()}))
+    Ok(CreatedOverride { id: override_id, user_id: o.user, start: o.start.into(), end: o.end.into() })
 }
 
 /// Begins a change to a schedule: locks its row (serialising layer positions); `404` when missing.
@@ -342,70 +543,84 @@ async fn finish_change(mut tx: sqlx::Transaction<'static, sqlx::Postgres>, id: &
     Ok(())
 }
 
-/// List schedules.
+/// List schedules, newest first.
 #[utoipa::path(get, path = "/api/schedules", tag = "schedules",
-    params(("limit" = Option<i64>, Query, description = "1 to 200, default 50"), ("offset" = Option<i64>, Query, description = "Rows to skip")),
-    responses((status = 200, description = "A page of schedules"), Refusals),
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "Page length, default 50"),
+           ("offset" = Option<i64>, Query, minimum = 0, description = "Rows to skip (not with cursor)"),
+           ("cursor" = Option<String>, Query, description = "pagination.nextCursor of the previous page")),
+    responses((status = 200, description = "A page of schedules", body = ScheduleList), (status = 400, description = "A bad parameter, named in the error", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ScheduleList>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    let limit = params.integer("limit", 50, 1, 200)?;
-    let offset = params.integer("offset", 0, 0, i64::MAX)?;
-    Ok(Json(list_schedules(&state.pool, limit, offset).await?))
+    Ok(Json(list_schedules(&state.pool, &PageRequest::parse(&params)?).await?))
+}
+
+/// Keyset position in the newest-first listing.
+#[derive(Serialize, Deserialize)]
+pub struct Cursor {
+    c: String,
+    id: String,
 }
 
 /// A page of schedules, newest first, as `GET /api/schedules` answers it.
-pub async fn list_schedules(pool: &PgPool, limit: i64, offset: i64) -> Result<Value, ApiError> {
-    let rows = sqlx::query(
-        "select id, name, time_zone, created_at, updated_at from schedules order by created_at desc, id desc limit $1 offset $2",
+pub async fn list_schedules(pool: &PgPool, page: &PageRequest<Cursor>) -> Result<ScheduleList, ApiError> {
+    let mut rows = sqlx::query(
+        "select id, name, time_zone, created_at, updated_at from schedules
+         where ($1::text is null or (created_at, id) < ($1::timestamptz, $2))
+         order by created_at desc, id desc limit $3 offset $4",
     )
-    .bind(limit)
-    .bind(offset)
+    .bind(page.cursor.as_ref().map(|c| c.c.clone()))
+    .bind(page.cursor.as_ref().map(|c| c.id.clone()))
+    .bind(page.fetch())
+    .bind(page.offset)
     .fetch_all(pool)
     .await?;
     let total: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(pool).await?;
-    let schedules = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({"id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?,
-                      "timeZone": r.try_get::<String, _>("time_zone")?,
-                      "createdAt": timestamp(r, "created_at")?.to_string(), "updatedAt": timestamp(r, "updated_at")?.to_string()}))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(json!({
-        "schedules": schedules,
-        "total": total,
-        "pagination": {"limit": limit, "offset": offset, "hasMore": offset + (schedules.len() as i64) < total},
-    }))
+    let pagination = page.finish(&mut rows, |last| {
+        Ok::<_, sqlx::Error>(Cursor { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
+    })?;
+    let schedules = rows.iter().map(summary_of).collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(ScheduleList { schedules, total, pagination })
+}
+
+fn summary_of(row: &sqlx::postgres::PgRow) -> Result<ScheduleSummary, sqlx::Error> {
+    Ok(ScheduleSummary {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        time_zone: row.try_get("time_zone")?,
+        created_at: timestamp(row, "created_at")?.into(),
+        updated_at: timestamp(row, "updated_at")?.into(),
+    })
 }
 
 /// A schedule with its layers and overrides.
 #[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path, description = "Schedule id")),
-    responses((status = 200, description = "The schedule"), (status = 404, description = "No such schedule"), Refusals),
+    responses((status = 200, description = "The schedule", body = ScheduleBody), (status = 400, description = "A bad id", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn detail(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ScheduleBody>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    Ok(Json(json!({ "schedule": schedule_json(&state.pool, &id).await? })))
+    Ok(Json(ScheduleBody { schedule: load(&state.pool, &id).await?.0 }))
 }
 
-/// A schedule with its layers (members in rotation order) and overrides, as JSON and as the
-/// evaluable [`Schedule`].
-async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
+/// A schedule with its layers (members in rotation order) and overrides, as answered and as the
+/// evaluable schedule.
+async fn load(pool: &PgPool, id: &str) -> Result<(Schedule, Evaluable), ApiError> {
     let row = sqlx::query("select id, name, time_zone, created_at, updated_at from schedules where id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("schedule {id}")))?;
-    let time_zone: String = row.try_get("time_zone")?;
-    let zone = TimeZone::get(&time_zone).map_err(ApiError::internal)?;
+    let summary = summary_of(&row)?;
+    let zone = TimeZone::get(&summary.time_zone).map_err(ApiError::internal)?;
     let layer_rows = sqlx::query(
         "select l.id, l.name, l.position, l.starts_at, l.ends_at, l.rotation, l.rotation_hours, l.handoff_time,
                 coalesce(json_agg(json_build_object('id', u.id, 'name', u.name) order by m.position)
@@ -424,54 +639,54 @@ async fn load(pool: &PgPool, id: &str) -> Result<(Value, Schedule), ApiError> {
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let mut layers_json = Vec::new();
+    let mut views = Vec::new();
     let mut layers = Vec::new();
     for r in &layer_rows {
-        let users: Value = r.try_get::<sqlx::types::Json<Value>, _>("users")?.0;
+        let users: Vec<UserName> = r.try_get::<sqlx::types::Json<Vec<UserName>>, _>("users")?.0;
         let rotation: String = r.try_get("rotation")?;
         let hours: Option<i32> = r.try_get("rotation_hours")?;
         let handoff: String = r.try_get("handoff_time")?;
         let start = timestamp(r, "starts_at")?;
         let end = optional_timestamp(r, "ends_at")?;
+        let (kind, rotation) = match (rotation.as_str(), hours) {
+            ("daily", _) => (RotationKind::Daily, Rotation::Daily),
+            ("weekly", _) => (RotationKind::Weekly, Rotation::Weekly),
+            (_, hours) => (RotationKind::Hours, Rotation::Hours(i64::from(hours.unwrap_or(24)))),
+        };
         layers.push(Layer {
             id: r.try_get("id")?,
             start,
             end,
-            rotation: match (rotation.as_str(), hours) {
-                ("daily", _) => Rotation::Daily,
-                ("weekly", _) => Rotation::Weekly,
-                (_, hours) => Rotation::Hours(i64::from(hours.unwrap_or(24))),
-            },
+            rotation,
             handoff: handoff.parse().map_err(ApiError::internal)?,
-            users: users.as_array().into_iter().flatten().filter_map(|u| u["id"].as_str().map(str::to_owned)).collect(),
+            users: users.iter().map(|u| u.id.clone()).collect(),
         });
-        layers_json.push(json!({
-            "id": r.try_get::<String, _>("id")?, "name": r.try_get::<String, _>("name")?,
-            "position": r.try_get::<i32, _>("position")?, "start": start.to_string(), "end": end.map(|e| e.to_string()),
-            "rotation": rotation, "rotationHours": hours, "handoffTime": handoff, "users": users,
-        }));
+        views.push(LayerView {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            position: r.try_get("position")?,
+            start: start.into(),
+            end: end.map(Into::into),
+            rotation: kind,
+            rotation_hours: hours,
+            handoff_time: handoff,
+            users,
+        });
     }
-    let mut overrides_json = Vec::new();
+    let mut override_views = Vec::new();
     let mut overrides = Vec::new();
     for r in &override_rows {
         let (start, end) = (timestamp(r, "starts_at")?, timestamp(r, "ends_at")?);
         let user: String = r.try_get("user_id")?;
-        overrides_json.push(
-            json!({"id": r.try_get::<String, _>("id")?, "user": {"id": user, "name": r.try_get::<String, _>("name")?},
-                                   "start": start.to_string(), "end": end.to_string()}),
-        );
+        override_views.push(OverrideView {
+            id: r.try_get("id")?,
+            user: UserName { id: user.clone(), name: r.try_get("name")? },
+            start: start.into(),
+            end: end.into(),
+        });
         overrides.push(Override { id: r.try_get("id")?, user, start, end });
     }
-    let json = json!({
-        "id": row.try_get::<String, _>("id")?, "name": row.try_get::<String, _>("name")?, "timeZone": time_zone,
-        "createdAt": timestamp(&row, "created_at")?.to_string(), "updatedAt": timestamp(&row, "updated_at")?.to_string(),
-        "layers": layers_json, "overrides": overrides_json,
-    });
-    Ok((json, Schedule { zone, layers, overrides }))
-}
-
-async fn schedule_json(pool: &PgPool, id: &str) -> Result<Value, ApiError> {
-    Ok(load(pool, id).await?.0)
+    Ok((Schedule { summary, layers: views, overrides: override_views }, Evaluable { zone, layers, overrides }))
 }
 
 async fn user_names(
@@ -483,42 +698,50 @@ async fn user_names(
     Ok(rows.into_iter().map(|(id, name, email)| (id, (name, email))).collect())
 }
 
-fn source_json(schedule: &Schedule, source: Source) -> (bool, Value) {
+fn source_of(schedule: &Evaluable, source: Source) -> ShiftSource {
     match source {
-        Source::Override(i) => (true, json!(schedule.overrides.get(i).map(|o| o.id.clone()))),
-        Source::Layer(i) => (false, json!(schedule.layers.get(i).map(|l| l.id.clone()))),
+        Source::Override(i) => ShiftSource {
+            is_override: true,
+            override_id: schedule.overrides.get(i).map(|o| o.id.clone()),
+            layer_id: None,
+        },
+        Source::Layer(i) => ShiftSource {
+            is_override: false,
+            override_id: None,
+            layer_id: schedule.layers.get(i).map(|l| l.id.clone()),
+        },
     }
 }
 
 /// Who is on call at an instant (default now), the shift's start and end, and whether an override put them there.
 #[utoipa::path(get, path = "/api/schedules/{id}/on-call", tag = "schedules",
-    params(("id" = String, Path, description = "Schedule id"), ("at" = Option<String>, Query, description = "RFC 3339, default now")),
-    responses((status = 200, description = "Who is on call"), (status = 404, description = "No such schedule"), Refusals),
+    params(("id" = String, Path, description = "Schedule id"), ("at" = Option<String>, Query, format = DateTime, description = "RFC 3339, default now")),
+    responses((status = 200, description = "Who is on call", body = OnCallBody), (status = 400, description = "A bad parameter, named in the error", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn on_call(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OnCallBody>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    let at = params.timestamp("at")?.unwrap_or_else(Timestamp::now);
+    let at = params.timestamp("at")?.unwrap_or_else(Instant::now);
     let (_, schedule) = load(&state.pool, &id).await?;
     let Some(shift) = schedule.shift_at(at, ON_CALL_HORIZON) else {
-        return Ok(Json(json!({"onCall": null, "at": at.to_string()})));
+        return Ok(Json(OnCallBody { at: at.into(), on_call: None }));
     };
     let names = user_names(&state.pool, vec![shift.user.clone()]).await?;
-    let (is_override, source_id) = source_json(&schedule, shift.source);
     let (name, email) = names.get(&shift.user).cloned().unwrap_or_default();
-    Ok(Json(json!({
-        "at": at.to_string(),
-        "onCall": {
-            "user": {"id": shift.user, "name": name, "email": email},
-            "start": shift.start.to_string(), "end": shift.end.to_string(),
-            "override": is_override,
-            if is_override { "overrideId" } else { "layerId" }: source_id,
-        }
-    })))
+    Ok(Json(OnCallBody {
+        at: at.into(),
+        on_call: Some(OnCall {
+            user: OnCallUser { id: shift.user.clone(), name, email },
+            start: shift.start.into(),
+            end: shift.end.into(),
+            source: source_of(&schedule, shift.source),
+        }),
+    }))
 }
 
 /// Shifts can be asked for between 1900-01-01 and 9000-01-01 (Unix seconds).
@@ -531,17 +754,20 @@ fn out_of_range(name: &str) -> ApiError {
 
 /// The final rendered shifts of a window (at most 93 days; default the next 7 days).
 #[utoipa::path(get, path = "/api/schedules/{id}/shifts", tag = "schedules",
-    params(("id" = String, Path, description = "Schedule id"), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339")),
-    responses((status = 200, description = "The shifts"), (status = 400, description = "A bad window"), (status = 404, description = "No such schedule"), Refusals),
+    params(("id" = String, Path, description = "Schedule id"),
+           ("from" = Option<String>, Query, format = DateTime, description = "RFC 3339, default now; 1900-01-01 to 9000-01-01"),
+           ("to" = Option<String>, Query, format = DateTime, description = "RFC 3339, default from + 7 days; at most 93 days after from")),
+    responses((status = 200, description = "The shifts", body = ShiftsBody), (status = 400, description = "A bad window, named in the error", body = ErrorBody),
+              (status = 404, description = "No such schedule", body = ErrorBody), Refusals),
     security(("api_key" = ["schedules:read"])))]
 async fn shifts(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ShiftsBody>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    let from = params.timestamp("from")?.unwrap_or_else(Timestamp::now);
+    let from = params.timestamp("from")?.unwrap_or_else(Instant::now);
     let to = match params.timestamp("to")? {
         Some(to) => to,
         None => from.checked_add(SignedDuration::from_hours(24 * 7)).map_err(|_| out_of_range("from"))?,
@@ -561,14 +787,14 @@ async fn shifts(
     let (_, schedule) = load(&state.pool, &id).await?;
     let shifts = schedule.shifts(from, to);
     let names = user_names(&state.pool, shifts.iter().map(|s| s.user.clone()).collect()).await?;
-    let shifts: Vec<Value> = shifts
+    let shifts = shifts
         .iter()
-        .map(|s| {
-            let (is_override, source_id) = source_json(&schedule, s.source);
-            let name = names.get(&s.user).map(|(n, _)| n.clone());
-            json!({"start": s.start.to_string(), "end": s.end.to_string(), "user": {"id": s.user, "name": name},
-                   "override": is_override, if is_override { "overrideId" } else { "layerId" }: source_id})
+        .map(|s| ShiftView {
+            start: s.start.into(),
+            end: s.end.into(),
+            user: ShiftUser { id: s.user.clone(), name: names.get(&s.user).map(|(n, _)| n.clone()) },
+            source: source_of(&schedule, s.source),
         })
         .collect();
-    Ok(Json(json!({"from": from.to_string(), "to": to.to_string(), "shifts": shifts})))
+    Ok(Json(ShiftsBody { from: from.into(), to: to.into(), shifts }))
 }

@@ -1,12 +1,14 @@
-//! PostgreSQL helpers shared by the worker (applying events) and query-api (manual changes):
-//! the per-key lock both must take, and reading an incident's event-derived state.
+//! PostgreSQL side of the incident write path, shared by workers (applying events) and people
+//! (manual changes): the per-key lock both take, reading an incident's event-derived state, and the
+//! one column-wise writer each for incidents and the event log.
 
 use jiff::Timestamp;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
+use uuid::Uuid;
 
 use crate::event::Urgency;
-use crate::fold::{IncidentState, IncidentStatus};
+use crate::incident::state::{IncidentState, IncidentStatus, Outcome};
 
 /// Columns [`incident_from_row`] reads, for a table aliased `i`.
 pub const INCIDENT_COLUMNS: &str = "i.id, i.service_id, i.dedup_key, i.title, i.description, i.status, i.urgency, \
@@ -137,6 +139,74 @@ impl IncidentRows {
         .bind(&self.acknowledged_at)
         .bind(&self.resolved_at)
         .bind(&self.snoozed_until)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// One row of a key's event log: an alert source's event, or a person's change (`actor`).
+pub struct LoggedEvent {
+    pub event_id: Uuid,
+    pub seq: i64,
+    pub action: &'static str,
+    pub payload: Option<String>,
+    pub received_at: Timestamp,
+    pub outcome: Outcome,
+    pub incident_id: Option<String>,
+    pub actor: Option<String>,
+}
+
+/// Event-log rows written column-wise with one statement: the only insert into `events`.
+#[derive(Default)]
+pub struct EventRows {
+    event_id: Vec<Uuid>,
+    seq: Vec<i64>,
+    service_id: Vec<String>,
+    dedup_key: Vec<String>,
+    action: Vec<&'static str>,
+    payload: Vec<Option<String>>,
+    received_at: Vec<String>,
+    outcome: Vec<&'static str>,
+    incident_id: Vec<Option<String>>,
+    actor_id: Vec<Option<String>>,
+}
+
+impl EventRows {
+    pub fn push(&mut self, service_id: &str, dedup_key: &str, event: LoggedEvent) {
+        self.event_id.push(event.event_id);
+        self.seq.push(event.seq);
+        self.service_id.push(service_id.to_owned());
+        self.dedup_key.push(dedup_key.to_owned());
+        self.action.push(event.action);
+        self.payload.push(event.payload);
+        self.received_at.push(event.received_at.to_string());
+        self.outcome.push(event.outcome.as_str());
+        self.incident_id.push(event.incident_id);
+        self.actor_id.push(event.actor);
+    }
+
+    pub async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.event_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into events (event_id, seq, service_id, dedup_key, action, payload, received_at, outcome, incident_id, actor_id)
+             select id, seq, s, k, a, p::jsonb, r::timestamptz, o, i, who
+             from unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                         $9::text[], $10::text[])
+               as t(id, seq, s, k, a, p, r, o, i, who)",
+        )
+        .bind(&self.event_id)
+        .bind(&self.seq)
+        .bind(&self.service_id)
+        .bind(&self.dedup_key)
+        .bind(&self.action)
+        .bind(&self.payload)
+        .bind(&self.received_at)
+        .bind(&self.outcome)
+        .bind(&self.incident_id)
+        .bind(&self.actor_id)
         .execute(&mut *tx)
         .await?;
         Ok(())

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::event::{AlertPayload, EventAction, Urgency};
 use crate::ids::incident_id_for_event;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum IncidentStatus {
     Open,
