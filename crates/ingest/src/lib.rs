@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod publisher;
 pub mod routes;
 pub mod services;
+pub mod sources;
 pub mod state;
 
 use std::net::SocketAddr;
