@@ -90,7 +90,7 @@ async fn every_operation_answers_as_its_openapi_document_says() {
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
         ])
         .args(["--phases", "examples,coverage,fuzzing", "--max-examples", &max_examples, "--seed", "1"])
-        .args(["--workers", "2", "--no-color", "--generation-database", "none", "--request-timeout", "10"])
+        .args(["--workers", "1", "--no-color", "--generation-database", "none", "--request-timeout", "10"])
         .output()
         .expect("schemathesis is installed (scripts/test.sh installs it)");
     let report = String::from_utf8_lossy(&output.stdout);
