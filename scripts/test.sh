@@ -19,6 +19,8 @@ command -v openssl >/dev/null || apt_install openssl
 
 # A target directory outside the clone keeps later runs incremental.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opssentinal-target}"
+# The pure core of `common` (no server, client or runtime crates) builds and passes on its own.
+cargo test -p common --no-default-features --locked --quiet
 # The SIGKILL test runs the real worker binary.
 cargo build --workspace --bins --locked
 if cargo nextest --version >/dev/null 2>&1; then

@@ -22,7 +22,7 @@ async fn pagerduty_events_drive_the_incident_lifecycle_and_repairs_are_kept() {
     let trigger = json!({
         "routing_key": rk, "event_action": "trigger", "client": "Alertmanager", "client_url": "http://am:9093",
         "links": [{"href": "http://grafana/d/1", "text": "dashboard"}],
-        "payload": {"summary": "s".repeat(1100), "severity": "PAGE", "custom_details": {"firing": "2 alerts"}}
+        "payload": {"summary": "s".repeat(1100), "severity": "LOUD", "custom_details": {"firing": "2 alerts"}}
     });
     let (status, accepted) = enqueue(&env, &ingest, &trigger).await;
     assert_eq!(status, 202, "{accepted}");

@@ -1,8 +1,7 @@
 //! The one JSON error format of the HTTP API:
 //! `{"error": {"code": "...", "message": "...", "details": {...}}}`.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 /// The documented error codes and their HTTP status.
@@ -158,8 +157,10 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+#[cfg(feature = "platform")]
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::{HeaderValue, header};
         let mut response = (self.code.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -168,6 +169,7 @@ impl IntoResponse for ApiError {
     }
 }
 
+#[cfg(feature = "platform")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         if crate::db::is_unavailable(&err) {

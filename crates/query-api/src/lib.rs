@@ -20,16 +20,21 @@ use utoipa_axum::router::OpenApiRouter;
 pub use config::QueryApiConfig;
 pub use state::AppState;
 
+/// The whole API's OpenAPI document (events and query endpoints), as committed in
+/// `docs/openapi.json`. The tests regenerate it from the registrations that build the routers
+/// ([`openapi`] merged with `ingest::openapi`) and fail when the file differs, so a route cannot
+/// exist without its entry and the file in the repository is the one served.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
+
 /// The authenticated API routes, without health endpoints or fallbacks (the one-process mode
 /// merges them with ingest's).
 pub fn api_router(state: Arc<AppState>) -> Router {
     let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Api };
     let (routes, _) = routes().split_for_parts();
-    let document = openapi();
-    routes
-        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
-        .with_state(state)
-        .route("/api/openapi.json", axum::routing::get(move || async move { axum::Json(document) }))
+    routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).with_state(state).route(
+        "/api/openapi.json",
+        axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
+    )
 }
 
 fn routes() -> OpenApiRouter<Arc<AppState>> {
@@ -39,14 +44,16 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(routes::schedules::router())
 }
 
-/// One OpenAPI 3.1 document for the whole HTTP API (events and query endpoints), generated from
-/// the registrations that also build the routers, so a route cannot exist without its entry.
+/// The query API's part of the OpenAPI 3.1 document, with the document's title, description and
+/// security schemes; ingest's part (`ingest::openapi`) is merged into it to make the whole.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
     let (_, mut api): (Router<Arc<AppState>>, _) = routes().split_for_parts();
-    api.merge(ingest::openapi());
     api.info.title = "OpsSentinal API".into();
     api.info.version = env!("CARGO_PKG_VERSION").into();
+    // Not utoipa's own author and licence, which it fills in by default.
+    api.info.contact = None;
+    api.info.license = Some(utoipa::openapi::License::new(env!("CARGO_PKG_LICENSE")));
     api.info.description = Some(
         "Events in, incidents out. Authenticate with `Authorization: Bearer KEY`, `Authorization: Api-Key KEY` or \
          `X-API-Key: KEY`. Errors are `{\"error\": {\"code\", \"message\", \"details\"?}}`."

@@ -3,7 +3,6 @@
 //! or by `?service_id=` with an API key holding `events:write`. Each alert becomes one event keyed
 //! by its fingerprint: firing → trigger, resolved → resolve.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,62 +12,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
-use common::event::{
-    AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, ServiceRef, Severity, strip_nul,
-};
+use common::event::{EventAction, ServiceRef, strip_nul};
 use common::http::{ApiJson, ApiPath, ApiQuery, Bucket, parse_value};
 use common::{ApiError, ErrorBody};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::accept::{check_routing_key_limit, envelope, publish};
-use crate::idempotency::{First, derived_id};
+use crate::idempotency::First;
 use crate::services::ServiceTarget;
+use crate::sources::alertmanager::{Notification, content_id, event_of};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new().routes(routes!(webhook)).routes(routes!(webhook_with_key))
-}
-
-/// Alertmanager's webhook notification (version 4); other fields are ignored.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[schema(example = json!({"version": "4", "receiver": "opssentinal", "alerts": [{"status": "firing",
-    "labels": {"alertname": "DiskFull", "severity": "critical", "instance": "web-01"},
-    "annotations": {"summary": "Disk 95% full"}, "startsAt": "2026-11-26T10:00:00Z", "fingerprint": "5f1c2b"}]}))]
-#[serde(rename_all = "camelCase")]
-pub struct Notification {
-    #[serde(default)]
-    pub alerts: Vec<Alert>,
-    #[serde(default, rename = "externalURL")]
-    pub external_url: Option<String>,
-    #[serde(default)]
-    pub receiver: Option<String>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Alert {
-    /// `firing` (a trigger) or `resolved` (a resolve).
-    #[schema(pattern = "^(firing|resolved)$")]
-    pub status: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    #[schema(format = DateTime)]
-    pub starts_at: Option<String>,
-    #[serde(default)]
-    #[schema(format = DateTime)]
-    pub ends_at: Option<String>,
-    #[serde(default, rename = "generatorURL")]
-    pub generator_url: Option<String>,
-    /// The dedup key; without one, a hash of the labels.
-    #[serde(default)]
-    pub fingerprint: Option<String>,
 }
 
 /// The answer to an accepted notification: one event per alert.
@@ -91,94 +50,6 @@ pub struct AcceptedAlert {
 struct Target {
     routing_key: Option<String>,
     service_id: Option<String>,
-}
-
-fn cut(value: &str, max: usize) -> String {
-    value.chars().take(max).collect()
-}
-
-/// Alertmanager's `severity` label onto ours; anything else is `error`.
-fn severity(label: Option<&String>) -> Severity {
-    match label.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-        Some("critical" | "page" | "fatal" | "emergency" | "p1") => Severity::Critical,
-        Some("warning" | "warn" | "minor" | "p3") => Severity::Warning,
-        Some("info" | "informational" | "none" | "low" | "p4" | "p5") => Severity::Info,
-        _ => Severity::Error,
-    }
-}
-
-/// One alert as an event: its action, dedup key and (for a firing alert) payload.
-fn event_of(
-    alert: &Alert,
-    notification: &Notification,
-    index: usize,
-    nul_removed: usize,
-) -> Result<(EventAction, String, Option<AlertPayload>), ApiError> {
-    let action = match alert.status.as_str() {
-        "firing" => EventAction::Trigger,
-        "resolved" => EventAction::Resolve,
-        other => {
-            return Err(ApiError::validation(
-                &format!("alerts[{index}].status"),
-                format!("{other:?} is neither firing nor resolved"),
-            ));
-        }
-    };
-    let dedup_key = match alert.fingerprint.as_deref().filter(|f| !f.is_empty()) {
-        Some(fingerprint) => cut(fingerprint, MAX_DEDUP_KEY),
-        // The labels identify an alert; their JSON (keys sorted) can be any length, its hash cannot.
-        None => {
-            let labels = serde_json::to_vec(&alert.labels).unwrap_or_default();
-            format!("labels:{}", hex::encode(Sha256::digest(labels)))
-        }
-    };
-    if action == EventAction::Resolve {
-        return Ok((action, dedup_key, None));
-    }
-    let summary = ["summary", "description"]
-        .iter()
-        .find_map(|k| alert.annotations.get(*k).filter(|v| !v.trim().is_empty()))
-        .or_else(|| alert.labels.get("alertname"))
-        .map_or_else(|| "Alertmanager alert".to_owned(), |s| cut(s, MAX_SUMMARY));
-    let source = ["instance", "job"]
-        .iter()
-        .find_map(|k| alert.labels.get(*k))
-        .map_or_else(|| "alertmanager".to_owned(), |s| cut(s, MAX_SHORT_FIELD));
-    let mut details = Map::new();
-    if nul_removed > 0 {
-        metrics::counter!("alertmanager_repairs_total", "kind" => "nul_removed").increment(1);
-        details.insert(
-            "opssentinal_repairs".into(),
-            json!([format!("{nul_removed} NUL characters removed (PostgreSQL stores none)")]),
-        );
-    }
-    details.insert("labels".into(), json!(alert.labels));
-    details.insert("annotations".into(), json!(alert.annotations));
-    for (key, value) in [
-        ("startsAt", &alert.starts_at),
-        ("endsAt", &alert.ends_at),
-        ("generatorURL", &alert.generator_url),
-        ("externalURL", &notification.external_url),
-        ("receiver", &notification.receiver),
-    ] {
-        if let Some(value) = value {
-            details.insert(key.into(), json!(value));
-        }
-    }
-    Ok((
-        action,
-        dedup_key,
-        Some(AlertPayload {
-            summary,
-            source,
-            severity: severity(alert.labels.get("severity")),
-            timestamp: alert.starts_at.as_deref().and_then(|t| t.parse().ok()),
-            component: alert.labels.get("job").map(|j| cut(j, MAX_SHORT_FIELD)),
-            group: None,
-            class: alert.labels.get("alertname").map(|a| cut(a, MAX_SHORT_FIELD)),
-            custom_details: Some(details),
-        }),
-    ))
 }
 
 /// Receive an Alertmanager webhook notification (version 4) for the service named by `routing_key`, or by `service_id` with an API key.
@@ -319,79 +190,4 @@ async fn receive(
         decision.write_headers(response.headers_mut());
     }
     response
-}
-
-/// An alert's event id, from what makes a re-sent alert the same event: its service and key, its
-/// status and when it started (and, resolved, when it ended).
-fn content_id(service_id: &str, alert: &Alert, dedup_key: &str) -> uuid::Uuid {
-    let started = alert.starts_at.as_deref().unwrap_or_default();
-    let ended = if alert.status == "resolved" { alert.ends_at.as_deref().unwrap_or_default() } else { "" };
-    derived_id(&["alertmanager", service_id, dedup_key, &alert.status, started, ended])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn notification(alerts: Value) -> Notification {
-        serde_json::from_value(json!({"version": "4", "status": "firing", "receiver": "ops", "alerts": alerts}))
-            .unwrap()
-    }
-
-    #[test]
-    fn a_firing_alert_becomes_a_trigger_keyed_by_its_fingerprint() {
-        let n = notification(json!([{"status": "firing", "fingerprint": "abc123",
-            "labels": {"alertname": "DiskFull", "severity": "page", "instance": "web-01"},
-            "annotations": {"description": "disk 95%"}, "startsAt": "2026-11-26T10:00:00Z"}]));
-        let (action, key, payload) = event_of(&n.alerts[0], &n, 0, 0).unwrap();
-        let payload = payload.unwrap();
-        assert_eq!((action, key.as_str()), (EventAction::Trigger, "abc123"));
-        assert_eq!((payload.summary.as_str(), payload.source.as_str()), ("disk 95%", "web-01"));
-        assert_eq!(payload.severity, Severity::Critical);
-        assert_eq!(payload.custom_details.unwrap()["labels"]["alertname"], "DiskFull");
-    }
-
-    #[test]
-    fn alerts_without_a_fingerprint_are_keyed_by_a_hash_of_all_their_labels() {
-        let pod = |name: &str| {
-            json!({"status": "firing", "labels": {"alertname": "KubePodCrashLooping", "namespace": "production",
-                "pod": name, "container": "checkout-api", "job": "kube-state-metrics", "severity": "warning",
-                "instance": "10.42.7.19:8080", "cluster": "eu-west-1-prod-blue", "team": "payments-checkout",
-                "runbook": "https://runbooks.example.com/kubernetes/KubePodCrashLooping-checkout-api"}})
-        };
-        let n = notification(json!([pod("checkout-api-7d9f8c6b5-x2k9q"), pod("checkout-api-7d9f8c6b5-m4p7z")]));
-        assert!(serde_json::to_string(&n.alerts[0].labels).unwrap().len() > MAX_DEDUP_KEY);
-        let first = event_of(&n.alerts[0], &n, 0, 0).unwrap().1;
-        let second = event_of(&n.alerts[1], &n, 1, 0).unwrap().1;
-        assert_ne!(first, second);
-        assert!(first.len() <= MAX_DEDUP_KEY);
-        assert_eq!(first, event_of(&n.alerts[0], &n, 0, 0).unwrap().1);
-    }
-
-    #[test]
-    fn a_re_sent_alert_has_the_same_event_id_and_a_new_firing_another() {
-        let n = notification(json!([
-            {"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z"},
-            {"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T11:00:00Z"},
-            {"status": "resolved", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z", "endsAt": "2026-11-26T10:30:00Z"}]));
-        let again = notification(json!([{"status": "firing", "fingerprint": "f", "startsAt": "2026-11-26T10:00:00Z"}]));
-        let id = |n: &Notification, i: usize| content_id("svc", &n.alerts[i], "f");
-        assert_eq!(id(&n, 0), id(&again, 0));
-        assert_ne!(id(&n, 0), id(&n, 1));
-        assert_ne!(id(&n, 0), id(&n, 2));
-        assert_ne!(id(&n, 0), content_id("svc2", &n.alerts[0], "f"));
-    }
-
-    #[test]
-    fn summary_falls_back_to_the_alert_name_and_severity_to_error() {
-        let n = notification(
-            json!([{"status": "firing", "fingerprint": "f", "labels": {"alertname": "Down", "severity": "bad"}}]),
-        );
-        let payload = event_of(&n.alerts[0], &n, 0, 0).unwrap().2.unwrap();
-        assert_eq!((payload.summary.as_str(), payload.severity), ("Down", Severity::Error));
-        let resolved = notification(json!([{"status": "resolved", "fingerprint": "f"}]));
-        assert_eq!(event_of(&resolved.alerts[0], &resolved, 0, 0).unwrap().0, EventAction::Resolve);
-        let odd = notification(json!([{"status": "pending", "fingerprint": "f"}]));
-        assert_eq!(event_of(&odd.alerts[0], &odd, 0, 0).unwrap_err().details.unwrap()["field"], "alerts[0].status");
-    }
 }

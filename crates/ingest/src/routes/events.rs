@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use crate::sources::events_api::EventRequest;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
-use common::event::EventRequest;
 use common::http::{parse_json, read_body, require_json_content_type};
 use common::{ApiError, ErrorBody, ErrorCode};
 use serde_json::json;

@@ -8,19 +8,12 @@ use common::event::{
 };
 use serde_json::{Map, Value, json};
 
+use super::{severity, truncate};
+
 /// Records a repair: kept in the event and counted.
 fn repaired(repairs: &mut Vec<String>, kind: &'static str, what: String) {
     metrics::counter!("pagerduty_repairs_total", "kind" => kind).increment(1);
     repairs.push(what);
-}
-
-fn truncate(value: &str, max: usize) -> String {
-    if value.chars().count() <= max {
-        return value.to_owned();
-    }
-    let mut cut: String = value.chars().take(max - 1).collect();
-    cut.push('…');
-    cut
 }
 
 fn as_text(value: &Value) -> Option<String> {
@@ -101,16 +94,10 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
         }
     };
     let raw_severity = payload.get("severity").and_then(as_text).unwrap_or_default();
-    let severity = match raw_severity.trim().to_ascii_lowercase().as_str() {
-        "critical" => Severity::Critical,
-        "error" => Severity::Error,
-        "warning" => Severity::Warning,
-        "info" => Severity::Info,
-        _ => {
-            repaired(repairs, "severity_unknown", format!("severity {raw_severity:?} unknown, used \"error\""));
-            Severity::Error
-        }
-    };
+    let severity = severity(&raw_severity).unwrap_or_else(|| {
+        repaired(repairs, "severity_unknown", format!("severity {raw_severity:?} unknown, used \"error\""));
+        Severity::Error
+    });
     let timestamp = payload.get("timestamp").and_then(Value::as_str).and_then(|t| match t.parse() {
         Ok(ts) => Some(ts),
         Err(_) => {
@@ -172,7 +159,7 @@ mod tests {
         let long = "x".repeat(1500);
         let event = normalize(json!({
             "routing_key": "rk", "event_action": "trigger", "client": "Alertmanager",
-            "payload": {"summary": long, "severity": "PAGE", "timestamp": "yesterday", "custom_details": "just text"}
+            "payload": {"summary": long, "severity": "LOUD", "timestamp": "yesterday", "custom_details": "just text"}
         }))
         .ok()
         .unwrap();
