@@ -98,3 +98,36 @@ async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_ne
     maintain(&env.pool, 30, today).await.unwrap();
     assert_eq!(count(&env, "select count(*) from events where dedup_key = $1 and seq < 5", "open").await, 0);
 }
+
+/// The upkeep role runs a round on one worker at a time, and a round folds the pending count
+/// deltas (the snooze half is covered in `query_api.rs`).
+#[tokio::test]
+async fn upkeep_runs_one_round_at_a_time_and_folds_the_counts() {
+    let env = TestEnv::new().await;
+    let service = env.service("Upkeep").await;
+    let today = jiff::Timestamp::now().to_zoned(TimeZone::UTC).date();
+    apply_batch(&env.pool, &[event_on(today, 1, &service.id, "disk", EventAction::Trigger)]).await.unwrap();
+    let pending = "select count(*) from incident_count_deltas where service_id = $1";
+    assert!(count(&env, pending, &service.id).await > 0, "the trigger left a count delta");
+
+    let mut other_worker = env.pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(worker::roles::upkeep::LOCK)
+        .execute(&mut *other_worker)
+        .await
+        .unwrap();
+    assert!(!worker::roles::upkeep::round(&env.pool).await.unwrap(), "a round while another runs is skipped");
+    assert!(count(&env, pending, &service.id).await > 0);
+    other_worker.commit().await.unwrap();
+
+    assert!(worker::roles::upkeep::round(&env.pool).await.unwrap());
+    assert_eq!(count(&env, pending, &service.id).await, 0);
+    let counted: i64 = sqlx::query_scalar(
+        "select coalesce(sum(n), 0)::int8 from incident_counts where service_id = $1 and status = 'OPEN'",
+    )
+    .bind(&service.id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(counted, 1);
+}
