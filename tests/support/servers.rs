@@ -502,7 +502,20 @@ pub struct PrivateNatsCluster {
 }
 
 impl PrivateNatsCluster {
+    /// Starts the three nodes. Ports are picked free and then released, so another test may take
+    /// one first: a node that exits instead of listening makes the whole cluster start again on
+    /// new ports (three attempts).
     pub fn start() -> Self {
+        for _attempt in 0..3 {
+            let mut cluster = Self::configure();
+            if (0..3).all(|i| cluster.spawn(i)) {
+                return cluster;
+            }
+        }
+        panic!("a three-node nats-server cluster did not start in three attempts");
+    }
+
+    fn configure() -> Self {
         let dir = scratch_dir("nats-cluster");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -523,11 +536,32 @@ impl PrivateNatsCluster {
                 path
             })
             .collect();
-        let mut cluster = Self { ports, configs, nodes: vec![None, None, None], dir };
-        for i in 0..3 {
-            cluster.restart(i);
+        Self { ports, configs, nodes: vec![None, None, None], dir }
+    }
+
+    /// Starts `node`; false if it exited instead of listening.
+    fn spawn(&mut self, node: usize) -> bool {
+        let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.configs[node])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[node])).is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start listening on {}",
+                self.ports[node]
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        cluster
+        self.nodes[node] = Some(Process(child));
+        true
     }
 
     /// The three client URLs, comma-separated: what `NATS_URL` takes.
@@ -544,15 +578,7 @@ impl PrivateNatsCluster {
     }
 
     pub fn restart(&mut self, node: usize) {
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&self.configs[node])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed");
-        self.nodes[node] = Some(Process(child));
-        wait_for_port(self.ports[node], "nats-server");
+        assert!(self.spawn(node), "nats-server node {node} exited on restart (its port was taken?)");
     }
 }
 
