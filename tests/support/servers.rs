@@ -80,6 +80,28 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Spawns `command` and waits until it listens on `port`; `None` if it exited first (most often
+/// because another test took the port between `free_port` releasing it and the server binding
+/// it: the caller starts again on a new port).
+fn spawn_listening(command: &mut Command, port: u16, what: &str) -> Option<Process> {
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the server is installed");
+    let mut process = Process(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if process.0.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(process)
+}
+
+/// Three tries at `start` on a fresh free port each time.
+fn on_a_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Option<T>) -> T {
+    (0..3).find_map(|_| start(free_port())).unwrap_or_else(|| panic!("{what} did not start in three attempts"))
+}
+
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("opssentinal-{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -107,9 +129,11 @@ pub struct PrivateNats {
 
 impl PrivateNats {
     pub fn start() -> Self {
-        let mut nats = Self { port: free_port(), process: None, store: scratch_dir("nats"), config: None };
-        nats.restart();
-        nats
+        on_a_free_port("nats-server", |port| {
+            let mut nats = Self { port, process: None, store: scratch_dir("nats"), config: None };
+            nats.process = spawn_listening(&mut nats.command(), port, "nats-server");
+            nats.process.is_some().then_some(nats)
+        })
     }
 
     /// A server that requires TLS with a certificate for 127.0.0.1 signed by a CA made for the
@@ -147,14 +171,17 @@ impl PrivateNats {
 
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
+        self.process = spawn_listening(&mut self.command(), self.port, "nats-server");
+        assert!(self.process.is_some(), "nats-server exited instead of listening on {}", self.port);
+    }
+
+    fn command(&self) -> Command {
         let mut command = Command::new("nats-server");
         match &self.config {
             Some(config) => command.arg("-c").arg(config),
             None => command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&self.store),
         };
-        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("nats-server is installed");
-        self.process = Some(Process(child));
-        wait_for_port(self.port, "nats-server");
+        command
     }
 }
 
@@ -175,9 +202,11 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut redis = Self { port: free_port(), process: None, tls: None };
-        redis.restart();
-        redis
+        on_a_free_port("redis-server", |port| {
+            let mut redis = Self { port, process: None, tls: None };
+            redis.process = spawn_listening(&mut redis.command(), port, "redis-server");
+            redis.process.is_some().then_some(redis)
+        })
     }
 
     /// A server speaking only TLS, with a certificate for 127.0.0.1 signed by a CA made for the
@@ -193,6 +222,11 @@ impl PrivateRedis {
 
     /// Starts it (again) on the same port, empty.
     pub fn restart(&mut self) {
+        self.process = spawn_listening(&mut self.command(), self.port, "redis-server");
+        assert!(self.process.is_some(), "redis-server exited instead of listening on {}", self.port);
+    }
+
+    fn command(&self) -> Command {
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
@@ -206,9 +240,7 @@ impl PrivateRedis {
                 .arg(dir.join("ca.pem")),
             None => command.args(["--port", &port]),
         };
-        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server is installed");
-        self.process = Some(Process(child));
-        wait_for_port(self.port, "redis-server");
+        command
     }
 
     pub fn url(&self) -> String {
