@@ -84,14 +84,7 @@ async fn services_reach_nats_over_tls_with_a_password() {
     let dir = ca.parent().unwrap();
     vars.push(("NATS_TLS_CERT", dir.join("client.pem").display().to_string()));
     vars.push(("NATS_TLS_KEY", dir.join("client.key").display().to_string()));
-    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
-    let worker = ServiceProcess::start("opssentinal-worker", &vars);
-    for service in [&ingest, &worker] {
-        service.wait_ready(&env.http, Duration::from_secs(30)).await;
-    }
-    let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "tls", "over TLS")).await;
-    assert_eq!(response.status(), 202);
-    env.wait_for_applied(1, Duration::from_secs(30)).await;
+    one_event_through(&env, &vars, &key, &routing_key, "tls").await;
 }
 
 /// NATS with a `.creds` file (`NATS_CREDS`): a server in operator mode that knows no user but
@@ -105,12 +98,17 @@ async fn services_reach_nats_with_a_creds_file() {
     let routing_key = env.service("With creds").await.routing_key;
     let mut vars = env.service_env();
     vars.push(("NATS_CREDS", creds.display().to_string()));
-    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
-    let worker = ServiceProcess::start("opssentinal-worker", &vars);
+    one_event_through(&env, &vars, &key, &routing_key, "creds").await;
+}
+
+/// Starts ingest and a worker with `vars` and sends one trigger through them: `202`, then applied.
+async fn one_event_through(env: &TestEnv, vars: &[(&str, String)], key: &str, routing_key: &str, dedup_key: &str) {
+    let ingest = ServiceProcess::start("opssentinal-ingest", vars);
+    let worker = ServiceProcess::start("opssentinal-worker", vars);
     for service in [&ingest, &worker] {
         service.wait_ready(&env.http, Duration::from_secs(30)).await;
     }
-    let response = env.post_event(&ingest.url(), &key, &e2e::trigger(&routing_key, "creds", "with creds")).await;
+    let response = env.post_event(&ingest.url(), key, &e2e::trigger(routing_key, dedup_key, dedup_key)).await;
     assert_eq!(response.status(), 202);
     env.wait_for_applied(1, Duration::from_secs(30)).await;
 }

@@ -72,12 +72,22 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-fn wait_for_port(port: u16, what: &str) {
+/// Waits (at most 20 s) until something listens on `port`; false if `exited` says the server
+/// gave up first.
+fn wait_for_port_unless(port: u16, what: &str, mut exited: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if exited() {
+            return false;
+        }
         assert!(std::time::Instant::now() < deadline, "{what} did not start listening on {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    wait_for_port_unless(port, what, || false);
 }
 
 /// Spawns `command` and waits until it listens on `port`; `None` if it exited first (most often
@@ -86,15 +96,8 @@ fn wait_for_port(port: u16, what: &str) {
 fn spawn_listening(command: &mut Command, port: u16, what: &str) -> Option<Process> {
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the server is installed");
     let mut process = Process(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if process.0.try_wait().ok().flatten().is_some() {
-            return None;
-        }
-        assert!(std::time::Instant::now() < deadline, "{what} did not start listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(process)
+    let listening = wait_for_port_unless(port, what, || process.0.try_wait().ok().flatten().is_some());
+    listening.then_some(process)
 }
 
 /// Three tries at `start` on a fresh free port each time.
