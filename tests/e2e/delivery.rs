@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use worker::apply::{QueuedEvent, apply_batch};
+use worker::consumer::Disposition;
 
 fn envelope(service_id: &str, dedup_key: &str, action: EventAction) -> EventEnvelope {
     e2e::envelope(service_id, dedup_key, action, "Disk full")
@@ -116,7 +117,7 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     // A worker takes the message and commits it, then dies before acknowledging.
     let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
     let message = messages.next().await.unwrap().unwrap();
-    let seq = i64::try_from(message.info().unwrap().stream_sequence).unwrap();
+    let seq = i64::try_from(common::nats::event_position(message.info().unwrap().stream_sequence, 0)).unwrap();
     let envelope: EventEnvelope = serde_json::from_slice(&message.payload).unwrap();
     apply_batch(&env.pool, &[QueuedEvent { seq, envelope }]).await.unwrap();
     drop(message);
@@ -218,6 +219,63 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
     assert!(reasons[1].contains("foreign key") || reasons[1].contains("incidents"), "{reasons:?}");
 }
 
+/// A frame (several events in one message) whose lines include one that is not an event and one
+/// that can never be applied: those two go to the dead-letter stream alone, each at its own
+/// position, the others are applied in their order, and the frame is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frames_poison_lines_are_dead_lettered_alone_and_its_other_events_applied() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    let mut settings = env.worker_settings();
+    settings.max_deliveries = 2;
+    let js = jetstream_context(&env).await;
+    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+
+    let line = |event: &EventEnvelope| serde_json::to_string(event).unwrap();
+    let trigger = envelope(&service.id, "disk", EventAction::Trigger);
+    let resolve = envelope(&service.id, "disk", EventAction::Resolve);
+    let frame = [
+        line(&trigger),
+        "not json".to_owned(),
+        line(&envelope("svc_gone", "orphan", EventAction::Trigger)),
+        line(&resolve),
+        line(&envelope(&service.id, "cpu", EventAction::Trigger)),
+    ]
+    .join("\n");
+    let subject = env.nats.event_subject(&service.id, "disk");
+    let seq = js.publish(subject, frame.into()).await.unwrap().await.unwrap().sequence;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+
+    env.wait_for_applied(3, Duration::from_secs(30)).await;
+    env.wait_until_drained(Duration::from_secs(60)).await;
+    let statuses: HashMap<String, String> = sqlx::query_as("select dedup_key, status from incidents")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        statuses,
+        HashMap::from([("disk".to_owned(), "RESOLVED".to_owned()), ("cpu".to_owned(), "OPEN".to_owned())])
+    );
+    let positions: Vec<i64> =
+        sqlx::query_scalar("select seq from events order by seq").fetch_all(&env.pool).await.unwrap();
+    let base = i64::try_from(common::nats::event_position(seq, 0)).unwrap();
+    assert_eq!(positions, vec![base, base + 3, base + 4]);
+
+    let dlq = js.get_stream(env.nats.dlq_stream()).await.unwrap();
+    let mut letters = Vec::new();
+    for dlq_seq in 1..=2 {
+        let message = dlq.get_raw_message(dlq_seq).await.unwrap();
+        let header = |name: &str| message.headers.get(name).unwrap().to_string();
+        letters.push((header("OpsSentinal-Stream-Seq"), String::from_utf8_lossy(&message.payload).into_owned()));
+    }
+    letters.sort();
+    assert_eq!(letters[0], ((base + 1).to_string(), "not json".to_owned()));
+    assert_eq!(letters[1].0, (base + 2).to_string());
+    assert!(letters[1].1.contains("svc_gone"), "{letters:?}");
+}
+
 /// DESIGN §1 guarantee 5: the poison bound counts failed apply attempts, not deliveries. A
 /// message delivered many times without being tried (an outage, expired ack waits) that then
 /// fails once is retried, and dead-lettered only after `max_deliveries` failed attempts.
@@ -243,7 +301,9 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
             break message;
         }
     };
-    let queued = QueuedEvent { seq: i64::try_from(message.info().unwrap().stream_sequence).unwrap(), envelope: event };
+    let position = common::nats::event_position(message.info().unwrap().stream_sequence, 0);
+    let queued = QueuedEvent { seq: i64::try_from(position).unwrap(), envelope: event };
+    let delivered = message.info().unwrap().delivered;
 
     let applier = worker::consumer::Applier {
         pool: env.pool.clone(),
@@ -257,14 +317,15 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
     let attempts = || async {
         sqlx::query_scalar::<_, i32>("select attempts from apply_failures").fetch_optional(&env.pool).await.unwrap()
     };
-    applier.give_up_or_retry(&message, &queued, "first failure").await;
+    let fail = |reason| applier.give_up_or_retry(&queued, &message.payload, delivered, reason);
+    assert!(matches!(fail("first failure").await, Disposition::Retry(_)));
     assert_eq!(
         (attempts().await, dead_letters().await),
         (Some(1), 0),
         "one failure after three deliveries dead-lettered it"
     );
-    applier.give_up_or_retry(&message, &queued, "second failure").await;
+    assert!(matches!(fail("second failure").await, Disposition::Retry(_)));
     assert_eq!((attempts().await, dead_letters().await), (Some(2), 0));
-    applier.give_up_or_retry(&message, &queued, "third failure").await;
+    assert_eq!(fail("third failure").await, Disposition::Done);
     assert_eq!((attempts().await, dead_letters().await), (Some(3), 1), "three failed attempts make it poison");
 }

@@ -70,7 +70,8 @@ print("ok")
 
 /// Metric names in PromQL expressions: identifiers ending the way our metrics do.
 fn metric_names(expressions: &[String]) -> BTreeSet<String> {
-    let suffixes = ["_total", "_seconds", "_bucket", "_sum", "_count", "_bytes", "_backlog", "_owned", "_up", "_size"];
+    let suffixes =
+        ["_total", "_seconds", "_bucket", "_sum", "_count", "_bytes", "_backlog", "_owned", "_up", "_size", "_events"];
     let mut names = BTreeSet::new();
     for expr in expressions {
         let mut current = String::new();

@@ -57,7 +57,23 @@ async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
         let response = env.post_event(&base, k, &trigger(&rk, "b", "unlimited")).await;
         assert_eq!(response.status(), 202);
     }
-    env.wait_for_applied(3, Duration::from_secs(30)).await;
+    // Retries with one Idempotency-Key, all at once: Redis cannot remember the first acceptance,
+    // so each goes out alone with the event id as Nats-Msg-Id and the stream keeps one.
+    let retries = futures_util::future::join_all((0..10).map(|_| {
+        let request = env.http.post(format!("{base}/api/events")).bearer_auth(&key).header("Idempotency-Key", "r-1");
+        request.json(&trigger(&rk, "c", "retried")).send()
+    }))
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for response in retries {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 202);
+        ids.insert(response.json::<Value>().await.unwrap()["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every retry answered with the same event id");
+    env.wait_for_applied(4, Duration::from_secs(30)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    assert_eq!(env.applied_events().await, 4, "the retried event applied once");
     assert!(
         ingest.metric(&env.http, "rate_limit_fail_open_total").await >= 2.0,
         "two requests passed without a limit check"

@@ -9,7 +9,7 @@ use async_nats::jetstream::AckKind;
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use futures_util::StreamExt;
-use ingest::publisher::Publisher;
+use ingest::publisher::{Company, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
@@ -97,7 +97,7 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
                 }
                 let event = random_event(&mut rng, &service_id, &dedup_key);
                 // Each key's events are published one after another, so their stream order is this order.
-                publisher.publish(&event).await.expect("accepted");
+                publisher.publish(&event, Company::Shared).await.expect("accepted");
                 if rng.random_bool(0.1) {
                     // A copy under another message id (as after the duplicate window).
                     let mut headers = async_nats::HeaderMap::new();
@@ -108,7 +108,7 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
                 }
                 if rng.random_bool(0.1) {
                     // A retried publish with the same message id: the stream drops it.
-                    publisher.publish(&event).await.expect("accepted");
+                    publisher.publish(&event, Company::Shared).await.expect("accepted");
                 }
                 events.push(event);
                 tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use e2e::servers::ServiceProcess;
-use ingest::publisher::Publisher;
+use ingest::publisher::{Company, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
@@ -69,7 +69,7 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
             while !stop.is_cancelled() {
                 let key = &keys[rng.random_range(0..keys.len())];
                 let event = random_event(&mut rng, &service_id, key);
-                publisher.publish(&event).await.expect("accepted");
+                publisher.publish(&event, Company::Shared).await.expect("accepted");
                 events.entry(key.clone()).or_default().push(event);
             }
             recorded.lock().await.extend(events);

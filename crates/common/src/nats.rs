@@ -59,7 +59,36 @@ pub async fn flush_bounded(client: &async_nats::Client) {
     }
 }
 
-/// Header of a replayed dead letter: the stream sequence the event was first accepted at, where
+/// Ingest publishes a partition's events that arrive together as one JetStream message, a
+/// *frame*: their envelopes' JSON, one per line (compact JSON has no raw newline). An event's
+/// place in its key's order is its *position*, `stream sequence × FRAME_SLOTS + line`, so a
+/// frame holds at most `FRAME_SLOTS` events. A one-event frame is exactly one envelope.
+pub const FRAME_SLOTS: u64 = 1024;
+
+/// The position of line `line` of the frame stored at `stream_seq`.
+pub fn event_position(stream_seq: u64, line: usize) -> u64 {
+    stream_seq.saturating_mul(FRAME_SLOTS).saturating_add(line as u64)
+}
+
+/// The byte ranges of a frame's lines (its events).
+pub fn frame_lines(payload: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, byte) in payload.iter().enumerate() {
+        if *byte == b'\n' {
+            lines.push(start..i);
+            start = i + 1;
+        }
+    }
+    lines.push(start..payload.len());
+    lines
+}
+
+/// Header of a frame whose events carry trace context: each line's `traceparent`, in order,
+/// separated by spaces (`-` for a line without one).
+pub const TRACEPARENTS_HEADER: &str = "OpsSentinal-Traceparents";
+
+/// Header of a replayed dead letter: the position the event was first accepted at, where
 /// workers apply it (so a trigger replayed after its key's resolve does not reopen the incident).
 pub const ORIGINAL_SEQ_HEADER: &str = "OpsSentinal-Original-Seq";
 
@@ -256,5 +285,20 @@ impl ConsumerSpec<'_> {
             max_ack_pending: self.max_ack_pending,
             ..Default::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_splits_into_its_lines_and_positions_follow_them() {
+        let payload = b"{\"a\":1}\n{\"b\":2}\nnot json";
+        let lines: Vec<&[u8]> = frame_lines(payload).into_iter().map(|r| &payload[r]).collect();
+        assert_eq!(lines, [&b"{\"a\":1}"[..], b"{\"b\":2}", b"not json"]);
+        assert_eq!(frame_lines(b"{}"), [0..2]);
+        assert_eq!((event_position(7, 0), event_position(7, 3)), (7 * FRAME_SLOTS, 7 * FRAME_SLOTS + 3));
+        assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
     }
 }

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
@@ -66,37 +66,39 @@ fn otlp(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
     Ok(SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
 }
 
-/// Writes the current span's trace context into `headers` (`traceparent`), for the next hop.
-pub fn inject_context(headers: &mut async_nats::HeaderMap) {
+/// The current span's trace context as a W3C `traceparent`, for the next hop; `None` when
+/// tracing is off.
+pub fn current_traceparent() -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    struct Injector<'a>(&'a mut async_nats::HeaderMap);
-    impl opentelemetry::propagation::Injector for Injector<'_> {
+    struct Injector(Option<String>);
+    impl opentelemetry::propagation::Injector for Injector {
         fn set(&mut self, key: &str, value: String) {
-            self.0.insert(key, value.as_str());
+            if key == "traceparent" {
+                self.0 = Some(value);
+            }
         }
     }
     let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut Injector(headers)));
+    let mut injector = Injector(None);
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut injector));
+    injector.0
 }
 
-/// A span for work continuing a trace whose context `headers` carry (`traceparent`); `None`
-/// when they carry none (tracing off at the sender), so untraced work costs nothing.
-pub fn continue_trace(
-    headers: Option<&async_nats::HeaderMap>,
-    make: impl FnOnce() -> tracing::Span,
-) -> Option<tracing::Span> {
+/// A span for work continuing the trace of `traceparent`; `None` without one (tracing off at
+/// the sender), so untraced work costs nothing.
+pub fn continue_trace(traceparent: Option<&str>, make: impl FnOnce() -> tracing::Span) -> Option<tracing::Span> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    struct Extractor<'a>(&'a async_nats::HeaderMap);
+    struct Extractor<'a>(&'a str);
     impl opentelemetry::propagation::Extractor for Extractor<'_> {
         fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).map(|v| v.as_str())
+            (key == "traceparent").then_some(self.0)
         }
         fn keys(&self) -> Vec<&str> {
-            self.0.iter().map(|(k, _)| k.as_ref()).collect()
+            vec!["traceparent"]
         }
     }
-    let headers = headers.filter(|h| h.get("traceparent").is_some())?;
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(headers)));
+    let traceparent = traceparent.filter(|t| *t != "-")?;
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extractor(traceparent)));
     let span = make();
     let _linked = span.set_parent(parent);
     Some(span)
@@ -113,12 +115,19 @@ pub fn export_counters(names: &[&'static str]) {
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Buckets of the histograms that count events (per JetStream message, per transaction).
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// The process-wide Prometheus recorder (installed on first call).
 pub fn metrics_handle() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(Matcher::Full("ingest_frame_events".into()), COUNT_BUCKETS)
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(Matcher::Full("worker_batch_size".into()), COUNT_BUCKETS)
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

@@ -5,6 +5,7 @@ use common::event::{AlertPayload, EventAction, EventEnvelope};
 use common::ratelimit::Decision;
 use uuid::Uuid;
 
+use crate::publisher::Company;
 use crate::services::ServiceTarget;
 use crate::state::AppState;
 
@@ -29,8 +30,8 @@ pub fn envelope(
 }
 
 /// Publishes `envelope`; `Ok` only once JetStream stored it.
-pub async fn publish(state: &AppState, envelope: &EventEnvelope) -> Result<(), ApiError> {
-    state.publisher.publish(envelope).await?;
+pub async fn publish(state: &AppState, envelope: &EventEnvelope, company: Company) -> Result<(), ApiError> {
+    state.publisher.publish(envelope, company).await?;
     metrics::counter!("events_accepted_total", "action" => envelope.action.as_str()).increment(1);
     tracing::debug!(event.id = %envelope.event_id, service.id = %envelope.service_id, "event accepted");
     Ok(())

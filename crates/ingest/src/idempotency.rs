@@ -12,6 +12,8 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::publisher::Company;
+
 /// How long a first acceptance is remembered.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 3600);
 
@@ -74,10 +76,11 @@ impl Idempotency {
     }
 
     /// For each `(event id, this acceptance)`, the first acceptance: an earlier one if Redis
-    /// remembers it, else this one (now remembered). Redis unreachable: these, as given.
-    pub async fn remember(&self, events: Vec<(Uuid, First)>) -> Vec<First> {
+    /// remembers it, else this one (now remembered). Redis unreachable: these, as given, and
+    /// [`Company::Alone`], since only the stream's duplicate window can then drop a retry.
+    pub async fn remember(&self, events: Vec<(Uuid, First)>) -> (Vec<First>, Company) {
         if events.is_empty() {
-            return events.into_iter().map(|(_, first)| first).collect();
+            return (Vec::new(), Company::Shared);
         }
         let call = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
@@ -92,15 +95,18 @@ impl Idempotency {
             invocation.invoke_async::<Vec<String>>(&mut conn).await.map_err(|e| e.to_string())
         };
         match tokio::time::timeout(self.timeout, call).await.unwrap_or_else(|_| Err("timed out".into())) {
-            Ok(stored) => events
-                .into_iter()
-                .zip(stored)
-                .map(|((_, ours), stored)| First::decode(&stored).unwrap_or(ours))
-                .collect(),
+            Ok(stored) => (
+                events
+                    .into_iter()
+                    .zip(stored)
+                    .map(|((_, ours), stored)| First::decode(&stored).unwrap_or(ours))
+                    .collect(),
+                Company::Shared,
+            ),
             Err(err) => {
                 metrics::counter!("idempotency_unavailable_total").increment(1);
                 tracing::warn!(error = %err, "cannot remember accepted event ids; retries are deduplicated within the stream's window only");
-                events.into_iter().map(|(_, first)| first).collect()
+                (events.into_iter().map(|(_, first)| first).collect(), Company::Alone)
             }
         }
     }

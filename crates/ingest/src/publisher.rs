@@ -1,5 +1,15 @@
-//! Publishing accepted events to JetStream: `Nats-Msg-Id` is the event id, and an event counts as
-//! accepted only once JetStream acknowledged storing it.
+//! Publishing accepted events to JetStream. An event counts as accepted only once JetStream
+//! acknowledged storing it.
+//!
+//! **Group commit.** Each partition has one publishing task. It publishes one JetStream message
+//! at a time, and every event of that partition that arrives while a message is on its way goes
+//! into the next one, a *frame* (see `common::nats::FRAME_SLOTS`): under load one message, one
+//! store and one acknowledgement carry many events, and a lone event is published at once.
+//! Each event's request is answered when its frame's acknowledgement arrives.
+//!
+//! A lone event's message carries its id as `Nats-Msg-Id`, so the stream drops a re-published
+//! copy; a copy of an event that went out in a larger frame is dropped by the worker, which
+//! finds the id in the event log.
 //!
 //! The stream's size cap (`NATS_STREAM_MAX_BYTES`) is enforced here: a task reads the stream's
 //! size every quarter second, and past the cap events are refused with `503` until workers have
@@ -16,24 +26,67 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
 use common::config::NatsConfig;
 use common::event::EventEnvelope;
+use common::nats::{FRAME_SLOTS, TRACEPARENTS_HEADER, event_position};
+use tokio::sync::{mpsc, oneshot};
 
 /// How often the stream's size is read for the cap.
 pub const FILL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Largest frame in bytes (NATS's default `max_payload` is 1 MiB; one event is at most about
+/// half of that). An event that does not fit goes into the next frame.
+const MAX_FRAME_BYTES: usize = 900 * 1024;
+
+/// Events waiting for a partition's publishing task, at most.
+const QUEUE_PER_PARTITION: usize = 4096;
 
 #[derive(Clone)]
 pub struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
     nats: NatsConfig,
-    timeout: Duration,
     /// The stream's size in bytes as last read.
     fill: Arc<AtomicU64>,
+    partitions: Arc<[mpsc::Sender<Pending>]>,
+}
+
+/// Whether an event may share its JetStream message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Company {
+    /// In its partition's next frame, with others: the worker drops a re-published copy.
+    Shared,
+    /// In a message of its own with `Nats-Msg-Id` = its id, so the stream drops a re-published
+    /// copy: for a retried event whose first acceptance Redis could not remember.
+    Alone,
+}
+
+/// An event waiting for its frame.
+struct Pending {
+    event_id: uuid::Uuid,
+    company: Company,
+    line: Vec<u8>,
+    traceparent: Option<String>,
+    queued: Instant,
+    /// The event's position in the stream once stored.
+    done: oneshot::Sender<Result<u64, ApiError>>,
 }
 
 impl Publisher {
     /// Publishes to the partitions of `nats`'s stream, waiting at most its publish timeout.
+    /// Starts one publishing task per partition (they end when the last clone is dropped).
     pub fn new(client: async_nats::Client, js: jetstream::Context, nats: &NatsConfig) -> Self {
-        Self { client, js, timeout: nats.publish_timeout(), nats: nats.clone(), fill: Arc::default() }
+        let partitions = (0..nats.partitions)
+            .map(|partition| {
+                let (sender, receiver) = mpsc::channel(QUEUE_PER_PARTITION);
+                let framer = Framer {
+                    js: js.clone(),
+                    subject: nats.partition_subject(partition),
+                    timeout: nats.publish_timeout(),
+                };
+                tokio::spawn(framer.run(receiver));
+                sender
+            })
+            .collect();
+        Self { client, js, nats: nats.clone(), fill: Arc::default(), partitions }
     }
 
     /// Reads the stream's size every [`FILL_INTERVAL`] until `shutdown` (only with a cap).
@@ -53,9 +106,10 @@ impl Publisher {
         }
     }
 
-    /// Publishes and waits for JetStream's acknowledgement. Returns the stream sequence.
-    /// Any failure (NATS unreachable, timeout, stream full) is a `503` the sender should retry.
-    pub async fn publish(&self, event: &EventEnvelope) -> Result<u64, ApiError> {
+    /// Publishes `event` (in its partition's next frame) and waits for JetStream's
+    /// acknowledgement. Returns the event's position in the stream. Any failure (NATS
+    /// unreachable, timeout, stream full) is a `503` the sender should retry.
+    pub async fn publish(&self, event: &EventEnvelope, company: Company) -> Result<u64, ApiError> {
         if self.client.connection_state() != State::Connected {
             metrics::counter!("events_publish_failures_total", "reason" => "disconnected").increment(1);
             return Err(unavailable());
@@ -64,30 +118,112 @@ impl Publisher {
             metrics::counter!("events_publish_failures_total", "reason" => "stream_full").increment(1);
             return Err(ApiError::unavailable("the event stream is full (NATS_STREAM_MAX_BYTES); retry later", 5));
         }
-        let payload = serde_json::to_vec(event).map_err(ApiError::internal)?;
-        let started = Instant::now();
+        let line = serde_json::to_vec(event).map_err(ApiError::internal)?;
+        let partition = common::config::partition_of(&event.service_id, &event.dedup_key, self.nats.partitions);
+        let (done, answer) = oneshot::channel();
+        let pending = Pending {
+            event_id: event.event_id,
+            company,
+            line,
+            traceparent: common::telemetry::current_traceparent(),
+            queued: Instant::now(),
+            done,
+        };
+        let queue = &self.partitions[partition as usize];
+        if queue.try_send(pending).is_err() {
+            metrics::counter!("events_publish_failures_total", "reason" => "queue_full").increment(1);
+            return Err(unavailable());
+        }
+        answer.await.unwrap_or_else(|_| Err(unavailable()))
+    }
+}
+
+/// One partition's publishing task.
+struct Framer {
+    js: jetstream::Context,
+    subject: String,
+    timeout: Duration,
+}
+
+impl Framer {
+    async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+        let mut carried: Option<Pending> = None;
+        loop {
+            let first = match carried.take() {
+                Some(pending) => pending,
+                None => match queue.recv().await {
+                    Some(pending) => pending,
+                    None => return,
+                },
+            };
+            let alone = first.company == Company::Alone;
+            let mut frame = vec![first];
+            let mut bytes = frame[0].line.len();
+            while !alone && frame.len() < FRAME_SLOTS as usize {
+                let Ok(next) = queue.try_recv() else { break };
+                if next.company == Company::Alone || bytes + 1 + next.line.len() > MAX_FRAME_BYTES {
+                    carried = Some(next);
+                    break;
+                }
+                bytes += 1 + next.line.len();
+                frame.push(next);
+            }
+            self.publish(frame).await;
+        }
+    }
+
+    /// Publishes one frame and answers each of its events. An event that waited longer than the
+    /// publish timeout for its frame is answered `503` without being published.
+    async fn publish(&self, frame: Vec<Pending>) {
+        let (frame, late): (Vec<Pending>, Vec<Pending>) =
+            frame.into_iter().partition(|pending| pending.queued.elapsed() < self.timeout);
+        for pending in late {
+            metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(1);
+            let _gone = pending.done.send(Err(unavailable()));
+        }
+        if frame.is_empty() {
+            return;
+        }
+        let mut payload = Vec::with_capacity(frame.iter().map(|p| p.line.len() + 1).sum());
+        for (i, pending) in frame.iter().enumerate() {
+            if i > 0 {
+                payload.push(b'\n');
+            }
+            payload.extend_from_slice(&pending.line);
+        }
         let mut headers = async_nats::HeaderMap::new();
-        common::telemetry::inject_context(&mut headers);
-        let publish =
-            PublishMessage::build().headers(headers).payload(payload.into()).message_id(event.event_id.to_string());
+        if frame.iter().any(|p| p.traceparent.is_some()) {
+            let list: Vec<&str> = frame.iter().map(|p| p.traceparent.as_deref().unwrap_or("-")).collect();
+            headers.insert(TRACEPARENTS_HEADER, list.join(" ").as_str());
+        }
+        let started = Instant::now();
+        let mut message = PublishMessage::build().headers(headers).payload(payload.into());
+        if let [only] = frame.as_slice() {
+            // The stream itself drops a re-published copy of a lone event within its duplicate
+            // window; a copy in a frame is dropped by the worker (the event log's key).
+            message = message.message_id(only.event_id.to_string());
+        }
         let result = tokio::time::timeout(self.timeout, async {
-            let subject = self.nats.event_subject(&event.service_id, &event.dedup_key);
-            self.js.send_publish(subject, publish).await?.await
+            self.js.send_publish(self.subject.clone(), message).await?.await
         })
         .await;
         metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());
-        match result {
+        metrics::histogram!("ingest_frame_events").record(frame.len() as f64);
+        let answer = match result {
             Ok(Ok(ack)) => Ok(ack.sequence),
             Ok(Err(err)) => {
-                tracing::warn!(error = %err, event.id = %event.event_id, "JetStream publish failed");
-                metrics::counter!("events_publish_failures_total", "reason" => "error").increment(1);
-                Err(unavailable())
+                tracing::warn!(error = %err, events = frame.len(), "JetStream publish failed");
+                metrics::counter!("events_publish_failures_total", "reason" => "error").increment(frame.len() as u64);
+                Err(())
             }
             Err(_) => {
-                tracing::warn!(event.id = %event.event_id, "JetStream publish acknowledgement timed out");
-                metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(1);
-                Err(unavailable())
+                tracing::warn!(events = frame.len(), "JetStream publish acknowledgement timed out");
+                metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(frame.len() as u64);
+                Err(())
             }
+        };
+        for (line, pending) in frame.into_iter().enumerate() {
+            let _gone = pending.done.send(answer.map(|seq| event_position(seq, line)).map_err(|()| unavailable()));
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The JetStream side of a worker: apply what the owned partitions deliver, and give every
-//! message exactly one disposition — ack (applied or already applied), nak with a growing delay
-//! (could not apply now), or term after moving it to the dead-letter stream (can never be applied).
+//! message exactly one disposition. A message is a frame of events (see `common::nats::FRAME_SLOTS`);
+//! each event ends applied (or already applied), moved to the dead-letter stream (it can never be
+//! applied), or to be retried. A frame whose events all ended is acknowledged; one with an event
+//! to retry is nak'ed with a growing delay, and its applied events come back as duplicates.
 //!
 //! Messages flow from one fetch task per owned partition (see `partitions`) into *lanes*: a lane
 //! applies one transaction at a time, and whatever arrives while a transaction is in flight goes
@@ -11,10 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::Retryable;
+use bytes::Bytes;
 use common::event::EventEnvelope;
+use common::nats::TRACEPARENTS_HEADER;
 use futures_util::future::join_all;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -22,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{BatchReport, QueuedEvent, apply_batch};
 use crate::config::WorkerSettings;
+use uuid::Uuid;
 
 /// What applying and disposing of messages needs.
 pub struct Applier {
@@ -57,31 +64,52 @@ impl Drop for Counted {
     }
 }
 
-/// A decoded message on its way to a lane, counted in its partition's in-flight messages until
+/// A decoded frame on its way to a lane, counted in its partition's in-flight messages until
 /// it is disposed of.
 pub struct Delivery {
     pub message: Message,
+    pub events: Vec<Framed>,
+    /// Leaves the in-flight count when the frame, disposed of, is dropped.
+    _counted: Counted,
+}
+
+/// One event of a frame, with its line (what the dead-letter stream keeps) and its span,
+/// continuing the trace ingest started (when tracing is on), ended when the frame is disposed of.
+pub struct Framed {
     pub event: QueuedEvent,
-    counted: Counted,
-    /// The event's span, continuing the trace ingest started (when tracing is on), ended when
-    /// the message is disposed of.
-    span: Option<tracing::Span>,
+    line: Bytes,
+    /// Ends when the frame, disposed of, is dropped.
+    _span: Option<tracing::Span>,
 }
 
 impl Delivery {
-    pub fn new(message: Message, event: QueuedEvent, in_flight: Arc<InFlight>) -> Self {
+    pub fn new(message: Message, events: Vec<(QueuedEvent, Bytes)>, in_flight: Arc<InFlight>) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
-        let span = common::telemetry::continue_trace(
-            message.headers.as_ref(),
-            || tracing::info_span!("apply_event", event.id = %event.envelope.event_id, stream.seq = event.seq),
-        );
-        Self { message, event, counted: Counted(in_flight), span }
+        let traceparents = message.headers.as_ref().and_then(|h| h.get(TRACEPARENTS_HEADER)).map(|v| v.as_str());
+        let mut traceparents = traceparents.map(|list| list.split(' '));
+        let events = events
+            .into_iter()
+            .map(|(event, line)| {
+                let traceparent = traceparents.as_mut().and_then(Iterator::next);
+                let span = common::telemetry::continue_trace(
+                    traceparent,
+                    || tracing::info_span!("apply_event", event.id = %event.envelope.event_id, stream.seq = event.seq),
+                );
+                Framed { event, line, _span: span }
+            })
+            .collect();
+        Self { message, events, _counted: Counted(in_flight) }
     }
 }
 
-/// A message until its disposition, with what ends with it: its place in the in-flight count and
-/// its span.
-type Held = (Message, Counted, Option<tracing::Span>);
+/// What becomes of one event of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Applied, already applied, or dead-lettered.
+    Done,
+    /// To be applied again after the delay.
+    Retry(Duration),
+}
 
 /// A lane: its sender, and the task that applies what it brings, each transaction taking
 /// everything queued (up to the batch size), until every sender is gone.
@@ -90,68 +118,100 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
     let linger = applier.settings.batch_linger();
     let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
     let task = async move {
-        let mut batch = Vec::with_capacity(batch_size);
-        while receiver.recv_many(&mut batch, batch_size).await > 0 {
+        let mut waiting: Option<Delivery> = None;
+        loop {
+            let first = match waiting.take() {
+                Some(delivery) => delivery,
+                None => match receiver.recv().await {
+                    Some(delivery) => delivery,
+                    None => return,
+                },
+            };
+            let mut events = first.events.len();
+            let mut batch = vec![first];
             // A small batch waits a moment for company: a transaction costs PostgreSQL about
             // the same for ten events as for a hundred.
             let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < batch_size / 4 {
-                let room = batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, receiver.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+            while events < batch_size {
+                let next = if events < batch_size / 4 {
+                    tokio::time::timeout_at(deadline, receiver.recv()).await.ok().flatten()
+                } else {
+                    receiver.try_recv().ok()
+                };
+                let Some(delivery) = next else { break };
+                if events + delivery.events.len() > batch_size {
+                    waiting = Some(delivery);
+                    break;
                 }
+                events += delivery.events.len();
+                batch.push(delivery);
             }
-            applier.apply_and_dispose(std::mem::take(&mut batch), &shutdown).await;
+            applier.apply_and_dispose(batch, &shutdown).await;
         }
     };
     (sender, task)
 }
 
 impl Applier {
-    /// Applies one batch and disposes of every message in it; the messages leave their
-    /// partitions' in-flight counts once disposed of.
-    #[tracing::instrument(name = "apply_batch", skip_all, fields(batch = batch.len(),
-        stream.first_seq = batch.first().map(|d| d.event.seq), stream.last_seq = batch.last().map(|d| d.event.seq)))]
+    /// Applies one batch (in transactions of at most the batch size) and disposes of every
+    /// message in it; the messages leave their partitions' in-flight counts once disposed of.
+    #[tracing::instrument(name = "apply_batch", skip_all, fields(frames = batch.len()))]
     async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
-        let (held, events): (Vec<Held>, Vec<QueuedEvent>) =
-            batch.into_iter().map(|d| ((d.message, d.counted, d.span), d.event)).unzip();
-        let messages: Vec<&Message> = held.iter().map(|(message, _, _)| message).collect();
-        let started = Instant::now();
-        match self.apply(&events).await {
-            Ok(report) => {
-                record(&report, started, &self.stream);
-                ack_all(&messages).await;
-            }
-            Err(err) if common::db::is_unavailable(&err) => {
-                tracing::warn!(error = %err, batch = events.len(), "database unavailable; events will be redelivered");
-                metrics::counter!("worker_database_unavailable_total").increment(1);
-                nak_all(&messages, Duration::from_secs(2)).await;
-                self.wait_for_database(shutdown).await;
-            }
-            Err(err) if events.len() > 1 => {
-                tracing::warn!(error = %err, batch = events.len(), "batch failed; applying its events one by one");
-                for (message, event) in messages.iter().zip(&events) {
-                    self.apply_one(message, event, shutdown).await;
+        let framed: Vec<(&Framed, i64)> = batch
+            .iter()
+            .flat_map(|d| {
+                let deliveries = d.message.info().map_or(0, |i| i.delivered);
+                d.events.iter().map(move |f| (f, deliveries))
+            })
+            .collect();
+        let mut done: HashMap<Uuid, Disposition> = HashMap::new();
+        for chunk in framed.chunks(self.settings.batch_size.max(1)) {
+            let events: Vec<QueuedEvent> = chunk.iter().map(|(f, _)| f.event.clone()).collect();
+            let started = Instant::now();
+            match self.apply(&events).await {
+                Ok(report) => {
+                    record(&report, started, &self.stream);
+                    done.extend(events.iter().map(|e| (e.envelope.event_id, Disposition::Done)));
+                }
+                Err(err) if common::db::is_unavailable(&err) => {
+                    tracing::warn!(error = %err, batch = framed.len(), "database unavailable; events will be redelivered");
+                    metrics::counter!("worker_database_unavailable_total").increment(1);
+                    let messages: Vec<&Message> = batch.iter().map(|d| &d.message).collect();
+                    nak_all(&messages, Duration::from_secs(2)).await;
+                    self.wait_for_database(shutdown).await;
+                    return;
+                }
+                Err(err) => {
+                    if events.len() > 1 {
+                        tracing::warn!(error = %err, batch = events.len(), "batch failed; applying its events one by one");
+                    }
+                    for &(framed, deliveries) in chunk {
+                        let disposition = if events.len() > 1 {
+                            self.apply_one(framed, deliveries, shutdown).await
+                        } else {
+                            self.give_up_or_retry(&framed.event, &framed.line, deliveries, &err.to_string()).await
+                        };
+                        done.insert(framed.event.envelope.event_id, disposition);
+                    }
                 }
             }
-            Err(err) => self.give_up_or_retry(messages[0], &events[0], &err.to_string()).await,
         }
+        dispose(&batch, &done).await;
     }
 
-    #[tracing::instrument(skip_all, fields(event.id = %event.envelope.event_id, stream.seq = event.seq))]
-    async fn apply_one(&self, message: &Message, event: &QueuedEvent, shutdown: &CancellationToken) {
+    #[tracing::instrument(skip_all, fields(event.id = %framed.event.envelope.event_id, stream.seq = framed.event.seq))]
+    async fn apply_one(&self, framed: &Framed, deliveries: i64, shutdown: &CancellationToken) -> Disposition {
         let started = Instant::now();
-        match self.apply(std::slice::from_ref(event)).await {
+        match self.apply(std::slice::from_ref(&framed.event)).await {
             Ok(report) => {
                 record(&report, started, &self.stream);
-                ack_all(&[message]).await;
+                Disposition::Done
             }
             Err(err) if common::db::is_unavailable(&err) => {
-                nak_all(&[message], Duration::from_secs(2)).await;
                 self.wait_for_database(shutdown).await;
+                Disposition::Retry(Duration::from_secs(2))
             }
-            Err(err) => self.give_up_or_retry(message, event, &err.to_string()).await,
+            Err(err) => self.give_up_or_retry(&framed.event, &framed.line, deliveries, &err.to_string()).await,
         }
     }
 
@@ -167,13 +227,19 @@ impl Applier {
             .await
     }
 
-    /// A message that failed to apply: its failed attempt is counted (in PostgreSQL, so every
+    /// An event that failed to apply: its failed attempt is counted (in PostgreSQL, so every
     /// worker sees the same count), and it is retried later with a growing delay until it has
     /// failed `max_deliveries` times; then it is poison and goes to the dead-letter stream.
     /// Redeliveries that were no attempt (a database outage, an ack wait that expired) do not
-    /// count. If the count cannot be written, the message is simply retried.
+    /// count. If the count cannot be written, the event is simply retried.
     #[tracing::instrument(name = "apply_outcome", skip_all, fields(event.id = %event.envelope.event_id, stream.seq = event.seq))]
-    pub async fn give_up_or_retry(&self, message: &Message, event: &QueuedEvent, reason: &str) {
+    pub async fn give_up_or_retry(
+        &self,
+        event: &QueuedEvent,
+        line: &Bytes,
+        deliveries: i64,
+        reason: &str,
+    ) -> Disposition {
         let counted: Result<i32, sqlx::Error> = sqlx::query_scalar(
             "insert into apply_failures (event_id, attempts, last_error) values ($1, 1, $2)
              on conflict (event_id) do update
@@ -188,46 +254,44 @@ impl Applier {
             Ok(attempts) => u64::from(attempts.unsigned_abs()),
             Err(err) => {
                 tracing::warn!(error = %err, reason, "could not count a failed attempt; will retry");
-                nak_all(&[message], Duration::from_secs(2)).await;
-                return;
+                return Disposition::Retry(Duration::from_secs(2));
             }
         };
         if attempts >= self.settings.max_deliveries {
-            self.dead_letter(message, reason).await;
+            let position = u64::try_from(event.seq).unwrap_or(0);
+            if self.dead_letter(line, position, deliveries, reason).await {
+                Disposition::Done
+            } else {
+                Disposition::Retry(Duration::from_secs(5))
+            }
         } else {
             let delay = Duration::from_millis(500 * 2u64.pow(u32::try_from(attempts).unwrap_or(7).min(7)));
             tracing::warn!(reason, attempts, retry_in_ms = delay.as_millis(), "event failed to apply; will retry");
             metrics::counter!("worker_retries_total").increment(1);
-            nak_all(&[message], delay).await;
+            Disposition::Retry(delay)
         }
     }
 
-    /// Copies the message to the dead-letter stream with the reason, then terminates it. If the
-    /// copy cannot be stored, the message is left for redelivery instead.
-    pub async fn dead_letter(&self, message: &Message, reason: &str) {
-        let deliveries = message.info().map(|i| i.delivered).unwrap_or(0);
-        let seq = position(message).unwrap_or(0);
+    /// Copies an event (a frame's line) to the dead-letter stream with the reason; whether it was
+    /// stored. The copy keeps the event's position, where a replay applies it.
+    pub async fn dead_letter(&self, line: &Bytes, position: u64, deliveries: i64, reason: &str) -> bool {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("dlq-{seq}").as_str());
+        headers.insert("Nats-Msg-Id", format!("dlq-{position}").as_str());
         headers.insert("OpsSentinal-Reason", header_safe(reason).as_str());
-        headers.insert("OpsSentinal-Stream-Seq", seq.to_string().as_str());
+        headers.insert("OpsSentinal-Stream-Seq", position.to_string().as_str());
         headers.insert("OpsSentinal-Deliveries", deliveries.to_string().as_str());
         headers.insert("OpsSentinal-Failed-At", jiff::Timestamp::now().to_string().as_str());
-        let stored = async {
-            self.js.publish_with_headers(self.dlq_subject.clone(), headers, message.payload.clone()).await?.await
-        }
-        .await;
+        let stored =
+            async { self.js.publish_with_headers(self.dlq_subject.clone(), headers, line.clone()).await?.await }.await;
         match stored {
             Ok(_) => {
-                tracing::error!(stream.seq = seq, reason, "event moved to the dead-letter stream");
+                tracing::error!(stream.seq = position, reason, "event moved to the dead-letter stream");
                 metrics::counter!("events_dead_lettered_total").increment(1);
-                if let Err(err) = message.ack_with(AckKind::Term).await {
-                    tracing::warn!(error = %err, "could not terminate dead-lettered message");
-                }
+                true
             }
             Err(err) => {
-                tracing::warn!(error = %err, stream.seq = seq, "could not dead-letter; will retry");
-                nak_all(&[message], Duration::from_secs(5)).await;
+                tracing::warn!(error = %err, stream.seq = position, "could not dead-letter; will retry");
+                false
             }
         }
     }
@@ -245,22 +309,48 @@ impl Applier {
     }
 }
 
-/// Reads an event from a message; the reason it cannot be applied otherwise.
-pub fn decode(message: &Message) -> Result<QueuedEvent, String> {
-    let seq = position(message)?;
-    let envelope: EventEnvelope =
-        serde_json::from_slice(&message.payload).map_err(|e| format!("undecodable event: {e}"))?;
-    envelope.check_applicable()?;
-    Ok(QueuedEvent { seq: i64::try_from(seq).map_err(|_| "stream sequence out of range".to_owned())?, envelope })
+/// A frame's line that can never be applied.
+pub struct Rejected {
+    pub line: Bytes,
+    pub position: u64,
+    pub reason: String,
 }
 
-/// Where a message's event belongs in its key's order: the stream sequence it was first
-/// accepted at (a replayed dead letter carries it in a header), else its own.
+/// Reads a frame's events, with their lines; the lines that cannot be applied, with the reason.
+pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Bytes)>, Vec<Rejected>) {
+    let base = match position(message) {
+        Ok(base) => base,
+        Err(reason) => return (Vec::new(), vec![Rejected { line: message.payload.clone(), position: 0, reason }]),
+    };
+    let (mut events, mut rejected) = (Vec::new(), Vec::new());
+    for (i, range) in common::nats::frame_lines(&message.payload).into_iter().enumerate() {
+        let line = message.payload.slice(range);
+        let position = base.saturating_add(i as u64);
+        let event = serde_json::from_slice::<EventEnvelope>(&line)
+            .map_err(|e| format!("undecodable event: {e}"))
+            .and_then(|envelope| envelope.check_applicable().map(|()| envelope))
+            .and_then(|envelope| {
+                let seq = i64::try_from(position).map_err(|_| "stream sequence out of range".to_owned())?;
+                Ok(QueuedEvent { seq, envelope })
+            });
+        match event {
+            Ok(event) => events.push((event, line)),
+            Err(reason) => rejected.push(Rejected { line, position, reason }),
+        }
+    }
+    (events, rejected)
+}
+
+/// Where a frame's first event belongs in its key's order: the position it was first accepted
+/// at (a replayed dead letter carries it in a header), else its own.
 fn position(message: &Message) -> Result<u64, String> {
     let replayed = message.headers.as_ref().and_then(|h| h.get(common::nats::ORIGINAL_SEQ_HEADER));
     match replayed {
         Some(value) => value.as_str().parse().map_err(|_| format!("bad {} header", common::nats::ORIGINAL_SEQ_HEADER)),
-        None => Ok(message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?.stream_sequence),
+        None => {
+            let info = message.info().map_err(|e| format!("message without JetStream metadata: {e}"))?;
+            Ok(common::nats::event_position(info.stream_sequence, 0))
+        }
     }
 }
 
@@ -278,19 +368,42 @@ fn record(report: &BatchReport, started: Instant, stream: &str) {
     metrics::counter!("worker_refolds_total", "stream" => stream.to_owned()).increment(report.refolded_keys as u64);
 }
 
-async fn ack_all(messages: &[&Message]) {
-    for result in join_all(messages.iter().map(|m| m.ack())).await {
-        if let Err(err) = result {
-            // The event is committed; a redelivery will be recognised as a duplicate.
-            tracing::warn!(error = %err, "ack failed");
+/// Acknowledges each frame whose events all ended, and naks the others with their longest
+/// retry delay.
+async fn dispose(batch: &[Delivery], done: &HashMap<Uuid, Disposition>) {
+    let outcomes = batch.iter().map(|delivery| {
+        let retry = delivery
+            .events
+            .iter()
+            .filter_map(|f| match done.get(&f.event.envelope.event_id) {
+                Some(Disposition::Done) => None,
+                Some(Disposition::Retry(delay)) => Some(*delay),
+                None => Some(Duration::from_secs(2)),
+            })
+            .max();
+        async move {
+            match retry {
+                None => ack(&delivery.message).await,
+                Some(delay) => nak(&delivery.message, delay).await,
+            }
         }
+    });
+    join_all(outcomes).await;
+}
+
+pub async fn ack(message: &Message) {
+    if let Err(err) = message.ack().await {
+        // The events are committed; a redelivery will be recognised as duplicates.
+        tracing::warn!(error = %err, "ack failed");
+    }
+}
+
+pub async fn nak(message: &Message, delay: Duration) {
+    if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::warn!(error = %err, "nak failed; the message will be redelivered after the ack wait");
     }
 }
 
 async fn nak_all(messages: &[&Message], delay: Duration) {
-    for result in join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(Some(delay))))).await {
-        if let Err(err) = result {
-            tracing::warn!(error = %err, "nak failed; the message will be redelivered after the ack wait");
-        }
-    }
+    join_all(messages.iter().map(|m| nak(m, delay))).await;
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Applier, Delivery, InFlight, decode};
+use crate::consumer::{Applier, Delivery, InFlight, ack, decode, nak};
 use crate::ownership::{Leases, View, share};
 
 /// How often a worker re-reads the members and adjusts what it owns.
@@ -245,14 +245,21 @@ async fn fetch(
                     None => break "message stream ended".to_owned(),
                 };
                 delay = Duration::from_millis(100);
-                let event = match decode(&message) {
-                    Ok(event) => event,
-                    Err(reason) => {
-                        applier.dead_letter(&message, &reason).await;
-                        continue;
-                    }
-                };
-                let delivery = Delivery::new(message, event, in_flight.clone());
+                let (events, rejected) = decode(&message);
+                let deliveries = message.info().map_or(0, |i| i.delivered);
+                let mut kept = true;
+                for line in &rejected {
+                    kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
+                }
+                if !kept {
+                    nak(&message, Duration::from_secs(5)).await;
+                    continue;
+                }
+                if events.is_empty() {
+                    ack(&message).await;
+                    continue;
+                }
+                let delivery = Delivery::new(message, events, in_flight.clone());
                 tokio::select! {
                     () = stop.cancelled() => {
                         // Not applied: hand it straight back for the next owner.

@@ -15,6 +15,7 @@ use common::auth::{Principal, Scope};
 use common::event::{EventAction, ServiceRef, strip_nul};
 use common::http::{ApiJson, ApiPath, ApiQuery, Bucket, parse_value};
 use common::{ApiError, ErrorBody};
+use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -159,7 +160,7 @@ async fn receive(
         decision.write_headers(response.headers_mut());
         return response;
     }
-    let firsts = state
+    let (firsts, company) = state
         .idempotency
         .remember(
             envelopes
@@ -168,22 +169,26 @@ async fn receive(
                 .collect(),
         )
         .await;
-    let mut accepted = Vec::with_capacity(envelopes.len());
     for (envelope, first) in envelopes.iter_mut().zip(firsts) {
         envelope.received_at = first.received_at;
-        if let Err(err) = publish(state, envelope).await {
-            let mut response = err.into_response();
-            if let Some(decision) = decision {
-                decision.write_headers(response.headers_mut());
-            }
-            return response;
+    }
+    // All at once, each into its partition's next frame (queued in this order).
+    let published = join_all(envelopes.iter().map(|envelope| publish(state, envelope, company))).await;
+    if let Some(err) = published.into_iter().find_map(Result::err) {
+        let mut response = err.into_response();
+        if let Some(decision) = decision {
+            decision.write_headers(response.headers_mut());
         }
-        accepted.push(AcceptedAlert {
-            dedup_key: envelope.dedup_key.clone(),
+        return response;
+    }
+    let accepted = envelopes
+        .into_iter()
+        .map(|envelope| AcceptedAlert {
+            dedup_key: envelope.dedup_key,
             event_id: envelope.event_id,
             event_action: envelope.action,
-        });
-    }
+        })
+        .collect();
     let body = AlertsAccepted { status: "success", message: "Events processed", events: accepted };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Some(decision) = decision {

@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use crate::accept::{envelope, publish};
 use crate::idempotency::{First, derived_id};
+use crate::publisher::Company;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
@@ -81,6 +82,7 @@ async fn accept(
     let service = state.services.resolve(&service).await?;
     let mut envelope =
         envelope(&service, event.event_action, event.dedup_key.clone(), event.payload, Some(principal.key_id.clone()));
+    let mut company = Company::Shared;
     if let Some(key) = idempotency_key {
         // A retry: the same id (JetStream drops a copy within its window) and the first
         // acceptance's receive time (the worker drops a later copy as a duplicate).
@@ -90,7 +92,9 @@ async fn accept(
         }
         let fingerprint = hex::encode(&Sha256::digest(&body)[..12]);
         let ours = First { received_at: envelope.received_at, fingerprint };
-        let first = state.idempotency.remember(vec![(envelope.event_id, ours.clone())]).await.remove(0);
+        let (mut firsts, alone) = state.idempotency.remember(vec![(envelope.event_id, ours.clone())]).await;
+        company = alone;
+        let first = firsts.remove(0);
         if first.fingerprint != ours.fingerprint {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
@@ -100,7 +104,7 @@ async fn accept(
         }
         envelope.received_at = first.received_at;
     }
-    publish(state, &envelope).await?;
+    publish(state, &envelope, company).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(EventAccepted {

@@ -22,6 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::accept::{check_routing_key_limit, envelope, publish};
+use crate::publisher::Company;
 use crate::sources::pagerduty::normalize;
 use crate::state::AppState;
 
@@ -171,7 +172,7 @@ async fn enqueue(
         };
     }
     let envelope = envelope(&service, event.action, event.dedup_key, event.payload, None);
-    match publish(&state, &envelope).await {
+    match publish(&state, &envelope, Company::Shared).await {
         Ok(()) => PdResponse {
             status: StatusCode::ACCEPTED,
             body: PdBody { dedup_key: Some(envelope.dedup_key.clone()), ..PdBody::new("success", "Event processed") },
