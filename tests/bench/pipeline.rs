@@ -13,10 +13,14 @@
 //! - `wide` (only when named): one worker draining BENCH_WIDE_EVENTS events over BENCH_WIDE_KEYS
 //!   keys (most open a new incident): applied/s and the worker's peak RSS.
 //!
-//! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_EVENTS
-//! (100000 per closed-loop run), BENCH_KEYS (1000 dedup keys), BENCH_PARTITIONS (32, the default
-//! NATS_PARTITIONS), BENCH_PRELOAD_ROWS (0: old events put in the log before each run, to show
-//! that rates do not depend on the log's size).
+//! The closed loops (`ingest`, `scale`) are sent by wrk (one thread, BENCH_CONCURRENCY
+//! connections, BENCH_WRK_SECONDS = 15 s), as the issue measured; BENCH_CLIENT=builtin sends
+//! exactly BENCH_EVENTS (100000) events from this process instead. The open loop (`steady`) and
+//! `wide` are always sent from this process.
+//!
+//! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
+//! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_PRELOAD_ROWS (0:
+//! old events put in the log before each run, to show that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +33,9 @@ use e2e::{TestEnv, trigger};
 
 struct Load {
     accepted: usize,
+    /// Whether the generator stopped with requests in flight (wrk, at its deadline): ingest may
+    /// have accepted some of those, so more than `accepted` events may be applied.
+    cut_off: bool,
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
@@ -91,21 +98,78 @@ async fn send(
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    Load { accepted: latencies.len(), elapsed, p50: quantile(&latencies, 0.50), p99: quantile(&latencies, 0.99) }
+    Load {
+        accepted: latencies.len(),
+        cut_off: false,
+        elapsed,
+        p50: quantile(&latencies, 0.50),
+        p99: quantile(&latencies, 0.99),
+    }
+}
+
+/// wrk (what the issue's figures were measured with): `concurrency` connections on one thread for
+/// `seconds`, cycling over `keys` dedup keys; the bodies are made once, in the Lua script.
+/// `accepted` is what wrk saw answered `202`.
+fn wrk(base: &str, key: &str, routing_key: &str, seconds: usize, concurrency: usize, keys: usize) -> Load {
+    let mut script = String::from("local requests = {}\nlocal n = 0\ninit = function(args)\n");
+    script.push_str(&format!(
+        "  wrk.headers[\"Authorization\"] = \"Bearer {key}\"\n  wrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    ));
+    for k in 0..keys {
+        let body =
+            serde_json::to_string(&trigger(routing_key, &format!("bench-{k}"), "benchmark alert")).expect("body");
+        script.push_str(&format!("  requests[{k}] = wrk.format(\"POST\", \"/api/events\", nil, [==[{body}]==])\n"));
+    }
+    script.push_str(&format!(
+        "end\nrequest = function()\n  n = n + 1\n  return requests[n % {keys}]\nend\n\
+         done = function(summary, latency)\n  io.write(string.format(\"RESULT %d %d %d %d %d\\n\", summary.requests, \
+         summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, \
+         summary.duration, latency:percentile(50), latency:percentile(99)))\nend\n"
+    ));
+    let path = std::env::temp_dir().join(format!("opssentinal-bench-{}.lua", std::process::id()));
+    std::fs::write(&path, script).expect("wrk script");
+    let output = std::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{concurrency}"), &format!("-d{seconds}s"), "--timeout", "10s", "-s"])
+        .arg(&path)
+        .arg(format!("{base}/api/events"))
+        .output()
+        .expect("wrk is installed (scripts/bench.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("wrk printed no result: {stdout} {}", String::from_utf8_lossy(&output.stderr)))
+        .split(' ')
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    let [requests, errors, duration_us, p50_us, p99_us] = result[..] else { panic!("wrk result {result:?}") };
+    assert_eq!(errors, 0, "every request answered 202: {stdout}");
+    Load {
+        accepted: usize::try_from(requests).expect("requests"),
+        cut_off: true,
+        elapsed: Duration::from_micros(duration_us),
+        p50: Duration::from_micros(p50_us),
+        p99: Duration::from_micros(p99_us),
+    }
 }
 
 /// Waits until the workers acknowledged every message (each only after its commit), polling the
 /// stream rather than counting rows so the measurement costs PostgreSQL nothing; then checks
-/// that all `n` events are in the database.
-async fn wait_applied(env: &TestEnv, n: usize) -> Instant {
+/// that every accepted event is in the database. Returns when, and how many were applied.
+async fn wait_applied(env: &TestEnv, load: &Load) -> (Instant, usize) {
     env.wait_until_drained(Duration::from_secs(900)).await;
     let done = Instant::now();
     let applied: i64 = sqlx::query_scalar("select count(*) from events where dedup_key like 'bench-%'")
         .fetch_one(&env.pool)
         .await
         .expect("count");
-    assert_eq!(applied, n as i64, "every accepted event applied");
-    done
+    let applied = usize::try_from(applied).expect("count");
+    if load.cut_off {
+        assert!(applied >= load.accepted, "every accepted event applied: {applied} of {}", load.accepted);
+    } else {
+        assert_eq!(applied, load.accepted, "every accepted event applied");
+    }
+    (done, applied)
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -116,6 +180,18 @@ struct Settings {
     events: usize,
     concurrency: usize,
     keys: usize,
+    /// The closed-loop phases' load generator, and how long wrk runs.
+    generator: Generator,
+    seconds: usize,
+}
+
+/// What sends the closed-loop phases' requests.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Generator {
+    /// wrk, one thread (the default): the cheapest generator, leaving the cores to the pipeline.
+    Wrk,
+    /// This process (reqwest), sending exactly BENCH_EVENTS events.
+    Builtin,
 }
 
 /// A fresh environment with a bench key and service, ingest and `workers` worker processes.
@@ -153,6 +229,26 @@ impl Pipeline {
 
     async fn send(&self, settings: &Settings, rate: Option<f64>) -> Load {
         send(&self.base, &self.key, &self.routing_key, settings.events, settings.concurrency, settings.keys, rate).await
+    }
+
+    /// A closed loop: `concurrency` requests in flight, with the configured generator.
+    async fn closed_loop(&self, settings: &Settings) -> Load {
+        match settings.generator {
+            Generator::Builtin => self.send(settings, None).await,
+            Generator::Wrk => {
+                let (base, key, rk) = (self.base.clone(), self.key.clone(), self.routing_key.clone());
+                let (seconds, concurrency, keys) = (settings.seconds, settings.concurrency, settings.keys);
+                tokio::task::spawn_blocking(move || wrk(&base, &key, &rk, seconds, concurrency, keys))
+                    .await
+                    .expect("wrk")
+            }
+        }
+    }
+
+    /// Mean events per JetStream message ingest published.
+    async fn frame_events(&self) -> f64 {
+        let metric = |name| self.ingest.metric(&self.env.http, name);
+        metric("ingest_frame_events_sum").await / metric("ingest_frame_events_count").await
     }
 
     /// A metric summed over all workers.
@@ -231,7 +327,7 @@ impl Series {
 
 async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
     let mut pipeline = Pipeline::start(0).await;
-    let load = pipeline.send(settings, None).await;
+    let load = pipeline.closed_loop(settings).await;
     println!(
         "  ingest alone:   {:>8.0} events/s  p50 {:.2} ms  p99 {:.2} ms",
         rate(load.accepted, load.elapsed),
@@ -243,9 +339,9 @@ async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
     results.push("ingest p99", ms(load.p99));
     let drain_started = Instant::now();
     pipeline.add_worker().await;
-    let drained = wait_applied(&pipeline.env, load.accepted).await;
-    println!("  worker drain:   {:>8.0} events/s applied", rate(load.accepted, drained - drain_started));
-    results.push("drain rate", rate(load.accepted, drained - drain_started));
+    let (drained, applied) = wait_applied(&pipeline.env, &load).await;
+    println!("  worker drain:   {:>8.0} events/s applied", rate(applied, drained - drain_started));
+    results.push("drain rate", rate(applied, drained - drain_started));
     pipeline.stop().await;
 }
 
@@ -253,28 +349,27 @@ async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
     let pipeline = Pipeline::start(workers).await;
     let clock = pipeline.clock();
     let started = Instant::now();
-    let load = pipeline.send(settings, None).await;
-    let done = wait_applied(&pipeline.env, load.accepted).await;
+    let load = pipeline.closed_loop(settings).await;
+    let (done, applied) = wait_applied(&pipeline.env, &load).await;
     let cpu = clock.stop();
     let refolds = pipeline.refolds().await;
-    let per_10k = refolds * 10_000.0 / load.accepted as f64;
+    let per_10k = refolds * 10_000.0 / applied as f64;
     println!(
         "  {workers} worker(s): {:>8.0} accepted/s  {:>8.0} end to end/s  p50 {:.2} ms  p99 {:.2} ms  re-folds {refolds} ({per_10k:.2} per 10,000)",
         rate(load.accepted, load.elapsed),
-        rate(load.accepted, done - started),
+        rate(applied, done - started),
         ms(load.p50),
         ms(load.p99),
     );
     let (batch, batch_ms) = pipeline.transactions().await;
-    let frame = pipeline.ingest.metric(&pipeline.env.http, "ingest_frame_events_sum").await
-        / pipeline.ingest.metric(&pipeline.env.http, "ingest_frame_events_count").await;
+    let frame = pipeline.frame_events().await;
     println!(
         "      {frame:.1} events per JetStream message; {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}",
         cpu.summary()
     );
     let name = |what: &str| format!("{workers} {what}");
     results.push(&name("accepted"), rate(load.accepted, load.elapsed));
-    results.push(&name("end to end"), rate(load.accepted, done - started));
+    results.push(&name("end to end"), rate(applied, done - started));
     results.push(&name("p50"), ms(load.p50));
     results.push(&name("p99"), ms(load.p99));
     results.push(&name("refolds per 10k"), per_10k);
@@ -305,7 +400,7 @@ async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut S
     let load = pipeline.send(&Settings { events, ..*settings }, Some(offered)).await;
     sampling.cancel();
     let backlog = sampler.await.expect("sampler");
-    let done = wait_applied(env, load.accepted).await;
+    let (done, _) = wait_applied(env, &load).await;
     let cpu = clock.stop();
     let half = backlog.len() / 2;
     let (first_half, second_half) = backlog.split_at(half);
@@ -321,8 +416,7 @@ async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut S
     );
     println!("      backlog each second: {backlog:?}");
     let (batch, batch_ms) = pipeline.transactions().await;
-    let frame = pipeline.ingest.metric(&pipeline.env.http, "ingest_frame_events_sum").await
-        / pipeline.ingest.metric(&pipeline.env.http, "ingest_frame_events_count").await;
+    let frame = pipeline.frame_events().await;
     println!(
         "      {frame:.1} events per JetStream message; {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}",
         cpu.summary()
@@ -354,9 +448,9 @@ impl TestEnvBacklog {
     }
 }
 
-async fn wide(events: usize, keys: usize, results: &mut Series) {
+async fn wide(events: usize, keys: usize, settings: &Settings, results: &mut Series) {
     let mut pipeline = Pipeline::start(0).await;
-    let load = pipeline.send(&Settings { events, concurrency: 64, keys }, None).await;
+    let load = pipeline.send(&Settings { events, concurrency: 64, keys, ..*settings }, None).await;
     let started = Instant::now();
     pipeline.add_worker().await;
     let pid = pipeline.workers[0].pid();
@@ -371,7 +465,7 @@ async fn wide(events: usize, keys: usize, results: &mut Series) {
         }
         peak
     });
-    let done = wait_applied(&pipeline.env, load.accepted).await;
+    let (done, _) = wait_applied(&pipeline.env, &load).await;
     let peak_kib = e2e::bench::peak_rss_kib(pipeline.workers[0].pid()).unwrap_or(0);
     peak.abort();
     println!(
@@ -396,14 +490,23 @@ async fn main() {
         events: setting("BENCH_EVENTS", 100_000),
         concurrency: setting("BENCH_CONCURRENCY", 64),
         keys: setting("BENCH_KEYS", 1000),
+        generator: if std::env::var("BENCH_CLIENT").as_deref() == Ok("builtin") {
+            Generator::Builtin
+        } else {
+            Generator::Wrk
+        },
+        seconds: setting("BENCH_WRK_SECONDS", 15),
     };
     let runs = setting("BENCH_RUNS", 3);
     let max_workers = setting("BENCH_MAX_WORKERS", 4);
     let offered = setting("BENCH_RATE", 15_000) as f64;
     let seconds = setting("BENCH_SECONDS", 20) as u64;
+    let closed_loop = match settings.generator {
+        Generator::Wrk => format!("wrk for {} s", settings.seconds),
+        Generator::Builtin => format!("{} events", settings.events),
+    };
     println!(
-        "pipeline benchmark ({phases:?}): {} events, {} in flight, {} dedup keys, {runs} runs, on {} cores",
-        settings.events,
+        "pipeline benchmark ({phases:?}): closed loops {closed_loop}, {} in flight, {} dedup keys, {runs} runs, on {} cores",
         settings.concurrency,
         settings.keys,
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -422,7 +525,7 @@ async fn main() {
                 "steady" => steady(offered, seconds, &settings, &mut results).await,
                 "wide" => {
                     let (events, keys) = (setting("BENCH_WIDE_EVENTS", 500_000), setting("BENCH_WIDE_KEYS", 100_000));
-                    wide(events, keys, &mut results).await;
+                    wide(events, keys, &settings, &mut results).await;
                 }
                 other => panic!("unknown phase {other:?}: ingest, scale, steady or wide"),
             }

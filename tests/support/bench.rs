@@ -26,10 +26,16 @@ pub fn setting(name: &str, default: usize) -> usize {
 
 /// CPU time (user + system, in clock ticks) of a process so far.
 fn cpu_ticks(pid: u32) -> Option<u64> {
+    Some(stat_ticks(pid)?.iter().take(2).sum())
+}
+
+/// utime, stime, cutime and cstime (children waited for) of a process, in clock ticks.
+fn stat_ticks(pid: u32) -> Option<[u64; 4]> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3: utime is 14, stime 15.
+    // Fields after the command name (which may hold spaces) start at field 3: utime is 14.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let tick = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some([tick(11)?, tick(12)?, tick(13)?, tick(14)?])
 }
 
 /// Processes whose command name is `comm` (e.g. every PostgreSQL backend).
@@ -66,7 +72,8 @@ impl CpuClock {
         for (name, comm) in SYSTEM {
             all.push((name.to_owned(), pids_named(comm).into_iter().filter_map(cpu_ticks).sum()));
         }
-        all.push(("benchmark".to_owned(), cpu_ticks(std::process::id()).unwrap_or(0)));
+        // The load generator: this process, and wrk once it has exited and been waited for.
+        all.push(("benchmark".to_owned(), stat_ticks(std::process::id()).map_or(0, |t| t.iter().sum())));
         all
     }
 
