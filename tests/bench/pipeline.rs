@@ -19,7 +19,8 @@
 //! `wide` are always sent from this process.
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
-//! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_PRELOAD_ROWS (0:
+//! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
+//! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_PRELOAD_ROWS (0:
 //! old events put in the log before each run, to show that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
@@ -208,6 +209,7 @@ impl Pipeline {
     async fn start(workers: usize) -> Self {
         let mut env = TestEnv::new().await;
         env.nats.partitions = u32::try_from(setting("BENCH_PARTITIONS", 32)).expect("BENCH_PARTITIONS");
+        env.nats.max_frame_events = setting("BENCH_FRAME_EVENTS", 1024);
         let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
         let service = env.service("bench").await;
         preload(&env, &service.id, setting("BENCH_PRELOAD_ROWS", 0)).await;

@@ -128,6 +128,7 @@ impl TestEnv {
             publish_timeout_ms: 2000,
             partitions: TEST_PARTITIONS,
             duplicate_window_secs: 120,
+            max_frame_events: 1024,
         };
         delete_stale_streams(nats_url).await;
         Self {
@@ -216,6 +217,7 @@ impl TestEnv {
             ("NATS_SUBJECT_PREFIX", self.nats.subject_prefix.clone()),
             ("NATS_PARTITIONS", self.nats.partitions.to_string()),
             ("NATS_DUPLICATE_WINDOW_SECS", self.nats.duplicate_window_secs.to_string()),
+            ("NATS_MAX_FRAME_EVENTS", self.nats.max_frame_events.to_string()),
             ("WORKER_CONSUMER", self.consumer.clone()),
             ("RUST_LOG", test_log()),
         ]

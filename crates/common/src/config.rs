@@ -138,6 +138,15 @@ pub struct NatsConfig {
         default_value_t = 120
     )]
     pub duplicate_window_secs: u64,
+    /// Most events ingest puts in one JetStream message (a frame of one partition's events that
+    /// arrived together); 1 publishes every event alone.
+    #[arg(
+        id = "nats_max_frame_events",
+        long = "nats-max-frame-events",
+        env = "NATS_MAX_FRAME_EVENTS",
+        default_value_t = 1024
+    )]
+    pub max_frame_events: usize,
 }
 
 impl NatsConfig {
@@ -176,6 +185,10 @@ impl NatsConfig {
         }
         if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
             bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
+        }
+        let slots = crate::nats::FRAME_SLOTS;
+        if !(1..=slots).contains(&(self.max_frame_events as u64)) {
+            bail!("NATS_MAX_FRAME_EVENTS must be between 1 and {slots}");
         }
         Ok(())
     }
@@ -376,6 +389,15 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("n2:port"));
         config.url = " , ".into();
         assert!(config.validate().is_err());
+        config.url = "nats://n1:4222".into();
+        for (frame, valid) in [(0, false), (1, true), (1024, true), (1025, false)] {
+            config.max_frame_events = frame;
+            let result = config.validate();
+            assert_eq!(result.is_ok(), valid, "{frame}: {result:?}");
+            if let Err(err) = result {
+                assert!(err.to_string().contains("NATS_MAX_FRAME_EVENTS"), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! **Group commit.** Each partition has one publishing task. It publishes one JetStream message
 //! at a time, and every event of that partition that arrives while a message is on its way goes
-//! into the next one, a *frame* (see `common::nats::FRAME_SLOTS`): under load one message, one
-//! store and one acknowledgement carry many events, and a lone event is published at once.
+//! into the next one, a *frame* (at most `NATS_MAX_FRAME_EVENTS`; see `common::nats::FRAME_SLOTS`):
+//! under load one message, one store and one acknowledgement carry many events, and a lone event
+//! is published at once.
 //! Each event's request is answered when its frame's acknowledgement arrives.
 //!
 //! A lone event's message carries its id as `Nats-Msg-Id`, so the stream drops a re-published
@@ -26,7 +27,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
 use common::config::NatsConfig;
 use common::event::EventEnvelope;
-use common::nats::{FRAME_SLOTS, TRACEPARENTS_HEADER, event_position};
+use common::nats::{TRACEPARENTS_HEADER, event_position};
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the stream's size is read for the cap.
@@ -81,6 +82,7 @@ impl Publisher {
                     js: js.clone(),
                     subject: nats.partition_subject(partition),
                     timeout: nats.publish_timeout(),
+                    max_events: nats.max_frame_events,
                 };
                 tokio::spawn(framer.run(receiver));
                 sender
@@ -143,6 +145,7 @@ struct Framer {
     js: jetstream::Context,
     subject: String,
     timeout: Duration,
+    max_events: usize,
 }
 
 impl Framer {
@@ -159,7 +162,7 @@ impl Framer {
             let alone = first.company == Company::Alone;
             let mut frame = vec![first];
             let mut bytes = frame[0].line.len();
-            while !alone && frame.len() < FRAME_SLOTS as usize {
+            while !alone && frame.len() < self.max_events {
                 let Ok(next) = queue.try_recv() else { break };
                 if next.company == Company::Alone || bytes + 1 + next.line.len() > MAX_FRAME_BYTES {
                     carried = Some(next);
