@@ -297,7 +297,7 @@ mod tests {
         let payload = b"{\"a\":1}\n{\"b\":2}\nnot json";
         let lines: Vec<&[u8]> = frame_lines(payload).into_iter().map(|r| &payload[r]).collect();
         assert_eq!(lines, [&b"{\"a\":1}"[..], b"{\"b\":2}", b"not json"]);
-        assert_eq!(frame_lines(b"{}"), [0..2]);
+        assert_eq!(frame_lines(b"{}"), vec![std::ops::Range { start: 0, end: 2 }]);
         assert_eq!((event_position(7, 0), event_position(7, 3)), (7 * FRAME_SLOTS, 7 * FRAME_SLOTS + 3));
         assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
     }
