@@ -5,7 +5,8 @@
 //!
 //! - `ingest`: ingest alone (no worker): accepted events/s, request latency p50/p99; then one
 //!   worker alone drains that backlog: applied events/s.
-//! - `scale`: ingest and N = 1..=BENCH_MAX_WORKERS worker processes at once, closed loop
+//! - `scale`: ingest and N = 1..=BENCH_MAX_WORKERS worker processes at once (or the counts
+//!   BENCH_WORKERS lists, in its order, e.g. `4,3,2,1`), closed loop
 //!   (BENCH_CONCURRENCY requests in flight): accepted/s, end to end/s (first request until every
 //!   event is applied), p50/p99, re-folded keys per 10,000 events, and CPU by process.
 //! - `steady`: ingest and one worker at a fixed offered load (BENCH_RATE events/s for
@@ -20,7 +21,8 @@
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
 //! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
-//! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_PRELOAD_ROWS (0:
+//! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_WORKER_THREADS (the
+//! workers' tokio threads, TOKIO_WORKER_THREADS; one per core by default), BENCH_PRELOAD_ROWS (0:
 //! old events put in the log before each run, to show that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
@@ -224,7 +226,11 @@ impl Pipeline {
     }
 
     async fn add_worker(&mut self) {
-        let worker = ServiceProcess::start("opssentinal-worker", &self.env.service_env());
+        let mut vars = self.env.service_env();
+        if let Ok(threads) = std::env::var("BENCH_WORKER_THREADS") {
+            vars.push(("TOKIO_WORKER_THREADS", threads));
+        }
+        let worker = ServiceProcess::start("opssentinal-worker", &vars);
         worker.wait_ready(&self.env.http, READY).await;
         self.workers.push(worker);
     }
@@ -500,7 +506,11 @@ async fn main() {
         seconds: setting("BENCH_WRK_SECONDS", 15),
     };
     let runs = setting("BENCH_RUNS", 3);
-    let max_workers = setting("BENCH_MAX_WORKERS", 4);
+    // The scale-out series, in the order measured (BENCH_WORKERS=4,3,2,1 runs it downwards).
+    let series: Vec<usize> = std::env::var("BENCH_WORKERS").map_or_else(
+        |_| (1..=setting("BENCH_MAX_WORKERS", 4)).collect(),
+        |list| list.split(',').map(|n| n.trim().parse().expect("BENCH_WORKERS: worker counts, e.g. 4,3,2,1")).collect(),
+    );
     let offered = setting("BENCH_RATE", 15_000) as f64;
     let seconds = setting("BENCH_SECONDS", 20) as u64;
     let closed_loop = match settings.generator {
@@ -520,7 +530,7 @@ async fn main() {
             match *phase {
                 "ingest" => ingest_then_drain(&settings, &mut results).await,
                 "scale" => {
-                    for workers in 1..=max_workers {
+                    for &workers in &series {
                         scale(&settings, workers, &mut results).await;
                     }
                 }
