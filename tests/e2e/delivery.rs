@@ -276,6 +276,38 @@ async fn a_frames_poison_lines_are_dead_lettered_alone_and_its_other_events_appl
     assert!(letters[1].1.contains("svc_gone"), "{letters:?}");
 }
 
+/// `WORKER_BATCH_SIZE` caps a transaction even when one frame holds more events: a frame of 7
+/// events with a batch size of 3 (applied in transactions of 3, 3 and 1, the key's acknowledge
+/// and its next trigger in different ones) is applied whole, in order, and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledged() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    let mut settings = env.worker_settings();
+    settings.batch_size = 3;
+    settings.max_ack_pending = 3;
+    let js = jetstream_context(&env).await;
+    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+
+    let actions = [EventAction::Trigger, EventAction::Trigger, EventAction::Acknowledge, EventAction::Trigger];
+    let mut lines: Vec<String> =
+        actions.iter().map(|a| serde_json::to_string(&envelope(&service.id, "disk", *a)).unwrap()).collect();
+    lines.extend(
+        (0..3).map(|i| serde_json::to_string(&envelope(&service.id, &format!("k{i}"), EventAction::Trigger)).unwrap()),
+    );
+    js.publish(env.nats.event_subject(&service.id, "disk"), lines.join("\n").into()).await.unwrap().await.unwrap();
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+
+    env.wait_for_applied(7, Duration::from_secs(30)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    let disk: (String, i32) = sqlx::query_as("select status, alert_count from incidents where dedup_key = 'disk'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(disk, ("ACKNOWLEDGED".to_owned(), 3), "the key's events applied in their order");
+    assert_eq!(alert_counts(&env).await.len(), 4);
+}
+
 /// DESIGN §1 guarantee 5: the poison bound counts failed apply attempts, not deliveries. A
 /// message delivered many times without being tried (an outage, expired ack waits) that then
 /// fails once is retried, and dead-lettered only after `max_deliveries` failed attempts.
