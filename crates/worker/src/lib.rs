@@ -68,8 +68,8 @@ pub async fn start(
     Ok(tasks)
 }
 
-/// Publishes the number of events accepted and not yet applied (on a work-queue stream, the
-/// messages it holds).
+/// Publishes the number of JetStream messages accepted and not yet applied (on a work-queue
+/// stream, the messages it holds): each is a frame of one or more events.
 async fn report_backlog(mut stream: jetstream::stream::Stream, shutdown: CancellationToken) {
     loop {
         if let Ok(info) = stream.info().await {
