@@ -308,6 +308,29 @@ async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledg
     assert_eq!(alert_counts(&env).await.len(), 4);
 }
 
+/// Concurrent events for one partition share JetStream messages (frames); with
+/// `NATS_MAX_FRAME_EVENTS=1` each is a message of its own, and both apply every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_events_share_messages_unless_frames_are_off() {
+    for (max_frame_events, shared) in [(1024, true), (1, false)] {
+        let mut env = TestEnv::new().await;
+        env.nats.max_frame_events = max_frame_events;
+        let ingest = env.spawn_ingest().await;
+        let key = env.admin_key().await;
+        let rk = env.service("API").await.routing_key;
+        let bodies: Vec<_> = (0..40).map(|i| trigger(&rk, "disk", &format!("alert {i}"))).collect();
+        let sent = join_all(bodies.iter().map(|body| env.post_event(&ingest, &key, body))).await;
+        assert!(sent.iter().all(|r| r.status() == 202));
+        let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+        env.wait_for_applied(40, Duration::from_secs(30)).await;
+        env.wait_until_drained(Duration::from_secs(30)).await;
+        let js = jetstream_context(&env).await;
+        let messages = js.get_stream(&env.nats.stream).await.unwrap().info().await.unwrap().state.last_sequence;
+        assert_eq!(messages < 40, shared, "frames {max_frame_events}: 40 events in {messages} messages");
+        assert_eq!(alert_counts(&env).await, HashMap::from([("disk".to_owned(), 40)]));
+    }
+}
+
 /// DESIGN §1 guarantee 5: the poison bound counts failed apply attempts, not deliveries. A
 /// message delivered many times without being tried (an outage, expired ack waits) that then
 /// fails once is retried, and dead-lettered only after `max_deliveries` failed attempts.

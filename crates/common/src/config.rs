@@ -139,7 +139,7 @@ pub struct NatsConfig {
     )]
     pub duplicate_window_secs: u64,
     /// Most events ingest puts in one JetStream message (a frame of one partition's events that
-    /// arrived together); 1 publishes every event alone.
+    /// arrived together); 1 publishes every event alone, directly (as many in flight as requests).
     #[arg(
         id = "nats_max_frame_events",
         long = "nats-max-frame-events",

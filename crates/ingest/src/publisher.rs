@@ -60,12 +60,17 @@ pub enum Company {
     Alone,
 }
 
+/// An event as a frame's line.
+struct Line {
+    event_id: uuid::Uuid,
+    json: Vec<u8>,
+    traceparent: Option<String>,
+}
+
 /// An event waiting for its frame.
 struct Pending {
-    event_id: uuid::Uuid,
+    line: Line,
     company: Company,
-    line: Vec<u8>,
-    traceparent: Option<String>,
     queued: Instant,
     /// The event's position in the stream once stored.
     done: oneshot::Sender<Result<u64, ApiError>>,
@@ -73,9 +78,12 @@ struct Pending {
 
 impl Publisher {
     /// Publishes to the partitions of `nats`'s stream, waiting at most its publish timeout.
-    /// Starts one publishing task per partition (they end when the last clone is dropped).
+    /// Starts one publishing task per partition (they end when the last clone is dropped),
+    /// unless `NATS_MAX_FRAME_EVENTS` is 1.
     pub fn new(client: async_nats::Client, js: jetstream::Context, nats: &NatsConfig) -> Self {
-        let partitions = (0..nats.partitions)
+        // With frames of one event there is nothing to group: events are published directly.
+        let framed = if nats.max_frame_events > 1 { nats.partitions } else { 0 };
+        let partitions = (0..framed)
             .map(|partition| {
                 let (sender, receiver) = mpsc::channel(QUEUE_PER_PARTITION);
                 let framer = Framer {
@@ -120,17 +128,20 @@ impl Publisher {
             metrics::counter!("events_publish_failures_total", "reason" => "stream_full").increment(1);
             return Err(ApiError::unavailable("the event stream is full (NATS_STREAM_MAX_BYTES); retry later", 5));
         }
-        let line = serde_json::to_vec(event).map_err(ApiError::internal)?;
-        let partition = common::config::partition_of(&event.service_id, &event.dedup_key, self.nats.partitions);
-        let (done, answer) = oneshot::channel();
-        let pending = Pending {
+        let line = Line {
             event_id: event.event_id,
-            company,
-            line,
+            json: serde_json::to_vec(event).map_err(ApiError::internal)?,
             traceparent: common::telemetry::current_traceparent(),
-            queued: Instant::now(),
-            done,
         };
+        let partition = common::config::partition_of(&event.service_id, &event.dedup_key, self.nats.partitions);
+        if self.nats.max_frame_events == 1 {
+            // Every event alone, as many in flight as there are requests: no framer in between.
+            let subject = self.nats.partition_subject(partition);
+            let stored = store(&self.js, subject, message(&[&line]), self.nats.publish_timeout(), 1).await;
+            return stored.map(|seq| event_position(seq, 0)).map_err(|()| unavailable());
+        }
+        let (done, answer) = oneshot::channel();
+        let pending = Pending { line, company, queued: Instant::now(), done };
         let queue = &self.partitions[partition as usize];
         if queue.try_send(pending).is_err() {
             metrics::counter!("events_publish_failures_total", "reason" => "queue_full").increment(1);
@@ -161,14 +172,14 @@ impl Framer {
             };
             let alone = first.company == Company::Alone;
             let mut frame = vec![first];
-            let mut bytes = frame[0].line.len();
+            let mut bytes = frame[0].line.json.len();
             while !alone && frame.len() < self.max_events {
                 let Ok(next) = queue.try_recv() else { break };
-                if next.company == Company::Alone || bytes + 1 + next.line.len() > MAX_FRAME_BYTES {
+                if next.company == Company::Alone || bytes + 1 + next.line.json.len() > MAX_FRAME_BYTES {
                     carried = Some(next);
                     break;
                 }
-                bytes += 1 + next.line.len();
+                bytes += 1 + next.line.json.len();
                 frame.push(next);
             }
             self.publish(frame).await;
@@ -187,46 +198,61 @@ impl Framer {
         if frame.is_empty() {
             return;
         }
-        let mut payload = Vec::with_capacity(frame.iter().map(|p| p.line.len() + 1).sum());
-        for (i, pending) in frame.iter().enumerate() {
-            if i > 0 {
-                payload.push(b'\n');
-            }
-            payload.extend_from_slice(&pending.line);
-        }
-        let mut headers = async_nats::HeaderMap::new();
-        if frame.iter().any(|p| p.traceparent.is_some()) {
-            let list: Vec<&str> = frame.iter().map(|p| p.traceparent.as_deref().unwrap_or("-")).collect();
-            headers.insert(TRACEPARENTS_HEADER, list.join(" ").as_str());
-        }
-        let started = Instant::now();
-        let mut message = PublishMessage::build().headers(headers).payload(payload.into());
-        if let [only] = frame.as_slice() {
-            // The stream itself drops a re-published copy of a lone event within its duplicate
-            // window; a copy in a frame is dropped by the worker (the event log's key).
-            message = message.message_id(only.event_id.to_string());
-        }
-        let result = tokio::time::timeout(self.timeout, async {
-            self.js.send_publish(self.subject.clone(), message).await?.await
-        })
-        .await;
-        metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("ingest_frame_events").record(frame.len() as f64);
-        let answer = match result {
-            Ok(Ok(ack)) => Ok(ack.sequence),
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, events = frame.len(), "JetStream publish failed");
-                metrics::counter!("events_publish_failures_total", "reason" => "error").increment(frame.len() as u64);
-                Err(())
-            }
-            Err(_) => {
-                tracing::warn!(events = frame.len(), "JetStream publish acknowledgement timed out");
-                metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(frame.len() as u64);
-                Err(())
-            }
-        };
+        let lines: Vec<&Line> = frame.iter().map(|p| &p.line).collect();
+        let answer = store(&self.js, self.subject.clone(), message(&lines), self.timeout, frame.len()).await;
         for (line, pending) in frame.into_iter().enumerate() {
             let _gone = pending.done.send(answer.map(|seq| event_position(seq, line)).map_err(|()| unavailable()));
+        }
+    }
+}
+
+/// The JetStream message of a frame: its lines, their trace contexts, and for a lone event its id
+/// as `Nats-Msg-Id` (the stream itself drops a re-published copy within its duplicate window; a
+/// copy in a larger frame is dropped by the worker, by the event log's key).
+fn message(lines: &[&Line]) -> PublishMessage {
+    let mut payload = Vec::with_capacity(lines.iter().map(|l| l.json.len() + 1).sum());
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            payload.push(b'\n');
+        }
+        payload.extend_from_slice(&line.json);
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    if lines.iter().any(|l| l.traceparent.is_some()) {
+        let list: Vec<&str> = lines.iter().map(|l| l.traceparent.as_deref().unwrap_or("-")).collect();
+        headers.insert(TRACEPARENTS_HEADER, list.join(" ").as_str());
+    }
+    let message = PublishMessage::build().headers(headers).payload(payload.into());
+    match lines {
+        [only] => message.message_id(only.event_id.to_string()),
+        _ => message,
+    }
+}
+
+/// Publishes a message of `events` events and waits (at most `timeout`) for JetStream to store
+/// it; its stream sequence.
+async fn store(
+    js: &jetstream::Context,
+    subject: String,
+    message: PublishMessage,
+    timeout: Duration,
+    events: usize,
+) -> Result<u64, ()> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, async { js.send_publish(subject, message).await?.await }).await;
+    metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("ingest_frame_events").record(events as f64);
+    match result {
+        Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, events, "JetStream publish failed");
+            metrics::counter!("events_publish_failures_total", "reason" => "error").increment(events as u64);
+            Err(())
+        }
+        Err(_) => {
+            tracing::warn!(events, "JetStream publish acknowledgement timed out");
+            metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(events as u64);
+            Err(())
         }
     }
 }
