@@ -57,15 +57,7 @@ async fn send(
 ) -> Load {
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     // Bodies and the credential made once, so the load generator spends its CPU on requests.
-    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
-        (0..keys)
-            .map(|k| {
-                serde_json::to_vec(&trigger(routing_key, &format!("bench-{k}"), "benchmark alert"))
-                    .expect("body")
-                    .into()
-            })
-            .collect(),
-    );
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new((0..keys).map(|k| body(routing_key, k).into()).collect());
     let authorization = format!("Bearer {key}");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -110,6 +102,11 @@ async fn send(
     }
 }
 
+/// The trigger the closed loops send for dedup key `bench-<k>`.
+fn body(routing_key: &str, k: usize) -> String {
+    serde_json::to_string(&trigger(routing_key, &format!("bench-{k}"), "benchmark alert")).expect("body")
+}
+
 /// wrk (what the figures were measured with): `concurrency` connections on one thread for
 /// `seconds`, cycling over `keys` dedup keys; the bodies are made once, in the Lua script.
 /// `accepted` is what wrk saw answered `202`.
@@ -119,8 +116,7 @@ fn wrk(base: &str, key: &str, routing_key: &str, seconds: usize, concurrency: us
         "  wrk.headers[\"Authorization\"] = \"Bearer {key}\"\n  wrk.headers[\"Content-Type\"] = \"application/json\"\n"
     ));
     for k in 0..keys {
-        let body =
-            serde_json::to_string(&trigger(routing_key, &format!("bench-{k}"), "benchmark alert")).expect("body");
+        let body = body(routing_key, k);
         script.push_str(&format!("  requests[{k}] = wrk.format(\"POST\", \"/api/events\", nil, [==[{body}]==])\n"));
     }
     script.push_str(&format!(

@@ -50,6 +50,18 @@ async fn publish_copy(js: &jetstream::Context, env: &TestEnv, event: &EventEnvel
     js.publish_with_headers(subject, headers, payload.into()).await.unwrap().await.unwrap().sequence
 }
 
+/// A fresh environment for tests that publish to the stream themselves: a service, worker
+/// settings that give up after two failed attempts, and the streams made.
+async fn stream_setup() -> (TestEnv, common::admin::CreatedService, worker::WorkerSettings, jetstream::Context) {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    let mut settings = env.worker_settings();
+    settings.max_deliveries = 2;
+    let js = jetstream_context(&env).await;
+    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    (env, service, settings, js)
+}
+
 async fn alert_counts(env: &TestEnv) -> HashMap<String, i32> {
     sqlx::query_as::<_, (String, i32)>("select dedup_key, alert_count from incidents")
         .fetch_all(&env.pool)
@@ -190,12 +202,7 @@ async fn a_worker_killed_mid_batch_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows() {
-    let env = TestEnv::new().await;
-    let service = env.service("API").await;
-    let mut settings = env.worker_settings();
-    settings.max_deliveries = 2;
-    let js = jetstream_context(&env).await;
-    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    let (env, service, settings, js) = stream_setup().await;
 
     // Not an event at all; an event for a service that does not exist (can never be applied);
     // then a good event.
@@ -224,12 +231,7 @@ async fn poison_goes_to_the_dead_letter_stream_and_does_not_block_what_follows()
 /// position, the others are applied in their order, and the frame is acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frames_poison_lines_are_dead_lettered_alone_and_its_other_events_applied() {
-    let env = TestEnv::new().await;
-    let service = env.service("API").await;
-    let mut settings = env.worker_settings();
-    settings.max_deliveries = 2;
-    let js = jetstream_context(&env).await;
-    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    let (env, service, settings, js) = stream_setup().await;
 
     let line = |event: &EventEnvelope| serde_json::to_string(event).unwrap();
     let trigger = envelope(&service.id, "disk", EventAction::Trigger);
@@ -281,13 +283,9 @@ async fn a_frames_poison_lines_are_dead_lettered_alone_and_its_other_events_appl
 /// and its next trigger in different ones) is applied whole, in order, and acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledged() {
-    let env = TestEnv::new().await;
-    let service = env.service("API").await;
-    let mut settings = env.worker_settings();
+    let (env, service, mut settings, js) = stream_setup().await;
     settings.batch_size = 3;
     settings.max_ack_pending = 3;
-    let js = jetstream_context(&env).await;
-    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
 
     let actions = [EventAction::Trigger, EventAction::Trigger, EventAction::Acknowledge, EventAction::Trigger];
     let mut lines: Vec<String> =

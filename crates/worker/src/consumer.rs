@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use std::collections::HashMap;
-
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, Message};
 use backon::Retryable;
@@ -28,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{BatchReport, QueuedEvent, apply_batch};
 use crate::config::WorkerSettings;
-use uuid::Uuid;
 
 /// What applying and disposing of messages needs.
 pub struct Applier {
@@ -65,21 +62,17 @@ impl Drop for Counted {
 }
 
 /// A decoded frame on its way to a lane, counted in its partition's in-flight messages until
-/// it is disposed of.
+/// it is disposed of. Its events, their lines (what the dead-letter stream keeps) and their spans
+/// are index-aligned.
 pub struct Delivery {
     pub message: Message,
-    pub events: Vec<Framed>,
+    pub events: Vec<QueuedEvent>,
+    lines: Vec<Bytes>,
+    /// Each event's span, continuing the trace ingest started (when tracing is on), ended when
+    /// the frame, disposed of, is dropped.
+    _spans: Vec<Option<tracing::Span>>,
     /// Leaves the in-flight count when the frame, disposed of, is dropped.
     _counted: Counted,
-}
-
-/// One event of a frame, with its line (what the dead-letter stream keeps) and its span,
-/// continuing the trace ingest started (when tracing is on), ended when the frame is disposed of.
-pub struct Framed {
-    pub event: QueuedEvent,
-    line: Bytes,
-    /// Ends when the frame, disposed of, is dropped.
-    _span: Option<tracing::Span>,
 }
 
 impl Delivery {
@@ -87,18 +80,18 @@ impl Delivery {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
         let traceparents = message.headers.as_ref().and_then(|h| h.get(TRACEPARENTS_HEADER)).map(|v| v.as_str());
         let mut traceparents = traceparents.map(|list| list.split(' '));
-        let events = events
-            .into_iter()
-            .map(|(event, line)| {
+        let (events, lines): (Vec<QueuedEvent>, Vec<Bytes>) = events.into_iter().unzip();
+        let spans = events
+            .iter()
+            .map(|event| {
                 let traceparent = traceparents.as_mut().and_then(Iterator::next);
-                let span = common::telemetry::continue_trace(
+                common::telemetry::continue_trace(
                     traceparent,
                     || tracing::info_span!("apply_event", event.id = %event.envelope.event_id, stream.seq = event.seq),
-                );
-                Framed { event, line, _span: span }
+                )
             })
             .collect();
-        Self { message, events, _counted: Counted(in_flight) }
+        Self { message, events, lines, _spans: spans, _counted: Counted(in_flight) }
     }
 }
 
@@ -156,25 +149,29 @@ impl Applier {
     /// Applies one batch (in transactions of at most the batch size) and disposes of every
     /// message in it; the messages leave their partitions' in-flight counts once disposed of.
     #[tracing::instrument(name = "apply_batch", skip_all, fields(frames = batch.len()))]
-    async fn apply_and_dispose(&self, batch: Vec<Delivery>, shutdown: &CancellationToken) {
-        let framed: Vec<(&Framed, i64)> = batch
-            .iter()
-            .flat_map(|d| {
-                let deliveries = d.message.info().map_or(0, |i| i.delivered);
-                d.events.iter().map(move |f| (f, deliveries))
-            })
-            .collect();
-        let mut done: HashMap<Uuid, Disposition> = HashMap::new();
-        for chunk in framed.chunks(self.settings.batch_size.max(1)) {
-            let events: Vec<QueuedEvent> = chunk.iter().map(|(f, _)| f.event.clone()).collect();
+    async fn apply_and_dispose(&self, mut batch: Vec<Delivery>, shutdown: &CancellationToken) {
+        // The batch's events in one run (moved out of their frames), each with its line and its
+        // frame's delivery count, and each frame's event count; `done[i]` is what became of
+        // event `i`.
+        let (mut events, mut lines, mut deliveries, mut frames) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for delivery in &mut batch {
+            let delivered = delivery.message.info().map_or(0, |i| i.delivered);
+            frames.push(delivery.events.len());
+            deliveries.extend(std::iter::repeat_n(delivered, delivery.events.len()));
+            events.append(&mut delivery.events);
+            lines.append(&mut delivery.lines);
+        }
+        let mut done = vec![Disposition::Retry(Duration::from_secs(2)); events.len()];
+        let size = self.settings.batch_size.max(1);
+        for (offset, chunk) in (0..).step_by(size).zip(events.chunks(size)) {
             let started = Instant::now();
-            match self.apply(&events).await {
+            match self.apply(chunk).await {
                 Ok(report) => {
                     record(&report, started, &self.stream);
-                    done.extend(events.iter().map(|e| (e.envelope.event_id, Disposition::Done)));
+                    done[offset..offset + chunk.len()].fill(Disposition::Done);
                 }
                 Err(err) if common::db::is_unavailable(&err) => {
-                    tracing::warn!(error = %err, batch = framed.len(), "database unavailable; events will be redelivered");
+                    tracing::warn!(error = %err, batch = events.len(), "database unavailable; events will be redelivered");
                     metrics::counter!("worker_database_unavailable_total").increment(1);
                     let messages: Vec<&Message> = batch.iter().map(|d| &d.message).collect();
                     nak_all(&messages, Duration::from_secs(2)).await;
@@ -182,27 +179,32 @@ impl Applier {
                     return;
                 }
                 Err(err) => {
-                    if events.len() > 1 {
-                        tracing::warn!(error = %err, batch = events.len(), "batch failed; applying its events one by one");
+                    if chunk.len() > 1 {
+                        tracing::warn!(error = %err, batch = chunk.len(), "batch failed; applying its events one by one");
                     }
-                    for &(framed, deliveries) in chunk {
-                        let disposition = if events.len() > 1 {
-                            self.apply_one(framed, deliveries, shutdown).await
+                    for (i, event) in (offset..).zip(chunk) {
+                        done[i] = if chunk.len() > 1 {
+                            self.apply_one(event, &lines[i], deliveries[i], shutdown).await
                         } else {
-                            self.give_up_or_retry(&framed.event, &framed.line, deliveries, &err.to_string()).await
+                            self.give_up_or_retry(event, &lines[i], deliveries[i], &err.to_string()).await
                         };
-                        done.insert(framed.event.envelope.event_id, disposition);
                     }
                 }
             }
         }
-        dispose(&batch, &done).await;
+        dispose(&batch, &frames, &done).await;
     }
 
-    #[tracing::instrument(skip_all, fields(event.id = %framed.event.envelope.event_id, stream.seq = framed.event.seq))]
-    async fn apply_one(&self, framed: &Framed, deliveries: i64, shutdown: &CancellationToken) -> Disposition {
+    #[tracing::instrument(skip_all, fields(event.id = %event.envelope.event_id, stream.seq = event.seq))]
+    async fn apply_one(
+        &self,
+        event: &QueuedEvent,
+        line: &Bytes,
+        deliveries: i64,
+        shutdown: &CancellationToken,
+    ) -> Disposition {
         let started = Instant::now();
-        match self.apply(std::slice::from_ref(&framed.event)).await {
+        match self.apply(std::slice::from_ref(event)).await {
             Ok(report) => {
                 record(&report, started, &self.stream);
                 Disposition::Done
@@ -211,7 +213,7 @@ impl Applier {
                 self.wait_for_database(shutdown).await;
                 Disposition::Retry(Duration::from_secs(2))
             }
-            Err(err) => self.give_up_or_retry(&framed.event, &framed.line, deliveries, &err.to_string()).await,
+            Err(err) => self.give_up_or_retry(event, line, deliveries, &err.to_string()).await,
         }
     }
 
@@ -369,16 +371,18 @@ fn record(report: &BatchReport, started: Instant, stream: &str) {
 }
 
 /// Acknowledges each frame whose events all ended, and naks the others with their longest
-/// retry delay.
-async fn dispose(batch: &[Delivery], done: &HashMap<Uuid, Disposition>) {
-    let outcomes = batch.iter().map(|delivery| {
-        let retry = delivery
-            .events
+/// retry delay. `frames` holds each frame's event count, `done` each event's disposition, in
+/// batch order.
+async fn dispose(batch: &[Delivery], frames: &[usize], done: &[Disposition]) {
+    let mut rest = done;
+    let outcomes = batch.iter().zip(frames).map(|(delivery, &count)| {
+        let (own, next) = rest.split_at(count);
+        rest = next;
+        let retry = own
             .iter()
-            .filter_map(|f| match done.get(&f.event.envelope.event_id) {
-                Some(Disposition::Done) => None,
-                Some(Disposition::Retry(delay)) => Some(*delay),
-                None => Some(Duration::from_secs(2)),
+            .filter_map(|d| match d {
+                Disposition::Done => None,
+                Disposition::Retry(delay) => Some(*delay),
             })
             .max();
         async move {
