@@ -306,6 +306,36 @@ async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledg
     assert_eq!(alert_counts(&env).await.len(), 4);
 }
 
+/// An event reaching an idle lane is applied at once, in a transaction of its own; events arriving
+/// within the spacing after it (`WORKER_BATCH_LINGER_MS` × workers) wait and share the next
+/// transaction. (Events of one transaction share the rows' `xmin`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
+    let (env, service, mut settings, js) = stream_setup().await;
+    settings.batch_linger_ms = 1000;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let publish = |key: &str| {
+        let line = serde_json::to_string(&envelope(&service.id, key, EventAction::Trigger)).unwrap();
+        let js = js.clone();
+        let subject = env.nats.event_subject(&service.id, key);
+        async move { js.publish(subject, line.into()).await.unwrap().await.unwrap() }
+    };
+    publish("first").await;
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+    // Paced further apart than a fixed small-batch linger would wait, well within the spacing.
+    for i in 0..4 {
+        publish(&format!("later-{i}")).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    env.wait_for_applied(5, Duration::from_secs(30)).await;
+    let transactions: Vec<(String, i64)> =
+        sqlx::query_as("select min(dedup_key), count(*) from events group by xmin::text order by min(received_at)")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(transactions, [("first".to_owned(), 1), ("later-0".to_owned(), 4)]);
+}
+
 /// Concurrent events for one partition share JetStream messages (frames); with
 /// `NATS_MAX_FRAME_EVENTS=1` each is a message of its own, and both apply every event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +394,7 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
         js: js.clone(),
         dlq_subject: env.nats.dlq_subject(),
         settings: settings.clone(),
+        members: std::sync::atomic::AtomicUsize::new(1),
     };
     let dead_letters =
         || async { js.get_stream(env.nats.dlq_stream()).await.unwrap().info().await.unwrap().state.messages };

@@ -16,9 +16,10 @@ pub struct WorkerSettings {
     /// Most events applied in one transaction.
     #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
-    /// How long a small batch (under a quarter of WORKER_BATCH_SIZE) waits for more events before
-    /// its transaction starts, in milliseconds.
-    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 40)]
+    /// Spacing of a lane's transactions while its batches are not full, in milliseconds per
+    /// worker process: a batch under WORKER_BATCH_SIZE starts no sooner than this × the number
+    /// of workers (at most 1 s) after the previous one started, and gathers events meanwhile.
+    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 50)]
     pub batch_linger_ms: u64,
     /// Transactions one worker process runs at once (lanes; each partition always feeds the same one).
     #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 1)]

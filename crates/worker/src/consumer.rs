@@ -35,7 +35,13 @@ pub struct Applier {
     pub js: jetstream::Context,
     pub dlq_subject: String,
     pub settings: WorkerSettings,
+    /// Worker processes as this one last saw them (see `ownership`); spaces the lanes'
+    /// transactions (see [`lane`]).
+    pub members: AtomicUsize,
 }
+
+/// Longest spacing between a lane's transactions, whatever the number of workers.
+const MAX_SPACING: Duration = Duration::from_secs(1);
 
 /// How many times a batch that hit a deadlock or serialization conflict is retried at once.
 const CONFLICT_RETRIES: usize = 5;
@@ -106,12 +112,20 @@ pub enum Disposition {
 
 /// A lane: its sender, and the task that applies what it brings, each transaction taking
 /// everything queued (up to the batch size), until every sender is gone.
+///
+/// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` × the
+/// number of worker processes after the lane's previous transaction started, gathering company
+/// meanwhile: the workers together start about as many transactions per second as one would, so
+/// adding a worker does not make every transaction smaller (PostgreSQL pays per transaction and per
+/// key touched as much as per event). An event arriving at a lane that has been idle for that long
+/// is applied at once.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
     let linger = applier.settings.batch_linger();
     let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
     let task = async move {
         let mut waiting: Option<Delivery> = None;
+        let mut last_started: Option<tokio::time::Instant> = None;
         loop {
             let first = match waiting.take() {
                 Some(delivery) => delivery,
@@ -122,14 +136,14 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             };
             let mut events = first.events.len();
             let mut batch = vec![first];
-            // A small batch waits a moment for company: a transaction costs PostgreSQL about
-            // the same for ten events as for a hundred.
-            let deadline = tokio::time::Instant::now() + linger;
+            let start_at =
+                last_started.map(|started| started + spacing(linger, applier.members.load(Ordering::Relaxed)));
             while events < batch_size {
-                let next = if events < batch_size / 4 {
-                    tokio::time::timeout_at(deadline, receiver.recv()).await.ok().flatten()
-                } else {
-                    receiver.try_recv().ok()
+                let next = match start_at {
+                    Some(at) if at > tokio::time::Instant::now() => {
+                        tokio::time::timeout_at(at, receiver.recv()).await.ok().flatten()
+                    }
+                    _ => receiver.try_recv().ok(),
                 };
                 let Some(delivery) = next else { break };
                 if events + delivery.events.len() > batch_size {
@@ -139,10 +153,16 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
                 events += delivery.events.len();
                 batch.push(delivery);
             }
+            last_started = Some(tokio::time::Instant::now());
             applier.apply_and_dispose(batch, &shutdown).await;
         }
     };
     (sender, task)
+}
+
+/// How long after a transaction started a lane's next one may start while its batch is not full.
+fn spacing(linger: Duration, members: usize) -> Duration {
+    linger.saturating_mul(u32::try_from(members.max(1)).unwrap_or(u32::MAX)).min(MAX_SPACING)
 }
 
 impl Applier {
@@ -410,4 +430,19 @@ pub async fn nak(message: &Message, delay: Duration) {
 
 async fn nak_all(messages: &[&Message], delay: Duration) {
     join_all(messages.iter().map(|m| nak(m, delay))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_are_spaced_by_the_linger_per_worker_up_to_a_second() {
+        let linger = Duration::from_millis(50);
+        assert_eq!(spacing(linger, 0), linger, "before the first membership view");
+        assert_eq!(spacing(linger, 1), linger);
+        assert_eq!(spacing(linger, 4), Duration::from_millis(200));
+        assert_eq!(spacing(linger, 100), MAX_SPACING);
+        assert_eq!(spacing(Duration::ZERO, 4), Duration::ZERO);
+    }
 }

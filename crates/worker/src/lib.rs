@@ -55,6 +55,7 @@ pub async fn start(
         js,
         dlq_subject: nats.dlq_subject(),
         settings: settings.clone(),
+        members: std::sync::atomic::AtomicUsize::new(1),
     });
     let mut lanes = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {

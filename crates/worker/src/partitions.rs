@@ -60,6 +60,7 @@ impl Coordinator {
         loop {
             match self.leases.view().await {
                 Ok(view) => {
+                    self.applier.members.store(view.members, std::sync::atomic::Ordering::Relaxed);
                     if last_view != Some(view) {
                         tracing::info!(rank = view.rank, members = view.members, "worker membership changed");
                         metrics::counter!("worker_rebalances_total").increment(1);
