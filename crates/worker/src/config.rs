@@ -21,8 +21,10 @@ pub struct WorkerSettings {
     /// of workers (at most 1 s) after the previous one started, and gathers events meanwhile.
     #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 50)]
     pub batch_linger_ms: u64,
-    /// Transactions one worker process runs at once (lanes; each partition always feeds the same one).
-    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 1)]
+    /// Transactions one worker process runs at once (lanes; each partition always feeds the same
+    /// one). Two use both cores of a small machine on a backlog; under live load the lanes'
+    /// spacing keeps their transactions as large as one lane's.
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
     #[arg(long = "worker-ack-wait-secs", env = "WORKER_ACK_WAIT_SECS", default_value_t = 30)]

@@ -114,9 +114,10 @@ pub enum Disposition {
 /// everything queued (up to the batch size), until every sender is gone.
 ///
 /// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` × the
-/// number of worker processes after the lane's previous transaction started, gathering company
-/// meanwhile: the workers together start about as many transactions per second as one would, so
-/// adding a worker does not make every transaction smaller (PostgreSQL pays per transaction and per
+/// number of lanes of all workers (processes × `WORKER_CONCURRENCY`) after the lane's previous
+/// transaction started, gathering company meanwhile: the lanes together start about as many
+/// transactions per second as one would, so adding a worker or a lane does not make every
+/// transaction smaller (PostgreSQL pays per transaction and per
 /// key touched as much as per event). An event arriving at a lane that has been idle for that long
 /// is applied at once.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
@@ -136,8 +137,8 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             };
             let mut events = first.events.len();
             let mut batch = vec![first];
-            let start_at =
-                last_started.map(|started| started + spacing(linger, applier.members.load(Ordering::Relaxed)));
+            let lanes = applier.members.load(Ordering::Relaxed).max(1) * applier.settings.concurrency.max(1);
+            let start_at = last_started.map(|started| started + spacing(linger, lanes));
             while events < batch_size {
                 let next = match start_at {
                     Some(at) if at > tokio::time::Instant::now() => {
@@ -160,9 +161,10 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
     (sender, task)
 }
 
-/// How long after a transaction started a lane's next one may start while its batch is not full.
-fn spacing(linger: Duration, members: usize) -> Duration {
-    linger.saturating_mul(u32::try_from(members.max(1)).unwrap_or(u32::MAX)).min(MAX_SPACING)
+/// How long after a transaction started a lane's next one may start while its batch is not
+/// full, with `lanes` lanes in all the workers.
+fn spacing(linger: Duration, lanes: usize) -> Duration {
+    linger.saturating_mul(u32::try_from(lanes.max(1)).unwrap_or(u32::MAX)).min(MAX_SPACING)
 }
 
 impl Applier {
