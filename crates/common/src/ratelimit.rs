@@ -4,6 +4,7 @@
 //! A limit of `n` per minute admits a burst of `n` and then one request every `60/n` seconds.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -152,11 +153,20 @@ impl RateLimiter {
     pub async fn check(&self, bucket: &str, limit_per_minute: u32) -> Result<Decision, LimiterError> {
         let key = format!("{}rl:{bucket}", self.prefix);
         let (sender, receiver) = oneshot::channel();
+        // The bucket's entry exists while a batch of it runs: a check arriving meanwhile only
+        // queues for the next one. The first check of an idle bucket starts the batches.
         let lead = {
             let mut pending = self.pending.lock().expect("limiter queue poisoned");
-            let waiters = pending.entry(key.clone()).or_default();
-            waiters.push(sender);
-            waiters.len() == 1
+            match pending.entry(key.clone()) {
+                Entry::Occupied(mut queued) => {
+                    queued.get_mut().push(sender);
+                    false
+                }
+                Entry::Vacant(idle) => {
+                    idle.insert(vec![sender]);
+                    true
+                }
+            }
         };
         if lead && let Some(limiter) = self.me.upgrade() {
             tokio::spawn(async move { limiter.drain(key, limit_per_minute).await });
@@ -168,7 +178,8 @@ impl RateLimiter {
         }
     }
 
-    /// Runs batches for `key` until nobody waits: each batch is every check queued so far.
+    /// Runs batches for `key` until nobody waits: each batch is every check queued so far. The
+    /// bucket's entry goes only when a batch finds nobody waiting.
     async fn drain(&self, key: String, limit: u32) {
         loop {
             let waiters = {
