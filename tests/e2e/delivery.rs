@@ -307,7 +307,7 @@ async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledg
 }
 
 /// An event reaching an idle lane is applied at once, in a transaction of its own; events arriving
-/// within the spacing after it (`WORKER_BATCH_LINGER_MS` × workers) wait and share the next
+/// within the spacing after it (`WORKER_BATCH_LINGER_MS` × lanes of all workers) wait and share the next
 /// transaction. (Events of one transaction share the rows' `xmin`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
