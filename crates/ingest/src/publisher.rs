@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::Subject;
 use async_nats::connection::State;
 use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
@@ -88,7 +89,7 @@ impl Publisher {
                 let (sender, receiver) = mpsc::channel(QUEUE_PER_PARTITION);
                 let framer = Framer {
                     js: js.clone(),
-                    subject: nats.partition_subject(partition),
+                    subject: nats.partition_subject(partition).into(),
                     timeout: nats.publish_timeout(),
                     max_events: nats.max_frame_events,
                 };
@@ -137,7 +138,7 @@ impl Publisher {
         if self.nats.max_frame_events == 1 {
             // Every event alone, as many in flight as there are requests: no framer in between.
             let subject = self.nats.partition_subject(partition);
-            let stored = store(&self.js, subject, message(&[&line]), self.nats.publish_timeout(), 1).await;
+            let stored = store(&self.js, subject.into(), message(&[&line]), self.nats.publish_timeout(), 1).await;
             return stored.map(|seq| event_position(seq, 0)).map_err(|()| unavailable());
         }
         let (done, answer) = oneshot::channel();
@@ -154,7 +155,8 @@ impl Publisher {
 /// One partition's publishing task.
 struct Framer {
     js: jetstream::Context,
-    subject: String,
+    /// Shared bytes: cloned per frame without copying.
+    subject: Subject,
     timeout: Duration,
     max_events: usize,
 }
@@ -233,7 +235,7 @@ fn message(lines: &[&Line]) -> PublishMessage {
 /// it; its stream sequence.
 async fn store(
     js: &jetstream::Context,
-    subject: String,
+    subject: Subject,
     message: PublishMessage,
     timeout: Duration,
     events: usize,

@@ -117,9 +117,8 @@ pub enum Disposition {
 /// number of lanes of all workers (processes × `WORKER_CONCURRENCY`) after the lane's previous
 /// transaction started, gathering company meanwhile: the lanes together start about as many
 /// transactions per second as one would, so adding a worker or a lane does not make every
-/// transaction smaller (PostgreSQL pays per transaction and per
-/// key touched as much as per event). An event arriving at a lane that has been idle for that long
-/// is applied at once.
+/// transaction smaller (PostgreSQL pays per transaction and per key touched as much as per
+/// event). An event arriving at a lane that has been idle for that long is applied at once.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
     let linger = applier.settings.batch_linger();
@@ -137,7 +136,7 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             };
             let mut events = first.events.len();
             let mut batch = vec![first];
-            let lanes = applier.members.load(Ordering::Relaxed).max(1) * applier.settings.concurrency.max(1);
+            let lanes = applier.members.load(Ordering::Relaxed) * applier.settings.concurrency;
             let start_at = last_started.map(|started| started + spacing(linger, lanes));
             while events < batch_size {
                 let next = match start_at {
@@ -439,7 +438,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transactions_are_spaced_by_the_linger_per_worker_up_to_a_second() {
+    fn transactions_are_spaced_by_the_linger_per_lane_up_to_a_second() {
         let linger = Duration::from_millis(50);
         assert_eq!(spacing(linger, 0), linger, "before the first membership view");
         assert_eq!(spacing(linger, 1), linger);

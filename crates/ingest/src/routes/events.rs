@@ -92,8 +92,8 @@ async fn accept(
         }
         let fingerprint = hex::encode(&Sha256::digest(&body)[..12]);
         let ours = First { received_at: envelope.received_at, fingerprint };
-        let (mut firsts, alone) = state.idempotency.remember(vec![(envelope.event_id, ours.clone())]).await;
-        company = alone;
+        let (mut firsts, remembered) = state.idempotency.remember(vec![(envelope.event_id, ours.clone())]).await;
+        company = remembered;
         let first = firsts.remove(0);
         if first.fingerprint != ours.fingerprint {
             return Err(ApiError::new(
