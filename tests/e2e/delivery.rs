@@ -37,7 +37,8 @@ async fn partition_consumer(
         ack_wait: settings.ack_wait(),
         max_ack_pending: 1000,
     };
-    spec.ensure(common::config::partition_of(&event.service_id, &event.dedup_key, env.nats.partitions)).await.unwrap()
+    let partition = common::config::partition_of(&event.service_id, &event.dedup_key, env.nats.partitions);
+    spec.ensure(common::nats::Block { start: partition, len: 1 }).await.unwrap()
 }
 
 /// Publishes the envelope as a distinct message (its own Nats-Msg-Id), as a publish retried

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
+use common::nats::Block;
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use futures_util::StreamExt;
@@ -13,6 +14,12 @@ use ingest::publisher::{Company, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
+
+/// The consumers of `base`'s blocks on the stream, by name.
+async fn block_consumers(stream: &async_nats::jetstream::stream::Stream, base: &str) -> Vec<(String, Block)> {
+    let names: Vec<String> = stream.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
+    names.into_iter().filter_map(|name| Block::from_consumer_name(base, &name).map(|block| (name, block))).collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_model() {
@@ -37,29 +44,27 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
     let publisher = Publisher::new(client, js.clone(), &env.nats);
 
-    // A saboteur pulls from the partitions' consumers and either drops what it took (a crashed
-    // worker: redelivered after the ack wait, behind later events) or naks it (redelivered at once).
+    // A saboteur pulls from the workers' own consumers (one per block of partitions) and either
+    // drops what it took (a crashed worker: redelivered after the ack wait, behind later events)
+    // or naks it (redelivered at once).
     let stream = js.get_stream(&env.nats.stream).await.unwrap();
+    e2e::wait_until(Duration::from_secs(10), "the workers' consumers to cover every partition", || async {
+        block_consumers(&stream, &env.consumer).await.iter().map(|(_, b)| b.len).sum::<u32>() == env.nats.partitions
+    })
+    .await;
     let mut consumers = Vec::new();
-    let spec = common::nats::ConsumerSpec {
-        events: &stream,
-        nats: &env.nats,
-        base: &env.consumer,
-        ack_wait: settings.ack_wait(),
-        max_ack_pending: 5_000,
-    };
-    for partition in 0..env.nats.partitions {
-        consumers.push(spec.ensure(partition).await.unwrap());
+    for (name, _) in block_consumers(&stream, &env.consumer).await {
+        consumers.push(stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await.unwrap());
     }
-    // One thief per partition, each keeping a pull request waiting beside the owner's, so that
-    // now and then a message goes to it instead.
+    // One thief per block, each keeping a pull request waiting beside the owner's, so that now
+    // and then a message goes to it instead.
     let stolen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producers_done = tokio_util::sync::CancellationToken::new();
     let mut thieves = Vec::new();
-    for (partition, consumer) in consumers.into_iter().enumerate() {
+    for (thief, consumer) in consumers.into_iter().enumerate() {
         let (done, stolen) = (producers_done.clone(), stolen.clone());
         thieves.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ partition as u64);
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed ^ thief as u64);
             while !done.is_cancelled() {
                 let Ok(mut batch) = consumer.fetch().max_messages(2).expires(Duration::from_secs(1)).messages().await
                 else {

@@ -1,7 +1,7 @@
 //! The event stream's settings follow the configuration: changed replicas or duplicate window are
 //! applied to the existing stream, the stream never carries a size cap (NATS 2.9 would enforce it
 //! by deleting accepted events: ingest enforces it), and a stream made with another partition
-//! count is refused by name.
+//! count or subject layout is refused by name.
 
 use std::time::Duration;
 
@@ -31,6 +31,14 @@ async fn changed_settings_update_the_stream_and_another_partition_count_is_refus
     let refused = common::nats::ensure_streams(&js, &other).await.unwrap_err().to_string();
     assert!(refused.contains("NATS_PARTITIONS"), "{refused}");
     assert!(refused.contains(&format!("partitions={}", env.nats.partitions)), "{refused}");
+
+    // A stream made before partitions had binary subjects (`<prefix>.events.<number>`) is
+    // refused too: its messages would match no block's filter.
+    let mut before = js.get_stream(&env.nats.stream).await.unwrap().info().await.unwrap().config.clone();
+    before.description = Some(format!("OpsSentinal events; partitions={}", env.nats.partitions));
+    js.update_stream(before).await.unwrap();
+    let refused = common::nats::ensure_streams(&js, &changed).await.unwrap_err().to_string();
+    assert!(refused.contains("binary subjects"), "{refused}");
 }
 
 /// DESIGN §1 guarantee 1 with a full stream: past `NATS_STREAM_MAX_BYTES` ingest answers 503,
@@ -51,9 +59,7 @@ async fn a_full_stream_refuses_new_events_and_keeps_every_accepted_one() {
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 1000,
     };
-    for partition in 0..env.nats.partitions {
-        spec.ensure(partition).await.unwrap();
-    }
+    spec.ensure(common::nats::Block::all(&env.nats)).await.unwrap();
     let mut vars = env.service_env();
     vars.push(("NATS_STREAM_MAX_BYTES", (64 * 1024).to_string()));
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);

@@ -95,7 +95,7 @@ pub struct NatsConfig {
     /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
     #[arg(id = "nats_stream", long = "nats-stream", env = "NATS_STREAM", default_value = "OPSSENTINAL_EVENTS")]
     pub stream: String,
-    /// Subject prefix: events are published to `<prefix>.events.<partition>`, dead letters to `<prefix>.dlq`.
+    /// Subject prefix: events are published to `<prefix>.events.<partition in binary digits>`, dead letters to `<prefix>.dlq`.
     #[arg(
         id = "nats_subject_prefix",
         long = "nats-subject-prefix",
@@ -123,10 +123,10 @@ pub struct NatsConfig {
         default_value_t = 5000
     )]
     pub publish_timeout_ms: u64,
-    /// Partitions of the event stream: a key's events all go to the partition a hash of
-    /// `(service, dedup_key)` names, and each partition is applied by one worker at a time, so
-    /// this is the most workers that can share the load. Fixed for a stream's lifetime: ingest,
-    /// workers and the CLI must agree (a worker refuses a stream made with another count).
+    /// Partitions of the event stream (a power of two): a key's events all go to the partition a
+    /// hash of `(service, dedup_key)` names, and each partition is applied by one worker at a
+    /// time, so this is the most workers that can share the load. Fixed for a stream's lifetime:
+    /// ingest, workers and the CLI must agree (a worker refuses a stream made with another count).
     #[arg(id = "nats_partitions", long = "nats-partitions", env = "NATS_PARTITIONS", default_value_t = 32)]
     pub partitions: u32,
     /// How long JetStream remembers an event id to drop a re-published copy, in seconds: a
@@ -183,8 +183,8 @@ impl NatsConfig {
         if self.duplicate_window_secs == 0 {
             bail!("NATS_DUPLICATE_WINDOW_SECS must be at least 1");
         }
-        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
-            bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) || !self.partitions.is_power_of_two() {
+            bail!("NATS_PARTITIONS must be a power of two between 1 and {MAX_PARTITIONS}");
         }
         let slots = crate::nats::FRAME_SLOTS;
         if !(1..=slots).contains(&(self.max_frame_events as u64)) {
@@ -206,14 +206,42 @@ impl NatsConfig {
             .and_then(|servers| if servers.is_empty() { bail!("NATS_URL names no server") } else { Ok(servers) })
     }
 
-    /// The subjects the event stream holds: `<prefix>.events.<partition>`.
+    /// The subjects the event stream holds: `<prefix>.events.` and a partition's binary digits.
     pub fn events_subjects(&self) -> String {
-        format!("{}.events.*", self.subject_prefix)
+        format!("{}.events.>", self.subject_prefix)
     }
 
-    /// The subject of one partition.
+    /// Binary digits in a partition's subject (at least one).
+    fn partition_digits(&self) -> u32 {
+        self.partitions.max(1).trailing_zeros().max(1)
+    }
+
+    /// The subject of one partition: its binary digits as tokens, most significant first
+    /// (partition 5 of 32 is `<prefix>.events.0.0.1.0.1`), so that an aligned block of
+    /// partitions is one wildcard filter (see `common::nats::Block`).
     pub fn partition_subject(&self, partition: u32) -> String {
-        format!("{}.events.{partition}", self.subject_prefix)
+        let mut subject = format!("{}.events", self.subject_prefix);
+        for digit in (0..self.partition_digits()).rev() {
+            subject.push_str(if partition >> digit & 1 == 1 { ".1" } else { ".0" });
+        }
+        subject
+    }
+
+    /// The partition a subject of the event stream names, if it names one.
+    pub fn subject_partition(&self, subject: &str) -> Option<u32> {
+        let digits = subject.strip_prefix(self.subject_prefix.as_str())?.strip_prefix(".events.")?;
+        let mut partition = 0u32;
+        let mut count = 0;
+        for digit in digits.split('.') {
+            partition = partition.checked_mul(2)?
+                + match digit {
+                    "0" => 0,
+                    "1" => 1,
+                    _ => return None,
+                };
+            count += 1;
+        }
+        (count == self.partition_digits() && partition < self.partitions).then_some(partition)
     }
 
     /// The subject an event for `(service_id, dedup_key)` is published to.
@@ -361,7 +389,7 @@ pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketA
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -376,12 +404,7 @@ mod tests {
 
     #[test]
     fn nats_url_takes_comma_separated_seeds() {
-        #[derive(clap::Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            nats: NatsConfig,
-        }
-        let mut config = <Wrap as clap::Parser>::try_parse_from(["x"]).unwrap().nats;
+        let mut config = nats_config(32);
         config.url = "nats://n1:4222, nats://u:p@n2:4223,tls://n3:4224".into();
         assert_eq!(config.servers().unwrap().len(), 3);
         config.validate().unwrap();
@@ -398,6 +421,43 @@ mod tests {
                 assert!(err.to_string().contains("NATS_MAX_FRAME_EVENTS"), "{err}");
             }
         }
+    }
+
+    /// The defaults, with `partitions`.
+    pub(crate) fn nats_config(partitions: u32) -> NatsConfig {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            nats: NatsConfig,
+        }
+        let mut config = <Wrap as clap::Parser>::try_parse_from(["x"]).unwrap().nats;
+        config.partitions = partitions;
+        config
+    }
+
+    #[test]
+    fn partitions_are_a_power_of_two_named_by_binary_subjects() {
+        for (partitions, valid) in
+            [(0, false), (1, true), (3, false), (32, true), (48, false), (1024, true), (2048, false)]
+        {
+            let result = nats_config(partitions).validate();
+            assert_eq!(result.is_ok(), valid, "{partitions}: {result:?}");
+        }
+        let config = nats_config(32);
+        assert_eq!(config.partition_subject(5), "opssentinal.events.0.0.1.0.1");
+        assert_eq!(config.partition_subject(31), "opssentinal.events.1.1.1.1.1");
+        for p in 0..32 {
+            assert_eq!(config.subject_partition(&config.partition_subject(p)), Some(p));
+        }
+        for other in
+            ["opssentinal.events.0.0.1.0", "opssentinal.events.0.0.1.0.2", "opssentinal.dlq", "x.events.0.0.0.0.0"]
+        {
+            assert_eq!(config.subject_partition(other), None, "{other}");
+        }
+        let single = nats_config(1);
+        assert_eq!(single.partition_subject(0), "opssentinal.events.0");
+        assert_eq!(single.subject_partition("opssentinal.events.0"), Some(0));
+        assert_eq!(single.subject_partition("opssentinal.events.1"), None);
     }
 
     #[test]

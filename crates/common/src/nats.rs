@@ -1,7 +1,7 @@
 //! NATS JetStream set-up shared by ingest and workers: the event stream (work-queue retention:
 //! a message stays until a worker acknowledges it, and a full stream refuses new publishes rather
 //! than dropping accepted events; one subject per partition), its dead-letter stream, and the
-//! durable consumer of each partition.
+//! durable consumers that deliver aligned blocks of partitions to workers.
 
 use std::time::Duration;
 
@@ -97,7 +97,8 @@ pub const ORIGINAL_SEQ_HEADER: &str = "OpsSentinal-Original-Seq";
 #[derive(Debug, thiserror::Error)]
 #[error(
     "JetStream stream {stream} was made with {found:?}, but this service is configured with {wanted:?} \
-     (NATS_PARTITIONS must match the stream's)"
+     (NATS_PARTITIONS must match the stream's; a stream made before partitions had binary subjects \
+     must be drained and deleted)"
 )]
 pub struct PartitionMismatch {
     pub stream: String,
@@ -173,7 +174,7 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
 }
 
 fn partitions_description(partitions: u32) -> String {
-    format!("OpsSentinal events; partitions={partitions}")
+    format!("OpsSentinal events; partitions={partitions}; binary subjects")
 }
 
 /// Creates the stream, or updates the settings an operator may change on an existing one.
@@ -232,12 +233,86 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
     js.get_stream(&name).await.with_context(|| format!("reading JetStream stream {name}"))
 }
 
-/// Name of the durable consumer of one partition: `<base>-p<partition>`.
-pub fn partition_consumer_name(base: &str, partition: u32) -> String {
-    format!("{base}-p{partition}")
+/// An aligned block of partitions: `len` (a power of two) partitions from `start` (a multiple of
+/// `len`). Its partitions' subjects share their leading binary digits, so one wildcard filter
+/// covers exactly the block, and one durable consumer delivers it: nats-server 2.9 pays per
+/// consumer for every stored message, so a worker fetches its share through a few block
+/// consumers rather than one consumer per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Block {
+    pub start: u32,
+    pub len: u32,
 }
 
-/// What every partition's durable pull consumer is made with. Redelivery after `ack_wait` is
+impl Block {
+    /// Every partition of the stream.
+    pub fn all(config: &NatsConfig) -> Self {
+        Self { start: 0, len: config.partitions.max(1) }
+    }
+
+    /// The partitions `range` holds, as few aligned blocks as cover it exactly, split further
+    /// (largest first) until there are at least `pieces` or each is one partition.
+    pub fn cover(range: std::ops::Range<u32>, pieces: usize) -> Vec<Self> {
+        let mut blocks = Vec::new();
+        let mut start = range.start;
+        while start < range.end {
+            let mut len = if start == 0 { range.end.next_power_of_two() } else { 1 << start.trailing_zeros() };
+            while start + len > range.end {
+                len /= 2;
+            }
+            blocks.push(Self { start, len });
+            start += len;
+        }
+        while blocks.len() < pieces {
+            let Some((i, largest)) = blocks.iter().copied().enumerate().max_by_key(|(_, b)| b.len) else { break };
+            if largest.len == 1 {
+                break;
+            }
+            let half = largest.len / 2;
+            blocks[i] = Self { start: largest.start, len: half };
+            blocks.insert(i + 1, Self { start: largest.start + half, len: half });
+        }
+        blocks
+    }
+
+    pub fn partitions(self) -> std::ops::Range<u32> {
+        self.start..self.start + self.len
+    }
+
+    pub fn overlaps(self, other: Self) -> bool {
+        self.start < other.start + other.len && other.start < self.start + self.len
+    }
+
+    /// The durable consumer's name: `<base>-p<first>-<last>`.
+    pub fn consumer_name(self, base: &str) -> String {
+        format!("{base}-p{}-{}", self.start, self.start + self.len - 1)
+    }
+
+    /// The block a consumer name of `base`'s names, if it names one.
+    pub fn from_consumer_name(base: &str, name: &str) -> Option<Self> {
+        let (first, last) = name.strip_prefix(base)?.strip_prefix("-p")?.split_once('-')?;
+        let (first, last): (u32, u32) = (first.parse().ok()?, last.parse().ok()?);
+        let len = last.checked_sub(first)? + 1;
+        (len.is_power_of_two() && first % len == 0).then_some(Self { start: first, len })
+    }
+
+    /// The subject filter that matches exactly this block's partitions.
+    pub fn filter(self, config: &NatsConfig) -> String {
+        if self.len >= config.partitions {
+            return config.events_subjects();
+        }
+        let subject = config.partition_subject(self.start);
+        if self.len == 1 {
+            return subject;
+        }
+        // Drop the digits the block's partitions differ in, one token each.
+        let mut tokens: Vec<&str> = subject.split('.').collect();
+        tokens.truncate(tokens.len() - self.len.trailing_zeros() as usize);
+        format!("{}.>", tokens.join("."))
+    }
+}
+
+/// What every block's durable pull consumer is made with. Redelivery after `ack_wait` is
 /// unlimited: a worker decides itself when a message is poison and moves it to the dead-letter
 /// stream.
 #[derive(Debug, Clone, Copy)]
@@ -245,40 +320,57 @@ pub struct ConsumerSpec<'a> {
     /// The event stream.
     pub events: &'a stream::Stream,
     pub nats: &'a NatsConfig,
-    /// Base name: a partition's consumer is `<base>-p<partition>`.
+    /// Base name: a block's consumer is `<base>-p<first>-<last>`.
     pub base: &'a str,
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
 }
 
 impl ConsumerSpec<'_> {
-    /// The partition's consumer, created if missing.
-    pub async fn ensure(&self, partition: u32) -> anyhow::Result<PullConsumer> {
-        let name = partition_consumer_name(self.base, partition);
-        let created = self.events.get_or_create_consumer(&name, self.config(partition)).await;
+    /// The block's consumer, created if missing.
+    pub async fn ensure(&self, block: Block) -> anyhow::Result<PullConsumer> {
+        let name = block.consumer_name(self.base);
+        let created = self.events.get_or_create_consumer(&name, self.config(block)).await;
         created.with_context(|| format!("creating JetStream consumer {name}"))
     }
 
-    /// Deletes and re-creates the partition's consumer, so that messages delivered to a previous
-    /// owner and never acknowledged are delivered again at once rather than after the ack wait.
-    /// On a work-queue stream a new consumer starts at the oldest message not yet acknowledged.
-    pub async fn recreate(&self, partition: u32) -> anyhow::Result<PullConsumer> {
-        let name = partition_consumer_name(self.base, partition);
-        match self.events.delete_consumer(&name).await {
-            Ok(_) => {}
+    /// Deletes every consumer of `base` that covers a partition of the block (its own included)
+    /// and creates the block's. What a previous owner left behind (messages delivered and never
+    /// acknowledged, pull requests still waiting on the server for a client that stopped reading)
+    /// goes with the old consumers and is delivered again at once rather than after the ack wait:
+    /// on a work-queue stream a new consumer starts at the oldest message not yet acknowledged.
+    /// (A work-queue stream also refuses a consumer whose filter overlaps another's.)
+    pub async fn recreate(&self, block: Block) -> anyhow::Result<PullConsumer> {
+        use futures_util::TryStreamExt;
+        let names: Vec<String> =
+            self.events.consumer_names().try_collect().await.context("listing JetStream consumers")?;
+        let overlapping =
+            names.iter().filter(|name| Block::from_consumer_name(self.base, name).is_some_and(|b| b.overlaps(block)));
+        for name in overlapping {
+            self.delete(name).await?;
+        }
+        let created = self.events.create_consumer(self.config(block)).await;
+        created.with_context(|| format!("creating JetStream consumer {}", block.consumer_name(self.base)))
+    }
+
+    /// Deletes a consumer (gone already is fine).
+    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
+        match self.events.delete_consumer(name).await {
+            Ok(_) => Ok(()),
             Err(err)
                 if matches!(err.kind(), stream::ConsumerErrorKind::JetStream(e)
-                    if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
-            Err(err) => return Err(err).with_context(|| format!("deleting JetStream consumer {name}")),
+                    if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(err).with_context(|| format!("deleting JetStream consumer {name}")),
         }
-        let created = self.events.create_consumer(self.config(partition)).await;
-        created.with_context(|| format!("creating JetStream consumer {name}"))
     }
 
-    fn config(&self, partition: u32) -> consumer::pull::Config {
+    fn config(&self, block: Block) -> consumer::pull::Config {
         consumer::pull::Config {
-            durable_name: Some(partition_consumer_name(self.base, partition)),
-            filter_subject: self.nats.partition_subject(partition),
+            durable_name: Some(block.consumer_name(self.base)),
+            filter_subject: block.filter(self.nats),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
             max_deliver: -1,
@@ -300,5 +392,45 @@ mod tests {
         assert_eq!(frame_lines(b"{}"), vec![std::ops::Range { start: 0, end: 2 }]);
         assert_eq!((event_position(7, 0), event_position(7, 3)), (7 * FRAME_SLOTS, 7 * FRAME_SLOTS + 3));
         assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
+    }
+
+    #[test]
+    fn a_range_is_covered_by_few_aligned_blocks_split_into_enough_pieces() {
+        let block = |start, len| Block { start, len };
+        assert_eq!(Block::cover(0..32, 1), [block(0, 32)]);
+        assert_eq!(Block::cover(0..32, 2), [block(0, 16), block(16, 16)]);
+        assert_eq!(Block::cover(0..10, 1), [block(0, 8), block(8, 2)]);
+        assert_eq!(Block::cover(10..21, 2), [block(10, 2), block(12, 4), block(16, 4), block(20, 1)]);
+        assert_eq!(Block::cover(21..32, 4), [block(21, 1), block(22, 2), block(24, 4), block(28, 4)]);
+        assert_eq!(Block::cover(3..4, 2), [block(3, 1)]);
+        assert_eq!(Block::cover(5..5, 2), []);
+        for members in 1..=9u32 {
+            for rank in 0..members {
+                let range = rank * 32 / members..(rank + 1) * 32 / members;
+                let blocks = Block::cover(range.clone(), 2);
+                let covered: Vec<u32> = blocks.iter().flat_map(|b| b.partitions()).collect();
+                assert_eq!(covered, range.collect::<Vec<_>>());
+                assert!(blocks.iter().all(|b| b.len.is_power_of_two() && b.start % b.len == 0), "{blocks:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_has_one_filter_and_a_consumer_name_that_reads_back() {
+        let config = crate::config::tests::nats_config(32);
+        let block = |start, len| Block { start, len };
+        assert_eq!(block(0, 32).filter(&config), "opssentinal.events.>");
+        assert_eq!(block(16, 16).filter(&config), "opssentinal.events.1.>");
+        assert_eq!(block(12, 4).filter(&config), "opssentinal.events.0.1.1.>");
+        assert_eq!(block(5, 1).filter(&config), "opssentinal.events.0.0.1.0.1");
+        for b in [block(0, 32), block(12, 4), block(5, 1)] {
+            assert_eq!(Block::from_consumer_name("workers", &b.consumer_name("workers")), Some(b));
+        }
+        assert_eq!(block(12, 4).consumer_name("workers"), "workers-p12-15");
+        for other in ["workers-p12", "workers-p3-5", "workers-p4-6", "other-p0-31", "workers-pa-b"] {
+            assert_eq!(Block::from_consumer_name("workers", other), None, "{other}");
+        }
+        assert!(block(8, 8).overlaps(block(12, 1)) && block(12, 1).overlaps(block(8, 8)));
+        assert!(!block(8, 4).overlaps(block(12, 4)));
     }
 }

@@ -9,8 +9,8 @@ use common::config::{DatabaseConfig, LogConfig, NatsConfig, ShutdownConfig, pars
 /// How a worker consumes the event stream.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
-    /// Base name of the durable JetStream consumers all workers share (one per partition,
-    /// `<name>-p<partition>`); also names the ownership locks.
+    /// Base name of the durable JetStream consumers all workers share (one per aligned block of
+    /// partitions a worker fetches, `<name>-p<first>-<last>`); also names the ownership locks.
     #[arg(long = "worker-consumer", env = "WORKER_CONSUMER", default_value = "workers")]
     pub consumer: String,
     /// Most events applied in one transaction.
@@ -38,7 +38,7 @@ pub struct WorkerSettings {
     /// and a summary of the dropped events in their timeline).
     #[arg(long = "event-retention-days", env = "EVENT_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
-    /// Most messages of one partition delivered and not yet acknowledged.
+    /// Most messages of one block consumer delivered and not yet acknowledged.
     #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
 }

@@ -4,7 +4,8 @@
 //! - **Membership**: a worker holds one *member* lock, on the lowest free slot. The members are
 //!   the sessions holding member locks, read from `pg_locks`, so every worker sees the same list.
 //! - **Assignment**: with `n` members sorted by slot, the member of rank `r` should own the
-//!   partitions `p` with `p % n == r` (an even share).
+//!   `r`-th of `n` contiguous, even ranges of partitions (so that its share is a few aligned
+//!   blocks, each fetched through one consumer: see `common::nats::Block`).
 //! - **Ownership**: a worker applies a partition only while it holds that partition's lock. It
 //!   takes the locks of its share that are free, and gives up (after draining) those it holds but
 //!   no longer should.
@@ -13,7 +14,7 @@
 //! is killed frees its partitions at once, and a worker that loses its connection stops applying
 //! (its locks are gone). The per-key row lock and re-fold in `apply` keep order during a hand-over.
 
-use std::collections::BTreeSet;
+use std::ops::Range;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -134,11 +135,12 @@ impl Leases {
     }
 }
 
-/// The partitions the member of `rank` among `members` should own.
-pub fn share(partitions: u32, view: View) -> BTreeSet<u32> {
-    let members = u32::try_from(view.members.max(1)).unwrap_or(u32::MAX);
-    let rank = u32::try_from(view.rank).unwrap_or(u32::MAX);
-    (0..partitions).filter(|p| p % members == rank).collect()
+/// The partitions the member of `rank` among `members` should own: the `rank`-th of `members`
+/// contiguous ranges whose sizes differ by one at most.
+pub fn share(partitions: u32, view: View) -> Range<u32> {
+    let members = view.members.max(1) as u64;
+    let bound = |rank: u64| u32::try_from(rank.min(members) * u64::from(partitions) / members).unwrap_or(partitions);
+    bound(view.rank as u64)..bound(view.rank as u64 + 1)
 }
 
 /// The name a stream's workers derive their lock spaces from.
@@ -200,14 +202,14 @@ mod tests {
 
     #[test]
     fn shares_are_even_and_cover_every_partition_once() {
-        for members in 1..=7 {
-            let shares: Vec<BTreeSet<u32>> = (0..members).map(|rank| share(32, View { rank, members })).collect();
-            let all: BTreeSet<u32> = shares.iter().flatten().copied().collect();
-            assert_eq!(all.len(), 32);
-            assert_eq!(shares.iter().map(BTreeSet::len).sum::<usize>(), 32);
-            let (min, max) = (shares.iter().map(BTreeSet::len).min(), shares.iter().map(BTreeSet::len).max());
+        for members in 1..=40 {
+            let shares: Vec<Range<u32>> = (0..members).map(|rank| share(32, View { rank, members })).collect();
+            let all: Vec<u32> = shares.iter().cloned().flatten().collect();
+            assert_eq!(all, (0..32).collect::<Vec<_>>(), "{members} members");
+            let (min, max) = (shares.iter().map(|s| s.len()).min(), shares.iter().map(|s| s.len()).max());
             assert!(max.unwrap() - min.unwrap() <= 1, "uneven shares for {members} members");
         }
+        assert_eq!(share(32, View { rank: 1, members: 3 }), 10..21);
     }
 
     #[test]

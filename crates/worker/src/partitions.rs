@@ -1,20 +1,24 @@
-//! The partitions this worker owns, kept in step with its share (see `ownership`): a fetch task
-//! per owned partition pulls from that partition's durable consumer into the partition's lane.
+//! The partitions this worker owns, kept in step with its share (see `ownership`). A worker
+//! holds each partition of its share by its lock and fetches them through a few *block*
+//! consumers (aligned blocks of partitions, see `common::nats::Block`), at least one per lane:
+//! a fetch task per block pulls from the block's durable consumer into the block's lane.
 //!
-//! Hand-over: a worker giving a partition up stops fetching it, waits until every message it
-//! fetched was applied and acknowledged, flushes the acknowledgements to NATS, and only then
-//! releases the lock. The next owner, on taking the lock, re-creates the consumer, so that what is
-//! still out with a previous owner (a worker that was killed, messages buffered in its client and
-//! never read, its pull requests still waiting on the server) is delivered again at once instead
-//! of after the ack wait. Exactly-once effect and per-key order during the hand-over rest on
-//! `apply` (event ids, the per-key lock and re-fold).
+//! Hand-over: a worker giving a block up stops fetching it, waits until every message it fetched
+//! was applied and acknowledged, flushes the acknowledgements to NATS, deletes the block's
+//! consumer, and only then releases the locks it no longer should hold. The next owner, once it
+//! holds every lock of a block, deletes whatever consumers still cover its partitions and creates
+//! the block's, so that what is still out with a previous owner (a worker that was killed,
+//! messages buffered in its client and never read, its pull requests still waiting on the server)
+//! is delivered again at once instead of after the ack wait. Exactly-once effect and per-key order
+//! during the hand-over rest on `apply` (event ids, the per-key lock and re-fold).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{consumer::PullConsumer, stream};
 use common::config::NatsConfig;
+use common::nats::Block;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -26,18 +30,20 @@ use crate::ownership::{Leases, View, share};
 /// How often a worker re-reads the members and adjusts what it owns.
 pub const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often idle partitions are checked for messages a NATS crash left behind.
+/// How often idle blocks are checked for messages a NATS crash left behind.
 const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Longest wait for a partition's fetched messages to be disposed of before it is given up anyway.
+/// Longest wait for a block's fetched messages to be disposed of before it is given up anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A partition this worker owns.
+/// A block this worker fetches.
 struct Owned {
     consumer: PullConsumer,
     stop: CancellationToken,
     fetch: JoinHandle<()>,
     in_flight: Arc<InFlight>,
+    /// The lane it feeds (kept when its consumer is re-created, so its keys stay on one lane).
+    lane: mpsc::Sender<Delivery>,
 }
 
 /// Everything the coordinator needs.
@@ -54,7 +60,9 @@ impl Coordinator {
     /// Keeps the owned partitions in step with this worker's share until `shutdown`, then stops
     /// fetching, drains, and frees every lock.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+        let mut owned: BTreeMap<Block, Owned> = BTreeMap::new();
+        // The partition locks this process holds (a block is fetched once all of its are).
+        let mut held: BTreeSet<u32> = BTreeSet::new();
         let mut last_view = None;
         let mut orphans_checked = tokio::time::Instant::now();
         loop {
@@ -66,7 +74,7 @@ impl Coordinator {
                         metrics::counter!("worker_rebalances_total").increment(1);
                         last_view = Some(view);
                     }
-                    self.rebalance(view, &mut owned, &shutdown).await;
+                    self.rebalance(view, &mut owned, &mut held, &shutdown).await;
                     if orphans_checked.elapsed() >= ORPHAN_CHECK_INTERVAL {
                         self.repair_orphans(&mut owned, &shutdown).await;
                         orphans_checked = tokio::time::Instant::now();
@@ -77,12 +85,14 @@ impl Coordinator {
                         tracing::warn!(error = %err, "lost the ownership connection; stopping every partition");
                     }
                     // The locks went with the connection: stop at once, someone else may own them now.
-                    for (_, partition) in std::mem::take(&mut owned) {
-                        partition.stop.cancel();
+                    for (_, block) in std::mem::take(&mut owned) {
+                        block.stop.cancel();
                     }
+                    held.clear();
                 }
             }
-            metrics::gauge!("worker_partitions_owned").set(owned.len() as f64);
+            let fetched: u32 = owned.keys().map(|b| b.len).sum();
+            metrics::gauge!("worker_partitions_owned").set(f64::from(fetched));
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(REBALANCE_INTERVAL) => {}
@@ -93,34 +103,62 @@ impl Coordinator {
         metrics::gauge!("worker_partitions_owned").set(0.0);
     }
 
-    async fn rebalance(&mut self, view: View, owned: &mut BTreeMap<u32, Owned>, shutdown: &CancellationToken) {
-        let wanted = share(self.nats.partitions, view);
-        let surplus: Vec<u32> = owned.keys().copied().filter(|p| !wanted.contains(p)).collect();
+    async fn rebalance(
+        &mut self,
+        view: View,
+        owned: &mut BTreeMap<Block, Owned>,
+        held: &mut BTreeSet<u32>,
+        shutdown: &CancellationToken,
+    ) {
+        let range = share(self.nats.partitions, view);
+        let wanted = Block::cover(range.clone(), self.lanes.len());
+        let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
         if !surplus.is_empty() {
-            self.stop_and_drain(surplus.iter().filter_map(|p| owned.remove(p)).collect()).await;
-            for p in &surplus {
-                if self.leases.give_back(*p).await.is_err() {
-                    return;
+            self.stop_and_drain(surplus.iter().filter_map(|b| owned.remove(b)).collect()).await;
+            for block in &surplus {
+                if let Err(err) = self.spec().delete(&block.consumer_name(&self.applier.settings.consumer)).await {
+                    tracing::warn!(error = %format!("{err:#}"), "cannot delete a given-up block's consumer; its next owner will");
                 }
             }
-            tracing::info!(partitions = ?surplus, "gave partitions up");
+        }
+        let released: Vec<u32> = held.iter().copied().filter(|p| !range.contains(p)).collect();
+        for p in &released {
+            if self.leases.give_back(*p).await.is_err() {
+                return;
+            }
+            held.remove(p);
+        }
+        if !released.is_empty() {
+            tracing::info!(partitions = ?released, "gave partitions up");
         }
         let mut taken = Vec::new();
-        let missing: Vec<u32> = wanted.into_iter().filter(|p| !owned.contains_key(p)).collect();
-        for p in missing {
-            match self.leases.try_take(p).await {
-                Ok(true) => match self.open(p).await {
-                    Ok(consumer) => {
-                        owned.insert(p, self.fetch(p, consumer, shutdown));
-                        taken.push(p);
+        for (i, block) in wanted.into_iter().enumerate() {
+            if owned.contains_key(&block) {
+                continue;
+            }
+            let missing: Vec<u32> = block.partitions().filter(|p| !held.contains(p)).collect();
+            for p in missing {
+                match self.leases.try_take(p).await {
+                    Ok(true) => {
+                        held.insert(p);
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, partition = p, "cannot open the partition's consumer; retrying");
-                        let _released = self.leases.give_back(p).await;
-                    }
-                },
-                Ok(false) => {}
-                Err(_) => return,
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+            }
+            if !block.partitions().all(|p| held.contains(&p)) {
+                continue;
+            }
+            match self.spec().recreate(block).await {
+                Ok(consumer) => {
+                    metrics::counter!("worker_consumer_resets_total").increment(1);
+                    let lane = self.lanes[i % self.lanes.len()].clone();
+                    owned.insert(block, self.fetch(block, consumer, lane, shutdown));
+                    taken.push(block.partitions());
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), partitions = ?block.partitions(), "cannot open the block's consumer; retrying");
+                }
             }
         }
         if !taken.is_empty() {
@@ -128,34 +166,34 @@ impl Coordinator {
         }
     }
 
-    /// Stops fetching `partitions`, waits until what they fetched was disposed of, and sends the
+    /// Stops fetching `blocks`, waits until what they fetched was disposed of, and sends the
     /// acknowledgements (buffered in the client) to NATS, so their locks can go.
-    async fn stop_and_drain(&self, partitions: Vec<Owned>) {
-        for partition in &partitions {
-            partition.stop.cancel();
+    async fn stop_and_drain(&self, blocks: Vec<Owned>) {
+        for block in &blocks {
+            block.stop.cancel();
         }
-        for partition in partitions {
-            let _stopped = partition.fetch.await;
-            drained(&partition.in_flight).await;
+        for block in blocks {
+            let _stopped = block.fetch.await;
+            drained(&block.in_flight).await;
         }
         common::nats::flush_bounded(&self.client).await;
     }
 
     /// After a crash, NATS 2.9 may restore a work-queue stream and its consumer from different
     /// moments: the stream still holds messages the consumer counts as acknowledged. They would
-    /// never be delivered again and the backlog would never drain. An owned partition whose
-    /// consumer has nothing pending while the stream holds messages on its subject gets its
-    /// consumer re-created, which delivers them again (already applied: acknowledged at once as
-    /// duplicates).
-    async fn repair_orphans(&mut self, owned: &mut BTreeMap<u32, Owned>, shutdown: &CancellationToken) {
+    /// never be delivered again and the backlog would never drain. An owned block whose
+    /// consumer has nothing pending while the stream holds messages on its partitions' subjects
+    /// gets its consumer re-created, which delivers them again (already applied: acknowledged at
+    /// once as duplicates).
+    async fn repair_orphans(&mut self, owned: &mut BTreeMap<Block, Owned>, shutdown: &CancellationToken) {
         let mut idle = Vec::new();
-        for (p, partition) in owned.iter_mut() {
-            if partition.in_flight.count() == 0
-                && let Ok(info) = partition.consumer.info().await
+        for (block, fetched) in owned.iter_mut() {
+            if fetched.in_flight.count() == 0
+                && let Ok(info) = fetched.consumer.info().await
                 && info.num_pending == 0
                 && info.num_ack_pending == 0
             {
-                idle.push(*p);
+                idle.push(*block);
             }
         }
         if idle.is_empty() {
@@ -163,59 +201,72 @@ impl Coordinator {
         }
         let stream = self.stream.clone();
         let Ok(subjects) = stream.info_with_subjects(self.nats.events_subjects()).await else { return };
-        let held: std::collections::HashMap<String, usize> =
-            subjects.filter_map(|entry| async move { entry.ok() }).collect().await;
-        for p in idle {
-            if held.get(&self.nats.partition_subject(p)).copied().unwrap_or(0) == 0 {
+        let held: Vec<(String, usize)> = subjects.filter_map(|entry| async move { entry.ok() }).collect().await;
+        let held: Vec<u32> = held
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .filter_map(|(subject, _)| self.nats.subject_partition(subject))
+            .collect();
+        for block in idle {
+            if !held.iter().any(|p| block.partitions().contains(p)) {
                 continue;
             }
             tracing::warn!(
-                partition = p,
-                "the stream holds messages this partition's consumer counts as acknowledged; re-creating the consumer"
+                partitions = ?block.partitions(),
+                "the stream holds messages this block's consumer counts as acknowledged; re-creating the consumer"
             );
             metrics::counter!("worker_orphaned_message_repairs_total").increment(1);
-            if let Some(partition) = owned.remove(&p) {
-                self.stop_and_drain(vec![partition]).await;
-            }
-            match self.open(p).await {
+            let Some(fetched) = owned.remove(&block) else { continue };
+            let lane = fetched.lane.clone();
+            self.stop_and_drain(vec![fetched]).await;
+            match self.spec().recreate(block).await {
                 Ok(consumer) => {
-                    owned.insert(p, self.fetch(p, consumer, shutdown));
+                    owned.insert(block, self.fetch(block, consumer, lane, shutdown));
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, partition = p, "cannot re-create the partition's consumer; giving it up for now");
-                    let _released = self.leases.give_back(p).await;
+                    tracing::warn!(error = %format!("{err:#}"), partitions = ?block.partitions(), "cannot re-create the block's consumer; retrying at the next rebalance");
                 }
             }
         }
     }
 
-    /// The partition's consumer, re-created: whatever a previous owner left behind (messages
-    /// delivered and never acknowledged, pull requests still waiting on the server for a client
-    /// that stopped reading) goes with the old one, and the new one starts at the oldest
-    /// unacknowledged message.
-    async fn open(&self, partition: u32) -> anyhow::Result<PullConsumer> {
+    /// How the blocks' consumers are made.
+    fn spec(&self) -> common::nats::ConsumerSpec<'_> {
         let settings = &self.applier.settings;
-        let spec = common::nats::ConsumerSpec {
+        common::nats::ConsumerSpec {
             events: &self.stream,
             nats: &self.nats,
             base: &settings.consumer,
             ack_wait: settings.ack_wait(),
             max_ack_pending: settings.max_ack_pending,
-        };
-        metrics::counter!("worker_consumer_resets_total").increment(1);
-        spec.recreate(partition).await
+        }
     }
 
-    fn fetch(&self, partition: u32, consumer: PullConsumer, shutdown: &CancellationToken) -> Owned {
+    fn fetch(
+        &self,
+        block: Block,
+        consumer: PullConsumer,
+        lane: mpsc::Sender<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> Owned {
         let stop = shutdown.child_token();
         let in_flight = Arc::new(InFlight::default());
-        let lane = self.lanes[partition as usize % self.lanes.len()].clone();
-        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer.clone(), lane, in_flight.clone(), stop.clone()));
-        Owned { consumer, stop, fetch, in_flight }
+        // As much pulled ahead for the block as one consumer per partition would have.
+        let pull = (self.applier.settings.batch_size * block.len as usize)
+            .min(usize::try_from(self.applier.settings.max_ack_pending).unwrap_or(usize::MAX));
+        let fetch = tokio::spawn(fetch(
+            self.applier.clone(),
+            consumer.clone(),
+            pull,
+            lane.clone(),
+            in_flight.clone(),
+            stop.clone(),
+        ));
+        Owned { consumer, stop, fetch, in_flight, lane }
     }
 }
 
-/// Waits until every message a partition fetched was disposed of (bounded).
+/// Waits until every message a block fetched was disposed of (bounded).
 async fn drained(in_flight: &InFlight) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while in_flight.count() > 0 && tokio::time::Instant::now() < deadline {
@@ -223,15 +274,16 @@ async fn drained(in_flight: &InFlight) {
     }
 }
 
-/// Pulls one partition into its lane until `stop`, reconnecting the pull stream when it fails.
+/// Pulls one block into its lane (up to `pull` messages ahead) until `stop`, reconnecting the
+/// pull stream when it fails.
 async fn fetch(
     applier: Arc<Applier>,
     consumer: PullConsumer,
+    pull: usize,
     lane: mpsc::Sender<Delivery>,
     in_flight: Arc<InFlight>,
     stop: CancellationToken,
 ) {
-    let pull = applier.settings.batch_size;
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let failure = match consumer.stream().max_messages_per_batch(pull).messages().await {
@@ -275,7 +327,7 @@ async fn fetch(
             },
             Err(err) => err.to_string(),
         };
-        tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "partition pull failed; retrying");
+        tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "block pull failed; retrying");
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
