@@ -1,7 +1,8 @@
 //! The partitions this worker owns, kept in step with its share (see `ownership`). A worker
 //! holds each partition of its share by its lock and fetches them through a few *block*
-//! consumers (aligned blocks of partitions, see `common::nats::Block`), at least one per lane:
-//! a fetch task per block pulls from the block's durable consumer into the block's lane.
+//! consumers (aligned blocks of partitions, see `common::nats::Block`), at least one per lane
+//! and about [`CONSUMERS`] between all workers: a fetch task per block pulls from the block's
+//! durable consumer into the block's lane.
 //!
 //! Hand-over: a worker giving a block up stops fetching it, waits until every message it fetched
 //! was applied and acknowledged, flushes the acknowledgements to NATS, deletes the block's
@@ -35,6 +36,12 @@ const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Longest wait for a block's fetched messages to be disposed of before it is given up anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many block consumers the workers share between them, as long as each lane has one: every
+/// consumer costs nats-server 2.9 something for each message stored, but a consumer delivers
+/// from one goroutine, so a backlog drains faster through several (see the README's *Block
+/// consumers*).
+const CONSUMERS: usize = 8;
 
 /// A block this worker fetches.
 struct Owned {
@@ -111,7 +118,8 @@ impl Coordinator {
         shutdown: &CancellationToken,
     ) {
         let range = share(self.nats.partitions, view);
-        let wanted = Block::cover(range.clone(), self.lanes.len());
+        let pieces = self.lanes.len().max(CONSUMERS.div_ceil(view.members.max(1)));
+        let wanted = Block::cover(range.clone(), pieces);
         let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
         if !surplus.is_empty() {
             self.stop_and_drain(surplus.iter().filter_map(|b| owned.remove(b)).collect()).await;
