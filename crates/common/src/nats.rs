@@ -301,14 +301,13 @@ impl Block {
         if self.len >= config.partitions {
             return config.events_subjects();
         }
-        let subject = config.partition_subject(self.start);
+        let mut subject = config.partition_subject(self.start);
         if self.len == 1 {
             return subject;
         }
-        // Drop the digits the block's partitions differ in, one token each.
-        let mut tokens: Vec<&str> = subject.split('.').collect();
-        tokens.truncate(tokens.len() - self.len.trailing_zeros() as usize);
-        format!("{}.>", tokens.join("."))
+        // Drop the digits the block's partitions differ in (each is `.0` or `.1` at the end).
+        subject.truncate(subject.len() - 2 * self.len.trailing_zeros() as usize);
+        subject + ".>"
     }
 }
 
@@ -344,18 +343,18 @@ impl ConsumerSpec<'_> {
         use futures_util::TryStreamExt;
         let names: Vec<String> =
             self.events.consumer_names().try_collect().await.context("listing JetStream consumers")?;
-        let overlapping =
-            names.iter().filter(|name| Block::from_consumer_name(self.base, name).is_some_and(|b| b.overlaps(block)));
-        for name in overlapping {
-            self.delete(name).await?;
+        let blocks = names.iter().filter_map(|name| Block::from_consumer_name(self.base, name));
+        for covering in blocks.filter(|b| b.overlaps(block)) {
+            self.delete(covering).await?;
         }
         let created = self.events.create_consumer(self.config(block)).await;
         created.with_context(|| format!("creating JetStream consumer {}", block.consumer_name(self.base)))
     }
 
-    /// Deletes a consumer (gone already is fine).
-    pub async fn delete(&self, name: &str) -> anyhow::Result<()> {
-        match self.events.delete_consumer(name).await {
+    /// Deletes a block's consumer (gone already is fine).
+    pub async fn delete(&self, block: Block) -> anyhow::Result<()> {
+        let name = block.consumer_name(self.base);
+        match self.events.delete_consumer(&name).await {
             Ok(_) => Ok(()),
             Err(err)
                 if matches!(err.kind(), stream::ConsumerErrorKind::JetStream(e)

@@ -124,7 +124,7 @@ impl Coordinator {
         if !surplus.is_empty() {
             self.stop_and_drain(surplus.iter().filter_map(|b| owned.remove(b)).collect()).await;
             for block in &surplus {
-                if let Err(err) = self.spec().delete(&block.consumer_name(&self.applier.settings.consumer)).await {
+                if let Err(err) = self.spec().delete(*block).await {
                     tracing::warn!(error = %format!("{err:#}"), "cannot delete a given-up block's consumer; its next owner will");
                 }
             }
@@ -209,14 +209,15 @@ impl Coordinator {
         }
         let stream = self.stream.clone();
         let Ok(subjects) = stream.info_with_subjects(self.nats.events_subjects()).await else { return };
-        let held: Vec<(String, usize)> = subjects.filter_map(|entry| async move { entry.ok() }).collect().await;
-        let held: Vec<u32> = held
-            .iter()
-            .filter(|(_, count)| *count > 0)
-            .filter_map(|(subject, _)| self.nats.subject_partition(subject))
-            .collect();
+        let nats = &self.nats;
+        let holding: Vec<u32> = subjects
+            .filter_map(|entry| async move {
+                entry.ok().filter(|(_, count)| *count > 0).and_then(|(subject, _)| nats.subject_partition(&subject))
+            })
+            .collect()
+            .await;
         for block in idle {
-            if !held.iter().any(|p| block.partitions().contains(p)) {
+            if !holding.iter().any(|p| block.partitions().contains(p)) {
                 continue;
             }
             tracing::warn!(
