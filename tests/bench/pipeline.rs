@@ -21,9 +21,10 @@
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
 //! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
-//! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_WORKER_THREADS (the
-//! workers' tokio threads, TOKIO_WORKER_THREADS; one per core by default), BENCH_PRELOAD_ROWS (0:
-//! old events put in the log before each run, to show that rates do not depend on the log's size).
+//! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_WORKER_THREADS and
+//! BENCH_INGEST_THREADS (the workers' and ingest's tokio threads, TOKIO_WORKER_THREADS; one per
+//! core by default), BENCH_PRELOAD_ROWS (0: old events put in the log before each run, to show
+//! that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -203,6 +204,14 @@ struct Pipeline {
     workers: Vec<ServiceProcess>,
 }
 
+/// A process's variables with its tokio threads (`TOKIO_WORKER_THREADS`) as `setting` says, if set.
+fn threads(mut vars: Vec<(&'static str, String)>, setting: &str) -> Vec<(&'static str, String)> {
+    if let Ok(threads) = std::env::var(setting) {
+        vars.push(("TOKIO_WORKER_THREADS", threads));
+    }
+    vars
+}
+
 impl Pipeline {
     async fn start(workers: usize) -> Self {
         let mut env = TestEnv::new().await;
@@ -212,7 +221,7 @@ impl Pipeline {
         let service = env.service("bench").await;
         preload(&env, &service.id, setting("BENCH_PRELOAD_ROWS", 0)).await;
         let routing_key = service.routing_key;
-        let ingest = ServiceProcess::start("opssentinal-ingest", &env.service_env());
+        let ingest = ServiceProcess::start("opssentinal-ingest", &threads(env.service_env(), "BENCH_INGEST_THREADS"));
         ingest.wait_ready(&env.http, READY).await;
         let mut pipeline = Self { base: ingest.url(), env, key, routing_key, ingest, workers: Vec::new() };
         for _ in 0..workers {
@@ -222,10 +231,7 @@ impl Pipeline {
     }
 
     async fn add_worker(&mut self) {
-        let mut vars = self.env.service_env();
-        if let Ok(threads) = std::env::var("BENCH_WORKER_THREADS") {
-            vars.push(("TOKIO_WORKER_THREADS", threads));
-        }
+        let vars = threads(self.env.service_env(), "BENCH_WORKER_THREADS");
         let worker = ServiceProcess::start("opssentinal-worker", &vars);
         worker.wait_ready(&self.env.http, READY).await;
         self.workers.push(worker);

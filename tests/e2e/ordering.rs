@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use common::nats::Block;
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use futures_util::StreamExt;
@@ -14,12 +13,6 @@ use ingest::publisher::{Company, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
-
-/// The consumers of `base`'s blocks on the stream, by name.
-async fn block_consumers(stream: &async_nats::jetstream::stream::Stream, base: &str) -> Vec<(String, Block)> {
-    let names: Vec<String> = stream.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
-    names.into_iter().filter_map(|name| Block::from_consumer_name(base, &name).map(|block| (name, block))).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_model() {
@@ -49,11 +42,11 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     // or naks it (redelivered at once).
     let stream = js.get_stream(&env.nats.stream).await.unwrap();
     e2e::wait_until(Duration::from_secs(10), "the workers' consumers to cover every partition", || async {
-        block_consumers(&stream, &env.consumer).await.iter().map(|(_, b)| b.len).sum::<u32>() == env.nats.partitions
+        env.block_consumers().await.iter().map(|(_, b)| b.len).sum::<u32>() == env.nats.partitions
     })
     .await;
     let mut consumers = Vec::new();
-    for (name, _) in block_consumers(&stream, &env.consumer).await {
+    for (name, _) in env.block_consumers().await {
         consumers.push(stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await.unwrap());
     }
     // One thief per block, each keeping a pull request waiting beside the owner's, so that now

@@ -113,6 +113,12 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     for worker in &workers {
         refolded += refolds(worker, &env).await;
     }
+    // Stopped workers leave no consumers behind for nats-server to keep up to date.
+    for mut worker in workers {
+        worker.signal("-TERM");
+        assert!(worker.exited_within(Duration::from_secs(15)).await.is_some(), "a worker did not exit after SIGTERM");
+    }
+    assert_eq!(env.block_consumers().await, Vec::new(), "consumers left after every worker stopped");
     println!(
         "{total} events; hand-over after join {joined:?}, SIGTERM {left:?}, SIGKILL {died:?}; \
          drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolded}"

@@ -283,6 +283,19 @@ impl TestEnv {
         Some(stream.info().await.ok()?.state.messages)
     }
 
+    /// The consumers of this test's workers' blocks on the event stream, by name.
+    pub async fn block_consumers(&self) -> Vec<(String, common::nats::Block)> {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(&self.nats.url).await.expect("NATS");
+        let stream = async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.expect("the event stream");
+        let names: Vec<String> = stream.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
+        let base = &self.consumer;
+        names
+            .into_iter()
+            .filter_map(|name| common::nats::Block::from_consumer_name(base, &name).map(|block| (name, block)))
+            .collect()
+    }
+
     /// Waits until the workers acknowledged every message of the stream (each only after the
     /// commit that applied it).
     pub async fn wait_until_drained(&self, timeout: Duration) {

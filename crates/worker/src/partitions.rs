@@ -37,6 +37,9 @@ const ORPHAN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest wait for a block's fetched messages to be disposed of before it is given up anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for NATS to delete given-up blocks' consumers.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How many block consumers the workers share between them, as long as each lane has one: every
 /// consumer costs nats-server 2.9 something for each message stored, but a consumer delivers
 /// from one goroutine, so a backlog drains faster through several (see the README's *Block
@@ -105,7 +108,9 @@ impl Coordinator {
                 () = tokio::time::sleep(REBALANCE_INTERVAL) => {}
             }
         }
-        self.stop_and_drain(owned.into_values().collect()).await;
+        // Whoever takes these partitions next would delete their consumers anyway; deleting them
+        // now spares nats-server the cost of consumers nobody reads until then.
+        self.give_up(owned.into_iter().collect()).await;
         self.leases.close().await;
         metrics::gauge!("worker_partitions_owned").set(0.0);
     }
@@ -121,14 +126,7 @@ impl Coordinator {
         let pieces = self.lanes.len().max(CONSUMERS.div_ceil(view.members.max(1)));
         let wanted = Block::cover(range.clone(), pieces);
         let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
-        if !surplus.is_empty() {
-            self.stop_and_drain(surplus.iter().filter_map(|b| owned.remove(b)).collect()).await;
-            for block in &surplus {
-                if let Err(err) = self.spec().delete(*block).await {
-                    tracing::warn!(error = %format!("{err:#}"), "cannot delete a given-up block's consumer; its next owner will");
-                }
-            }
-        }
+        self.give_up(surplus.into_iter().filter_map(|b| owned.remove_entry(&b)).collect()).await;
         let released: Vec<u32> = held.iter().copied().filter(|p| !range.contains(p)).collect();
         for p in &released {
             if self.leases.give_back(*p).await.is_err() {
@@ -171,6 +169,30 @@ impl Coordinator {
         }
         if !taken.is_empty() {
             tracing::info!(partitions = ?taken, "took partitions");
+        }
+    }
+
+    /// Gives `blocks` up: stops fetching them, drains them and deletes their consumers (their
+    /// locks are the caller's to release).
+    async fn give_up(&self, blocks: Vec<(Block, Owned)>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let (blocks, fetched): (Vec<Block>, Vec<Owned>) = blocks.into_iter().unzip();
+        self.stop_and_drain(fetched).await;
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            tracing::warn!("NATS is unreachable: the next owners of the given-up blocks will delete their consumers");
+            return;
+        }
+        let spec = self.spec();
+        let deletes = futures_util::future::join_all(blocks.into_iter().map(|block| spec.delete(block)));
+        match tokio::time::timeout(DELETE_TIMEOUT, deletes).await {
+            Ok(results) => {
+                for err in results.into_iter().filter_map(Result::err) {
+                    tracing::warn!(error = %format!("{err:#}"), "cannot delete a given-up block's consumer; its next owner will");
+                }
+            }
+            Err(_) => tracing::warn!("NATS did not delete the given-up consumers in time; their next owners will"),
         }
     }
 
