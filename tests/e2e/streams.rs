@@ -1,12 +1,15 @@
 //! The event stream's settings follow the configuration: changed replicas or duplicate window are
 //! applied to the existing stream, the stream never carries a size cap (NATS 2.9 would enforce it
 //! by deleting accepted events: ingest enforces it), and a stream made with another partition
-//! count or subject layout is refused by name.
+//! count or subject layout is refused by name. Ingest sends frames where the workers' block
+//! consumers fetch.
 
 use std::time::Duration;
 
+use common::nats::{Block, ConsumerSpec};
 use e2e::TestEnv;
 use e2e::servers::ServiceProcess;
+use ingest::publisher::{Company, Publisher};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_settings_update_the_stream_and_another_partition_count_is_refused() {
@@ -83,4 +86,72 @@ async fn a_full_stream_refuses_new_events_and_keeps_every_accepted_one() {
     let mut stream = js.get_stream(&env.nats.stream).await.unwrap();
     let state = stream.info().await.unwrap().state.clone();
     assert_eq!((state.messages, state.first_sequence), (accepted, 1), "accepted events were dropped");
+}
+
+/// Where a batch of events went: for each, its partition and the partition of the subject its
+/// frame was published on.
+async fn published_subjects(
+    env: &TestEnv,
+    publisher: &Publisher,
+    stream: &async_nats::jetstream::stream::Stream,
+    service_id: &str,
+) -> Vec<(u32, u32)> {
+    let events: Vec<_> = (0..64)
+        .map(|k| e2e::envelope(service_id, &format!("key-{k}"), common::event::EventAction::Trigger, "routed"))
+        .collect();
+    let positions = futures_util::future::join_all(events.iter().map(|e| publisher.publish(e, Company::Shared))).await;
+    let mut placed = Vec::new();
+    for (event, position) in events.iter().zip(positions) {
+        let seq = position.expect("accepted") / common::nats::FRAME_SLOTS;
+        let message = stream.get_raw_message(seq).await.expect("the stored frame");
+        let partition = common::config::partition_of(&event.service_id, &event.dedup_key, env.nats.partitions);
+        placed.push((partition, env.nats.subject_partition(&message.subject).expect("a partition subject")));
+    }
+    placed
+}
+
+/// Ingest frames the events of a block with a consumer together, on the subject of the block's
+/// first partition (which that consumer delivers), and goes back to each partition's own subject
+/// once no consumer covers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_follow_the_block_consumers() {
+    let env = TestEnv::new().await;
+    let service = env.service("Routed").await;
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
+    let stream = common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    let spec = ConsumerSpec {
+        events: &stream,
+        nats: &env.nats,
+        base: &env.consumer,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 1000,
+    };
+    let half = env.nats.partitions / 2;
+    let blocks = [Block { start: 0, len: half }, Block { start: half, len: half }];
+    for block in blocks {
+        spec.ensure(block).await.unwrap();
+    }
+    let publisher = Publisher::new(client, js, &env.nats);
+
+    let routed =
+        |placed: &[(u32, u32)]| placed.iter().all(|&(partition, subject)| subject == partition - partition % half);
+    e2e::wait_until(Duration::from_secs(10), "frames on the blocks' first partitions", || async {
+        routed(&published_subjects(&env, &publisher, &stream, &service.id).await)
+    })
+    .await;
+    let placed = published_subjects(&env, &publisher, &stream, &service.id).await;
+    assert!(routed(&placed), "{placed:?}");
+    assert!(placed.iter().any(|&(partition, _)| partition % half != 0), "no event outside a block's first partition");
+
+    for block in blocks {
+        spec.delete(block).await.unwrap();
+    }
+    e2e::wait_until(Duration::from_secs(10), "each partition's events on its own subject again", || async {
+        published_subjects(&env, &publisher, &stream, &service.id)
+            .await
+            .iter()
+            .all(|(partition, subject)| partition == subject)
+    })
+    .await;
 }

@@ -290,7 +290,17 @@ impl Block {
 
     /// The block a consumer name of `base`'s names, if it names one.
     pub fn from_consumer_name(base: &str, name: &str) -> Option<Self> {
-        let (first, last) = name.strip_prefix(base)?.strip_prefix("-p")?.split_once('-')?;
+        name.strip_prefix(base)?.strip_prefix("-p").and_then(Self::from_suffix)
+    }
+
+    /// The block a block consumer's name names, whatever its base.
+    pub fn named_by(name: &str) -> Option<Self> {
+        Self::from_suffix(name.rsplit_once("-p")?.1)
+    }
+
+    /// `<first>-<last>`, an aligned block.
+    fn from_suffix(suffix: &str) -> Option<Self> {
+        let (first, last) = suffix.split_once('-')?;
         let (first, last): (u32, u32) = (first.parse().ok()?, last.parse().ok()?);
         let len = last.checked_sub(first)? + 1;
         (len.is_power_of_two() && first % len == 0).then_some(Self { start: first, len })
@@ -429,6 +439,10 @@ mod tests {
         for other in ["workers-p12", "workers-p3-5", "workers-p4-6", "other-p0-31", "workers-pa-b"] {
             assert_eq!(Block::from_consumer_name("workers", other), None, "{other}");
         }
+        assert_eq!(Block::named_by("other-p0-31"), Some(block(0, 32)));
+        assert_eq!(Block::named_by("my-pool-p12-15"), Some(block(12, 4)));
+        assert_eq!(Block::named_by("workers-p3-5"), None);
+        assert_eq!(Block::named_by("dlq"), None);
         assert!(block(8, 8).overlaps(block(12, 1)) && block(12, 1).overlaps(block(8, 8)));
         assert!(!block(8, 4).overlaps(block(12, 4)));
     }
