@@ -227,7 +227,30 @@ impl Pipeline {
         for _ in 0..workers {
             pipeline.add_worker().await;
         }
+        pipeline.settle().await;
         pipeline
+    }
+
+    /// Waits until the workers' membership has settled (each sees them all and owns exactly its
+    /// share through exactly its blocks) and ingest has read its routes twice since (a read under
+    /// way may have started before), so that load meets the steady state, not the joins'
+    /// hand-overs.
+    async fn settle(&self) {
+        let members = self.workers.len() as f64;
+        e2e::wait_until(Duration::from_secs(30), "the workers' ownership to settle", || async {
+            let mut settled = true;
+            for worker in &self.workers {
+                settled &= worker.metric(&self.env.http, "worker_members").await == members
+                    && worker.metric(&self.env.http, "worker_settled").await == 1.0;
+            }
+            settled
+        })
+        .await;
+        let reads = self.ingest.metric(&self.env.http, "ingest_route_reads_total").await;
+        e2e::wait_until(Duration::from_secs(5), "ingest to read the settled blocks", || async {
+            self.ingest.metric(&self.env.http, "ingest_route_reads_total").await > reads + 1.0
+        })
+        .await;
     }
 
     async fn add_worker(&mut self) {
@@ -382,11 +405,12 @@ async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
 async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
     let pipeline = Pipeline::start(workers).await;
     let clock = pipeline.clock();
+    let before = pipeline.refolds().await;
     let started = Instant::now();
     let load = pipeline.closed_loop(settings).await;
     let (done, applied) = wait_applied(&pipeline.env, &load).await;
     let cpu = clock.stop();
-    let refolds = pipeline.refolds().await;
+    let refolds = pipeline.refolds().await - before;
     let per_10k = refolds * 10_000.0 / applied as f64;
     println!(
         "  {workers} worker(s): {:>8.0} accepted/s  {:>8.0} end to end/s  p50 {:.2} ms  p99 {:.2} ms  re-folds {refolds} ({per_10k:.2} per 10,000)",

@@ -112,6 +112,12 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     assert_eq!(incidents_as_modelled(&env.pool).await, expected, "seed {seed}");
     for worker in &workers {
         refolded += refolds(worker, &env).await;
+        // What the benchmark waits for before it loads the workers.
+        e2e::wait_until(Duration::from_secs(10), "each worker to report its ownership settled", || async {
+            worker.metric(&env.http, "worker_members").await == 2.0
+                && worker.metric(&env.http, "worker_settled").await == 1.0
+        })
+        .await;
     }
     // Stopped workers leave no consumers behind for nats-server to keep up to date.
     for mut worker in workers {

@@ -9,8 +9,10 @@
 //! Each event's request is answered when its frame's acknowledgement arrives.
 //!
 //! **Frames follow the workers' blocks.** Workers fetch through block consumers (aligned blocks of
-//! partitions, see `common::nats::Block`). Every second ingest reads the stream's consumer names,
-//! and an event whose partition lies in a block is framed with the rest of that block's events and
+//! partitions, see `common::nats::Block`). Ingest reads the stream's consumer names whenever
+//! JetStream announces that one of its consumers was created or deleted (the
+//! `$JS.EVENT.ADVISORY.CONSUMER.CREATED/DELETED` advisories, so routes follow a hand-over within a
+//! round trip) and every second in any case (advisories are not stored), and an event whose partition lies in a block is framed with the rest of that block's events and
 //! published on the subject of the block's first partition, which that block's consumer delivers:
 //! with 32 partitions fetched through 8 blocks, 8 subjects carry the load and frames are about
 //! four times larger under the same concurrency. This is only where events are sent, never who
@@ -54,8 +56,13 @@ const MAX_FRAME_BYTES: usize = 900 * 1024;
 /// Events waiting for a partition's publishing task, at most.
 const QUEUE_PER_PARTITION: usize = 4096;
 
-/// How often the workers' blocks are read for routing frames.
+/// How often the workers' blocks are read for routing frames when no advisory says they changed.
 pub const ROUTE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The JetStream advisories announcing that one of `stream`'s consumers was created or deleted.
+fn consumer_advisories(stream: &str) -> [String; 2] {
+    ["CREATED", "DELETED"].map(|what| format!("$JS.EVENT.ADVISORY.CONSUMER.{what}.{stream}.*"))
+}
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -101,6 +108,17 @@ impl Publisher {
     /// Starts one publishing task per partition and one that follows the workers' blocks (they
     /// end when the last clone is dropped), unless `NATS_MAX_FRAME_EVENTS` is 1.
     pub fn new(client: async_nats::Client, js: jetstream::Context, nats: &NatsConfig) -> Self {
+        Self::with_route_interval(client, js, nats, ROUTE_INTERVAL)
+    }
+
+    /// [`Publisher::new`], reading the workers' blocks every `route_interval` when no advisory
+    /// says they changed.
+    pub fn with_route_interval(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        nats: &NatsConfig,
+        route_interval: Duration,
+    ) -> Self {
         // With frames of one event there is nothing to group: events are published directly.
         let framed = if nats.max_frame_events > 1 { nats.partitions } else { 0 };
         let partitions = (0..framed)
@@ -118,7 +136,9 @@ impl Publisher {
             .collect();
         let routes: Arc<[AtomicU32]> = (0..framed).map(AtomicU32::new).collect();
         if framed > 0 {
-            tokio::spawn(follow_blocks(js.clone(), nats.stream.clone(), Arc::downgrade(&routes)));
+            let routing =
+                Routing { client: client.clone(), js: js.clone(), stream: nats.stream.clone(), route_interval };
+            tokio::spawn(routing.follow(Arc::downgrade(&routes)));
         }
         Self { client, js, nats: nats.clone(), fill: Arc::default(), partitions, routes }
     }
@@ -176,28 +196,61 @@ impl Publisher {
     }
 }
 
-/// Keeps `routes` in step with the block consumers on `stream` every [`ROUTE_INTERVAL`] until the
-/// publisher is gone; keeps the last routes while NATS cannot say.
-async fn follow_blocks(js: jetstream::Context, stream: String, routes: Weak<[AtomicU32]>) {
-    loop {
-        tokio::time::sleep(ROUTE_INTERVAL).await;
-        let Some(routes) = routes.upgrade() else { return };
-        let Ok(blocks) = consumer_blocks(&js, &stream).await else { continue };
-        for (partition, route) in (0u32..).zip(routes.iter()) {
-            let first = blocks.iter().find(|b| b.partitions().contains(&partition)).map_or(partition, |b| b.start);
-            route.store(first, Ordering::Relaxed);
-        }
-    }
+/// Where `routes` are read from.
+struct Routing {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    /// How often the blocks are read when no advisory says they changed.
+    route_interval: Duration,
 }
 
-/// The blocks the stream's consumers fetch (within the publish timeout).
-async fn consumer_blocks(js: &jetstream::Context, stream: &str) -> Result<Vec<Block>, ()> {
-    use futures_util::TryStreamExt;
-    let read = async {
-        let names = js.get_stream_no_info(stream).await.map_err(drop)?.consumer_names();
-        names.try_filter_map(|name| async move { Ok(Block::named_by(&name)) }).try_collect().await.map_err(drop)
-    };
-    tokio::time::timeout(ROUTE_INTERVAL, read).await.unwrap_or(Err(()))
+impl Routing {
+    /// Keeps `routes` in step with the block consumers on the stream until the publisher is gone:
+    /// reads them at once, after each consumer advisory and at least every `route_interval`; keeps
+    /// the last routes while NATS cannot say.
+    async fn follow(self, routes: Weak<[AtomicU32]>) {
+        use futures_util::{FutureExt, StreamExt};
+        let mut advisories = futures_util::stream::SelectAll::new();
+        for subject in consumer_advisories(&self.stream) {
+            match self.client.subscribe(subject).await {
+                Ok(subscriber) => advisories.push(subscriber),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot follow consumer advisories; routes are read periodically")
+                }
+            }
+        }
+        loop {
+            let Some(routes) = routes.upgrade() else { return };
+            if let Ok(blocks) = self.blocks().await {
+                for (partition, route) in (0u32..).zip(routes.iter()) {
+                    let first =
+                        blocks.iter().find(|b| b.partitions().contains(&partition)).map_or(partition, |b| b.start);
+                    route.store(first, Ordering::Relaxed);
+                }
+                metrics::gauge!("ingest_route_blocks").set(blocks.len() as f64);
+                metrics::counter!("ingest_route_reads_total").increment(1);
+            }
+            drop(routes);
+            tokio::select! {
+                Some(_) = advisories.next() => {
+                    // Whatever else a hand-over announced meanwhile is covered by the same read.
+                    while let Some(Some(_)) = advisories.next().now_or_never() {}
+                }
+                () = tokio::time::sleep(self.route_interval) => {}
+            }
+        }
+    }
+
+    /// The blocks the stream's consumers fetch (within [`ROUTE_INTERVAL`]).
+    async fn blocks(&self) -> Result<Vec<Block>, ()> {
+        use futures_util::TryStreamExt;
+        let read = async {
+            let names = self.js.get_stream_no_info(&self.stream).await.map_err(drop)?.consumer_names();
+            names.try_filter_map(|name| async move { Ok(Block::named_by(&name)) }).try_collect().await.map_err(drop)
+        };
+        tokio::time::timeout(ROUTE_INTERVAL, read).await.unwrap_or(Err(()))
+    }
 }
 
 /// One partition's publishing task.

@@ -84,7 +84,9 @@ impl Coordinator {
                         metrics::counter!("worker_rebalances_total").increment(1);
                         last_view = Some(view);
                     }
-                    self.rebalance(view, &mut owned, &mut held, &shutdown).await;
+                    metrics::gauge!("worker_members").set(view.members as f64);
+                    let settled = self.rebalance(view, &mut owned, &mut held, &shutdown).await;
+                    metrics::gauge!("worker_settled").set(f64::from(u8::from(settled)));
                     if orphans_checked.elapsed() >= ORPHAN_CHECK_INTERVAL {
                         self.repair_orphans(&mut owned, &shutdown).await;
                         orphans_checked = tokio::time::Instant::now();
@@ -99,6 +101,7 @@ impl Coordinator {
                         block.stop.cancel();
                     }
                     held.clear();
+                    metrics::gauge!("worker_settled").set(0.0);
                 }
             }
             let fetched: u32 = owned.keys().map(|b| b.len).sum();
@@ -115,13 +118,15 @@ impl Coordinator {
         metrics::gauge!("worker_partitions_owned").set(0.0);
     }
 
+    /// Gives up what this worker should no longer own and takes what it should and can. Whether
+    /// it now owns exactly its share, through exactly the blocks it should.
     async fn rebalance(
         &mut self,
         view: View,
         owned: &mut BTreeMap<Block, Owned>,
         held: &mut BTreeSet<u32>,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         let range = share(self.nats.partitions, view);
         let pieces = self.lanes.len().max(CONSUMERS.div_ceil(view.members.max(1)));
         let wanted = Block::cover(range.clone(), pieces);
@@ -130,7 +135,7 @@ impl Coordinator {
         let released: Vec<u32> = held.iter().copied().filter(|p| !range.contains(p)).collect();
         for p in &released {
             if self.leases.give_back(*p).await.is_err() {
-                return;
+                return false;
             }
             held.remove(p);
         }
@@ -138,7 +143,7 @@ impl Coordinator {
             tracing::info!(partitions = ?released, "gave partitions up");
         }
         let mut taken = Vec::new();
-        for (i, block) in wanted.into_iter().enumerate() {
+        for (i, &block) in wanted.iter().enumerate() {
             if owned.contains_key(&block) {
                 continue;
             }
@@ -149,7 +154,7 @@ impl Coordinator {
                         held.insert(p);
                     }
                     Ok(false) => {}
-                    Err(_) => return,
+                    Err(_) => return false,
                 }
             }
             if !block.partitions().all(|p| held.contains(&p)) {
@@ -170,6 +175,7 @@ impl Coordinator {
         if !taken.is_empty() {
             tracing::info!(partitions = ?taken, "took partitions");
         }
+        owned.len() == wanted.len() && wanted.iter().all(|b| owned.contains_key(b)) && held.iter().copied().eq(range)
     }
 
     /// Gives `blocks` up: stops fetching them, drains them and deletes their consumers (their
