@@ -44,7 +44,7 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 /// consumer costs nats-server 2.9 something for each message stored, but a consumer delivers
 /// from one goroutine, so a backlog drains faster through several (see the README's *Block
 /// consumers*).
-const CONSUMERS: usize = 8;
+const CONSUMERS: usize = 4;
 
 /// A block this worker fetches.
 struct Owned {
