@@ -17,9 +17,9 @@ pub struct WorkerSettings {
     #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
     /// Spacing of a lane's transactions while its batches are not full, in milliseconds per
-    /// lane of all workers: a batch under WORKER_BATCH_SIZE starts no sooner than this × worker
-    /// processes × WORKER_CONCURRENCY (at most 1 s) after the previous one started, and gathers
-    /// events meanwhile.
+    /// lane in use in all workers: a batch under WORKER_BATCH_SIZE starts no sooner than this ×
+    /// worker processes × lanes in use (WORKER_CONCURRENCY, or fewer when a worker fetches fewer
+    /// blocks; at most 1 s) after the previous one started, and gathers events meanwhile.
     #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 50)]
     pub batch_linger_ms: u64,
     /// Transactions one worker process runs at once (lanes; each partition always feeds the same

@@ -1,8 +1,10 @@
 //! The partitions this worker owns, kept in step with its share (see `ownership`). A worker
 //! holds each partition of its share by its lock and fetches them through a few *block*
-//! consumers (aligned blocks of partitions, see `common::nats::Block`), at least one per lane
-//! and about [`CONSUMERS`] between all workers: a fetch task per block pulls from the block's
-//! durable consumer into the block's lane.
+//! consumers (aligned blocks of partitions, see `common::nats::Block`), about [`CONSUMERS`]
+//! between all workers and at least one per worker: a fetch task per block pulls from the
+//! block's durable consumer into the block's lane (blocks go to lanes in turn; a worker with
+//! fewer blocks than lanes leaves the others idle, and its lanes' spacing counts only those in
+//! use).
 //!
 //! Hand-over: a worker giving a block up stops fetching it, waits until every message it fetched
 //! was applied and acknowledged, flushes the acknowledgements to NATS, deletes the block's
@@ -40,10 +42,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for NATS to delete given-up blocks' consumers.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How many block consumers the workers share between them, as long as each lane has one: every
-/// consumer costs nats-server 2.9 something for each message stored, but a consumer delivers
-/// from one goroutine, so a backlog drains faster through several (see the README's *Block
-/// consumers*).
+/// How many block consumers the workers share between them (at least one each): ingest frames a
+/// block's events together, so fewer blocks mean larger frames and less nats-server work per
+/// event, but a consumer delivers from one goroutine, so a backlog drains faster through several
+/// (see the README's *Block consumers*).
 const CONSUMERS: usize = 4;
 
 /// A block this worker fetches.
@@ -105,6 +107,8 @@ impl Coordinator {
                 }
             }
             let fetched: u32 = owned.keys().map(|b| b.len).sum();
+            let lanes_in_use = owned.len().clamp(1, self.lanes.len());
+            self.applier.lanes_in_use.store(lanes_in_use, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("worker_partitions_owned").set(f64::from(fetched));
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -128,7 +132,7 @@ impl Coordinator {
         shutdown: &CancellationToken,
     ) -> bool {
         let range = share(self.nats.partitions, view);
-        let pieces = self.lanes.len().max(CONSUMERS.div_ceil(view.members.max(1)));
+        let pieces = CONSUMERS.div_ceil(view.members.max(1));
         let wanted = Block::cover(range.clone(), pieces);
         let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
         self.give_up(surplus.into_iter().filter_map(|b| owned.remove_entry(&b)).collect()).await;
