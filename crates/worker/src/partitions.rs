@@ -46,7 +46,7 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 /// block's events together, so fewer blocks mean larger frames and less nats-server work per
 /// event, but a consumer delivers from one goroutine, so a backlog drains faster through several
 /// (see the README's *Block consumers*).
-const CONSUMERS: usize = 4;
+const CONSUMERS: usize = 2;
 
 /// A block this worker fetches.
 struct Owned {
