@@ -5,7 +5,10 @@
 //! at a time, and every event routed to it that arrives while a message is on its way goes
 //! into the next one, a *frame* (at most `NATS_MAX_FRAME_EVENTS`; see `common::nats::FRAME_SLOTS`):
 //! under load one message, one store and one acknowledgement carry many events, and a lone event
-//! is published at once.
+//! is published at once. Under load (the last frame had company) a framer that finds its queue
+//! empty yields to the runtime twice ([`GATHER_YIELDS`]) before its frame goes, so the requests
+//! being handled on the same threads join it: no timer, no wait when idle, and frames about
+//! half again as large.
 //! Each event's request is answered when its frame's acknowledgement arrives.
 //!
 //! **Frames follow the workers' blocks.** Workers fetch through block consumers (aligned blocks of

@@ -44,8 +44,8 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many block consumers the workers share between them (at least one each): ingest frames a
 /// block's events together, so fewer blocks mean larger frames and less nats-server work per
-/// event, but a consumer delivers from one goroutine, so a backlog drains faster through several
-/// (see the README's *Block consumers*).
+/// event; two keep both lanes of a single worker busy on a backlog (see the README's *Block
+/// consumers*).
 const CONSUMERS: usize = 2;
 
 /// A block this worker fetches.
