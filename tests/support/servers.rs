@@ -531,37 +531,55 @@ impl Drop for ServiceProcess {
 /// with its own store; nodes can be killed (SIGKILL) and restarted one at a time.
 pub struct PrivateNatsCluster {
     ports: Vec<u16>,
+    /// The nodes' monitoring ports (`/jsz` says whether JetStream has a meta leader).
+    monitors: Vec<u16>,
     configs: Vec<PathBuf>,
     nodes: Vec<Option<Process>>,
     dir: PathBuf,
 }
 
 impl PrivateNatsCluster {
-    /// Starts the three nodes. Ports are picked free and then released, so another test may take
-    /// one first: a node that exits instead of listening makes the whole cluster start again on
-    /// new ports (three attempts).
+    /// Starts the three nodes and waits until they formed one JetStream cluster. Ports are picked
+    /// free and then released, so another test may take one first: a node that exits instead of
+    /// listening, or nodes that do not elect a JetStream meta leader within 20 s (a route port
+    /// taken by another process), make the whole cluster start again on new ports (three attempts).
     pub fn start() -> Self {
         for _attempt in 0..3 {
             let mut cluster = Self::configure();
-            if (0..3).all(|i| cluster.spawn(i)) {
+            if (0..3).all(|i| cluster.spawn(i)) && cluster.formed() {
                 return cluster;
             }
         }
         panic!("a three-node nats-server cluster did not start in three attempts");
     }
 
+    /// Waits (at most 20 s) until every node's `/jsz` names a meta leader of a three-node cluster.
+    fn formed(&self) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if self.monitors.iter().all(|&port| meta_cluster_formed(port)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     fn configure() -> Self {
         let dir = scratch_dir("nats-cluster");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let configs = (0..3)
             .map(|i| {
                 let others: Vec<String> =
                     (0..3).filter(|j| *j != i).map(|j| format!("\"nats-route://127.0.0.1:{}\"", routes[j])).collect();
                 let config = format!(
-                    "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n\
+                    "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\nhttp: \"127.0.0.1:{}\"\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
                      cluster {{ name: \"ostest\", listen: \"127.0.0.1:{}\", routes: [{}] }}\n",
                     ports[i],
+                    monitors[i],
                     dir.join(format!("n{i}")).display(),
                     routes[i],
                     others.join(", ")
@@ -571,7 +589,7 @@ impl PrivateNatsCluster {
                 path
             })
             .collect();
-        Self { ports, configs, nodes: vec![None, None, None], dir }
+        Self { ports, monitors, configs, nodes: vec![None, None, None], dir }
     }
 
     /// Starts `node`; false if it exited instead of listening.
@@ -615,6 +633,24 @@ impl PrivateNatsCluster {
     pub fn restart(&mut self, node: usize) {
         assert!(self.spawn(node), "nats-server node {node} exited on restart (its port was taken?)");
     }
+}
+
+/// Whether the nats-server monitoring on `port` reports a JetStream meta leader among three peers.
+fn meta_cluster_formed(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _timeout = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    if stream.read_to_string(&mut response).is_err() {
+        return false;
+    }
+    let Some((_, body)) = response.split_once("\r\n\r\n") else { return false };
+    let Ok(jsz) = serde_json::from_str::<serde_json::Value>(body) else { return false };
+    let meta = &jsz["meta_cluster"];
+    meta["leader"].as_str().is_some_and(|leader| !leader.is_empty()) && meta["cluster_size"].as_u64() == Some(3)
 }
 
 impl Drop for PrivateNatsCluster {
