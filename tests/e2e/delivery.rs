@@ -395,8 +395,7 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
         js: js.clone(),
         dlq_subject: env.nats.dlq_subject(),
         settings: settings.clone(),
-        members: std::sync::atomic::AtomicUsize::new(1),
-        lanes_in_use: std::sync::atomic::AtomicUsize::new(1),
+        lanes: std::sync::atomic::AtomicUsize::new(1),
     };
     let dead_letters =
         || async { js.get_stream(env.nats.dlq_stream()).await.unwrap().info().await.unwrap().state.messages };

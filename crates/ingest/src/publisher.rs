@@ -15,10 +15,11 @@
 //! partitions, see `common::nats::Block`). Ingest reads the stream's consumer names whenever
 //! JetStream announces that one of its consumers was created or deleted (the
 //! `$JS.EVENT.ADVISORY.CONSUMER.CREATED/DELETED` advisories, so routes follow a hand-over within a
-//! round trip) and every second in any case (advisories are not stored), and an event whose partition lies in a block is framed with the rest of that block's events and
-//! published on the subject of the block's first partition, which that block's consumer delivers:
-//! with 32 partitions fetched through 8 blocks, 8 subjects carry the load and frames are about
-//! four times larger under the same concurrency. This is only where events are sent, never who
+//! round trip) and every second in any case (advisories are not stored). An event whose
+//! partition lies in a block is framed with the rest of that block's events and published on the
+//! subject of the block's first partition, which that block's consumer delivers: with one worker,
+//! 32 partitions are fetched through 2 blocks, so 2 subjects carry the load and frames are many
+//! times larger under the same concurrency. This is only where events are sent, never who
 //! owns them: a frame is delivered by whoever owns its subject's partition, and while the workers'
 //! blocks change (a worker joins or leaves) an event may briefly be published to its old block's
 //! subject and applied by another worker than the rest of its key's events, which the worker's

@@ -35,11 +35,10 @@ pub struct Applier {
     pub js: jetstream::Context,
     pub dlq_subject: String,
     pub settings: WorkerSettings,
-    /// Worker processes as this one last saw them (see `ownership`); spaces the lanes'
-    /// transactions (see [`lane`]).
-    pub members: AtomicUsize,
-    /// Lanes this process feeds (one per block it fetches, at most `WORKER_CONCURRENCY`).
-    pub lanes_in_use: AtomicUsize,
+    /// Lanes in use in all workers as this process reckons them: the workers it last saw (see
+    /// `ownership`) × the lanes it feeds (one per block it fetches, at most `WORKER_CONCURRENCY`).
+    /// Spaces the lanes' transactions (see [`lane`]).
+    pub lanes: AtomicUsize,
 }
 
 /// Longest spacing between a lane's transactions, whatever the number of workers.
@@ -116,7 +115,7 @@ pub enum Disposition {
 /// everything queued (up to the batch size), until every sender is gone.
 ///
 /// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` × the
-/// number of lanes in use in all workers (processes × this one's lanes in use) after the lane's previous
+/// number of lanes in use in all workers ([`Applier::lanes`]) after the lane's previous
 /// transaction started, gathering company meanwhile: the lanes together start about as many
 /// transactions per second as one would, so adding a worker or a lane does not make every
 /// transaction smaller (PostgreSQL pays per transaction and per key touched as much as per
@@ -138,8 +137,7 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             };
             let mut events = first.events.len();
             let mut batch = vec![first];
-            let lanes = applier.members.load(Ordering::Relaxed) * applier.lanes_in_use.load(Ordering::Relaxed);
-            let start_at = last_started.map(|started| started + spacing(linger, lanes));
+            let start_at = last_started.map(|started| started + spacing(linger, applier.lanes.load(Ordering::Relaxed)));
             while events < batch_size {
                 let next = match start_at {
                     Some(at) if at > tokio::time::Instant::now() => {

@@ -55,8 +55,7 @@ pub async fn start(
         js,
         dlq_subject: nats.dlq_subject(),
         settings: settings.clone(),
-        members: std::sync::atomic::AtomicUsize::new(1),
-        lanes_in_use: std::sync::atomic::AtomicUsize::new(settings.concurrency),
+        lanes: std::sync::atomic::AtomicUsize::new(settings.concurrency),
     });
     let mut lanes = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {

@@ -76,11 +76,12 @@ impl Coordinator {
         // The partition locks this process holds (a block is fetched once all of its are).
         let mut held: BTreeSet<u32> = BTreeSet::new();
         let mut last_view = None;
+        let mut members = 1;
         let mut orphans_checked = tokio::time::Instant::now();
         loop {
             match self.leases.view().await {
                 Ok(view) => {
-                    self.applier.members.store(view.members, std::sync::atomic::Ordering::Relaxed);
+                    members = view.members;
                     if last_view != Some(view) {
                         tracing::info!(rank = view.rank, members = view.members, "worker membership changed");
                         metrics::counter!("worker_rebalances_total").increment(1);
@@ -108,7 +109,7 @@ impl Coordinator {
             }
             let fetched: u32 = owned.keys().map(|b| b.len).sum();
             let lanes_in_use = owned.len().clamp(1, self.lanes.len());
-            self.applier.lanes_in_use.store(lanes_in_use, std::sync::atomic::Ordering::Relaxed);
+            self.applier.lanes.store(members * lanes_in_use, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("worker_partitions_owned").set(f64::from(fetched));
             tokio::select! {
                 () = shutdown.cancelled() => break,
