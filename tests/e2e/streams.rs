@@ -111,8 +111,9 @@ async fn published_subjects(
 }
 
 /// Ingest frames the events of a block with a consumer together, on the subject of the block's
-/// first partition (which that consumer delivers), and goes back to each partition's own subject
-/// once no consumer covers it, following JetStream's consumer advisories.
+/// first partition (which that consumer delivers), following JetStream's consumer advisories;
+/// without any block consumer (no worker runs) it frames them by the blocks a lone worker
+/// fetches, before the first consumer exists and again once the last is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_follow_the_block_consumers() {
     let env = TestEnv::new().await;
@@ -127,32 +128,31 @@ async fn frames_follow_the_block_consumers() {
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 1000,
     };
-    let half = env.nats.partitions / 2;
-    let blocks = [Block { start: 0, len: half }, Block { start: half, len: half }];
-    for block in blocks {
-        spec.ensure(block).await.unwrap();
-    }
     // Read periodically only once an hour: within the test, routes change only on advisories.
     let publisher = Publisher::with_route_interval(client, js, &env.nats, Duration::from_secs(3600));
+    // Every event framed on the first partition of its block of `len` partitions, and some not on
+    // their own partition's subject.
+    let framed_by = |len: u32| {
+        let (env, publisher, stream, service) = (&env, &publisher, &stream, &service.id);
+        async move {
+            let placed = published_subjects(env, publisher, stream, service).await;
+            placed.iter().all(|&(partition, subject)| subject == partition - partition % len)
+                && placed.iter().any(|&(partition, _)| partition % len != 0)
+        }
+    };
+    let lone = Block::lone_worker(env.nats.partitions);
+    assert!(lone.len() > 1 && lone.iter().all(|b| b.len == lone[0].len), "{lone:?}");
+    e2e::wait_until(Duration::from_secs(10), "frames on a lone worker's blocks", || framed_by(lone[0].len)).await;
 
-    let routed =
-        |placed: &[(u32, u32)]| placed.iter().all(|&(partition, subject)| subject == partition - partition % half);
-    e2e::wait_until(Duration::from_secs(10), "frames on the blocks' first partitions", || async {
-        routed(&published_subjects(&env, &publisher, &stream, &service.id).await)
-    })
-    .await;
-    let placed = published_subjects(&env, &publisher, &stream, &service.id).await;
-    assert!(routed(&placed), "{placed:?}");
-    assert!(placed.iter().any(|&(partition, _)| partition % half != 0), "no event outside a block's first partition");
+    let quarter = env.nats.partitions / 4;
+    let blocks: Vec<Block> = (0..4).map(|i| Block { start: i * quarter, len: quarter }).collect();
+    for &block in &blocks {
+        spec.ensure(block).await.unwrap();
+    }
+    e2e::wait_until(Duration::from_secs(10), "frames on the consumers' blocks", || framed_by(quarter)).await;
 
-    for block in blocks {
+    for &block in &blocks {
         spec.delete(block).await.unwrap();
     }
-    e2e::wait_until(Duration::from_secs(10), "each partition's events on its own subject again", || async {
-        published_subjects(&env, &publisher, &stream, &service.id)
-            .await
-            .iter()
-            .all(|(partition, subject)| partition == subject)
-    })
-    .await;
+    e2e::wait_until(Duration::from_secs(10), "frames on a lone worker's blocks again", || framed_by(lone[0].len)).await;
 }

@@ -233,6 +233,12 @@ async fn reconcile(js: &jetstream::Context, wanted: stream::Config) -> anyhow::R
     js.get_stream(&name).await.with_context(|| format!("reading JetStream stream {name}"))
 }
 
+/// How many block consumers the workers share between them (at least one each): ingest frames a
+/// block's events together, so fewer blocks mean larger frames and less nats-server work per
+/// event; two keep both lanes of a single worker busy on a backlog (see the README's *Block
+/// consumers*).
+pub const BLOCK_CONSUMERS: usize = 2;
+
 /// An aligned block of partitions: `len` (a power of two) partitions from `start` (a multiple of
 /// `len`). Its partitions' subjects share their leading binary digits, so one wildcard filter
 /// covers exactly the block, and one durable consumer delivers it: nats-server 2.9 pays per
@@ -248,6 +254,13 @@ impl Block {
     /// Every partition of the stream.
     pub fn all(config: &NatsConfig) -> Self {
         Self { start: 0, len: config.partitions.max(1) }
+    }
+
+    /// The blocks a worker alone fetches the stream through. Ingest frames events by them while no
+    /// block consumer exists (no worker runs), so a backlog is stored in large frames and the first
+    /// worker to start fetches it through exactly these blocks.
+    pub fn lone_worker(partitions: u32) -> Vec<Self> {
+        Self::cover(0..partitions.max(1), BLOCK_CONSUMERS)
     }
 
     /// The partitions `range` holds, as few aligned blocks as cover it exactly, split further

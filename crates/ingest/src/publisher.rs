@@ -24,8 +24,9 @@
 //! blocks change (a worker joins or leaves) an event may briefly be published to its old block's
 //! subject and applied by another worker than the rest of its key's events, which the worker's
 //! per-key order repair (re-fold by stream sequence) makes right. In steady state each key's
-//! events reach one worker. Without any block consumer (no worker ran yet), each partition's
-//! events go on its own subject.
+//! events reach one worker. Without any block consumer (no worker runs), events are framed by
+//! the blocks a lone worker fetches (`Block::lone_worker`): a backlog is stored in large frames,
+//! and the first worker to start fetches it through exactly those blocks.
 //!
 //! A lone event's message carries its id as `Nats-Msg-Id`, so the stream drops a re-published
 //! copy; a copy of an event that went out in a larger frame is dropped by the worker, which
@@ -231,7 +232,10 @@ impl Routing {
         }
         loop {
             let Some(routes) = routes.upgrade() else { return };
-            if let Ok(blocks) = self.blocks().await {
+            if let Ok(mut blocks) = self.blocks().await {
+                if blocks.is_empty() {
+                    blocks = Block::lone_worker(routes.len() as u32);
+                }
                 for (partition, route) in (0u32..).zip(routes.iter()) {
                     let first =
                         blocks.iter().find(|b| b.partitions().contains(&partition)).map_or(partition, |b| b.start);

@@ -1,6 +1,6 @@
 //! The partitions this worker owns, kept in step with its share (see `ownership`). A worker
 //! holds each partition of its share by its lock and fetches them through a few *block*
-//! consumers (aligned blocks of partitions, see `common::nats::Block`), about [`CONSUMERS`]
+//! consumers (aligned blocks of partitions, see `common::nats::Block`), about [`BLOCK_CONSUMERS`]
 //! between all workers and at least one per worker: a fetch task per block pulls from the
 //! block's durable consumer into the block's lane (blocks go to lanes in turn; a worker with
 //! fewer blocks than lanes leaves the others idle, and its lanes' spacing counts only those in
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer::PullConsumer, stream};
 use common::config::NatsConfig;
-use common::nats::Block;
+use common::nats::{BLOCK_CONSUMERS, Block};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -41,12 +41,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest wait for NATS to delete given-up blocks' consumers.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How many block consumers the workers share between them (at least one each): ingest frames a
-/// block's events together, so fewer blocks mean larger frames and less nats-server work per
-/// event; two keep both lanes of a single worker busy on a backlog (see the README's *Block
-/// consumers*).
-const CONSUMERS: usize = 2;
 
 /// A block this worker fetches.
 struct Owned {
@@ -133,7 +127,7 @@ impl Coordinator {
         shutdown: &CancellationToken,
     ) -> bool {
         let range = share(self.nats.partitions, view);
-        let pieces = CONSUMERS.div_ceil(view.members.max(1));
+        let pieces = BLOCK_CONSUMERS.div_ceil(view.members.max(1));
         let wanted = Block::cover(range.clone(), pieces);
         let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
         self.give_up(surplus.into_iter().filter_map(|b| owned.remove_entry(&b)).collect()).await;
