@@ -130,3 +130,46 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
          drained {caught_up:?} after the kill; re-folded keys in the surviving and killed workers: {refolded}"
     );
 }
+
+/// Three workers of 32 partitions own aligned shares of two blocks each; each has both of its
+/// blocks framed on its first, so ingest sends the load on three subjects, one per worker; and a
+/// lone worker has each of its blocks framed apart (one per lane).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_of_several_workers_has_its_share_framed_on_one_block() {
+    let mut env = TestEnv::new().await;
+    env.nats.partitions = 32;
+    let mut workers: Vec<ServiceProcess> = (0..3).map(|_| start_worker(&env)).collect();
+    wait_for_even_ownership(&env, 3, "three workers to share the partitions").await;
+    for worker in &workers {
+        e2e::wait_until(Duration::from_secs(10), "each worker to settle", || async {
+            worker.metric(&env.http, "worker_settled").await == 1.0
+        })
+        .await;
+    }
+    let framings = env.block_framings().await;
+    assert_eq!(framings.len(), 6, "{framings:?}");
+    let mut workers_seen: Vec<&str> =
+        framings.iter().filter_map(|(_, f)| f.as_ref()).map(|f| f.worker.as_str()).collect();
+    workers_seen.sort_unstable();
+    workers_seen.dedup();
+    assert_eq!(workers_seen.len(), 3, "{framings:?}");
+    let routes = common::nats::Framing::routes(32, &framings);
+    let mut targets = routes.clone();
+    targets.dedup();
+    assert_eq!(targets.len(), 3, "one subject per worker: {routes:?} from {framings:?}");
+    for (block, framing) in &framings {
+        let framing = framing.as_ref().expect("every block consumer describes its framing");
+        let first = framings.iter().filter(|(_, f)| f.as_ref() == Some(framing)).map(|(b, _)| b.start).min();
+        assert_eq!(Some(framing.target), first, "{block:?} framed on its worker's first block: {framings:?}");
+    }
+
+    for worker in workers.drain(1..) {
+        drop(worker);
+    }
+    wait_for_even_ownership(&env, 1, "one worker to own every partition").await;
+    e2e::wait_until(Duration::from_secs(10), "a lone worker's blocks framed apart", || async {
+        let framings = env.block_framings().await;
+        framings.len() == 2 && framings.iter().all(|(b, f)| f.as_ref().is_some_and(|f| f.target == b.start))
+    })
+    .await;
+}

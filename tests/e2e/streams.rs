@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use common::nats::{Block, ConsumerSpec};
+use common::nats::{Block, ConsumerSpec, Framing};
 use e2e::TestEnv;
 use e2e::servers::ServiceProcess;
 use ingest::publisher::{Company, Publisher};
@@ -110,10 +110,26 @@ async fn published_subjects(
     placed
 }
 
+/// Whether every event of a batch was framed on the subject of `route(its partition)`, and some
+/// not on their own partition's.
+async fn framed_as(
+    env: &TestEnv,
+    publisher: &Publisher,
+    stream: &async_nats::jetstream::stream::Stream,
+    service_id: &str,
+    route: Box<dyn Fn(u32) -> u32>,
+) -> bool {
+    let placed = published_subjects(env, publisher, stream, service_id).await;
+    placed.iter().all(|&(partition, subject)| subject == route(partition))
+        && placed.iter().any(|&(partition, subject)| partition != subject)
+}
+
 /// Ingest frames the events of a block with a consumer together, on the subject of the block's
 /// first partition (which that consumer delivers), following JetStream's consumer advisories;
-/// without any block consumer (no worker runs) it frames them by the blocks a lone worker
-/// fetches, before the first consumer exists and again once the last is gone.
+/// a worker's blocks whose consumers' framings name its first block are framed on that block,
+/// unless another worker's block covers the target; without any block consumer (no worker runs)
+/// it frames them by the blocks a lone worker fetches, before the first consumer exists and
+/// again once the last is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_follow_the_block_consumers() {
     let env = TestEnv::new().await;
@@ -130,16 +146,8 @@ async fn frames_follow_the_block_consumers() {
     };
     // Read periodically only once an hour: within the test, routes change only on advisories.
     let publisher = Publisher::with_route_interval(client, js, &env.nats, Duration::from_secs(3600));
-    // Every event framed on the first partition of its block of `len` partitions, and some not on
-    // their own partition's subject.
-    let framed_by = |len: u32| {
-        let (env, publisher, stream, service) = (&env, &publisher, &stream, &service.id);
-        async move {
-            let placed = published_subjects(env, publisher, stream, service).await;
-            placed.iter().all(|&(partition, subject)| subject == partition - partition % len)
-                && placed.iter().any(|&(partition, _)| partition % len != 0)
-        }
-    };
+    let framed_as = |route| framed_as(&env, &publisher, &stream, &service.id, route);
+    let framed_by = |len: u32| framed_as(Box::new(move |p| p - p % len));
     let lone = Block::lone_worker(env.nats.partitions);
     assert!(lone.len() > 1 && lone.iter().all(|b| b.len == lone[0].len), "{lone:?}");
     e2e::wait_until(Duration::from_secs(10), "frames on a lone worker's blocks", || framed_by(lone[0].len)).await;
@@ -150,6 +158,26 @@ async fn frames_follow_the_block_consumers() {
         spec.ensure(block).await.unwrap();
     }
     e2e::wait_until(Duration::from_secs(10), "frames on the consumers' blocks", || framed_by(quarter)).await;
+
+    // Worker a fetches the first three quarters, b the last: a's events on its first block.
+    let framing = |target: u32, worker: &str| Framing { target: target * quarter, worker: worker.to_owned() };
+    for (&block, framing) in blocks.iter().zip([framing(0, "a"), framing(0, "a"), framing(0, "a"), framing(3, "b")]) {
+        spec.recreate(block, &framing).await.unwrap();
+    }
+    e2e::wait_until(Duration::from_secs(10), "a worker's blocks framed together", || {
+        framed_as(Box::new(move |p| if p < 3 * quarter { 0 } else { 3 * quarter }))
+    })
+    .await;
+    // A framing whose target another worker's block covers is not followed.
+    spec.recreate(blocks[1], &framing(0, "c")).await.unwrap();
+    e2e::wait_until(Duration::from_secs(10), "a framing for another worker ignored", || {
+        framed_as(Box::new(move |p| match p / quarter {
+            1 => quarter,
+            3 => 3 * quarter,
+            _ => 0,
+        }))
+    })
+    .await;
 
     for &block in &blocks {
         spec.delete(block).await.unwrap();

@@ -296,6 +296,22 @@ impl TestEnv {
             .collect()
     }
 
+    /// This test's workers' blocks and the framings their consumers describe.
+    pub async fn block_framings(&self) -> Vec<(common::nats::Block, Option<common::nats::Framing>)> {
+        use futures_util::StreamExt;
+        let client = async_nats::connect(&self.nats.url).await.expect("NATS");
+        let stream = async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.expect("the event stream");
+        let infos: Vec<_> = stream.consumers().filter_map(|info| async move { info.ok() }).collect().await;
+        let base = &self.consumer;
+        let framing = |description: &Option<String>| description.as_deref().and_then(common::nats::Framing::read);
+        infos
+            .iter()
+            .filter_map(|i| {
+                common::nats::Block::from_consumer_name(base, &i.name).map(|b| (b, framing(&i.config.description)))
+            })
+            .collect()
+    }
+
     /// Waits until the workers acknowledged every message of the stream (each only after the
     /// commit that applied it).
     pub async fn wait_until_drained(&self, timeout: Duration) {

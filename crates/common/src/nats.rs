@@ -334,6 +334,54 @@ impl Block {
     }
 }
 
+/// Where ingest frames the events of a block, as its consumer's description says
+/// (`frames on p<target> for <worker>`): on the subject of partition `target`, the first of the
+/// first block the same worker fetches, so a worker whose share takes several aligned blocks
+/// still receives its events in as few, large frames as a worker with one block. Ingest follows
+/// it only while the block covering `target` names the same worker; otherwise a block's events
+/// are framed on its own first partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framing {
+    pub target: u32,
+    pub worker: String,
+}
+
+impl Framing {
+    /// The consumer description that says it.
+    pub fn describe(&self) -> String {
+        format!("frames on p{} for {}", self.target, self.worker)
+    }
+
+    /// The framing a consumer's description says, if it says one.
+    pub fn read(description: &str) -> Option<Self> {
+        let (target, worker) = description.strip_prefix("frames on p")?.split_once(" for ")?;
+        Some(Self { target: target.parse().ok()?, worker: worker.to_owned() })
+    }
+
+    /// For each of `partitions` partitions, the partition on whose subject ingest frames its
+    /// events, given the stream's block consumers and their framings: a lone worker's blocks
+    /// when there is no consumer at all (no worker runs), a partition's own subject when no
+    /// consumer covers it.
+    pub fn routes(partitions: u32, consumers: &[(Block, Option<Self>)]) -> Vec<u32> {
+        if consumers.is_empty() {
+            let lone: Vec<_> = Block::lone_worker(partitions).into_iter().map(|b| (b, None)).collect();
+            return Self::routes(partitions, &lone);
+        }
+        let covering = |partition: u32| consumers.iter().find(|(b, _)| b.partitions().contains(&partition));
+        let route = |partition: u32| match covering(partition) {
+            None => partition,
+            Some((block, None)) => block.start,
+            Some((block, Some(framing))) => match covering(framing.target) {
+                Some((target, Some(there))) if target.start == framing.target && there.worker == framing.worker => {
+                    framing.target
+                }
+                _ => block.start,
+            },
+        };
+        (0..partitions).map(route).collect()
+    }
+}
+
 /// What every block's durable pull consumer is made with. Redelivery after `ack_wait` is
 /// unlimited: a worker decides itself when a message is poison and moves it to the dead-letter
 /// stream.
@@ -357,12 +405,12 @@ impl ConsumerSpec<'_> {
     }
 
     /// Deletes every consumer of `base` that covers a partition of the block (its own included)
-    /// and creates the block's. What a previous owner left behind (messages delivered and never
+    /// and creates the block's, describing where its events should be framed. What a previous owner left behind (messages delivered and never
     /// acknowledged, pull requests still waiting on the server for a client that stopped reading)
     /// goes with the old consumers and is delivered again at once rather than after the ack wait:
     /// on a work-queue stream a new consumer starts at the oldest message not yet acknowledged.
     /// (A work-queue stream also refuses a consumer whose filter overlaps another's.)
-    pub async fn recreate(&self, block: Block) -> anyhow::Result<PullConsumer> {
+    pub async fn recreate(&self, block: Block, framing: &Framing) -> anyhow::Result<PullConsumer> {
         use futures_util::TryStreamExt;
         let names: Vec<String> =
             self.events.consumer_names().try_collect().await.context("listing JetStream consumers")?;
@@ -370,7 +418,8 @@ impl ConsumerSpec<'_> {
         for covering in blocks.filter(|b| b.overlaps(block)) {
             self.delete(covering).await?;
         }
-        let created = self.events.create_consumer(self.config(block)).await;
+        let config = consumer::pull::Config { description: Some(framing.describe()), ..self.config(block) };
+        let created = self.events.create_consumer(config).await;
         created.with_context(|| format!("creating JetStream consumer {}", block.consumer_name(self.base)))
     }
 
@@ -458,5 +507,24 @@ mod tests {
         assert_eq!(Block::named_by("dlq"), None);
         assert!(block(8, 8).overlaps(block(12, 1)) && block(12, 1).overlaps(block(8, 8)));
         assert!(!block(8, 4).overlaps(block(12, 4)));
+    }
+    #[test]
+    fn frames_go_to_the_first_block_of_the_same_worker() {
+        let block = |start, len| Block { start, len };
+        let framing = |target, worker: &str| Some(Framing { target, worker: worker.to_owned() });
+        let said = framing(8, "w1").unwrap();
+        assert_eq!(Framing::read(&said.describe()), Some(said));
+        assert_eq!(Framing::read("something else"), None);
+
+        // No consumer: a lone worker's two halves.
+        assert_eq!(Framing::routes(8, &[]), [0, 0, 0, 0, 4, 4, 4, 4]);
+        // Blocks without a framing, and a partition no block covers.
+        assert_eq!(Framing::routes(8, &[(block(0, 4), None), (block(4, 2), None)]), [0, 0, 0, 0, 4, 4, 6, 7]);
+        // w1 fetches 0-3 and 4-5, w2 6-7: w1's events on 0, w2's on 6.
+        let three = [(block(0, 4), framing(0, "w1")), (block(4, 2), framing(0, "w1")), (block(6, 2), framing(6, "w2"))];
+        assert_eq!(Framing::routes(8, &three), [0, 0, 0, 0, 0, 0, 6, 6]);
+        // A target another worker's block covers, or no block starts at: each block on its own.
+        let stale = [(block(0, 4), framing(0, "w2")), (block(4, 2), framing(0, "w1")), (block(6, 2), framing(5, "w2"))];
+        assert_eq!(Framing::routes(8, &stale), [0, 0, 0, 0, 4, 4, 6, 6]);
     }
 }

@@ -48,7 +48,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
 use common::config::NatsConfig;
 use common::event::EventEnvelope;
-use common::nats::{Block, TRACEPARENTS_HEADER, event_position};
+use common::nats::{Block, Framing, TRACEPARENTS_HEADER, event_position};
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the stream's size is read for the cap.
@@ -232,16 +232,12 @@ impl Routing {
         }
         loop {
             let Some(routes) = routes.upgrade() else { return };
-            if let Ok(mut blocks) = self.blocks().await {
-                if blocks.is_empty() {
-                    blocks = Block::lone_worker(routes.len() as u32);
+            if let Ok(consumers) = self.consumers().await {
+                let partitions = u32::try_from(routes.len()).unwrap_or(u32::MAX);
+                for (route, target) in routes.iter().zip(Framing::routes(partitions, &consumers)) {
+                    route.store(target, Ordering::Relaxed);
                 }
-                for (partition, route) in (0u32..).zip(routes.iter()) {
-                    let first =
-                        blocks.iter().find(|b| b.partitions().contains(&partition)).map_or(partition, |b| b.start);
-                    route.store(first, Ordering::Relaxed);
-                }
-                metrics::gauge!("ingest_route_blocks").set(blocks.len() as f64);
+                metrics::gauge!("ingest_route_blocks").set(consumers.len() as f64);
                 metrics::counter!("ingest_route_reads_total").increment(1);
             }
             drop(routes);
@@ -255,12 +251,17 @@ impl Routing {
         }
     }
 
-    /// The blocks the stream's consumers fetch (within [`ROUTE_INTERVAL`]).
-    async fn blocks(&self) -> Result<Vec<Block>, ()> {
+    /// The blocks the stream's consumers fetch and where their consumers ask for their events to
+    /// be framed (within [`ROUTE_INTERVAL`]).
+    async fn consumers(&self) -> Result<Vec<(Block, Option<Framing>)>, ()> {
         use futures_util::TryStreamExt;
         let read = async {
-            let names = self.js.get_stream_no_info(&self.stream).await.map_err(drop)?.consumer_names();
-            names.try_filter_map(|name| async move { Ok(Block::named_by(&name)) }).try_collect().await.map_err(drop)
+            let infos = self.js.get_stream_no_info(&self.stream).await.map_err(drop)?.consumers();
+            let block = |info: async_nats::jetstream::consumer::Info| {
+                let framing = info.config.description.as_deref().and_then(Framing::read);
+                Block::named_by(&info.name).map(|block| (block, framing))
+            };
+            infos.try_filter_map(|info| async move { Ok(block(info)) }).try_collect().await.map_err(drop)
         };
         tokio::time::timeout(ROUTE_INTERVAL, read).await.unwrap_or(Err(()))
     }

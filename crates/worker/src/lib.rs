@@ -63,7 +63,8 @@ pub async fn start(
         lanes.push(sender);
         tasks.spawn(lane);
     }
-    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes };
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes, id };
     tasks.spawn(coordinator.run(shutdown.clone()));
     tasks.spawn(report_backlog(stream, shutdown));
     Ok(tasks)

@@ -4,7 +4,9 @@
 //! between all workers and at least one per worker: a fetch task per block pulls from the
 //! block's durable consumer into the block's lane (blocks go to lanes in turn; a worker with
 //! fewer blocks than lanes leaves the others idle, and its lanes' spacing counts only those in
-//! use).
+//! use). Each consumer's description tells ingest where to frame the block's events
+//! (`common::nats::Framing`): a worker among others has all of its share framed on its first
+//! block, a lone worker each block on its own.
 //!
 //! Hand-over: a worker giving a block up stops fetching it, waits until every message it fetched
 //! was applied and acknowledged, flushes the acknowledgements to NATS, deletes the block's
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer::PullConsumer, stream};
 use common::config::NatsConfig;
-use common::nats::{BLOCK_CONSUMERS, Block};
+use common::nats::{BLOCK_CONSUMERS, Block, Framing};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,6 +44,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for NATS to delete given-up blocks' consumers.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most bytes a block pulls ahead of what it applied: a message is a frame of up to
+/// `NATS_MAX_FRAME_EVENTS` events, so a count of messages alone does not bound the memory
+/// (larger than NATS's largest message, which must always fit).
+const PULL_BYTES: usize = 16 * 1024 * 1024;
+
 /// A block this worker fetches.
 struct Owned {
     consumer: PullConsumer,
@@ -50,6 +57,8 @@ struct Owned {
     in_flight: Arc<InFlight>,
     /// The lane it feeds (kept when its consumer is re-created, so its keys stay on one lane).
     lane: mpsc::Sender<Delivery>,
+    /// Where its consumer asks ingest to frame its events.
+    framing: Framing,
 }
 
 /// Everything the coordinator needs.
@@ -60,6 +69,8 @@ pub struct Coordinator {
     pub nats: NatsConfig,
     pub leases: Leases,
     pub lanes: Vec<mpsc::Sender<Delivery>>,
+    /// This process, in its consumers' framings (see [`framing`]).
+    pub id: String,
 }
 
 impl Coordinator {
@@ -102,7 +113,9 @@ impl Coordinator {
                 }
             }
             let fetched: u32 = owned.keys().map(|b| b.len).sum();
-            let lanes_in_use = owned.len().clamp(1, self.lanes.len());
+            // Only blocks whose events are framed on their own subject are delivered frames.
+            let framed_on = owned.iter().filter(|(b, o)| o.framing.target == b.start).count();
+            let lanes_in_use = framed_on.clamp(1, self.lanes.len());
             self.applier.lanes.store(members * lanes_in_use, std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("worker_partitions_owned").set(f64::from(fetched));
             tokio::select! {
@@ -129,7 +142,10 @@ impl Coordinator {
         let range = share(self.nats.partitions, view);
         let pieces = BLOCK_CONSUMERS.div_ceil(view.members.max(1));
         let wanted = Block::cover(range.clone(), pieces);
-        let surplus: Vec<Block> = owned.keys().copied().filter(|b| !wanted.contains(b)).collect();
+        let (id, first) = (self.id.clone(), wanted.first().copied());
+        let framing = |block: Block| framing(&id, block, first.unwrap_or(block), view.members);
+        let surplus: Vec<Block> =
+            owned.iter().filter(|(b, o)| !wanted.contains(b) || o.framing != framing(**b)).map(|(b, _)| *b).collect();
         self.give_up(surplus.into_iter().filter_map(|b| owned.remove_entry(&b)).collect()).await;
         let released: Vec<u32> = held.iter().copied().filter(|p| !range.contains(p)).collect();
         for p in &released {
@@ -159,11 +175,12 @@ impl Coordinator {
             if !block.partitions().all(|p| held.contains(&p)) {
                 continue;
             }
-            match self.spec().recreate(block).await {
+            let framing = framing(block);
+            match self.spec().recreate(block, &framing).await {
                 Ok(consumer) => {
                     metrics::counter!("worker_consumer_resets_total").increment(1);
                     let lane = self.lanes[i % self.lanes.len()].clone();
-                    owned.insert(block, self.fetch(block, consumer, lane, shutdown));
+                    owned.insert(block, self.fetch(block, consumer, lane, framing, shutdown));
                     taken.push(block.partitions());
                 }
                 Err(err) => {
@@ -253,11 +270,11 @@ impl Coordinator {
             );
             metrics::counter!("worker_orphaned_message_repairs_total").increment(1);
             let Some(fetched) = owned.remove(&block) else { continue };
-            let lane = fetched.lane.clone();
+            let (lane, framing) = (fetched.lane.clone(), fetched.framing.clone());
             self.stop_and_drain(vec![fetched]).await;
-            match self.spec().recreate(block).await {
+            match self.spec().recreate(block, &framing).await {
                 Ok(consumer) => {
-                    owned.insert(block, self.fetch(block, consumer, lane, shutdown));
+                    owned.insert(block, self.fetch(block, consumer, lane, framing, shutdown));
                 }
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), partitions = ?block.partitions(), "cannot re-create the block's consumer; retrying at the next rebalance");
@@ -283,6 +300,7 @@ impl Coordinator {
         block: Block,
         consumer: PullConsumer,
         lane: mpsc::Sender<Delivery>,
+        framing: Framing,
         shutdown: &CancellationToken,
     ) -> Owned {
         let stop = shutdown.child_token();
@@ -298,8 +316,18 @@ impl Coordinator {
             in_flight.clone(),
             stop.clone(),
         ));
-        Owned { consumer, stop, fetch, in_flight, lane }
+        Owned { consumer, stop, fetch, in_flight, lane, framing }
     }
+}
+
+/// Where `block`'s events should be framed, `first` being the first block of the share of worker
+/// `id`. A worker among others frames all of its blocks' events on its first block: its share of
+/// the load is one lane's work, and its events then travel in frames as large as those of a
+/// worker with one block (three workers of 32 partitions need two aligned blocks each). A lone
+/// worker frames each block apart, so both its lanes are busy.
+fn framing(id: &str, block: Block, first: Block, members: usize) -> Framing {
+    let target = if members > 1 { first.start } else { block.start };
+    Framing { target, worker: id.to_owned() }
 }
 
 /// Waits until every message a block fetched was disposed of (bounded).
@@ -322,47 +350,48 @@ async fn fetch(
 ) {
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let failure = match consumer.stream().max_messages_per_batch(pull).messages().await {
-            Ok(mut messages) => loop {
-                let next = tokio::select! {
-                    () = stop.cancelled() => return,
-                    next = messages.next() => next,
-                };
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(err)) => break err.to_string(),
-                    None => break "message stream ended".to_owned(),
-                };
-                delay = Duration::from_millis(100);
-                let (events, rejected) = decode(&message);
-                let deliveries = message.info().map_or(0, |i| i.delivered);
-                let mut kept = true;
-                for line in &rejected {
-                    kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
-                }
-                if !kept {
-                    nak(&message, Duration::from_secs(5)).await;
-                    continue;
-                }
-                if events.is_empty() {
-                    ack(&message).await;
-                    continue;
-                }
-                let delivery = Delivery::new(message, events, in_flight.clone());
-                tokio::select! {
-                    () = stop.cancelled() => {
-                        // Not applied: hand it straight back for the next owner.
-                        let _nak = delivery.message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
-                        return;
+        let failure =
+            match consumer.stream().max_messages_per_batch(pull).max_bytes_per_batch(PULL_BYTES).messages().await {
+                Ok(mut messages) => loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => return,
+                        next = messages.next() => next,
+                    };
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(err)) => break err.to_string(),
+                        None => break "message stream ended".to_owned(),
+                    };
+                    delay = Duration::from_millis(100);
+                    let (events, rejected) = decode(&message);
+                    let deliveries = message.info().map_or(0, |i| i.delivered);
+                    let mut kept = true;
+                    for line in &rejected {
+                        kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
                     }
-                    permit = lane.reserve() => match permit {
-                        Ok(permit) => permit.send(delivery),
-                        Err(_) => return,
-                    },
-                }
-            },
-            Err(err) => err.to_string(),
-        };
+                    if !kept {
+                        nak(&message, Duration::from_secs(5)).await;
+                        continue;
+                    }
+                    if events.is_empty() {
+                        ack(&message).await;
+                        continue;
+                    }
+                    let delivery = Delivery::new(message, events, in_flight.clone());
+                    tokio::select! {
+                        () = stop.cancelled() => {
+                            // Not applied: hand it straight back for the next owner.
+                            let _nak = delivery.message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                            return;
+                        }
+                        permit = lane.reserve() => match permit {
+                            Ok(permit) => permit.send(delivery),
+                            Err(_) => return,
+                        },
+                    }
+                },
+                Err(err) => err.to_string(),
+            };
         tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "block pull failed; retrying");
         tokio::select! {
             () = stop.cancelled() => return,
