@@ -12,14 +12,16 @@
 //! Each event's request is answered when its frame's acknowledgement arrives.
 //!
 //! **Frames follow the workers' blocks.** Workers fetch through block consumers (aligned blocks of
-//! partitions, see `common::nats::Block`). Ingest reads the stream's consumer names whenever
+//! partitions, see `common::nats::Block`). Ingest reads the stream's consumers whenever
 //! JetStream announces that one of its consumers was created or deleted (the
 //! `$JS.EVENT.ADVISORY.CONSUMER.CREATED/DELETED` advisories, so routes follow a hand-over within a
 //! round trip) and every second in any case (advisories are not stored). An event whose
 //! partition lies in a block is framed with the rest of that block's events and published on the
-//! subject of the block's first partition, which that block's consumer delivers: with one worker,
-//! 32 partitions are fetched through 2 blocks, so 2 subjects carry the load and frames are many
-//! times larger under the same concurrency. This is only where events are sent, never who
+//! subject of the block's first partition, which that block's consumer delivers, or on the
+//! partition its consumer's description names (`common::nats::Framing`: a worker among others
+//! has its whole share framed on its first block): with one worker, 32 partitions are fetched
+//! through 2 blocks, so 2 subjects carry the load and frames are many times larger under the
+//! same concurrency; three workers use three subjects. This is only where events are sent, never who
 //! owns them: a frame is delivered by whoever owns its subject's partition, and while the workers'
 //! blocks change (a worker joins or leaves) an event may briefly be published to its old block's
 //! subject and applied by another worker than the rest of its key's events, which the worker's
@@ -83,7 +85,8 @@ pub struct Publisher {
     fill: Arc<AtomicU64>,
     partitions: Arc<[mpsc::Sender<Pending>]>,
     /// For each partition, the partition whose publishing task frames its events: the first of
-    /// the block that covers it (see the module's *Frames follow the workers' blocks*).
+    /// the block that covers it or the one its framing names (see the module's *Frames follow the
+    /// workers' blocks*).
     routes: Arc<[AtomicU32]>,
 }
 
