@@ -56,17 +56,23 @@ async fn send(
     keys: usize,
     rate: Option<f64>,
 ) -> Load {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     // Bodies and the credential made once, so the load generator spends its CPU on requests.
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new((0..keys).map(|k| body(routing_key, k).into()).collect());
     let authorization = format!("Bearer {key}");
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let address = base.strip_prefix("http://").expect("an http:// address").to_owned();
     for _ in 0..concurrency {
-        let (http, next, bodies) = (http.clone(), next.clone(), bodies.clone());
-        let (url, authorization) = (format!("{base}/api/events"), authorization.clone());
+        let (next, bodies, address, authorization) = (next.clone(), bodies.clone(), address.clone(), authorization.clone());
         tasks.push(tokio::spawn(async move {
+            // One keep-alive HTTP/1.1 connection per task, with no client pool in between: the
+            // generator shares the two cores with what it measures.
+            let stream = tokio::net::TcpStream::connect(&address).await.expect("connect to ingest");
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("HTTP/1.1");
+            tokio::spawn(connection);
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -76,14 +82,17 @@ async fn send(
                 if let Some(rate) = rate {
                     tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
                 }
-                let request = http
-                    .post(&url)
+                let request = hyper::Request::post("/api/events")
+                    .header("host", &address)
                     .header("authorization", &authorization)
                     .header("content-type", "application/json")
-                    .body(bodies[i % keys].clone());
+                    .body(http_body_util::Full::new(bodies[i % keys].clone()))
+                    .expect("request");
                 let sent = Instant::now();
-                let response = request.send().await.expect("request");
-                assert_eq!(response.status(), 202, "event {i} not accepted");
+                let response = sender.send_request(request).await.expect("request");
+                let status = response.status();
+                http_body_util::BodyExt::collect(response.into_body()).await.expect("response body");
+                assert_eq!(status, 202, "event {i} not accepted");
                 latencies.push(sent.elapsed());
             }
         }));
@@ -190,7 +199,7 @@ struct Settings {
 enum Generator {
     /// wrk, one thread (the default): the cheapest generator, leaving the cores to the pipeline.
     Wrk,
-    /// This process (reqwest), sending exactly BENCH_EVENTS events.
+    /// This process (hyper, a connection per request in flight), sending exactly BENCH_EVENTS events.
     Builtin,
 }
 
