@@ -64,7 +64,8 @@ async fn send(
     let mut tasks = Vec::new();
     let address = base.strip_prefix("http://").expect("an http:// address").to_owned();
     for _ in 0..concurrency {
-        let (next, bodies, address, authorization) = (next.clone(), bodies.clone(), address.clone(), authorization.clone());
+        let (next, bodies, address, authorization) =
+            (next.clone(), bodies.clone(), address.clone(), authorization.clone());
         tasks.push(tokio::spawn(async move {
             // One keep-alive HTTP/1.1 connection per task, with no client pool in between: the
             // generator shares the two cores with what it measures.
