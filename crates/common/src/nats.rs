@@ -405,9 +405,10 @@ impl ConsumerSpec<'_> {
     }
 
     /// Deletes every consumer of `base` that covers a partition of the block (its own included)
-    /// and creates the block's, describing where its events should be framed. What a previous owner left behind (messages delivered and never
-    /// acknowledged, pull requests still waiting on the server for a client that stopped reading)
-    /// goes with the old consumers and is delivered again at once rather than after the ack wait:
+    /// and creates the block's, describing where its events should be framed. What a previous
+    /// owner left behind (messages delivered and never acknowledged, pull requests still waiting
+    /// on the server for a client that stopped reading) goes with the old consumers and is
+    /// delivered again at once rather than after the ack wait:
     /// on a work-queue stream a new consumer starts at the oldest message not yet acknowledged.
     /// (A work-queue stream also refuses a consumer whose filter overlaps another's.)
     pub async fn recreate(&self, block: Block, framing: &Framing) -> anyhow::Result<PullConsumer> {

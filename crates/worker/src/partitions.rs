@@ -350,48 +350,48 @@ async fn fetch(
 ) {
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let failure =
-            match consumer.stream().max_messages_per_batch(pull).max_bytes_per_batch(PULL_BYTES).messages().await {
-                Ok(mut messages) => loop {
-                    let next = tokio::select! {
-                        () = stop.cancelled() => return,
-                        next = messages.next() => next,
-                    };
-                    let message = match next {
-                        Some(Ok(message)) => message,
-                        Some(Err(err)) => break err.to_string(),
-                        None => break "message stream ended".to_owned(),
-                    };
-                    delay = Duration::from_millis(100);
-                    let (events, rejected) = decode(&message);
-                    let deliveries = message.info().map_or(0, |i| i.delivered);
-                    let mut kept = true;
-                    for line in &rejected {
-                        kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
+        let pulled = consumer.stream().max_messages_per_batch(pull).max_bytes_per_batch(PULL_BYTES).messages().await;
+        let failure = match pulled {
+            Ok(mut messages) => loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => return,
+                    next = messages.next() => next,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => break err.to_string(),
+                    None => break "message stream ended".to_owned(),
+                };
+                delay = Duration::from_millis(100);
+                let (events, rejected) = decode(&message);
+                let deliveries = message.info().map_or(0, |i| i.delivered);
+                let mut kept = true;
+                for line in &rejected {
+                    kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
+                }
+                if !kept {
+                    nak(&message, Duration::from_secs(5)).await;
+                    continue;
+                }
+                if events.is_empty() {
+                    ack(&message).await;
+                    continue;
+                }
+                let delivery = Delivery::new(message, events, in_flight.clone());
+                tokio::select! {
+                    () = stop.cancelled() => {
+                        // Not applied: hand it straight back for the next owner.
+                        let _nak = delivery.message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                        return;
                     }
-                    if !kept {
-                        nak(&message, Duration::from_secs(5)).await;
-                        continue;
-                    }
-                    if events.is_empty() {
-                        ack(&message).await;
-                        continue;
-                    }
-                    let delivery = Delivery::new(message, events, in_flight.clone());
-                    tokio::select! {
-                        () = stop.cancelled() => {
-                            // Not applied: hand it straight back for the next owner.
-                            let _nak = delivery.message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
-                            return;
-                        }
-                        permit = lane.reserve() => match permit {
-                            Ok(permit) => permit.send(delivery),
-                            Err(_) => return,
-                        },
-                    }
-                },
-                Err(err) => err.to_string(),
-            };
+                    permit = lane.reserve() => match permit {
+                        Ok(permit) => permit.send(delivery),
+                        Err(_) => return,
+                    },
+                }
+            },
+            Err(err) => err.to_string(),
+        };
         tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "block pull failed; retrying");
         tokio::select! {
             () = stop.cancelled() => return,
