@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::config::partition_of;
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use e2e::servers::ServiceProcess;
@@ -146,6 +147,12 @@ async fn each_of_several_workers_has_its_share_framed_on_one_block() {
         })
         .await;
     }
+    // Settled workers have their consumers; one deleted late by a previous owner's timed-out
+    // delete is re-created within a rebalance.
+    e2e::wait_until(Duration::from_secs(10), "two block consumers per worker", || async {
+        env.block_framings().await.len() == 6
+    })
+    .await;
     let framings = env.block_framings().await;
     assert_eq!(framings.len(), 6, "{framings:?}");
     let mut workers_seen: Vec<&str> =
@@ -172,4 +179,38 @@ async fn each_of_several_workers_has_its_share_framed_on_one_block() {
         framings.len() == 2 && framings.iter().all(|(b, f)| f.as_ref().is_some_and(|f| f.target == b.start))
     })
     .await;
+}
+
+/// A block consumer deleted from under its worker (by hand, or by a delete a previous owner sent
+/// before timing out) is re-created by that worker, and the events on its partitions are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_consumer_deleted_from_under_its_worker_is_re_created() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    let worker = start_worker(&env);
+    wait_for_even_ownership(&env, 1, "the worker to own every partition").await;
+    e2e::wait_until(Duration::from_secs(10), "the worker to settle", || async {
+        worker.metric(&env.http, "worker_settled").await == 1.0
+    })
+    .await;
+    let consumers = env.block_consumers().await;
+    assert_eq!(consumers.len(), common::nats::Block::lone_worker(env.nats.partitions).len(), "{consumers:?}");
+    let (deleted, block) = consumers[0].clone();
+
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
+    js.get_stream(&env.nats.stream).await.unwrap().delete_consumer(&deleted).await.unwrap();
+    let publisher = Publisher::new(client, js, &env.nats);
+    // Keys on every partition, so some are on the block whose consumer went.
+    const EVENTS: i64 = 200;
+    for k in 0..EVENTS {
+        let event = e2e::envelope(&service.id, &format!("key-{k}"), common::event::EventAction::Trigger, "down");
+        publisher.publish(&event, Company::Shared).await.expect("accepted");
+    }
+    let on_block = (0..EVENTS)
+        .filter(|k| block.partitions().contains(&partition_of(&service.id, &format!("key-{k}"), env.nats.partitions)))
+        .count();
+    assert!(on_block > 0, "no key fell on {block:?}");
+    env.wait_for_applied(EVENTS, Duration::from_secs(30)).await;
+    assert!(env.block_consumers().await.iter().any(|(name, _)| *name == deleted), "{deleted} was not re-created");
 }

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{consumer::PullConsumer, stream};
 use common::config::NatsConfig;
 use common::nats::{BLOCK_CONSUMERS, Block, Framing};
@@ -90,6 +91,9 @@ impl Coordinator {
                     if last_view != Some(view) {
                         tracing::info!(rank = view.rank, members = view.members, "worker membership changed");
                         metrics::counter!("worker_rebalances_total").increment(1);
+                        // Not settled until a rebalance for this view has completed: the locks it
+                        // takes are visible before the consumers of their blocks exist.
+                        metrics::gauge!("worker_settled").set(0.0);
                         last_view = Some(view);
                     }
                     metrics::gauge!("worker_members").set(view.members as f64);
@@ -144,8 +148,12 @@ impl Coordinator {
         let wanted = Block::cover(range.clone(), pieces);
         let (id, first) = (self.id.clone(), wanted.first().copied());
         let framing = |block: Block| framing(&id, block, first.unwrap_or(block), view.members);
-        let surplus: Vec<Block> =
-            owned.iter().filter(|(b, o)| !wanted.contains(b) || o.framing != framing(**b)).map(|(b, _)| *b).collect();
+        // A block whose fetch ended by itself lost its consumer: given up here, re-created below.
+        let surplus: Vec<Block> = owned
+            .iter()
+            .filter(|(b, o)| !wanted.contains(b) || o.framing != framing(**b) || o.fetch.is_finished())
+            .map(|(b, _)| *b)
+            .collect();
         self.give_up(surplus.into_iter().filter_map(|b| owned.remove_entry(&b)).collect()).await;
         let released: Vec<u32> = held.iter().copied().filter(|p| !range.contains(p)).collect();
         for p in &released {
@@ -320,6 +328,11 @@ impl Coordinator {
     }
 }
 
+/// Whether NATS says `consumer` no longer exists (not merely unreachable).
+async fn gone(consumer: &PullConsumer) -> bool {
+    matches!(consumer.get_info().await, Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound)
+}
+
 /// Where `block`'s events should be framed, `first` being the first block of the share of worker
 /// `id`. A worker among others frames all of its blocks' events on its first block: its share of
 /// the load is one lane's work, and its events then travel in frames as large as those of a
@@ -392,6 +405,12 @@ async fn fetch(
             },
             Err(err) => err.to_string(),
         };
+        if gone(&consumer).await {
+            // Deleted from under this worker (by hand, or by a delete a previous owner sent
+            // before a time-out): the coordinator re-creates the block's consumer.
+            tracing::warn!(error = %failure, "the block's consumer is gone; re-creating it");
+            return;
+        }
         tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "block pull failed; retrying");
         tokio::select! {
             () = stop.cancelled() => return,
