@@ -149,11 +149,15 @@ async fn each_of_several_workers_has_its_share_framed_on_one_block() {
     }
     // Settled workers have their consumers; one deleted late by a previous owner's timed-out
     // delete is re-created within a rebalance.
+    let read = std::sync::Mutex::new(Vec::new());
     e2e::wait_until(Duration::from_secs(10), "two block consumers per worker", || async {
-        env.block_framings().await.len() == 6
+        let framings = env.block_framings().await;
+        let six = framings.len() == 6;
+        *read.lock().unwrap() = framings;
+        six
     })
     .await;
-    let framings = env.block_framings().await;
+    let framings = read.into_inner().unwrap();
     assert_eq!(framings.len(), 6, "{framings:?}");
     let mut workers_seen: Vec<&str> =
         framings.iter().filter_map(|(_, f)| f.as_ref()).map(|f| f.worker.as_str()).collect();

@@ -286,9 +286,8 @@ impl TestEnv {
     /// The consumers of this test's workers' blocks on the event stream, by name.
     pub async fn block_consumers(&self) -> Vec<(String, common::nats::Block)> {
         use futures_util::StreamExt;
-        let client = async_nats::connect(&self.nats.url).await.expect("NATS");
-        let stream = async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.expect("the event stream");
-        let names: Vec<String> = stream.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
+        let names: Vec<String> =
+            self.event_stream().await.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
         let base = &self.consumer;
         names
             .into_iter()
@@ -299,17 +298,21 @@ impl TestEnv {
     /// This test's workers' blocks and the framings their consumers describe.
     pub async fn block_framings(&self) -> Vec<(common::nats::Block, Option<common::nats::Framing>)> {
         use futures_util::StreamExt;
-        let client = async_nats::connect(&self.nats.url).await.expect("NATS");
-        let stream = async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.expect("the event stream");
-        let infos: Vec<_> = stream.consumers().filter_map(|info| async move { info.ok() }).collect().await;
+        let infos: Vec<_> =
+            self.event_stream().await.consumers().filter_map(|info| async move { info.ok() }).collect().await;
         let base = &self.consumer;
-        let framing = |description: &Option<String>| description.as_deref().and_then(common::nats::Framing::read);
         infos
             .iter()
             .filter_map(|i| {
-                common::nats::Block::from_consumer_name(base, &i.name).map(|b| (b, framing(&i.config.description)))
+                common::nats::Block::from_consumer_name(base, &i.name).map(|b| (b, common::nats::Framing::of(i)))
             })
             .collect()
+    }
+
+    /// This test's event stream, on a connection of its own.
+    async fn event_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let client = async_nats::connect(&self.nats.url).await.expect("NATS");
+        async_nats::jetstream::new(client).get_stream(&self.nats.stream).await.expect("the event stream")
     }
 
     /// Waits until the workers acknowledged every message of the stream (each only after the

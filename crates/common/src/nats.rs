@@ -358,6 +358,11 @@ impl Framing {
         Some(Self { target: target.parse().ok()?, worker: worker.to_owned() })
     }
 
+    /// The framing a consumer asks for, if its description says one.
+    pub fn of(consumer: &consumer::Info) -> Option<Self> {
+        consumer.config.description.as_deref().and_then(Self::read)
+    }
+
     /// For each of `partitions` partitions, the partition on whose subject ingest frames its
     /// events, given the stream's block consumers and their framings: a lone worker's blocks
     /// when there is no consumer at all (no worker runs), a partition's own subject when no

@@ -260,11 +260,11 @@ impl Routing {
         use futures_util::TryStreamExt;
         let read = async {
             let infos = self.js.get_stream_no_info(&self.stream).await.map_err(drop)?.consumers();
-            let block = |info: async_nats::jetstream::consumer::Info| {
-                let framing = info.config.description.as_deref().and_then(Framing::read);
-                Block::named_by(&info.name).map(|block| (block, framing))
-            };
-            infos.try_filter_map(|info| async move { Ok(block(info)) }).try_collect().await.map_err(drop)
+            infos
+                .try_filter_map(|info| async move { Ok(Block::named_by(&info.name).map(|b| (b, Framing::of(&info)))) })
+                .try_collect()
+                .await
+                .map_err(drop)
         };
         tokio::time::timeout(ROUTE_INTERVAL, read).await.unwrap_or(Err(()))
     }
