@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
 # The fault tests need the server binaries too (they start private servers and kill those).
-for bin in nats-server redis-server; do command -v "$bin" >/dev/null || { echo "error: $bin not installed" >&2; exit 1; }; done
+for bin in redis-server; do command -v "$bin" >/dev/null || { echo "error: $bin not installed" >&2; exit 1; }; done
 # Real alert senders the compatibility tests drive: Debian's Alertmanager (with amtool) and pdpyras.
 command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
 python3 -c 'import pdpyras' 2>/dev/null || python3 -m pip install --quiet pdpyras

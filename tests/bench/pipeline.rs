@@ -5,10 +5,15 @@
 //!
 //! - `ingest`: ingest alone (no worker): accepted events/s, request latency p50/p99; then one
 //!   worker alone drains that backlog: applied events/s.
-//! - `scale`: ingest and N = 1..=BENCH_MAX_WORKERS worker processes at once (or the counts
-//!   BENCH_WORKERS lists, in its order, e.g. `4,3,2,1`), closed loop
-//!   (BENCH_CONCURRENCY requests in flight): accepted/s, end to end/s (first request until every
-//!   event is applied), p50/p99, re-folded keys per 10,000 events, and CPU by process.
+//! - `scale`: ingest and N = 1..=BENCH_MAX_WORKERS worker processes (or the counts BENCH_WORKERS
+//!   lists, in its order, e.g. `4,3,2,1`), the workers started together with the load, closed
+//!   loop (BENCH_CONCURRENCY requests in flight): accepted/s, end to end/s (first request until
+//!   every event is applied), p50/p99, re-folded keys per 10,000 events, and CPU by process.
+//! - `backlog`: BENCH_BACKLOG_EVENTS (300,000) events accepted with no worker running; then one
+//!   worker, and BENCH_BACKLOG_JOINING (3) more joining BENCH_JOIN_SECONDS (20) later, while live
+//!   senders keep sending BENCH_LIVE_RATE (500) events/s for the same keys: the drain rate before
+//!   and after the join, the live senders' accepted rate, re-folds, and a check that every key
+//!   ends as the sequential model says (one open incident holding all of its triggers).
 //! - `steady`: ingest and one worker at a fixed offered load (BENCH_RATE events/s for
 //!   BENCH_SECONDS): accepted/s, end to end/s, p50/p99, the backlog every second.
 //! - `wide` (only when named): one worker draining BENCH_WIDE_EVENTS events over BENCH_WIDE_KEYS
@@ -20,18 +25,19 @@
 //! `wide` are always sent from this process.
 //!
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
-//! (1000 dedup keys), BENCH_PARTITIONS (32, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
+//! (1000 dedup keys), BENCH_PARTITIONS (12, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
 //! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_WORKER_THREADS and
 //! BENCH_INGEST_THREADS (the workers' and ingest's tokio threads, TOKIO_WORKER_THREADS; one per
-//! core by default), BENCH_PRELOAD_ROWS (0: old events put in the log before each run, to show
-//! that rates do not depend on the log's size).
+//! core by default), BENCH_WORKER_CPU (unset: each worker process held to that share of one core
+//! by a cgroup of its own, e.g. 0.05, so that workers are the bottleneck), BENCH_PRELOAD_ROWS (0:
+//! old events put in the log before each run, to show that rates do not depend on the log's size).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::bench::{CpuClock, READY, median, ms, quantile, setting};
+use e2e::bench::{CpuCap, CpuClock, READY, median, ms, quantile, setting};
 use e2e::servers::ServiceProcess;
 use e2e::{TestEnv, trigger};
 
@@ -47,6 +53,8 @@ struct Load {
 
 /// Sends `events` triggers over `keys` dedup keys with `concurrency` requests in flight; with a
 /// `rate`, request `i` is not sent before `i / rate` seconds (an open loop at that offered load).
+/// Stops early, between requests, once `stop` is cancelled.
+#[expect(clippy::too_many_arguments, reason = "a load generator's knobs, each a plain number or name")]
 async fn send(
     base: &str,
     key: &str,
@@ -55,6 +63,7 @@ async fn send(
     concurrency: usize,
     keys: usize,
     rate: Option<f64>,
+    stop: &tokio_util::sync::CancellationToken,
 ) -> Load {
     // Bodies and the credential made once, so the load generator spends its CPU on requests.
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new((0..keys).map(|k| body(routing_key, k).into()).collect());
@@ -64,8 +73,8 @@ async fn send(
     let mut tasks = Vec::new();
     let address = base.strip_prefix("http://").expect("an http:// address").to_owned();
     for _ in 0..concurrency {
-        let (next, bodies, address, authorization) =
-            (next.clone(), bodies.clone(), address.clone(), authorization.clone());
+        let (next, bodies, address, authorization, stop) =
+            (next.clone(), bodies.clone(), address.clone(), authorization.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             // One keep-alive HTTP/1.1 connection per task, with no client pool in between: the
             // generator shares the two cores with what it measures.
@@ -77,11 +86,15 @@ async fn send(
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= events {
+                if i >= events || stop.is_cancelled() {
                     return latencies;
                 }
                 if let Some(rate) = rate {
-                    tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+                    let at = started + Duration::from_secs_f64(i as f64 / rate);
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = stop.cancelled() => return latencies,
+                    }
                 }
                 let request = hyper::Request::post("/api/events")
                     .header("host", &address)
@@ -212,6 +225,8 @@ struct Pipeline {
     routing_key: String,
     ingest: ServiceProcess,
     workers: Vec<ServiceProcess>,
+    /// The workers' CPU caps (BENCH_WORKER_CPU), removed after the workers stopped.
+    caps: Vec<CpuCap>,
 }
 
 /// A process's variables with its tokio threads (`TOKIO_WORKER_THREADS`) as `setting` says, if set.
@@ -223,9 +238,10 @@ fn threads(mut vars: Vec<(&'static str, String)>, setting: &str) -> Vec<(&'stati
 }
 
 impl Pipeline {
-    async fn start(workers: usize) -> Self {
+    /// Ingest, ready, and no worker yet.
+    async fn start() -> Self {
         let mut env = TestEnv::new().await;
-        env.nats.partitions = u32::try_from(setting("BENCH_PARTITIONS", 32)).expect("BENCH_PARTITIONS");
+        env.nats.partitions = u32::try_from(setting("BENCH_PARTITIONS", 12)).expect("BENCH_PARTITIONS");
         env.nats.max_frame_events = setting("BENCH_FRAME_EVENTS", 1024);
         let key = env.api_key(common::auth::Role::Admin, None, Some(100_000_000)).await;
         let service = env.service("bench").await;
@@ -233,45 +249,38 @@ impl Pipeline {
         let routing_key = service.routing_key;
         let ingest = ServiceProcess::start("opssentinal-ingest", &threads(env.service_env(), "BENCH_INGEST_THREADS"));
         ingest.wait_ready(&env.http, READY).await;
-        let mut pipeline = Self { base: ingest.url(), env, key, routing_key, ingest, workers: Vec::new() };
-        for _ in 0..workers {
-            pipeline.add_worker().await;
-        }
-        pipeline.settle().await;
-        pipeline
+        Self { base: ingest.url(), env, key, routing_key, ingest, workers: Vec::new(), caps: Vec::new() }
     }
 
-    /// Waits until the workers' membership has settled (each sees them all and owns exactly its
-    /// share through exactly its blocks) and ingest has read its routes twice since (a read under
-    /// way may have started before), so that load meets the steady state, not the joins'
-    /// hand-overs.
-    async fn settle(&self) {
-        let members = self.workers.len() as f64;
-        e2e::wait_until(Duration::from_secs(30), "the workers' ownership to settle", || async {
-            let mut settled = true;
-            for worker in &self.workers {
-                settled &= worker.metric(&self.env.http, "worker_members").await == members
-                    && worker.metric(&self.env.http, "worker_settled").await == 1.0;
-            }
-            settled
-        })
-        .await;
-        let reads = self.ingest.metric(&self.env.http, "ingest_route_reads_total").await;
-        e2e::wait_until(Duration::from_secs(5), "ingest to read the settled blocks", || async {
-            self.ingest.metric(&self.env.http, "ingest_route_reads_total").await > reads + 1.0
-        })
-        .await;
-    }
-
-    async fn add_worker(&mut self) {
+    /// Starts a worker process (held to BENCH_WORKER_CPU of a core, if set) without waiting for it.
+    fn spawn_worker(&mut self) {
         let vars = threads(self.env.service_env(), "BENCH_WORKER_THREADS");
         let worker = ServiceProcess::start("opssentinal-worker", &vars);
-        worker.wait_ready(&self.env.http, READY).await;
+        if let Some(cores) = std::env::var("BENCH_WORKER_CPU").ok().and_then(|c| c.parse::<f64>().ok()) {
+            self.caps.push(CpuCap::apply(worker.pid(), cores));
+        }
         self.workers.push(worker);
     }
 
+    /// Starts a worker process and waits until it is ready.
+    async fn add_worker(&mut self) {
+        self.spawn_worker();
+        self.workers.last().expect("a worker").wait_ready(&self.env.http, READY).await;
+    }
+
     async fn send(&self, settings: &Settings, rate: Option<f64>) -> Load {
-        send(&self.base, &self.key, &self.routing_key, settings.events, settings.concurrency, settings.keys, rate).await
+        let never = tokio_util::sync::CancellationToken::new();
+        send(
+            &self.base,
+            &self.key,
+            &self.routing_key,
+            settings.events,
+            settings.concurrency,
+            settings.keys,
+            rate,
+            &never,
+        )
+        .await
     }
 
     /// A closed loop: `concurrency` requests in flight, with the configured generator.
@@ -324,6 +333,7 @@ impl Pipeline {
 
     async fn stop(self) {
         drop(self.workers);
+        drop(self.caps);
         drop(self.ingest);
     }
 }
@@ -393,7 +403,7 @@ impl Series {
 }
 
 async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
-    let mut pipeline = Pipeline::start(0).await;
+    let mut pipeline = Pipeline::start().await;
     let load = pipeline.closed_loop(settings).await;
     println!(
         "  ingest alone:   {:>8.0} events/s  p50 {:.2} ms  p99 {:.2} ms",
@@ -413,14 +423,17 @@ async fn ingest_then_drain(settings: &Settings, results: &mut Series) {
 }
 
 async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
-    let pipeline = Pipeline::start(workers).await;
+    let mut pipeline = Pipeline::start().await;
+    // The workers start together with the load, as when an operator scales out under it.
+    for _ in 0..workers {
+        pipeline.spawn_worker();
+    }
     let clock = pipeline.clock();
-    let before = pipeline.refolds().await;
     let started = Instant::now();
     let load = pipeline.closed_loop(settings).await;
     let (done, applied) = wait_applied(&pipeline.env, &load).await;
     let cpu = clock.stop();
-    let refolds = pipeline.refolds().await - before;
+    let refolds = pipeline.refolds().await;
     let per_10k = refolds * 10_000.0 / applied as f64;
     println!(
         "  {workers} worker(s): {:>8.0} accepted/s  {:>8.0} end to end/s  p50 {:.2} ms  p99 {:.2} ms  re-folds {refolds} ({per_10k:.2} per 10,000)",
@@ -448,7 +461,8 @@ async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
 }
 
 async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut Series) {
-    let pipeline = Pipeline::start(1).await;
+    let mut pipeline = Pipeline::start().await;
+    pipeline.add_worker().await;
     let events = (offered * seconds as f64) as usize;
     let env = &pipeline.env;
     let sampling = tokio_util::sync::CancellationToken::new();
@@ -517,7 +531,7 @@ impl TestEnvBacklog {
 }
 
 async fn wide(events: usize, keys: usize, settings: &Settings, results: &mut Series) {
-    let mut pipeline = Pipeline::start(0).await;
+    let mut pipeline = Pipeline::start().await;
     let load = pipeline.send(&Settings { events, concurrency: 64, keys, ..*settings }, None).await;
     let started = Instant::now();
     pipeline.add_worker().await;
@@ -543,6 +557,93 @@ async fn wide(events: usize, keys: usize, settings: &Settings, results: &mut Ser
     );
     results.push("wide drain", rate(load.accepted, done - started));
     results.push("wide rss", peak_kib as f64 / 1024.0);
+    pipeline.stop().await;
+}
+
+/// Events of the bench's keys applied so far (a count PostgreSQL answers from the index).
+async fn applied_count(env: &TestEnv) -> usize {
+    let applied: i64 = sqlx::query_scalar("select count(*) from events where dedup_key like 'bench-%'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    usize::try_from(applied).expect("count")
+}
+
+/// A backlog built with no worker running, drained by one worker and then by more joining it,
+/// while live events for the same keys keep arriving.
+async fn backlog(settings: &Settings, results: &mut Series) {
+    let events = setting("BENCH_BACKLOG_EVENTS", 300_000);
+    let joining = setting("BENCH_BACKLOG_JOINING", 3);
+    let join_after = Duration::from_secs(setting("BENCH_JOIN_SECONDS", 20) as u64);
+    let live_rate = setting("BENCH_LIVE_RATE", 500) as f64;
+    let mut pipeline = Pipeline::start().await;
+    let built = pipeline.send(&Settings { events, ..*settings }, None).await;
+    println!("  backlog of {} events built at {:.0}/s", built.accepted, rate(built.accepted, built.elapsed));
+
+    // Live senders: an open loop at BENCH_LIVE_RATE over the same keys, until the backlog is gone.
+    let stop_live = tokio_util::sync::CancellationToken::new();
+    let live = {
+        let (base, key, rk, keys) =
+            (pipeline.base.clone(), pipeline.key.clone(), pipeline.routing_key.clone(), settings.keys);
+        let (horizon, stop) = ((live_rate * 3600.0) as usize, stop_live.clone());
+        tokio::spawn(async move { send(&base, &key, &rk, horizon, 16, keys, Some(live_rate), &stop).await })
+    };
+    let clock = pipeline.clock();
+    let started = Instant::now();
+    pipeline.add_worker().await;
+    tokio::time::sleep_until((started + join_after).into()).await;
+    let before_join = applied_count(&pipeline.env).await;
+    let joined = Instant::now();
+    for _ in 0..joining {
+        pipeline.spawn_worker();
+    }
+    // Drained: every backlog event applied (the live ones keep coming meanwhile).
+    e2e::wait_until(Duration::from_secs(1800), "the backlog to be drained", || async {
+        applied_count(&pipeline.env).await >= built.accepted
+    })
+    .await;
+    let drained = Instant::now();
+    let after_join = applied_count(&pipeline.env).await;
+    stop_live.cancel();
+    let live = live.await.expect("live senders");
+    // The live events that were accepted before the senders stopped: applied within seconds.
+    let tail = Instant::now();
+    pipeline.env.wait_until_drained(Duration::from_secs(300)).await;
+    let tail = tail.elapsed();
+    let cpu = clock.stop();
+    let applied = applied_count(&pipeline.env).await;
+    assert_eq!(applied, built.accepted + live.accepted, "every accepted event applied");
+    let live_accepted_rate = rate(live.accepted, live.elapsed);
+    let before = rate(before_join, joined - started);
+    let after = rate(after_join - before_join, drained - joined);
+    let refolds = pipeline.refolds().await;
+    // The sequential model of triggers only: each key one open incident holding all of its events.
+    let wrong: i64 = sqlx::query_scalar(
+        "select count(*) from (select e.dedup_key, count(*) as n from events e where e.dedup_key like 'bench-%' group by 1) e
+         full join (select dedup_key, count(*) as incidents, sum(alert_count) as alerts,
+                           bool_and(status = 'OPEN') as open from incidents group by 1) i using (dedup_key)
+         where i.incidents is distinct from 1 or i.alerts is distinct from e.n or not i.open",
+    )
+    .fetch_one(&pipeline.env.pool)
+    .await
+    .expect("model check");
+    println!(
+        "  1 worker: {before:>8.0} applied/s; after {joining} joined: {after:>8.0} applied/s ({:.2}x); \
+         backlog drained {:.1} s after the first worker started; live {live_accepted_rate:.0} accepted/s \
+         (p99 {:.1} ms), all applied {:.2} s after the senders stopped; re-folds {refolds}; keys not as modelled: {wrong}",
+        after / before,
+        (drained - started).as_secs_f64(),
+        ms(live.p99),
+        tail.as_secs_f64(),
+    );
+    println!("      CPU (% of one core): {}", cpu.summary());
+    assert_eq!(wrong, 0, "keys whose incidents differ from the sequential model");
+    results.push("backlog drain before join", before);
+    results.push("backlog drain after join", after);
+    results.push("backlog join speed-up", after / before);
+    results.push("backlog drained seconds", (drained - started).as_secs_f64());
+    results.push("backlog live accepted", live_accepted_rate);
+    results.push("backlog refolds per 10k", refolds * 10_000.0 / applied as f64);
     pipeline.stop().await;
 }
 
@@ -599,7 +700,8 @@ async fn main() {
                     let (events, keys) = (setting("BENCH_WIDE_EVENTS", 500_000), setting("BENCH_WIDE_KEYS", 100_000));
                     wide(events, keys, &settings, &mut results).await;
                 }
-                other => panic!("unknown phase {other:?}: ingest, scale, steady or wide"),
+                "backlog" => backlog(&settings, &mut results).await,
+                other => panic!("unknown phase {other:?}: ingest, scale, backlog, steady or wide"),
             }
         }
     }

@@ -30,7 +30,7 @@ async fn partition_consumer(
     event: &EventEnvelope,
 ) -> jetstream::consumer::PullConsumer {
     let stream = common::nats::ensure_streams(js, &env.nats).await.unwrap();
-    let spec = common::nats::ConsumerSpec {
+    let consumers = common::nats::PartitionConsumers {
         events: &stream,
         nats: &env.nats,
         base: &env.consumer,
@@ -38,7 +38,7 @@ async fn partition_consumer(
         max_ack_pending: 1000,
     };
     let partition = common::config::partition_of(&event.service_id, &event.dedup_key, env.nats.partitions);
-    spec.ensure(common::nats::Block { start: partition, len: 1 }).await.unwrap()
+    consumers.ensure(partition).await.unwrap()
 }
 
 /// Publishes the envelope as a distinct message (its own Nats-Msg-Id), as a publish retried
@@ -308,8 +308,7 @@ async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledg
 }
 
 /// An event reaching an idle lane is applied at once, in a transaction of its own; events arriving
-/// within the spacing after it (`WORKER_BATCH_LINGER_MS` × lanes of all workers) wait and share the next
-/// transaction. (Events of one transaction share the rows' `xmin`.)
+/// within `WORKER_BATCH_LINGER_MS` after it wait and share the next transaction. (Events of one transaction share the rows' `xmin`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
     let (env, service, mut settings, js) = stream_setup().await;
@@ -323,7 +322,7 @@ async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
     };
     publish("first").await;
     env.wait_for_applied(1, Duration::from_secs(30)).await;
-    // Paced further apart than a fixed small-batch linger would wait, well within the spacing.
+    // Paced apart, all within the linger.
     for i in 0..4 {
         publish(&format!("later-{i}")).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -395,7 +394,6 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
         js: js.clone(),
         dlq_subject: env.nats.dlq_subject(),
         settings: settings.clone(),
-        lanes: std::sync::atomic::AtomicUsize::new(1),
     };
     let dead_letters =
         || async { js.get_stream(env.nats.dlq_stream()).await.unwrap().info().await.unwrap().state.messages };

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::servers::{PrivateNats, PrivatePostgres, PrivateRedis, ServiceProcess};
-use e2e::{NATS_URL, PG_ADMIN_URL, REDIS_URL, TestEnv, trigger, wait_until};
+use e2e::{PG_ADMIN_URL, REDIS_URL, TestEnv, trigger, wait_until};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +39,7 @@ async fn nats_unreachable_means_503_and_never_202() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
     let mut redis = PrivateRedis::start();
-    let env = TestEnv::on(PG_ADMIN_URL, &redis.url(), NATS_URL).await;
+    let env = TestEnv::on(PG_ADMIN_URL, &redis.url(), &e2e::nats_url()).await;
     // A process of its own, so its fail-open counter counts only this test's requests.
     let ingest = ServiceProcess::start("opssentinal-ingest", &env.service_env());
     let base = ingest.url();
@@ -85,7 +85,7 @@ async fn redis_down_events_still_flow_and_the_limiter_fails_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_ingest_keeps_accepting_and_workers_catch_up() {
     let postgres = PrivatePostgres::start();
-    let env = TestEnv::on(&postgres.admin_url(), REDIS_URL, NATS_URL).await;
+    let env = TestEnv::on(&postgres.admin_url(), REDIS_URL, &e2e::nats_url()).await;
     let base = env.spawn_ingest().await;
     let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;

@@ -37,19 +37,21 @@ async fn three_workers_with_duplicates_and_redeliveries_match_the_sequential_mod
     let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
     let publisher = Publisher::new(client, js.clone(), &env.nats);
 
-    // A saboteur pulls from the workers' own consumers (one per block of partitions) and either
+    // A saboteur pulls from the workers' own consumers (one per partition) and either
     // drops what it took (a crashed worker: redelivered after the ack wait, behind later events)
     // or naks it (redelivered at once).
     let stream = js.get_stream(&env.nats.stream).await.unwrap();
+    let all: Vec<u32> = (0..env.nats.partitions).collect();
     e2e::wait_until(Duration::from_secs(10), "the workers' consumers to cover every partition", || async {
-        env.block_consumers().await.iter().map(|(_, b)| b.len).sum::<u32>() == env.nats.partitions
+        env.partition_consumers().await == all
     })
     .await;
     let mut consumers = Vec::new();
-    for (name, _) in env.block_consumers().await {
+    for partition in all {
+        let name = common::nats::consumer_name(&env.consumer, partition);
         consumers.push(stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name).await.unwrap());
     }
-    // One thief per block, each keeping a pull request waiting beside the owner's, so that now
+    // One thief per partition, each keeping a pull request waiting beside the owner's, so that now
     // and then a message goes to it instead.
     let stolen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producers_done = tokio_util::sync::CancellationToken::new();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::servers::{PrivatePostgres, ServiceProcess};
-use e2e::{NATS_URL, REDIS_URL, TestEnv, wait_until};
+use e2e::{REDIS_URL, TestEnv, wait_until};
 use sqlx::PgPool;
 
 async fn over_tls(pool: &PgPool) -> bool {
@@ -18,7 +18,7 @@ async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
     shared.close().await;
 
     let (pg, ca) = PrivatePostgres::start_tls();
-    let mut env = TestEnv::on(&pg.admin_url(), REDIS_URL, NATS_URL).await;
+    let mut env = TestEnv::on(&pg.admin_url(), REDIS_URL, &e2e::nats_url()).await;
     let verified = format!("{}?sslmode=verify-full&sslrootcert={}", env.database.url, ca.display());
     let pool = PgPool::connect(&verified).await.expect("sslmode=verify-full with the test's CA");
     assert!(over_tls(&pool).await);
@@ -48,7 +48,7 @@ async fn postgres_connections_use_tls_with_sslmode_require_and_verify_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_work_over_rediss() {
     let (redis, ca) = e2e::servers::PrivateRedis::start_tls();
-    let env = TestEnv::on(e2e::PG_ADMIN_URL, &redis.url(), NATS_URL).await;
+    let env = TestEnv::on(e2e::PG_ADMIN_URL, &redis.url(), &e2e::nats_url()).await;
     let mut vars = env.service_env();
     vars.push(("SSL_CERT_FILE", ca.display().to_string()));
     let ingest = ServiceProcess::start("opssentinal-ingest", &vars);

@@ -110,3 +110,43 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
+
+/// A process held to a share of one core: a cgroup (v1 `cpu` controller) of its own with
+/// `cpu.cfs_quota_us` = `cores` × `cpu.cfs_period_us`, as an operator gives a worker a small CPU
+/// limit. The cgroup is removed when dropped (after the process exited).
+pub struct CpuCap {
+    dir: std::path::PathBuf,
+}
+
+impl CpuCap {
+    const PERIOD_US: u64 = 100_000;
+
+    /// Holds `pid` to `cores` of a core (0.05: 5 ms of every 100 ms).
+    pub fn apply(pid: u32, cores: f64) -> Self {
+        let root = std::path::Path::new("/sys/fs/cgroup/cpu");
+        assert!(
+            root.join("cpu.cfs_quota_us").exists(),
+            "BENCH_WORKER_CPU needs the cgroup v1 cpu controller at {}",
+            root.display()
+        );
+        let dir = root.join(format!("opssentinal-bench-{}-{pid}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the worker's cgroup (run as root)");
+        let quota = (cores * Self::PERIOD_US as f64).round().max(1000.0) as u64;
+        std::fs::write(dir.join("cpu.cfs_period_us"), Self::PERIOD_US.to_string()).expect("cpu.cfs_period_us");
+        std::fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string()).expect("cpu.cfs_quota_us");
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the worker into its cgroup");
+        Self { dir }
+    }
+}
+
+impl Drop for CpuCap {
+    fn drop(&mut self) {
+        // A cgroup with a process left in it cannot go: wait (bounded) for it to have exited.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -23,7 +23,15 @@ use worker::WorkerSettings;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
-pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+/// The shared NATS server: `NATS_URL` (set by `scripts/test.sh` to the pinned nats-server it
+/// runs), else the standard local port.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The nats-server release the project is built and tested against (`scripts/services.sh` pins
+/// the same): older servers lack what the pipeline relies on.
+pub const NATS_MIN_VERSION: (u64, u64) = (2, 12);
 
 /// Waits for `condition` to hold, polling, at most `timeout`. Panics with `what` otherwise.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
@@ -93,7 +101,7 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh environment on the shared local services.
     pub async fn new() -> Self {
-        Self::on(PG_ADMIN_URL, REDIS_URL, NATS_URL).await
+        Self::on(PG_ADMIN_URL, REDIS_URL, &nats_url()).await
     }
 
     /// A fresh environment on the given servers (`pg_admin_url` names a database to connect to
@@ -131,6 +139,7 @@ impl TestEnv {
             max_frame_events: 1024,
         };
         delete_stale_streams(nats_url).await;
+        assert_current_nats(nats_url).await;
         Self {
             pool,
             database,
@@ -283,30 +292,20 @@ impl TestEnv {
         Some(stream.info().await.ok()?.state.messages)
     }
 
-    /// The consumers of this test's workers' blocks on the event stream, by name.
-    pub async fn block_consumers(&self) -> Vec<(String, common::nats::Block)> {
+    /// The names of the consumers on this test's event stream.
+    pub async fn consumer_names(&self) -> Vec<String> {
         use futures_util::StreamExt;
-        let names: Vec<String> =
-            self.event_stream().await.consumer_names().filter_map(|name| async move { name.ok() }).collect().await;
-        let base = &self.consumer;
-        names
-            .into_iter()
-            .filter_map(|name| common::nats::Block::from_consumer_name(base, &name).map(|block| (name, block)))
-            .collect()
+        self.event_stream().await.consumer_names().filter_map(|name| async move { name.ok() }).collect().await
     }
 
-    /// This test's workers' blocks and the framings their consumers describe.
-    pub async fn block_framings(&self) -> Vec<(common::nats::Block, Option<common::nats::Framing>)> {
-        use futures_util::StreamExt;
-        let infos: Vec<_> =
-            self.event_stream().await.consumers().filter_map(|info| async move { info.ok() }).collect().await;
-        let base = &self.consumer;
-        infos
-            .iter()
-            .filter_map(|i| {
-                common::nats::Block::from_consumer_name(base, &i.name).map(|b| (b, common::nats::Framing::of(i)))
-            })
-            .collect()
+    /// The partition consumers of this test's workers on the event stream, by partition.
+    pub async fn partition_consumers(&self) -> Vec<u32> {
+        let names = self.consumer_names().await;
+        let mut partitions: Vec<u32> = (0..self.nats.partitions)
+            .filter(|&p| names.contains(&common::nats::consumer_name(&self.consumer, p)))
+            .collect();
+        partitions.sort_unstable();
+        partitions
     }
 
     /// This test's event stream, on a connection of its own.
@@ -543,6 +542,23 @@ async fn drop_stale_databases(admin: &PgPool) {
         let drop = format!("drop database if exists {name} with (force)");
         let _dropped = sqlx::query(&drop).execute(admin).await;
     }
+}
+
+/// Fails the test at once on a nats-server older than [`NATS_MIN_VERSION`] (Debian's 2.9, say):
+/// its results would say nothing of the server the project ships with.
+async fn assert_current_nats(nats_url: &str) {
+    let Ok(client) = async_nats::connect(nats_url).await else {
+        return;
+    };
+    let version = client.server_info().version;
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        found >= NATS_MIN_VERSION,
+        "nats-server {version} at {nats_url} is older than {}.{}: run the tests with scripts/test.sh, which starts the pinned release",
+        NATS_MIN_VERSION.0,
+        NATS_MIN_VERSION.1
+    );
 }
 
 async fn delete_stale_streams(nats_url: &str) {

@@ -95,7 +95,7 @@ pub struct NatsConfig {
     /// Name of the JetStream stream holding accepted events (its dead letters go to `<name>_DLQ`).
     #[arg(id = "nats_stream", long = "nats-stream", env = "NATS_STREAM", default_value = "OPSSENTINAL_EVENTS")]
     pub stream: String,
-    /// Subject prefix: events are published to `<prefix>.events.<partition in binary digits>`, dead letters to `<prefix>.dlq`.
+    /// Subject prefix: events are published to `<prefix>.events.<partition>`, dead letters to `<prefix>.dlq`.
     #[arg(
         id = "nats_subject_prefix",
         long = "nats-subject-prefix",
@@ -111,8 +111,8 @@ pub struct NatsConfig {
         default_value_t = 1
     )]
     pub replicas: usize,
-    /// Largest size of the event stream in bytes (-1: unlimited): past it, ingest answers 503
-    /// until workers catch up. Enforced by ingest (within a quarter second), not by NATS.
+    /// Largest size of the event stream in bytes (-1: unlimited): past it, JetStream refuses new
+    /// events and ingest answers 503 until workers catch up; nothing stored is dropped.
     #[arg(id = "nats_stream_max_bytes", long = "nats-stream-max-bytes", env = "NATS_STREAM_MAX_BYTES", default_value_t = -1, allow_negative_numbers = true)]
     pub max_bytes: i64,
     /// How long ingest waits for JetStream's publish acknowledgement before answering 503, in milliseconds.
@@ -123,11 +123,15 @@ pub struct NatsConfig {
         default_value_t = 5000
     )]
     pub publish_timeout_ms: u64,
-    /// Partitions of the event stream (a power of two): a key's events all go to the partition a
-    /// hash of `(service, dedup_key)` names, and each partition is applied by one worker at a
-    /// time, so this is the most workers that can share the load. Fixed for a stream's lifetime:
-    /// ingest, workers and the CLI must agree (a worker refuses a stream made with another count).
-    #[arg(id = "nats_partitions", long = "nats-partitions", env = "NATS_PARTITIONS", default_value_t = 32)]
+    /// Partitions of the event stream: a key's events all go to the partition a hash of
+    /// `(service, dedup_key)` names; a partition is one subject, one durable consumer and one
+    /// ownership lock, applied by one worker at a time. So it is the most workers that can share
+    /// the load, and workers share it evenly when their count divides it: choose at least the most
+    /// workers you will run, and a number most worker counts divide (12 serves 1, 2, 3, 4 and 6
+    /// evenly; 24 up to 8, 12). Fewer partitions make larger frames under the same load. Fixed for
+    /// a stream's lifetime: ingest, workers and the CLI must agree (a stream made with another
+    /// count is refused, naming both).
+    #[arg(id = "nats_partitions", long = "nats-partitions", env = "NATS_PARTITIONS", default_value_t = 12)]
     pub partitions: u32,
     /// How long JetStream remembers an event id to drop a re-published copy, in seconds: a
     /// re-sent Alertmanager notification within it is not counted twice.
@@ -183,8 +187,8 @@ impl NatsConfig {
         if self.duplicate_window_secs == 0 {
             bail!("NATS_DUPLICATE_WINDOW_SECS must be at least 1");
         }
-        if !(1..=MAX_PARTITIONS).contains(&self.partitions) || !self.partitions.is_power_of_two() {
-            bail!("NATS_PARTITIONS must be a power of two between 1 and {MAX_PARTITIONS}");
+        if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
+            bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
         }
         let slots = crate::nats::FRAME_SLOTS;
         if !(1..=slots).contains(&(self.max_frame_events as u64)) {
@@ -206,42 +210,24 @@ impl NatsConfig {
             .and_then(|servers| if servers.is_empty() { bail!("NATS_URL names no server") } else { Ok(servers) })
     }
 
-    /// The subjects the event stream holds: `<prefix>.events.` and a partition's binary digits.
+    /// The subjects the event stream holds: `<prefix>.events.<partition>`.
     pub fn events_subjects(&self) -> String {
-        format!("{}.events.>", self.subject_prefix)
+        format!("{}.events.*", self.subject_prefix)
     }
 
-    /// Binary digits in a partition's subject (at least one).
-    fn partition_digits(&self) -> u32 {
-        self.partitions.max(1).trailing_zeros().max(1)
-    }
-
-    /// The subject of one partition: its binary digits as tokens, most significant first
-    /// (partition 5 of 32 is `<prefix>.events.0.0.1.0.1`), so that an aligned block of
-    /// partitions is one wildcard filter (see `common::nats::Block`).
+    /// The subject of one partition: `<prefix>.events.<partition>` (partition 5 is
+    /// `<prefix>.events.5`). A partition is the one unit of subject, consumer and ownership.
     pub fn partition_subject(&self, partition: u32) -> String {
-        let mut subject = format!("{}.events", self.subject_prefix);
-        for digit in (0..self.partition_digits()).rev() {
-            subject.push_str(if partition >> digit & 1 == 1 { ".1" } else { ".0" });
-        }
-        subject
+        format!("{}.events.{partition}", self.subject_prefix)
     }
 
     /// The partition a subject of the event stream names, if it names one.
     pub fn subject_partition(&self, subject: &str) -> Option<u32> {
         let digits = subject.strip_prefix(self.subject_prefix.as_str())?.strip_prefix(".events.")?;
-        let mut partition = 0u32;
-        let mut count = 0;
-        for digit in digits.split('.') {
-            partition = partition.checked_mul(2)?
-                + match digit {
-                    "0" => 0,
-                    "1" => 1,
-                    _ => return None,
-                };
-            count += 1;
-        }
-        (count == self.partition_digits() && partition < self.partitions).then_some(partition)
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        digits.parse().ok().filter(|p| canonical && *p < self.partitions)
     }
 
     /// The subject an event for `(service_id, dedup_key)` is published to.
@@ -436,28 +422,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn partitions_are_a_power_of_two_named_by_binary_subjects() {
-        for (partitions, valid) in
-            [(0, false), (1, true), (3, false), (32, true), (48, false), (1024, true), (2048, false)]
-        {
+    fn partitions_are_named_by_their_number() {
+        for (partitions, valid) in [(0, false), (1, true), (3, true), (12, true), (1024, true), (1025, false)] {
             let result = nats_config(partitions).validate();
             assert_eq!(result.is_ok(), valid, "{partitions}: {result:?}");
         }
-        let config = nats_config(32);
-        assert_eq!(config.partition_subject(5), "opssentinal.events.0.0.1.0.1");
-        assert_eq!(config.partition_subject(31), "opssentinal.events.1.1.1.1.1");
-        for p in 0..32 {
+        let config = nats_config(12);
+        assert_eq!(config.partition_subject(5), "opssentinal.events.5");
+        assert_eq!(config.partition_subject(11), "opssentinal.events.11");
+        for p in 0..12 {
             assert_eq!(config.subject_partition(&config.partition_subject(p)), Some(p));
         }
-        for other in
-            ["opssentinal.events.0.0.1.0", "opssentinal.events.0.0.1.0.2", "opssentinal.dlq", "x.events.0.0.0.0.0"]
-        {
+        for other in [
+            "opssentinal.events.12",
+            "opssentinal.events.05",
+            "opssentinal.events.",
+            "opssentinal.events.1.0",
+            "opssentinal.dlq",
+            "x.events.0",
+            "opssentinal.events.-1",
+        ] {
             assert_eq!(config.subject_partition(other), None, "{other}");
         }
-        let single = nats_config(1);
-        assert_eq!(single.partition_subject(0), "opssentinal.events.0");
-        assert_eq!(single.subject_partition("opssentinal.events.0"), Some(0));
-        assert_eq!(single.subject_partition("opssentinal.events.1"), None);
     }
 
     #[test]

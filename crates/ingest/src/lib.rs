@@ -66,7 +66,6 @@ pub async fn run(config: IngestConfig, listener: TcpListener, shutdown: Cancella
         "rate_limit_fail_open_total",
         "auth_failures_total",
         "idempotency_unavailable_total",
-        "ingest_route_reads_total",
     ]);
     let app = with_fallbacks(api_router(state).merge(health_router(readiness)))
         .layer(axum::middleware::from_fn_with_state("ingest", common::http::record_request));

@@ -11,37 +11,20 @@
 //! half again as large.
 //! Each event's request is answered when its frame's acknowledgement arrives.
 //!
-//! **Frames follow the workers' blocks.** Workers fetch through block consumers (aligned blocks of
-//! partitions, see `common::nats::Block`). Ingest reads the stream's consumers whenever
-//! JetStream announces that one of its consumers was created or deleted (the
-//! `$JS.EVENT.ADVISORY.CONSUMER.CREATED/DELETED` advisories, so routes follow a hand-over within a
-//! round trip) and every second in any case (advisories are not stored). An event whose
-//! partition lies in a block is framed with the rest of that block's events and published on the
-//! subject of the block's first partition, which that block's consumer delivers, or on the
-//! partition its consumer's description names (`common::nats::Framing`: a worker among others
-//! has its whole share framed on its first block): with one worker, 32 partitions are fetched
-//! through 2 blocks, so 2 subjects carry the load and frames are many times larger under the
-//! same concurrency; three workers use three subjects. This is only where events are sent, never who
-//! owns them: a frame is delivered by whoever owns its subject's partition, and while the workers'
-//! blocks change (a worker joins or leaves) an event may briefly be published to its old block's
-//! subject and applied by another worker than the rest of its key's events, which the worker's
-//! per-key order repair (re-fold by stream sequence) makes right. In steady state each key's
-//! events reach one worker. Without any block consumer (no worker runs), events are framed by
-//! the blocks a lone worker fetches (`Block::lone_worker`): a backlog is stored in large frames,
-//! and the first worker to start fetches it through exactly those blocks.
+//! **The producer knows nothing of the workers.** An event's subject is its partition's,
+//! `<prefix>.events.<partition>`, the partition a hash of its `(service, dedup_key)` names
+//! (`common::config::partition_of`), decided from the event alone: ingest reads nothing of the
+//! consumers. Each partition has one durable consumer and one owning worker at a time, so a
+//! key's events reach one worker in the order they were stored, whatever the workers do.
 //!
 //! A lone event's message carries its id as `Nats-Msg-Id`, so the stream drops a re-published
 //! copy; a copy of an event that went out in a larger frame is dropped by the worker, which
 //! finds the id in the event log.
 //!
-//! The stream's size cap (`NATS_STREAM_MAX_BYTES`) is enforced here: a task reads the stream's
-//! size every quarter second, and past the cap events are refused with `503` until workers have
-//! caught up. (NATS 2.9 would enforce a cap by deleting the oldest accepted events; see
-//! `common::nats::ensure_streams`.) Several ingest processes may overshoot the cap by what they
-//! accept in a quarter second.
+//! A full stream (`NATS_STREAM_MAX_BYTES`, the stream's own cap with the discard-new policy)
+//! refuses the publish: its events are answered `503` saying so, and nothing stored is dropped.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Subject;
@@ -50,11 +33,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use common::ApiError;
 use common::config::NatsConfig;
 use common::event::EventEnvelope;
-use common::nats::{Block, Framing, TRACEPARENTS_HEADER, event_position};
+use common::nats::{TRACEPARENTS_HEADER, event_position};
 use tokio::sync::{mpsc, oneshot};
-
-/// How often the stream's size is read for the cap.
-pub const FILL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Largest frame in bytes (NATS's default `max_payload` is 1 MiB; one event is at most about
 /// half of that). An event that does not fit goes into the next frame.
@@ -68,26 +48,13 @@ const GATHER_YIELDS: usize = 2;
 /// Events waiting for a partition's publishing task, at most.
 const QUEUE_PER_PARTITION: usize = 4096;
 
-/// How often the workers' blocks are read for routing frames when no advisory says they changed.
-pub const ROUTE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The JetStream advisories announcing that one of `stream`'s consumers was created or deleted.
-fn consumer_advisories(stream: &str) -> [String; 2] {
-    ["CREATED", "DELETED"].map(|what| format!("$JS.EVENT.ADVISORY.CONSUMER.{what}.{stream}.*"))
-}
-
 #[derive(Clone)]
 pub struct Publisher {
     client: async_nats::Client,
     js: jetstream::Context,
     nats: NatsConfig,
-    /// The stream's size in bytes as last read.
-    fill: Arc<AtomicU64>,
+    /// Each partition's publishing task.
     partitions: Arc<[mpsc::Sender<Pending>]>,
-    /// For each partition, the partition whose publishing task frames its events: the first of
-    /// the block that covers it or the one its framing names (see the module's *Frames follow the
-    /// workers' blocks*).
-    routes: Arc<[AtomicU32]>,
 }
 
 /// Whether an event may share its JetStream message.
@@ -118,20 +85,9 @@ struct Pending {
 
 impl Publisher {
     /// Publishes to the partitions of `nats`'s stream, waiting at most its publish timeout.
-    /// Starts one publishing task per partition and one that follows the workers' blocks (they
-    /// end when the last clone is dropped), unless `NATS_MAX_FRAME_EVENTS` is 1.
+    /// Starts one publishing task per partition (they end when the last clone is dropped), unless
+    /// `NATS_MAX_FRAME_EVENTS` is 1.
     pub fn new(client: async_nats::Client, js: jetstream::Context, nats: &NatsConfig) -> Self {
-        Self::with_route_interval(client, js, nats, ROUTE_INTERVAL)
-    }
-
-    /// [`Publisher::new`], reading the workers' blocks every `route_interval` when no advisory
-    /// says they changed.
-    pub fn with_route_interval(
-        client: async_nats::Client,
-        js: jetstream::Context,
-        nats: &NatsConfig,
-        route_interval: Duration,
-    ) -> Self {
         // With frames of one event there is nothing to group: events are published directly.
         let framed = if nats.max_frame_events > 1 { nats.partitions } else { 0 };
         let partitions = (0..framed)
@@ -147,30 +103,7 @@ impl Publisher {
                 sender
             })
             .collect();
-        let routes: Arc<[AtomicU32]> = (0..framed).map(AtomicU32::new).collect();
-        if framed > 0 {
-            let routing =
-                Routing { client: client.clone(), js: js.clone(), stream: nats.stream.clone(), route_interval };
-            tokio::spawn(routing.follow(Arc::downgrade(&routes)));
-        }
-        Self { client, js, nats: nats.clone(), fill: Arc::default(), partitions, routes }
-    }
-
-    /// Reads the stream's size every [`FILL_INTERVAL`] until `shutdown` (only with a cap).
-    pub async fn watch_fill(self, shutdown: tokio_util::sync::CancellationToken) {
-        if self.nats.max_bytes < 0 {
-            return;
-        }
-        loop {
-            if let Ok(info) = self.js.get_stream(&self.nats.stream).await.map(|stream| stream.cached_info().clone()) {
-                self.fill.store(info.state.bytes, Ordering::Relaxed);
-                metrics::gauge!("ingest_stream_bytes").set(info.state.bytes as f64);
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(FILL_INTERVAL) => {}
-            }
-        }
+        Self { client, js, nats: nats.clone(), partitions }
     }
 
     /// Publishes `event` (in its partition's next frame) and waits for JetStream's
@@ -180,10 +113,6 @@ impl Publisher {
         if self.client.connection_state() != State::Connected {
             metrics::counter!("events_publish_failures_total", "reason" => "disconnected").increment(1);
             return Err(unavailable());
-        }
-        if u64::try_from(self.nats.max_bytes).is_ok_and(|cap| self.fill.load(Ordering::Relaxed) >= cap) {
-            metrics::counter!("events_publish_failures_total", "reason" => "stream_full").increment(1);
-            return Err(ApiError::unavailable("the event stream is full (NATS_STREAM_MAX_BYTES); retry later", 5));
         }
         let line = Line {
             event_id: event.event_id,
@@ -195,78 +124,16 @@ impl Publisher {
             // Every event alone, as many in flight as there are requests: no framer in between.
             let subject = self.nats.partition_subject(partition);
             let stored = store(&self.js, subject.into(), message(&[&line]), self.nats.publish_timeout(), 1).await;
-            return stored.map(|seq| event_position(seq, 0)).map_err(|()| unavailable());
+            return stored.map(|seq| event_position(seq, 0));
         }
         let (done, answer) = oneshot::channel();
         let pending = Pending { line, company, queued: Instant::now(), done };
-        let framer = self.routes[partition as usize].load(Ordering::Relaxed);
-        let queue = &self.partitions[framer as usize];
+        let queue = &self.partitions[partition as usize];
         if queue.try_send(pending).is_err() {
             metrics::counter!("events_publish_failures_total", "reason" => "queue_full").increment(1);
             return Err(unavailable());
         }
         answer.await.unwrap_or_else(|_| Err(unavailable()))
-    }
-}
-
-/// Where `routes` are read from.
-struct Routing {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    stream: String,
-    /// How often the blocks are read when no advisory says they changed.
-    route_interval: Duration,
-}
-
-impl Routing {
-    /// Keeps `routes` in step with the block consumers on the stream until the publisher is gone:
-    /// reads them at once, after each consumer advisory and at least every `route_interval`; keeps
-    /// the last routes while NATS cannot say.
-    async fn follow(self, routes: Weak<[AtomicU32]>) {
-        use futures_util::{FutureExt, StreamExt};
-        let mut advisories = futures_util::stream::SelectAll::new();
-        for subject in consumer_advisories(&self.stream) {
-            match self.client.subscribe(subject).await {
-                Ok(subscriber) => advisories.push(subscriber),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot follow consumer advisories; routes are read periodically")
-                }
-            }
-        }
-        loop {
-            let Some(routes) = routes.upgrade() else { return };
-            if let Ok(consumers) = self.consumers().await {
-                let partitions = u32::try_from(routes.len()).unwrap_or(u32::MAX);
-                for (route, target) in routes.iter().zip(Framing::routes(partitions, &consumers)) {
-                    route.store(target, Ordering::Relaxed);
-                }
-                metrics::gauge!("ingest_route_blocks").set(consumers.len() as f64);
-                metrics::counter!("ingest_route_reads_total").increment(1);
-            }
-            drop(routes);
-            tokio::select! {
-                Some(_) = advisories.next() => {
-                    // Whatever else a hand-over announced meanwhile is covered by the same read.
-                    while let Some(Some(_)) = advisories.next().now_or_never() {}
-                }
-                () = tokio::time::sleep(self.route_interval) => {}
-            }
-        }
-    }
-
-    /// The blocks the stream's consumers fetch and where their consumers ask for their events to
-    /// be framed (within [`ROUTE_INTERVAL`]).
-    async fn consumers(&self) -> Result<Vec<(Block, Option<Framing>)>, ()> {
-        use futures_util::TryStreamExt;
-        let read = async {
-            let infos = self.js.get_stream_no_info(&self.stream).await.map_err(drop)?.consumers();
-            infos
-                .try_filter_map(|info| async move { Ok(Block::named_by(&info.name).map(|b| (b, Framing::of(&info)))) })
-                .try_collect()
-                .await
-                .map_err(drop)
-        };
-        tokio::time::timeout(ROUTE_INTERVAL, read).await.unwrap_or(Err(()))
     }
 }
 
@@ -333,7 +200,7 @@ impl Framer {
         let lines: Vec<&Line> = frame.iter().map(|p| &p.line).collect();
         let answer = store(&self.js, self.subject.clone(), message(&lines), self.timeout, frame.len()).await;
         for (line, pending) in frame.into_iter().enumerate() {
-            let _gone = pending.done.send(answer.map(|seq| event_position(seq, line)).map_err(|()| unavailable()));
+            let _gone = pending.done.send(answer.clone().map(|seq| event_position(seq, line)));
         }
     }
 }
@@ -362,31 +229,47 @@ fn message(lines: &[&Line]) -> PublishMessage {
 }
 
 /// Publishes a message of `events` events and waits (at most `timeout`) for JetStream to store
-/// it; its stream sequence.
+/// it; its stream sequence, or the `503` its events are answered with.
 async fn store(
     js: &jetstream::Context,
     subject: Subject,
     message: PublishMessage,
     timeout: Duration,
     events: usize,
-) -> Result<u64, ()> {
+) -> Result<u64, ApiError> {
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, async { js.send_publish(subject, message).await?.await }).await;
     metrics::histogram!("events_publish_seconds").record(started.elapsed().as_secs_f64());
     metrics::histogram!("ingest_frame_events").record(events as f64);
+    let failed = |reason: &'static str| {
+        metrics::counter!("events_publish_failures_total", "reason" => reason).increment(events as u64);
+    };
     match result {
         Ok(Ok(ack)) => Ok(ack.sequence),
+        Ok(Err(err)) if stream_full(&err) => {
+            failed("stream_full");
+            Err(ApiError::unavailable("the event stream is full (NATS_STREAM_MAX_BYTES); retry later", 5))
+        }
         Ok(Err(err)) => {
             tracing::warn!(error = %err, events, "JetStream publish failed");
-            metrics::counter!("events_publish_failures_total", "reason" => "error").increment(events as u64);
-            Err(())
+            failed("error");
+            Err(unavailable())
         }
         Err(_) => {
             tracing::warn!(events, "JetStream publish acknowledgement timed out");
-            metrics::counter!("events_publish_failures_total", "reason" => "timeout").increment(events as u64);
-            Err(())
+            failed("timeout");
+            Err(unavailable())
         }
     }
+}
+
+/// Whether JetStream refused a publish because the stream reached its `max_bytes`.
+fn stream_full(err: &jetstream::context::PublishError) -> bool {
+    /// JetStream's "maximum bytes exceeded" (a stream at its cap with the discard-new policy).
+    const STREAM_STORE_FULL: jetstream::ErrorCode = jetstream::ErrorCode(10077);
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == STREAM_STORE_FULL)
 }
 
 fn unavailable() -> ApiError {

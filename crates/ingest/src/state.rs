@@ -44,11 +44,9 @@ impl AppState {
         let publisher = Publisher::new(client.clone(), js.clone(), &config.nats);
         let set_up = {
             let (pool, nats, ready) = (pool.clone(), config.nats.clone(), streams_ready.clone());
-            let publisher = publisher.clone();
             async move {
                 let streams = async {
                     if common::nats::ensure_streams_when_reachable(&js, &nats, &shutdown).await?.is_some() {
-                        tokio::spawn(publisher.watch_fill(shutdown.clone()));
                         ready.store(true, Ordering::Release);
                     }
                     anyhow::Ok(())

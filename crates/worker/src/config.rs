@@ -9,22 +9,21 @@ use common::config::{DatabaseConfig, LogConfig, NatsConfig, ShutdownConfig, pars
 /// How a worker consumes the event stream.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
-    /// Base name of the durable JetStream consumers all workers share (one per aligned block of
-    /// partitions a worker fetches, `<name>-p<first>-<last>`); also names the ownership locks.
+    /// Base name of the durable JetStream consumers all workers share (one per partition,
+    /// `<name>-p<partition>`); also names the ownership locks.
     #[arg(long = "worker-consumer", env = "WORKER_CONSUMER", default_value = "workers")]
     pub consumer: String,
     /// Most events applied in one transaction.
     #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
-    /// Spacing of a lane's transactions while its batches are not full, in milliseconds per
-    /// lane in use in all workers: a batch under WORKER_BATCH_SIZE starts no sooner than this ×
-    /// worker processes × lanes in use (WORKER_CONCURRENCY, or fewer when a worker fetches fewer
-    /// blocks; at most 1 s) after the previous one started, and gathers events meanwhile.
+    /// Spacing of a lane's transactions while its batches are not full, in milliseconds: a batch
+    /// under WORKER_BATCH_SIZE starts no sooner than this after the lane's previous one started,
+    /// and gathers events meanwhile.
     #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 50)]
     pub batch_linger_ms: u64,
-    /// Transactions one worker process runs at once (lanes; each partition always feeds the same
-    /// one). Two use both cores of a small machine on a backlog; under live load the lanes'
-    /// spacing keeps their transactions as large as one lane's.
+    /// Transactions one worker process runs at once (lanes; the partitions it owns feed them in
+    /// turn, each partition always the same one). Two use both cores of a small machine on a
+    /// backlog.
     #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
     /// Seconds JetStream waits for an acknowledgement before redelivering a message.
@@ -38,7 +37,7 @@ pub struct WorkerSettings {
     /// and a summary of the dropped events in their timeline).
     #[arg(long = "event-retention-days", env = "EVENT_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
-    /// Most messages of one block consumer delivered and not yet acknowledged.
+    /// Most messages of one partition's consumer delivered and not yet acknowledged.
     #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
 }

@@ -7,7 +7,8 @@
 //! Messages flow from one fetch task per owned partition (see `partitions`) into *lanes*: a lane
 //! applies one transaction at a time, and whatever arrives while a transaction is in flight goes
 //! into the next one (group commit), up to `WORKER_BATCH_SIZE` events. A partition always feeds the
-//! same lane, so a process never races itself on a key.
+//! same lane, so a process never races itself on a key. A message of a partition given up before
+//! its lane started applying it is dropped unacknowledged: the partition's next owner receives it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,14 +36,7 @@ pub struct Applier {
     pub js: jetstream::Context,
     pub dlq_subject: String,
     pub settings: WorkerSettings,
-    /// Lanes in use in all workers as this process reckons them: the workers it last saw (see
-    /// `ownership`) × the lanes it feeds (one per block it fetches, at most `WORKER_CONCURRENCY`).
-    /// Spaces the lanes' transactions (see [`lane`]).
-    pub lanes: AtomicUsize,
 }
-
-/// Longest spacing between a lane's transactions, whatever the number of workers.
-const MAX_SPACING: Duration = Duration::from_secs(1);
 
 /// How many times a batch that hit a deadlock or serialization conflict is retried at once.
 const CONFLICT_RETRIES: usize = 5;
@@ -80,10 +74,17 @@ pub struct Delivery {
     _spans: Vec<Option<tracing::Span>>,
     /// Leaves the in-flight count when the frame, disposed of, is dropped.
     _counted: Counted,
+    /// Cancelled when its partition is given up: not applied then, if not started yet.
+    stop: CancellationToken,
 }
 
 impl Delivery {
-    pub fn new(message: Message, events: Vec<(QueuedEvent, Bytes)>, in_flight: Arc<InFlight>) -> Self {
+    pub fn new(
+        message: Message,
+        events: Vec<(QueuedEvent, Bytes)>,
+        in_flight: Arc<InFlight>,
+        stop: CancellationToken,
+    ) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
         let traceparents = message.headers.as_ref().and_then(|h| h.get(TRACEPARENTS_HEADER)).map(|v| v.as_str());
         let mut traceparents = traceparents.map(|list| list.split(' '));
@@ -98,7 +99,7 @@ impl Delivery {
                 )
             })
             .collect();
-        Self { message, events, lines, _spans: spans, _counted: Counted(in_flight) }
+        Self { message, events, lines, _spans: spans, _counted: Counted(in_flight), stop }
     }
 }
 
@@ -114,12 +115,11 @@ pub enum Disposition {
 /// A lane: its sender, and the task that applies what it brings, each transaction taking
 /// everything queued (up to the batch size), until every sender is gone.
 ///
-/// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` × the
-/// number of lanes in use in all workers ([`Applier::lanes`]) after the lane's previous
-/// transaction started, gathering company meanwhile: the lanes together start about as many
-/// transactions per second as one would, so adding a worker or a lane does not make every
-/// transaction smaller (PostgreSQL pays per transaction and per key touched as much as per
-/// event). An event arriving at a lane that has been idle for that long is applied at once.
+/// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` after
+/// the lane's previous transaction started, gathering company meanwhile (PostgreSQL pays per
+/// transaction and per key touched as much as per event). An event arriving at a lane that has
+/// been idle for that long is applied at once. A frame whose partition was given up before its
+/// transaction starts is dropped here, unacknowledged, for the partition's next owner.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
     let linger = applier.settings.batch_linger();
@@ -137,7 +137,7 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             };
             let mut events = first.events.len();
             let mut batch = vec![first];
-            let start_at = last_started.map(|started| started + spacing(linger, applier.lanes.load(Ordering::Relaxed)));
+            let start_at = last_started.map(|started| started + linger);
             while events < batch_size {
                 let next = match start_at {
                     Some(at) if at > tokio::time::Instant::now() => {
@@ -153,17 +153,15 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
                 events += delivery.events.len();
                 batch.push(delivery);
             }
+            batch.retain(|delivery| !delivery.stop.is_cancelled());
+            if batch.is_empty() {
+                continue;
+            }
             last_started = Some(tokio::time::Instant::now());
             applier.apply_and_dispose(batch, &shutdown).await;
         }
     };
     (sender, task)
-}
-
-/// How long after a transaction started a lane's next one may start while its batch is not
-/// full, with `lanes` lanes in all the workers.
-fn spacing(linger: Duration, lanes: usize) -> Duration {
-    linger.saturating_mul(u32::try_from(lanes.max(1)).unwrap_or(u32::MAX)).min(MAX_SPACING)
 }
 
 impl Applier {
@@ -431,19 +429,4 @@ pub async fn nak(message: &Message, delay: Duration) {
 
 async fn nak_all(messages: &[&Message], delay: Duration) {
     join_all(messages.iter().map(|m| nak(m, delay))).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transactions_are_spaced_by_the_linger_per_lane_up_to_a_second() {
-        let linger = Duration::from_millis(50);
-        assert_eq!(spacing(linger, 0), linger, "before the first membership view");
-        assert_eq!(spacing(linger, 1), linger);
-        assert_eq!(spacing(linger, 4), Duration::from_millis(200));
-        assert_eq!(spacing(linger, 100), MAX_SPACING);
-        assert_eq!(spacing(Duration::ZERO, 4), Duration::ZERO);
-    }
 }

@@ -55,7 +55,6 @@ pub async fn start(
         js,
         dlq_subject: nats.dlq_subject(),
         settings: settings.clone(),
-        lanes: std::sync::atomic::AtomicUsize::new(settings.concurrency),
     });
     let mut lanes = Vec::with_capacity(settings.concurrency);
     for _ in 0..settings.concurrency {
@@ -63,19 +62,20 @@ pub async fn start(
         lanes.push(sender);
         tasks.spawn(lane);
     }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes, id };
+    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes };
     tasks.spawn(coordinator.run(shutdown.clone()));
     tasks.spawn(report_backlog(stream, shutdown));
     Ok(tasks)
 }
 
 /// Publishes the number of JetStream messages accepted and not yet applied (on a work-queue
-/// stream, the messages it holds): each is a frame of one or more events.
+/// stream, the messages it holds; each is a frame of one or more events) and their size in bytes
+/// (against `NATS_STREAM_MAX_BYTES`).
 async fn report_backlog(mut stream: jetstream::stream::Stream, shutdown: CancellationToken) {
     loop {
         if let Ok(info) = stream.info().await {
             metrics::gauge!("worker_stream_backlog").set(info.state.messages as f64);
+            metrics::gauge!("worker_stream_bytes").set(info.state.bytes as f64);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -107,8 +107,6 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         "worker_refolds_total",
         "worker_retries_total",
         "worker_database_unavailable_total",
-        "worker_consumer_resets_total",
-        "worker_orphaned_message_repairs_total",
     ]);
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");

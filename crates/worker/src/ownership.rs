@@ -4,16 +4,14 @@
 //! - **Membership**: a worker holds one *member* lock, on the lowest free slot. The members are
 //!   the sessions holding member locks, read from `pg_locks`, so every worker sees the same list.
 //! - **Assignment**: with `n` members sorted by slot, the member of rank `r` should own the
-//!   `r`-th of `n` contiguous ranges of partitions, as even as bounds on aligned multiples allow
-//!   (so that its share is a few aligned blocks, each fetched through one consumer: see `share`
-//!   and `common::nats::Block`).
+//!   `r`-th of `n` contiguous, even ranges of partitions (see `share`).
 //! - **Ownership**: a worker applies a partition only while it holds that partition's lock. It
 //!   takes the locks of its share that are free, and gives up (after draining) those it holds but
 //!   no longer should.
 //!
 //! PostgreSQL releases a session's locks the moment its connection ends, so a worker that exits or
 //! is killed frees its partitions at once, and a worker that loses its connection stops applying
-//! (its locks are gone). The per-key row lock and re-fold in `apply` keep order during a hand-over.
+//! (its locks are gone). How a partition changes hands without reordering: see `partitions`.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -137,23 +135,10 @@ impl Leases {
 }
 
 /// The partitions the member of `rank` among `members` should own: the `rank`-th of `members`
-/// contiguous ranges, as even as they can be while their bounds fall on multiples of the
-/// largest power of two that still leaves at least two such units per member. Aligned bounds
-/// let each share be fetched through few aligned blocks (see `common::nats::Block`): three
-/// members of 32 partitions own 0–11, 12–19 and 20–31 (two blocks each) rather than 0–9, 10–20
-/// and 21–31 (nine blocks between them), and fewer blocks mean larger frames.
+/// contiguous ranges, whose sizes differ by one at most.
 pub fn share(partitions: u32, view: View) -> Range<u32> {
     let members = view.members.max(1) as u64;
-    let total = u64::from(partitions);
-    let unit = (1..=total).rev().find(|u| u.is_power_of_two() && total / u >= 2 * members).unwrap_or(1);
-    let bound = |rank: u64| {
-        if rank >= members {
-            return partitions;
-        }
-        // The even bound, rounded to the nearest multiple of `unit`.
-        let even = rank * total / members;
-        u32::try_from((even + unit / 2) / unit * unit).unwrap_or(partitions).min(partitions)
-    };
+    let bound = |rank: u64| u32::try_from(rank.min(members) * u64::from(partitions) / members).unwrap_or(partitions);
     bound(view.rank as u64)..bound(view.rank as u64 + 1)
 }
 
@@ -215,28 +200,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shares_cover_every_partition_once_and_differ_by_one_unit_at_most() {
-        for partitions in [1, 7, 32, 64, 100, 1024] {
+    fn shares_cover_every_partition_once_and_differ_by_one_at_most() {
+        for partitions in [1, 7, 12, 32, 100, 1024] {
             for members in 1..=40 {
                 let shares: Vec<Range<u32>> =
                     (0..members).map(|rank| share(partitions, View { rank, members })).collect();
                 let all: Vec<u32> = shares.iter().cloned().flatten().collect();
                 assert_eq!(all, (0..partitions).collect::<Vec<_>>(), "{members} members of {partitions}");
-                if members as u32 <= partitions {
-                    assert!(shares.iter().all(|s| !s.is_empty()), "an empty share: {members} of {partitions}");
-                }
                 let (min, max) = (shares.iter().map(|s| s.len()).min(), shares.iter().map(|s| s.len()).max());
-                let unit = (1..=partitions as usize)
-                    .rev()
-                    .find(|u| u.is_power_of_two() && partitions as usize / u >= 2 * members)
-                    .unwrap_or(1);
-                assert!(max.unwrap() - min.unwrap() <= unit.max(1), "uneven shares: {members} of {partitions}");
+                assert!(max.unwrap() - min.unwrap() <= 1, "uneven shares: {members} of {partitions}");
             }
         }
-        let thirds: Vec<Range<u32>> = (0..3).map(|rank| share(32, View { rank, members: 3 })).collect();
-        assert_eq!(thirds, [0..12, 12..20, 20..32]);
-        let quarters: Vec<Range<u32>> = (0..4).map(|rank| share(32, View { rank, members: 4 })).collect();
-        assert_eq!(quarters, [0..8, 8..16, 16..24, 24..32]);
+        let thirds: Vec<Range<u32>> = (0..3).map(|rank| share(12, View { rank, members: 3 })).collect();
+        assert_eq!(thirds, [0..4, 4..8, 8..12]);
     }
 
     #[test]
