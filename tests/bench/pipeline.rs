@@ -182,11 +182,7 @@ fn wrk(base: &str, key: &str, routing_key: &str, seconds: usize, concurrency: us
 async fn wait_applied(env: &TestEnv, load: &Load) -> (Instant, usize) {
     env.wait_until_drained(Duration::from_secs(900)).await;
     let done = Instant::now();
-    let applied: i64 = sqlx::query_scalar("select count(*) from events where dedup_key like 'bench-%'")
-        .fetch_one(&env.pool)
-        .await
-        .expect("count");
-    let applied = usize::try_from(applied).expect("count");
+    let applied = applied_count(env).await;
     if load.cut_off {
         assert!(applied >= load.accepted, "every accepted event applied: {applied} of {}", load.accepted);
     } else {

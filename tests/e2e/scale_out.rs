@@ -4,17 +4,16 @@
 //! as the sequential model says.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::config::partition_of;
+use common::event::EventEnvelope;
 use e2e::TestEnv;
 use e2e::model::{incidents_as_modelled, model, random_event};
 use e2e::servers::ServiceProcess;
 use ingest::publisher::{Company, Publisher};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 /// A worker binary with its metrics endpoint on its own port.
@@ -34,6 +33,34 @@ async fn wait_for_even_ownership(env: &TestEnv, members: i64, what: &str) -> Dur
     let started = Instant::now();
     env.wait_for_even_ownership(members, what).await;
     started.elapsed()
+}
+
+/// A producer of random trigger/acknowledge/resolve events over `keys`, one at a time (so each
+/// key's record is its stream order), pausing `pause` between events, until `stop`; returns what
+/// it sent, by key.
+fn produce(
+    publisher: &Publisher,
+    service_id: &str,
+    keys: Vec<String>,
+    seed: u64,
+    pause: Duration,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<BTreeMap<String, Vec<EventEnvelope>>> {
+    let (publisher, service_id, stop) = (publisher.clone(), service_id.to_owned(), stop.clone());
+    tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut sent: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        while !stop.is_cancelled() {
+            let key = &keys[rng.random_range(0..keys.len())];
+            let event = random_event(&mut rng, &service_id, key);
+            publisher.publish(&event, Company::Shared).await.expect("accepted");
+            sent.entry(key.clone()).or_default().push(event);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        sent
+    })
 }
 
 async fn wait_for_more_applied(env: &TestEnv, more: i64) {
@@ -59,24 +86,12 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
     const PRODUCERS: u64 = 16;
     const KEYS_PER_PRODUCER: usize = 12;
     let stop = CancellationToken::new();
-    let recorded = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut producers = Vec::new();
-    for p in 0..PRODUCERS {
-        let (publisher, stop, recorded, service_id) =
-            (publisher.clone(), stop.clone(), recorded.clone(), service.id.clone());
-        producers.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(p));
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
             let keys: Vec<String> = (0..KEYS_PER_PRODUCER).map(|k| format!("key-{p}-{k}")).collect();
-            let mut events: BTreeMap<String, Vec<_>> = BTreeMap::new();
-            while !stop.is_cancelled() {
-                let key = &keys[rng.random_range(0..keys.len())];
-                let event = random_event(&mut rng, &service_id, key);
-                publisher.publish(&event, Company::Shared).await.expect("accepted");
-                events.entry(key.clone()).or_default().push(event);
-            }
-            recorded.lock().await.extend(events);
-        }));
-    }
+            produce(&publisher, &service.id, keys, seed.wrapping_add(p), Duration::ZERO, &stop)
+        })
+        .collect();
 
     wait_for_more_applied(&env, 1000).await;
     workers.push(start_worker(&env));
@@ -106,14 +121,15 @@ async fn workers_joining_leaving_and_dying_mid_stream_keep_every_key_in_order() 
 
     wait_for_more_applied(&env, 1000).await;
     stop.cancel();
+    let mut recorded = BTreeMap::new();
     for producer in producers {
-        producer.await.unwrap();
+        recorded.extend(producer.await.unwrap());
     }
     env.wait_until_drained(Duration::from_secs(120)).await;
     let caught_up = killed_at.elapsed();
 
-    let expected = model(&*recorded.lock().await);
-    let total: usize = recorded.lock().await.values().map(Vec::len).sum();
+    let expected = model(&recorded);
+    let total: usize = recorded.values().map(Vec::len).sum();
     assert_eq!(env.applied_events().await, total as i64, "each event stored once, seed {seed}");
     assert_eq!(incidents_as_modelled(&env.pool).await, expected, "seed {seed}");
     for worker in &workers {
@@ -151,23 +167,12 @@ async fn workers_joining_a_backlog_under_live_load_apply_nothing_out_of_order() 
 
     // Live senders for the same keys, one per group of keys, each publishing one event at a time.
     let stop = CancellationToken::new();
-    let mut senders = Vec::new();
-    for group in 0..8u64 {
-        let (publisher, stop, service_id) = (publisher.clone(), stop.clone(), service.id.clone());
-        let keys: Vec<String> = keys.iter().skip(group as usize).step_by(8).cloned().collect();
-        senders.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(group + 1));
-            let mut sent: BTreeMap<String, Vec<_>> = BTreeMap::new();
-            while !stop.is_cancelled() {
-                let key = &keys[rng.random_range(0..keys.len())];
-                let event = random_event(&mut rng, &service_id, key);
-                publisher.publish(&event, Company::Shared).await.expect("accepted");
-                sent.entry(key.clone()).or_default().push(event);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            sent
-        }));
-    }
+    let senders: Vec<_> = (0..8u64)
+        .map(|group| {
+            let keys: Vec<String> = keys.iter().skip(group as usize).step_by(8).cloned().collect();
+            produce(&publisher, &service.id, keys, seed.wrapping_add(group + 1), Duration::from_millis(2), &stop)
+        })
+        .collect();
 
     let mut workers = vec![start_worker(&env)];
     wait_for_even_ownership(&env, 1, "one worker to own every partition").await;
