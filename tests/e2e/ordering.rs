@@ -189,3 +189,62 @@ async fn a_late_alert_merges_incidents_and_keeps_what_responders_did() {
     assert!(timeline.contains(&format!("incident {i7} was merged")), "{timeline}");
     assert_eq!(env.get_json(&url, &key).await.0, 404);
 }
+
+/// DESIGN §1.3's repair at a bounded cost: a late alert, then a late resolve, on a key whose open
+/// incident absorbed 100,000 alerts are each re-folded from just before them. The incidents equal
+/// the sequential model, and each re-fold rewrites only the rows whose outcome it changes (the
+/// late trigger: none but its own; the late resolve: its own and the ten alerts after it, which
+/// now open and feed a new incident), none of the 100,000 absorbed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_events_on_a_long_running_incident_rewrite_only_what_follows_them() {
+    use common::event::EventAction;
+    use worker::apply::{QueuedEvent, apply_batch};
+    let env = TestEnv::new().await;
+    let service = env.service("API").await;
+    const ABSORBED: usize = 100_000;
+    const AFTER: usize = 10;
+    let position = |i: usize| i64::try_from((i + 1) * 1024).unwrap();
+    let mut stream: Vec<(i64, common::event::EventEnvelope)> = (0..ABSORBED + AFTER)
+        .map(|i| (position(i), e2e::envelope(&service.id, "busy", EventAction::Trigger, "disk full")))
+        .collect();
+    for chunk in stream.chunks(5_000) {
+        let events: Vec<QueuedEvent> =
+            chunk.iter().map(|(seq, envelope)| QueuedEvent { seq: *seq, envelope: envelope.clone() }).collect();
+        apply_batch(&env.pool, &events).await.unwrap();
+    }
+
+    // Late, in stream order just before the last ten alerts: a trigger, then a resolve after it.
+    let late = [
+        (position(ABSORBED - 1) + 100, e2e::envelope(&service.id, "busy", EventAction::Trigger, "disk full")),
+        (position(ABSORBED - 1) + 200, e2e::envelope(&service.id, "busy", EventAction::Resolve, "")),
+    ];
+    let rewritten = |event_id: uuid::Uuid| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from events where xmin = (select xmin from events where event_id = $1)",
+            )
+            .bind(event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for (expected_rows, (seq, envelope)) in [1, 1 + AFTER as i64].into_iter().zip(&late) {
+        let started = std::time::Instant::now();
+        let report = apply_batch(&env.pool, &[QueuedEvent { seq: *seq, envelope: envelope.clone() }]).await.unwrap();
+        println!("re-fold of a late {:?} after {ABSORBED} absorbed alerts: {:?}", envelope.action, started.elapsed());
+        assert_eq!(report.refolded_keys, 1, "the late event was re-folded");
+        assert_eq!(
+            rewritten(envelope.event_id).await,
+            expected_rows,
+            "rows the re-fold of {:?} wrote",
+            envelope.action
+        );
+        stream.push((*seq, envelope.clone()));
+    }
+
+    stream.sort_by_key(|(seq, _)| *seq);
+    let recorded = BTreeMap::from([("busy".to_owned(), stream.into_iter().map(|(_, e)| e).collect::<Vec<_>>())]);
+    assert_eq!(incidents_as_modelled(&env.pool).await, model(&recorded));
+}

@@ -102,7 +102,15 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
             }
             writes.incidents(service_id, dedup_key, fold.into_incidents());
         } else {
-            let outcomes = refold(&mut tx, (service_id, dedup_key), first_seq, &fresh, &moved, &mut writes).await?;
+            let open = open.remove(&(service_id.to_owned(), dedup_key.to_owned()));
+            let key = (service_id, dedup_key);
+            let outcomes = match open.filter(|_| moved.is_empty()) {
+                Some(open) => match refold_tail(&mut tx, key, first_seq, &fresh, open, &mut writes).await? {
+                    Some(outcomes) => outcomes,
+                    None => refold(&mut tx, key, first_seq, &fresh, &moved, &mut writes).await?,
+                },
+                None => refold(&mut tx, key, first_seq, &fresh, &moved, &mut writes).await?,
+            };
             report.outcomes.extend(outcomes);
             report.refolded_keys += 1;
         }
@@ -213,6 +221,87 @@ impl StoredEvent {
         };
         FoldEvent { event_id: self.event_id, seq: self.seq, action, received_at: self.received_at }
     }
+}
+
+/// Most stored events after a late one that [`refold_tail`] re-folds; past that, [`refold`].
+const TAIL_LIMIT: i64 = 10_000;
+
+/// Re-folds a key from just before its late events when every event the key stored after
+/// `first_seq` is an alert its open incident absorbed (the usual late event: one that a killed
+/// worker had in flight while the key kept firing). The state before `first_seq` is then that
+/// incident less those alerts, so only the events after `first_seq` are read, and only those
+/// whose outcome changes are rewritten: the cost does not grow with what the incident absorbed
+/// before. `None` (nothing written) when the key's tail is anything else: [`refold`] then.
+async fn refold_tail(
+    tx: &mut PgConnection,
+    (service_id, dedup_key): KeyRef<'_>,
+    first_seq: i64,
+    fresh: &[&QueuedEvent],
+    open: IncidentState,
+    writes: &mut Writes,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    if open.opened_seq.is_none_or(|opened| opened >= first_seq) {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "select event_id, seq, action, payload, received_at, actor_id, incident_id, outcome from events
+         where service_id = $1 and dedup_key = $2 and seq > $3 order by seq limit $4",
+    )
+    .bind(service_id)
+    .bind(dedup_key)
+    .bind(first_seq)
+    .bind(TAIL_LIMIT + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let absorbed_by_open = |row: &sqlx::postgres::PgRow| -> Result<bool, sqlx::Error> {
+        Ok(row.try_get::<Option<String>, _>("actor_id")?.is_none()
+            && row.try_get::<String, _>("outcome")? == Outcome::Absorbed.as_str()
+            && row.try_get::<Option<String>, _>("incident_id")?.as_deref() == Some(open.id.as_str()))
+    };
+    if rows.len() as i64 > TAIL_LIMIT
+        || !rows.iter().map(absorbed_by_open).collect::<Result<Vec<_>, _>>()?.iter().all(|a| *a)
+    {
+        return Ok(None);
+    }
+    // The incident's last change before the late events: its `updated_at` then.
+    let last_before = sqlx::query(
+        "select received_at from events
+         where incident_id = $1 and seq < $2 and outcome <> 'ignored' order by seq desc limit 1",
+    )
+    .bind(&open.id)
+    .bind(first_seq)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(last_before) = last_before else { return Ok(None) };
+    let incident_id = open.id.clone();
+    let mut before = open;
+    before.alert_count -= i32::try_from(rows.len()).unwrap_or(i32::MAX);
+    before.updated_at = timestamp(&last_before, "received_at")?;
+
+    let no_moves = HashMap::new();
+    let stored = rows.iter().map(|row| StoredEvent::from_row(row, &no_moves)).collect::<Result<Vec<_>, _>>()?;
+    let mut entries: Vec<(i64, Result<&StoredEvent, &QueuedEvent>)> = stored.iter().map(|s| (s.seq, Ok(s))).collect();
+    entries.extend(fresh.iter().map(|e| (e.seq, Err(*e))));
+    entries.sort_by_key(|(seq, _)| *seq);
+    let mut fold = KeyFold::new(Some(before));
+    let mut outcomes = Vec::new();
+    for (_, entry) in entries {
+        match entry {
+            Ok(s) => {
+                let (outcome, incident) = fold.apply(&s.fold_event());
+                if outcome != Outcome::Absorbed || incident.as_deref() != Some(incident_id.as_str()) {
+                    writes.stored_event(s, outcome, incident);
+                }
+            }
+            Err(event) => {
+                let (outcome, incident) = fold.apply(&fold_event(event));
+                writes.new_event(event, outcome, incident);
+                outcomes.push(outcome);
+            }
+        }
+    }
+    writes.incidents(service_id, dedup_key, fold.into_incidents());
+    Ok(Some(outcomes))
 }
 
 /// Re-applies a key's events in sequence order from the last resolve before `first_seq`.
