@@ -452,3 +452,36 @@ async fn schedules_and_dead_letters_are_managed_with_the_cli() {
     let (code, _) = failure(&run_with_nats(&env, &["dlq", "replay", "99"]));
     assert_eq!(code, Some(1));
 }
+
+/// DESIGN §1.5 with a replay too early: a dead letter replayed while its cause is not fixed (at
+/// once, well within every duplicate window) goes back to the dead-letter stream, with its failed
+/// attempts counted afresh; it never vanishes from both streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replayed_before_its_cause_is_fixed_is_dead_lettered_again() {
+    let env = TestEnv::new().await;
+    let mut settings = env.worker_settings();
+    settings.max_deliveries = 2;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let event = e2e::envelope("svc_missing", "poison", common::event::EventAction::Trigger, "no such service");
+    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
+    let subject = env.nats.event_subject(&event.service_id, &event.dedup_key);
+    js.publish(subject, serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap();
+    let letters = || async {
+        let listed = run_with_nats(&env, &["dlq", "list", "--output", "json"]);
+        serde_json::from_slice::<Value>(&listed.stdout).ok().and_then(|l| l.as_array().cloned()).unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(30), "the trigger to be dead-lettered", || async { letters().await.len() == 1 })
+        .await;
+    let first = letters().await[0]["seq"].as_u64().unwrap();
+
+    let replayed = json_of(&run_with_nats(&env, &["dlq", "replay", &first.to_string(), "--output", "json"]));
+    assert_eq!(replayed["replayed"], serde_json::json!([first]));
+    wait_until(Duration::from_secs(30), "the replayed trigger to be dead-lettered again", || async {
+        letters().await.iter().any(|l| l["seq"].as_u64() != Some(first) && l["eventId"] == event.event_id.to_string())
+    })
+    .await;
+    let again = letters().await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["deliveries"], "2", "attempts counted afresh: {again:?}");
+    assert_eq!(env.backlog().await, Some(0), "the event stream still holds it");
+}

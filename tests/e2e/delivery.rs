@@ -400,7 +400,8 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
     let attempts = || async {
         sqlx::query_scalar::<_, i32>("select attempts from apply_failures").fetch_optional(&env.pool).await.unwrap()
     };
-    let fail = |reason| applier.give_up_or_retry(&queued, &message.payload, delivered, reason);
+    let line = worker::consumer::Line { bytes: message.payload.clone(), dead_letter_id: "dlq-test".into() };
+    let fail = |reason| applier.give_up_or_retry(&queued, &line, delivered, reason);
     assert!(matches!(fail("first failure").await, Disposition::Retry(_)));
     assert_eq!(
         (attempts().await, dead_letters().await),

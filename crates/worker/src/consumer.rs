@@ -68,7 +68,7 @@ impl Drop for Counted {
 pub struct Delivery {
     pub message: Message,
     pub events: Vec<QueuedEvent>,
-    lines: Vec<Bytes>,
+    lines: Vec<Line>,
     /// Each event's span, continuing the trace ingest started (when tracing is on), ended when
     /// the frame, disposed of, is dropped.
     _spans: Vec<Option<tracing::Span>>,
@@ -81,14 +81,14 @@ pub struct Delivery {
 impl Delivery {
     pub fn new(
         message: Message,
-        events: Vec<(QueuedEvent, Bytes)>,
+        events: Vec<(QueuedEvent, Line)>,
         in_flight: Arc<InFlight>,
         stop: CancellationToken,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
         let traceparents = message.headers.as_ref().and_then(|h| h.get(TRACEPARENTS_HEADER)).map(|v| v.as_str());
         let mut traceparents = traceparents.map(|list| list.split(' '));
-        let (events, lines): (Vec<QueuedEvent>, Vec<Bytes>) = events.into_iter().unzip();
+        let (events, lines): (Vec<QueuedEvent>, Vec<Line>) = events.into_iter().unzip();
         let spans = events
             .iter()
             .map(|event| {
@@ -100,6 +100,23 @@ impl Delivery {
             })
             .collect();
         Self { message, events, lines, _spans: spans, _counted: Counted(in_flight), stop }
+    }
+}
+
+/// A frame's line: its bytes (what the dead-letter stream keeps) and the id its dead letter is
+/// stored under (`Nats-Msg-Id`): the message's own stream sequence and the line's place in it. A
+/// frame delivered again dead-letters a line once; a replayed letter is a new message, so if its
+/// cause is not fixed yet it is dead-lettered again rather than dropped as a duplicate.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub bytes: Bytes,
+    pub dead_letter_id: String,
+}
+
+impl Line {
+    fn of(message: &Message, bytes: Bytes, line: usize) -> Self {
+        let stored_at = message.info().map_or(0, |info| info.stream_sequence);
+        Self { bytes, dead_letter_id: format!("dlq-{stored_at}-{line}") }
     }
 }
 
@@ -218,7 +235,7 @@ impl Applier {
     async fn apply_one(
         &self,
         event: &QueuedEvent,
-        line: &Bytes,
+        line: &Line,
         deliveries: i64,
         shutdown: &CancellationToken,
     ) -> Disposition {
@@ -257,7 +274,7 @@ impl Applier {
     pub async fn give_up_or_retry(
         &self,
         event: &QueuedEvent,
-        line: &Bytes,
+        line: &Line,
         deliveries: i64,
         reason: &str,
     ) -> Disposition {
@@ -295,15 +312,16 @@ impl Applier {
 
     /// Copies an event (a frame's line) to the dead-letter stream with the reason; whether it was
     /// stored. The copy keeps the event's position, where a replay applies it.
-    pub async fn dead_letter(&self, line: &Bytes, position: u64, deliveries: i64, reason: &str) -> bool {
+    pub async fn dead_letter(&self, line: &Line, position: u64, deliveries: i64, reason: &str) -> bool {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("dlq-{position}").as_str());
+        headers.insert("Nats-Msg-Id", line.dead_letter_id.as_str());
         headers.insert("OpsSentinal-Reason", header_safe(reason).as_str());
         headers.insert("OpsSentinal-Stream-Seq", position.to_string().as_str());
         headers.insert("OpsSentinal-Deliveries", deliveries.to_string().as_str());
         headers.insert("OpsSentinal-Failed-At", jiff::Timestamp::now().to_string().as_str());
         let stored =
-            async { self.js.publish_with_headers(self.dlq_subject.clone(), headers, line.clone()).await?.await }.await;
+            async { self.js.publish_with_headers(self.dlq_subject.clone(), headers, line.bytes.clone()).await?.await }
+                .await;
         match stored {
             Ok(_) => {
                 tracing::error!(stream.seq = position, reason, "event moved to the dead-letter stream");
@@ -332,16 +350,19 @@ impl Applier {
 
 /// A frame's line that can never be applied.
 pub struct Rejected {
-    pub line: Bytes,
+    pub line: Line,
     pub position: u64,
     pub reason: String,
 }
 
 /// Reads a frame's events, with their lines; the lines that cannot be applied, with the reason.
-pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Bytes)>, Vec<Rejected>) {
+pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Line)>, Vec<Rejected>) {
     let base = match position(message) {
         Ok(base) => base,
-        Err(reason) => return (Vec::new(), vec![Rejected { line: message.payload.clone(), position: 0, reason }]),
+        Err(reason) => {
+            let line = Line::of(message, message.payload.clone(), 0);
+            return (Vec::new(), vec![Rejected { line, position: 0, reason }]);
+        }
     };
     let (mut events, mut rejected) = (Vec::new(), Vec::new());
     for (i, range) in common::nats::frame_lines(&message.payload).into_iter().enumerate() {
@@ -355,8 +376,8 @@ pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Bytes)>, Vec<Rejected>) {
                 Ok(QueuedEvent { seq, envelope })
             });
         match event {
-            Ok(event) => events.push((event, line)),
-            Err(reason) => rejected.push(Rejected { line, position, reason }),
+            Ok(event) => events.push((event, Line::of(message, line, i))),
+            Err(reason) => rejected.push(Rejected { line: Line::of(message, line, i), position, reason }),
         }
     }
     (events, rejected)

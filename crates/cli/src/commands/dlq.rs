@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use clap::Subcommand;
-use common::config::NatsConfig;
+use common::config::{DatabaseConfig, NatsConfig};
 use serde_json::{Value, json};
 
 use crate::output::{Output, cell};
@@ -21,7 +21,9 @@ pub enum DlqCommand {
         nats: NatsConfig,
     },
     /// Send dead-lettered events through the pipeline again (after fixing the cause), and remove
-    /// them from the dead-letter stream once the event stream stored them.
+    /// them from the dead-letter stream once the event stream stored them. Each starts with its
+    /// failed attempts counted afresh; one whose cause is not fixed yet comes back to the
+    /// dead-letter stream.
     #[command(after_help = "Example:\n  opssentinal dlq replay 3 4\n  opssentinal dlq replay --all")]
     Replay {
         /// Sequence numbers in the dead-letter stream (see `dlq list`).
@@ -31,6 +33,8 @@ pub enum DlqCommand {
         all: bool,
         #[command(flatten)]
         nats: NatsConfig,
+        #[command(flatten)]
+        database: DatabaseConfig,
     },
 }
 
@@ -95,8 +99,9 @@ pub async fn run(command: DlqCommand, output: Output) -> anyhow::Result<()> {
                 .collect();
             output.list(&listed, &["SEQ", "FAILED AT", "SERVICE", "DEDUP KEY", "REASON"], rows)
         }
-        DlqCommand::Replay { seqs, all, nats } => {
+        DlqCommand::Replay { seqs, all, nats, database } => {
             let (js, stream, letters) = letters(&nats).await?;
+            let pool = super::connect(&database).await?;
             let chosen: Vec<&Letter> = letters.iter().filter(|l| all || seqs.contains(&l.seq)).collect();
             if let Some(missing) = seqs.iter().find(|s| !letters.iter().any(|l| l.seq == **s)) {
                 bail!("no dead letter with sequence {missing}");
@@ -111,8 +116,18 @@ pub async fn run(command: DlqCommand, output: Output) -> anyhow::Result<()> {
                     headers.insert(common::nats::ORIGINAL_SEQ_HEADER, original.as_str());
                 }
                 // An undecodable letter goes to partition 0, where a worker dead-letters it again.
-                let subject = serde_json::from_slice::<common::event::EventEnvelope>(&letter.message.payload)
-                    .map_or_else(|_| nats.partition_subject(0), |e| nats.event_subject(&e.service_id, &e.dedup_key));
+                let event = serde_json::from_slice::<common::event::EventEnvelope>(&letter.message.payload).ok();
+                let subject = event
+                    .as_ref()
+                    .map_or_else(|| nats.partition_subject(0), |e| nats.event_subject(&e.service_id, &e.dedup_key));
+                if let Some(event) = &event {
+                    // Its failed attempts are counted afresh.
+                    sqlx::query("delete from apply_failures where event_id = $1")
+                        .bind(event.event_id)
+                        .execute(&pool)
+                        .await
+                        .with_context(|| format!("resetting the attempts of dead letter {}", letter.seq))?;
+                }
                 js.publish_with_headers(subject, headers, letter.message.payload.clone())
                     .await?
                     .await
