@@ -150,6 +150,54 @@ async fn a_retry_with_the_same_idempotency_key_has_no_second_effect_even_after_t
     assert_eq!((status, error["code"].as_str()), (409, Some("CONFLICT")));
 }
 
+/// DESIGN §1.2, dedup never depends on a cache: a retry with the same `Idempotency-Key` after Redis
+/// forgot the first acceptance (flushed, restarted without persistence, evicted), past the
+/// stream's duplicate window and after the key's resolve, has no second effect: one event-log row,
+/// the incident stays resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_redis_forgot_the_first_acceptance_has_no_second_effect() {
+    let mut env = TestEnv::new().await;
+    env.nats.duplicate_window_secs = 1;
+    let ingest = env.spawn_ingest().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let key = env.admin_key().await;
+    let service = env.service("Forgetful").await;
+    let body = trigger(&service.routing_key, "disk", "disk full");
+    let send = |body: Value| {
+        let request = env.http.post(format!("{ingest}/api/events")).bearer_auth(&key).header("Idempotency-Key", "t-1");
+        async move { request.json(&body).send().await.unwrap() }
+    };
+    let first: Value = send(body.clone()).await.json().await.unwrap();
+    env.wait_for_applied(1, APPLY_TIMEOUT).await;
+    let resolve = e2e::action(&service.routing_key, "disk", "resolve");
+    let response = env.http.post(format!("{ingest}/api/events")).bearer_auth(&key).json(&resolve).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    env.wait_for_applied(2, APPLY_TIMEOUT).await;
+
+    // Redis forgets this test's idempotency records; JetStream's duplicate window (1 s) passes.
+    let forget = format!(
+        "redis-cli --scan --pattern '{}idem:*' | xargs -r redis-cli del",
+        env.redis.key_prefix.replace('\'', "")
+    );
+    assert!(std::process::Command::new("sh").args(["-c", &forget]).status().unwrap().success());
+    let window_passed = tokio::time::Instant::now() + Duration::from_millis(1500);
+    tokio::time::sleep_until(window_passed).await;
+    let again = send(body).await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["event_id"], first["event_id"]);
+    env.wait_until_drained(APPLY_TIMEOUT).await;
+
+    let rows: i64 = sqlx::query_scalar("select count(*) from events where event_id = $1::uuid")
+        .bind(first["event_id"].as_str().unwrap())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "the retry was stored a second time");
+    let statuses: Vec<String> = sqlx::query_scalar("select status from incidents").fetch_all(&env.pool).await.unwrap();
+    assert_eq!(statuses, ["RESOLVED"], "the retry reopened the resolved incident");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_sent_alertmanager_notification_counts_once_and_a_large_group_is_admitted_whole() {
     let env = TestEnv::new().await;

@@ -1,9 +1,11 @@
 //! Safe retries (DESIGN §3). An event that may be sent twice gets an id derived from what makes
-//! it the same event (the API key and its `Idempotency-Key`; an Alertmanager alert's content), so
-//! JetStream drops a re-published copy within its duplicate window. Beyond the window the first
-//! acceptance is remembered in Redis for a day: a retry reuses its receive time, and since the
-//! event log is keyed by `(event_id, received_at)` the worker records the copy as a duplicate.
-//! Redis down: retries are still dropped within the duplicate window (counted, logged).
+//! it the same event (the API key and its `Idempotency-Key`; an Alertmanager alert's content: a
+//! UUIDv8), so JetStream drops a re-published copy within its duplicate window, and the worker
+//! drops any later copy: it claims derived ids in PostgreSQL (`idempotent_events`, kept as long as
+//! the event log), whatever Redis remembers. Redis only remembers a first acceptance for
+//! [`REMEMBER_FOR`], so that a retry reuses its receive time and a key reused with another body is
+//! refused with 409 within that time; its memory is bounded by the keyed events of ten minutes.
+//! Redis down: the retry still has no second effect (counted, logged).
 
 use std::time::Duration;
 
@@ -14,8 +16,8 @@ use uuid::Uuid;
 
 use crate::publisher::Company;
 
-/// How long a first acceptance is remembered.
-pub const REMEMBER_FOR: Duration = Duration::from_secs(24 * 3600);
+/// How long Redis remembers a first acceptance (not what dedup depends on: see the module).
+pub const REMEMBER_FOR: Duration = Duration::from_secs(10 * 60);
 
 /// Stores each record unless one is already stored; returns the stored ones, in order.
 const REMEMBER: &str = r"

@@ -76,6 +76,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
     .await?
     .into_iter()
     .collect();
+    let copies = claim_derived_ids(&mut tx, &by_key, &stored).await?;
     let mut open = load_open_incidents(&mut tx, &services, &keys).await?;
 
     let mut writes = Writes::default();
@@ -84,6 +85,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
         let mut moved = Vec::new();
         for &event in key_events {
             match stored.get(&event.envelope.event_id) {
+                None if copies.contains(&event.envelope.event_id) => report.duplicates += 1,
                 None => fresh.push(event),
                 Some(&stored_seq) if event.seq < stored_seq => moved.push(event),
                 Some(_) => report.duplicates += 1,
@@ -119,6 +121,43 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
     writes.flush(&mut tx).await?;
     tx.commit().await?;
     Ok(report)
+}
+
+/// Claims, in `idempotent_events`, the ids of the batch's events that derive from what makes
+/// them the same event (UUIDv8: an `Idempotency-Key`, an Alertmanager alert's content) and are not
+/// in the log under their receive time; returns those whose claim an earlier acceptance already
+/// holds: copies of an event applied before under another receive time, which change nothing.
+/// The claims commit with the batch, so an event that fails to apply claims nothing.
+async fn claim_derived_ids(
+    tx: &mut PgConnection,
+    by_key: &BTreeMap<KeyRef<'_>, Vec<&QueuedEvent>>,
+    stored: &HashMap<Uuid, i64>,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let mut derived: Vec<&QueuedEvent> = by_key
+        .values()
+        .flatten()
+        .copied()
+        .filter(|e| e.envelope.event_id.get_version_num() == 8 && !stored.contains_key(&e.envelope.event_id))
+        .collect();
+    if derived.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // In id order, so concurrent claimers never wait on each other in a cycle.
+    derived.sort_by_key(|e| e.envelope.event_id);
+    let ids: Vec<Uuid> = derived.iter().map(|e| e.envelope.event_id).collect();
+    let received: Vec<String> = derived.iter().map(|e| e.envelope.received_at.to_string()).collect();
+    let claimed: HashSet<Uuid> = sqlx::query_scalar(
+        "insert into idempotent_events (event_id, received_at)
+         select id, r::timestamptz from unnest($1::uuid[], $2::text[]) as t(id, r)
+         on conflict (event_id) do nothing returning event_id",
+    )
+    .bind(&ids)
+    .bind(&received)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(ids.into_iter().filter(|id| !claimed.contains(id)).collect())
 }
 
 /// Groups events by key (sorted, for a stable lock order), each key's events by sequence, keeping

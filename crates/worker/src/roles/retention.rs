@@ -94,6 +94,11 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
         report.kept += drop_day(&mut tx, &partition).await?;
         report.dropped.push(partition);
     }
+    // Retried events are recognised as long as the log keeps events.
+    sqlx::query("delete from idempotent_events where received_at < ($1::date)::timestamp at time zone 'UTC'")
+        .bind(cutoff.to_string())
+        .execute(&mut *tx)
+        .await?;
     // Kept events whose incident has since been resolved are no longer needed.
     sqlx::query(
         "delete from events_default e
