@@ -25,10 +25,10 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 }
 
 /// Send an event (trigger, acknowledge, resolve). `202` means JetStream stored it. A retry with
-/// the same `Idempotency-Key` (per API key, remembered a day) has no second effect and gets the
-/// same `event_id`.
+/// the same `Idempotency-Key` (per API key, within the event log's retention) has no second
+/// effect and gets the same `event_id`.
 #[utoipa::path(post, path = "/api/events", tag = "events",
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes retries safe: the same key (per API key, within a day) has no second effect")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Makes retries safe: the same key (per API key, within the event log's retention, 30 days by default) has no second effect")),
     request_body = EventRequest,
     responses((status = 202, description = "Stored; applied asynchronously", body = EventAccepted),
               (status = 400, description = "VALIDATION_ERROR naming the field, or INVALID_ROUTING_KEY", body = ErrorBody),
