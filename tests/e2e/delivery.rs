@@ -413,3 +413,53 @@ async fn only_failed_attempts_count_toward_the_dead_letter_bound() {
     assert_eq!(fail("third failure").await, Disposition::Done);
     assert_eq!((attempts().await, dead_letters().await), (Some(3), 1), "three failed attempts make it poison");
 }
+
+/// DESIGN §1.5, infrastructure failures are not poison: for five seconds while events arrive,
+/// every statement times out after 1 ms (`statement_timeout` on the database) and the key table is
+/// locked by another session, so each apply times out while the worker could still count failed
+/// attempts; nothing is dead-lettered, and once both are lifted everything is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeouts_under_load_are_retried_and_never_dead_lettered() {
+    use sqlx::Connection;
+    let (env, service, settings, js) = stream_setup().await;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let admin = sqlx::PgPool::connect(e2e::PG_ADMIN_URL).await.unwrap();
+    let mut locker = sqlx::PgConnection::connect(&env.database.url).await.unwrap();
+    let locker_pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut locker).await.unwrap();
+    // Sessions take the database's settings when they connect: end the others' each time.
+    let set_timeout = |value: &'static str| {
+        let (admin, db) = (admin.clone(), env.db_name.clone());
+        async move {
+            sqlx::query(&format!("alter database {db} set statement_timeout = '{value}'"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> $2")
+                .bind(&db)
+                .bind(locker_pid)
+                .execute(&admin)
+                .await
+                .unwrap();
+        }
+    };
+    sqlx::query("begin").execute(&mut locker).await.unwrap();
+    sqlx::query("lock table alert_keys in exclusive mode").execute(&mut locker).await.unwrap();
+    set_timeout("1ms").await;
+    let fault_ends = tokio::time::Instant::now() + Duration::from_secs(5);
+    const EVENTS: usize = 300;
+    for i in 0..EVENTS {
+        let event = envelope(&service.id, &format!("key-{}", i % 50), EventAction::Trigger);
+        let subject = env.nats.event_subject(&event.service_id, &event.dedup_key);
+        js.publish(subject, serde_json::to_vec(&event).unwrap().into()).await.unwrap().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep_until(fault_ends).await;
+    sqlx::query("commit").execute(&mut locker).await.unwrap();
+    set_timeout("0").await;
+
+    env.wait_for_applied(EVENTS as i64, Duration::from_secs(60)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    let dead = js.get_stream(env.nats.dlq_stream()).await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(dead, 0, "events dead-lettered for statement timeouts");
+    assert_eq!(env.applied_events().await, EVENTS as i64);
+}

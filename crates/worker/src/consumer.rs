@@ -38,6 +38,10 @@ pub struct Applier {
     pub settings: WorkerSettings,
 }
 
+/// When a batch the database could not apply for now (see `common::db::is_transient`) is
+/// delivered again.
+const TRANSIENT_RETRY: Duration = Duration::from_secs(1);
+
 /// How many times a batch that hit a deadlock or serialization conflict is retried at once.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -214,6 +218,11 @@ impl Applier {
                     self.wait_for_database(shutdown).await;
                     return;
                 }
+                Err(err) if common::db::is_transient(&err) => {
+                    tracing::warn!(error = %err, batch = chunk.len(), "the database cannot apply the batch for now; retrying it, no attempt counted");
+                    metrics::counter!("worker_transient_failures_total").increment(1);
+                    done[offset..offset + chunk.len()].fill(Disposition::Retry(TRANSIENT_RETRY));
+                }
                 Err(err) => {
                     if chunk.len() > 1 {
                         tracing::warn!(error = %err, batch = chunk.len(), "batch failed; applying its events one by one");
@@ -248,6 +257,10 @@ impl Applier {
             Err(err) if common::db::is_unavailable(&err) => {
                 self.wait_for_database(shutdown).await;
                 Disposition::Retry(Duration::from_secs(2))
+            }
+            Err(err) if common::db::is_transient(&err) => {
+                metrics::counter!("worker_transient_failures_total").increment(1);
+                Disposition::Retry(TRANSIENT_RETRY)
             }
             Err(err) => self.give_up_or_retry(event, line, deliveries, &err.to_string()).await,
         }

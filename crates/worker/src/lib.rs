@@ -106,6 +106,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         "events_dead_lettered_total",
         "worker_refolds_total",
         "worker_retries_total",
+        "worker_transient_failures_total",
         "worker_database_unavailable_total",
     ]);
     let app = health_router(readiness).fallback(common::http::not_found);
