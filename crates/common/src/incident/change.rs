@@ -72,9 +72,25 @@ pub async fn update(pool: &PgPool, id: &str, update: Update, actor: &str) -> Res
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-    let (service_id, dedup_key) = key.ok_or_else(|| ApiError::not_found(format!("incident {id}")))?;
+    let gone = || ApiError::not_found(format!("incident {id}"));
+    let (service_id, dedup_key) = key.ok_or_else(gone)?;
+    // Every change takes the key's lock first, as workers do: a re-fold of the key (which may
+    // merge this incident into another) runs wholly before or after it, never in between.
+    let Some((position, mut incident)) = lock_incident(&mut tx, &service_id, &dedup_key, id).await? else {
+        let merged: Option<String> = sqlx::query_scalar(
+            "select incident_id from incident_timeline where kind = 'merged' and data->>'mergedIncidentId' = $1 limit 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Err(match merged {
+            Some(into) => {
+                ApiError::not_found(format!("incident {id} (merged into {into} when a late alert re-ordered its key)"))
+            }
+            None => gone(),
+        });
+    };
     if let Some(change) = update.status {
-        let (position, mut incident) = lock_incident(&mut tx, &service_id, &dedup_key, id).await?;
         if snooze_ended(&incident) {
             incident.status = IncidentStatus::Open;
         }
@@ -123,7 +139,9 @@ pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
     let mut reopened = 0;
     for (id, service_id, dedup_key) in due {
         let mut tx = pool.begin().await?;
-        let (position, incident) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await?;
+        let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
+            continue;
+        };
         if incident.status == IncidentStatus::Snoozed && snooze_ended(&incident) {
             apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
             reopened += 1;
@@ -152,18 +170,19 @@ fn snooze_ended(incident: &IncidentState) -> bool {
 }
 
 /// The key's lock (the one workers take), then the incident's row: no lost updates either way.
-/// Returns the key's stream position and the incident.
+/// Returns the key's stream position and the incident, or `None` if a re-fold merged the
+/// incident away before the lock was had.
 async fn lock_incident(
     tx: &mut PgConnection,
     service_id: &str,
     dedup_key: &str,
     id: &str,
-) -> Result<(i64, IncidentState), sqlx::Error> {
+) -> Result<Option<(i64, IncidentState)>, sqlx::Error> {
     let locked = lock_keys(tx, &[service_id], &[dedup_key], &[0]).await?;
     let position = locked.first().map_or(0, |(_, _, seq)| *seq);
     let sql = format!("select {INCIDENT_COLUMNS} from incidents i where i.id = $1 for update");
-    let incident = incident_from_row(&sqlx::query(&sql).bind(id).fetch_one(&mut *tx).await?)?;
-    Ok((position, incident))
+    let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else { return Ok(None) };
+    Ok(Some((position, incident_from_row(&row)?)))
 }
 
 fn check_transition(from: IncidentStatus, change: ManualChange) -> Result<(), ApiError> {
