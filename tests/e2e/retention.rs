@@ -131,3 +131,41 @@ async fn upkeep_runs_one_round_at_a_time_and_folds_the_counts() {
     .unwrap();
     assert_eq!(counted, 1);
 }
+
+/// DESIGN §1.3 at the edge of the log: with `EVENT_RETENTION_DAYS=1`, a dead letter from three
+/// days ago replayed at its original position, before the key's live incident, is refused to the
+/// dead-letter stream with its reason instead of re-folding the key from a history that is gone:
+/// the key's incident, its state and count are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_the_log_is_dead_lettered_not_re_folded() {
+    use std::time::Duration;
+    let env = TestEnv::new().await;
+    let service = env.service("API").await.id;
+    let mut settings = env.worker_settings();
+    settings.retention_days = 1;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
+    let subject = env.nats.event_subject(&service, "disk");
+
+    let live = e2e::envelope(&service, "disk", EventAction::Trigger, "disk full");
+    js.publish(subject.clone(), serde_json::to_vec(&live).unwrap().into()).await.unwrap().await.unwrap();
+    env.wait_for_applied(1, Duration::from_secs(30)).await;
+    let before = incident(&env, "disk").await;
+
+    let mut old = e2e::envelope(&service, "disk", EventAction::Trigger, "disk full, three days ago");
+    old.received_at = jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_hours(72)).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(common::nats::ORIGINAL_SEQ_HEADER, "1");
+    js.publish_with_headers(subject, headers, serde_json::to_vec(&old).unwrap().into()).await.unwrap().await.unwrap();
+    let dlq = js.get_stream(env.nats.dlq_stream()).await.unwrap();
+    e2e::wait_until(Duration::from_secs(30), "the old event to be dead-lettered", || async {
+        dlq.clone().info().await.is_ok_and(|i| i.state.messages == 1)
+    })
+    .await;
+    let letter = dlq.get_last_raw_message_by_subject(&env.nats.dlq_subject()).await.unwrap();
+    let reason = letter.headers.get("OpsSentinal-Reason").map(|v| v.to_string()).unwrap_or_default();
+    assert!(reason.contains("EVENT_RETENTION_DAYS"), "{reason}");
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    assert_eq!(incident(&env, "disk").await, before, "the key's incident changed");
+    assert_eq!(count(&env, "select count(*) from incidents where dedup_key = $1", "disk").await, 1);
+}

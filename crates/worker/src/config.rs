@@ -77,6 +77,14 @@ impl WorkerSettings {
         Duration::from_millis(self.batch_linger_ms)
     }
 
+    /// The start (UTC midnight) of the oldest day the event log keeps: older days are dropped
+    /// whole by the retention role.
+    pub fn oldest_kept(&self) -> jiff::Timestamp {
+        let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+        let oldest = today.checked_sub(jiff::Span::new().days(i64::from(self.retention_days))).unwrap_or(today);
+        oldest.to_zoned(jiff::tz::TimeZone::UTC).map_or(jiff::Timestamp::UNIX_EPOCH, |day| day.timestamp())
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
     }

@@ -369,7 +369,9 @@ pub struct Rejected {
 }
 
 /// Reads a frame's events, with their lines; the lines that cannot be applied, with the reason.
-pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Line)>, Vec<Rejected>) {
+/// An event accepted before `oldest` (the start of the oldest day the event log keeps) cannot be
+/// applied either: the history its position needs, and the dedup horizon, are gone.
+pub fn decode(message: &Message, oldest: jiff::Timestamp) -> (Vec<(QueuedEvent, Line)>, Vec<Rejected>) {
     let base = match position(message) {
         Ok(base) => base,
         Err(reason) => {
@@ -384,6 +386,16 @@ pub fn decode(message: &Message) -> (Vec<(QueuedEvent, Line)>, Vec<Rejected>) {
         let event = serde_json::from_slice::<EventEnvelope>(&line)
             .map_err(|e| format!("undecodable event: {e}"))
             .and_then(|envelope| envelope.check_applicable().map(|()| envelope))
+            .and_then(|envelope| {
+                if envelope.received_at < oldest {
+                    return Err(format!(
+                        "accepted at {}, before the oldest day the event log keeps (EVENT_RETENTION_DAYS): \
+                         its key's history and the dedup horizon are gone, so it is not applied",
+                        envelope.received_at
+                    ));
+                }
+                Ok(envelope)
+            })
             .and_then(|envelope| {
                 let seq = i64::try_from(position).map_err(|_| "stream sequence out of range".to_owned())?;
                 Ok(QueuedEvent { seq, envelope })

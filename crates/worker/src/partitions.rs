@@ -226,7 +226,7 @@ async fn fetch(
                     None => break "message stream ended".to_owned(),
                 };
                 delay = Duration::from_millis(100);
-                let (events, rejected) = decode(&message);
+                let (events, rejected) = decode(&message, applier.settings.oldest_kept());
                 let deliveries = message.info().map_or(0, |i| i.delivered);
                 let mut kept = true;
                 for line in &rejected {
