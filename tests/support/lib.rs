@@ -258,6 +258,7 @@ impl TestEnv {
             ack_wait_secs: 30,
             max_deliveries: 5,
             max_ack_pending: 5_000,
+            max_buffered_bytes: 64 * 1024 * 1024,
         }
     }
 

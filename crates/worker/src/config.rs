@@ -38,6 +38,11 @@ pub struct WorkerSettings {
     /// and a summary of the dropped events in their timeline).
     #[arg(long = "event-retention-days", env = "EVENT_RETENTION_DAYS", default_value_t = 30)]
     pub retention_days: u32,
+    /// Most bytes of fetched messages a worker holds for its lanes (queued or being applied);
+    /// a fetch waits for room, keeping its message alive meanwhile. Besides this, each owned
+    /// partition pulls at most 4 MiB ahead.
+    #[arg(long = "worker-max-buffered-bytes", env = "WORKER_MAX_BUFFERED_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_buffered_bytes: u32,
     /// Most messages of one partition's consumer delivered and not yet acknowledged.
     #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
@@ -66,6 +71,9 @@ impl WorkerSettings {
         }
         if self.max_deliveries == 0 {
             bail!("WORKER_MAX_DELIVERIES must be at least 1");
+        }
+        if self.max_buffered_bytes < 1024 * 1024 {
+            bail!("WORKER_MAX_BUFFERED_BYTES must be at least 1048576 (1 MiB, NATS's largest message)");
         }
         if self.max_ack_pending < self.batch_size as i64 {
             bail!("WORKER_MAX_ACK_PENDING must be at least WORKER_BATCH_SIZE");

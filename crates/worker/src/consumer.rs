@@ -22,7 +22,7 @@ use common::event::EventEnvelope;
 use common::nats::TRACEPARENTS_HEADER;
 use futures_util::future::join_all;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{BatchReport, QueuedEvent, apply_batch};
@@ -80,6 +80,10 @@ pub struct Delivery {
     _counted: Counted,
     /// Cancelled when its partition is given up: not applied then, if not started yet.
     stop: CancellationToken,
+    /// Its bytes of the worker's buffer (`WORKER_MAX_BUFFERED_BYTES`), given back when dropped.
+    _budget: OwnedSemaphorePermit,
+    /// When it was fetched: one that waits in its lane for half the ack wait is kept alive.
+    fetched: tokio::time::Instant,
 }
 
 impl Delivery {
@@ -88,6 +92,7 @@ impl Delivery {
         events: Vec<(QueuedEvent, Line)>,
         in_flight: Arc<InFlight>,
         stop: CancellationToken,
+        budget: OwnedSemaphorePermit,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::AcqRel);
         let traceparents = message.headers.as_ref().and_then(|h| h.get(TRACEPARENTS_HEADER)).map(|v| v.as_str());
@@ -103,7 +108,8 @@ impl Delivery {
                 )
             })
             .collect();
-        Self { message, events, lines, _spans: spans, _counted: Counted(in_flight), stop }
+        let fetched = tokio::time::Instant::now();
+        Self { message, events, lines, _spans: spans, _counted: Counted(in_flight), stop, _budget: budget, fetched }
     }
 }
 
@@ -178,6 +184,8 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             if batch.is_empty() {
                 continue;
             }
+            let waited_long = batch.iter().filter(|d| d.fetched.elapsed() > applier.settings.ack_wait() / 2);
+            join_all(waited_long.map(|d| progress(&d.message))).await;
             last_started = Some(tokio::time::Instant::now());
             applier.apply_and_dispose(batch, &shutdown).await;
         }
@@ -464,6 +472,13 @@ pub async fn ack(message: &Message) {
     if let Err(err) = message.ack().await {
         // The events are committed; a redelivery will be recognised as duplicates.
         tracing::warn!(error = %err, "ack failed");
+    }
+}
+
+/// Tells JetStream a message is being worked on, so its ack wait starts again.
+pub async fn progress(message: &Message) {
+    if let Err(err) = message.ack_with(AckKind::Progress).await {
+        tracing::warn!(error = %err, "progress ack failed; the message may be redelivered after the ack wait");
     }
 }
 

@@ -62,7 +62,9 @@ pub async fn start(
         lanes.push(sender);
         tasks.spawn(lane);
     }
-    let coordinator = Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes };
+    let buffer = Arc::new(tokio::sync::Semaphore::new(settings.max_buffered_bytes as usize));
+    let coordinator =
+        Coordinator { applier, client, stream: stream.clone(), nats: nats.clone(), leases, lanes, buffer };
     tasks.spawn(coordinator.run(shutdown.clone()));
     tasks.spawn(report_backlog(stream, shutdown));
     Ok(tasks)

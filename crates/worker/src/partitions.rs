@@ -27,11 +27,11 @@ use async_nats::jetstream::stream;
 use common::config::NatsConfig;
 use common::nats::PartitionConsumers;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Applier, Delivery, InFlight, ack, decode, nak};
+use crate::consumer::{Applier, Delivery, InFlight, ack, decode, nak, progress};
 use crate::ownership::{Leases, View, share};
 
 /// How often a worker re-reads the members and adjusts what it owns.
@@ -61,6 +61,8 @@ pub struct Coordinator {
     pub nats: NatsConfig,
     pub leases: Leases,
     pub lanes: Vec<mpsc::Sender<Delivery>>,
+    /// The bytes of fetched messages this worker may hold for its lanes (`WORKER_MAX_BUFFERED_BYTES`).
+    pub buffer: Arc<Semaphore>,
 }
 
 impl Coordinator {
@@ -91,6 +93,8 @@ impl Coordinator {
                 }
             }
             metrics::gauge!("worker_partitions_owned").set(owned.len() as f64);
+            let budget = self.applier.settings.max_buffered_bytes as usize;
+            metrics::gauge!("worker_buffered_bytes").set(budget.saturating_sub(self.buffer.available_permits()) as f64);
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(REBALANCE_INTERVAL) => {}
@@ -179,8 +183,27 @@ impl Coordinator {
     fn fetch(&self, consumer: PullConsumer, lane: mpsc::Sender<Delivery>, shutdown: &CancellationToken) -> Owned {
         let stop = shutdown.child_token();
         let in_flight = Arc::new(InFlight::default());
-        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer, lane, in_flight.clone(), stop.clone()));
+        let buffer = self.buffer.clone();
+        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer, lane, buffer, in_flight.clone(), stop.clone()));
         Owned { stop, fetch, in_flight }
+    }
+}
+
+/// Waits for `wait`, acknowledging progress on `message` every half ack wait so JetStream does not
+/// deliver it again meanwhile; `None` if `stop` fires first.
+async fn kept_alive<T>(
+    message: &async_nats::jetstream::Message,
+    ack_wait: Duration,
+    stop: &CancellationToken,
+    wait: impl Future<Output = T>,
+) -> Option<T> {
+    let mut wait = std::pin::pin!(wait);
+    loop {
+        tokio::select! {
+            done = &mut wait => return Some(done),
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(ack_wait / 2) => progress(message).await,
+        }
     }
 }
 
@@ -203,9 +226,12 @@ async fn fetch(
     applier: Arc<Applier>,
     consumer: PullConsumer,
     lane: mpsc::Sender<Delivery>,
+    buffer: Arc<Semaphore>,
     in_flight: Arc<InFlight>,
     stop: CancellationToken,
 ) {
+    let ack_wait = applier.settings.ack_wait();
+    let budget = applier.settings.max_buffered_bytes;
     let mut delay = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let pulled = consumer
@@ -240,15 +266,17 @@ async fn fetch(
                     ack(&message).await;
                     continue;
                 }
-                let delivery = Delivery::new(message, events, in_flight.clone(), stop.clone());
-                tokio::select! {
-                    // Not applied: it stays stored for the next owner.
-                    () = stop.cancelled() => return,
-                    permit = lane.reserve() => match permit {
-                        Ok(permit) => permit.send(delivery),
-                        Err(_) => return,
-                    },
-                }
+                // Room in the worker's buffer (a message larger than all of it takes all of it),
+                // then in the lane; not applied if the partition is given up meanwhile: it stays
+                // stored for the next owner.
+                let bytes = u32::try_from(message.payload.len()).unwrap_or(u32::MAX).min(budget);
+                let room = kept_alive(&message, ack_wait, &stop, buffer.clone().acquire_many_owned(bytes)).await;
+                let Some(Ok(room)) = room else { return };
+                let delivery = Delivery::new(message, events, in_flight.clone(), stop.clone(), room);
+                let Some(Ok(slot)) = kept_alive(&delivery.message, ack_wait, &stop, lane.reserve()).await else {
+                    return;
+                };
+                slot.send(delivery);
             },
             Err(err) => err.to_string(),
         };
