@@ -115,12 +115,15 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
     Ok(report)
 }
 
-/// Detaches one day, summarises it into its incidents' timelines, keeps what open incidents need,
-/// and drops it. Returns how many events were kept.
+/// Summarises one day into its incidents' timelines and sets aside what open incidents need, both
+/// while the day is still attached (reading it locks nothing workers write), then detaches it,
+/// puts back what was set aside, and drops it: `events` is locked exclusively only for that last
+/// short step, never for the length of the summary. (No event is added to an expired day
+/// meanwhile: workers refuse events older than the log, see `consumer::decode`.) Returns how many
+/// events were kept.
 async fn drop_day(tx: &mut sqlx::PgConnection, partition: &str) -> Result<u64, sqlx::Error> {
     // `partition` comes from pg_class and matches ^events_[0-9]{8}$: safe to quote as an identifier.
     let table = format!("\"{partition}\"");
-    sqlx::query(&format!("alter table events detach partition {table}")).execute(&mut *tx).await?;
     sqlx::query(&format!(
         "insert into incident_timeline (incident_id, at, kind, actor_id, data)
          select e.incident_id, max(e.received_at), 'events_expired', 'system',
@@ -132,16 +135,18 @@ async fn drop_day(tx: &mut sqlx::PgConnection, partition: &str) -> Result<u64, s
     ))
     .execute(&mut *tx)
     .await?;
-    let kept = sqlx::query(&format!(
-        "insert into events
+    sqlx::query(&format!(
+        "create temporary table kept_events on commit drop as
          select e.* from {table} e
          where exists (select 1 from incidents i
                        where i.service_id = e.service_id and i.dedup_key = e.dedup_key
                          and i.status <> 'RESOLVED' and e.seq >= i.opened_seq)"
     ))
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .await?;
+    sqlx::query(&format!("alter table events detach partition {table}")).execute(&mut *tx).await?;
+    let kept = sqlx::query("insert into events select * from kept_events").execute(&mut *tx).await?.rows_affected();
+    sqlx::query("drop table kept_events").execute(&mut *tx).await?;
     sqlx::query(&format!("drop table {table}")).execute(&mut *tx).await?;
     Ok(kept)
 }
