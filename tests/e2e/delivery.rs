@@ -464,18 +464,20 @@ async fn statement_timeouts_under_load_are_retried_and_never_dead_lettered() {
     assert_eq!(env.applied_events().await, EVENTS as i64);
 }
 
-/// DESIGN §1 with large events: a worker draining about 300 MB of 30 KiB alerts, stored in frames
-/// of 28 (840 KiB messages) before it starts, holds at most `WORKER_MAX_BUFFERED_BYTES` (8 MiB
-/// here) for its lanes plus 4 MiB pulled per partition: its peak resident memory stays under
-/// 256 MiB (185 MiB measured; 816 MiB with the bound lifted), and nothing is delivered twice (no
+/// DESIGN §1 with large events: a worker under a 1 GiB memory limit drains `LARGE_EVENTS_MB`
+/// (300 by default) of 30 KiB alerts, stored in frames of 28 (840 KiB messages) before it starts,
+/// holding at most `WORKER_MAX_BUFFERED_BYTES` (8 MiB here) for its lanes plus 4 MiB pulled per
+/// partition: it is never killed or refused memory, its peak resident memory stays under 256 MiB
+/// (185 MiB measured; 816 MiB with the bound lifted), and nothing is delivered twice (no
 /// redelivery storm while messages wait).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_draining_large_events_stays_within_its_buffer_bound() {
     let (env, service, _, js) = stream_setup().await;
-    const FRAMES: usize = 360;
     const PER_FRAME: usize = 28;
+    let megabytes: usize = std::env::var("LARGE_EVENTS_MB").ok().and_then(|m| m.parse().ok()).unwrap_or(300);
+    let frames = megabytes * 1024 / (30 * PER_FRAME);
     let blob = "x".repeat(30 * 1024);
-    let publishes = (0..FRAMES).map(|f| {
+    let publishes = (0..frames).map(|f| {
         let key = format!("big-{f}");
         let lines: Vec<String> = (0..PER_FRAME)
             .map(|_| {
@@ -492,18 +494,26 @@ async fn a_worker_draining_large_events_stays_within_its_buffer_bound() {
     let mut vars = env.service_env();
     vars.push(("WORKER_MAX_BUFFERED_BYTES", (8 * 1024 * 1024).to_string()));
     vars.push(("WORKER_BATCH_SIZE", "100".into()));
-    let worker = e2e::servers::ServiceProcess::start("opssentinal-worker", &vars);
+    let mut worker = e2e::servers::ServiceProcess::start("opssentinal-worker", &vars);
     let pid = worker.pid();
+    let limit = e2e::bench::MemoryCap::apply(pid, 1024 * 1024 * 1024);
     let mut peak_kib = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
     while env.backlog().await != Some(0) {
-        assert!(tokio::time::Instant::now() < deadline, "the worker did not drain 300 MB within 300 s");
+        assert!(tokio::time::Instant::now() < deadline, "the worker did not drain {megabytes} MB within 600 s");
+        assert!(
+            worker.exited_within(Duration::from_millis(1)).await.is_none(),
+            "the worker died (over its memory limit?)"
+        );
         peak_kib = peak_kib.max(e2e::bench::peak_rss_kib(pid).unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     peak_kib = peak_kib.max(e2e::bench::peak_rss_kib(pid).unwrap_or(0));
-    assert_eq!(env.applied_events().await, (FRAMES * PER_FRAME) as i64);
-    println!("peak RSS {} MiB", peak_kib / 1024);
+    assert_eq!(env.applied_events().await, (frames * PER_FRAME) as i64);
+    println!("{megabytes} MB drained; peak RSS {} MiB", peak_kib / 1024);
+    assert_eq!(limit.failures(), 0, "the worker was refused memory at its 1 GiB limit");
     assert!(peak_kib < 256 * 1024, "peak RSS {} MiB", peak_kib / 1024);
     assert_eq!(worker.metric(&env.http, "events_duplicate_total").await, 0.0, "messages were delivered again");
+    drop(worker);
+    drop(limit);
 }

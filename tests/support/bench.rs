@@ -150,3 +150,38 @@ impl Drop for CpuCap {
         }
     }
 }
+
+/// A process held to `bytes` of memory: a cgroup (v1 `memory` controller) of its own with
+/// `memory.limit_in_bytes`, as a container's memory limit would; the kernel kills the process
+/// past it. Removed when dropped (after the process exited).
+pub struct MemoryCap {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCap {
+    pub fn apply(pid: u32, bytes: u64) -> Self {
+        let root = std::path::Path::new("/sys/fs/cgroup/memory");
+        assert!(root.join("memory.limit_in_bytes").exists(), "no cgroup v1 memory controller at {}", root.display());
+        let dir = root.join(format!("opssentinal-test-{}-{pid}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the process's memory cgroup (run as root)");
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).expect("memory.limit_in_bytes");
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the process into its cgroup");
+        Self { dir }
+    }
+
+    /// How many times the kernel refused the process memory at its limit.
+    pub fn failures(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join("memory.failcnt")).ok().and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
