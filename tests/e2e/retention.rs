@@ -28,10 +28,8 @@ async fn count(env: &TestEnv, sql: &str, dedup_key: &str) -> i64 {
     sqlx::query_scalar(sql).bind(dedup_key).fetch_one(&env.pool).await.expect("count")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_needs() {
-    let env = TestEnv::new().await;
-    let service = env.service("API").await.id;
+/// Today (UTC), and a day 40 days ago with its partition made, as a log a month old would have.
+async fn today_and_a_day_past_retention(env: &TestEnv) -> (Date, Date) {
     let today = jiff::Timestamp::now().to_zoned(TimeZone::UTC).date();
     let old = today.checked_sub(jiff::Span::new().days(40)).unwrap();
     let made: bool = sqlx::query_scalar("select events_ensure_day($1::date)")
@@ -40,6 +38,14 @@ async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_ne
         .await
         .unwrap();
     assert!(made);
+    (today, old)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_days_are_dropped_whole_and_open_incidents_keep_what_order_repair_needs() {
+    let env = TestEnv::new().await;
+    let service = env.service("API").await.id;
+    let (today, old) = today_and_a_day_past_retention(&env).await;
 
     // 40 days ago: one incident opened and resolved, one opened and still open.
     apply_batch(
@@ -178,14 +184,7 @@ async fn dropping_a_large_expired_day_does_not_stall_applying() {
     use std::time::{Duration, Instant};
     let env = TestEnv::new().await;
     let service = env.service("API").await.id;
-    let today = jiff::Timestamp::now().to_zoned(TimeZone::UTC).date();
-    let old = today.checked_sub(jiff::Span::new().days(40)).unwrap();
-    let made: bool = sqlx::query_scalar("select events_ensure_day($1::date)")
-        .bind(old.to_string())
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert!(made);
+    let (today, old) = today_and_a_day_past_retention(&env).await;
     // 100 incidents opened and resolved that day, and 2,000,000 of their events.
     let mut opened = Vec::new();
     for k in 0..100 {

@@ -141,13 +141,7 @@ impl CpuCap {
 
 impl Drop for CpuCap {
     fn drop(&mut self) {
-        // A cgroup with a process left in it cannot go: wait (bounded) for it to have exited.
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        remove_cgroup(&self.dir);
     }
 }
 
@@ -177,11 +171,17 @@ impl MemoryCap {
 
 impl Drop for MemoryCap {
     fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        remove_cgroup(&self.dir);
+    }
+}
+
+/// Removes a cgroup of ours: one with a process left in it cannot go, so this waits (at most
+/// 2 s) for its process to have exited.
+fn remove_cgroup(dir: &std::path::Path) {
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
