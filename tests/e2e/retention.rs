@@ -176,16 +176,18 @@ async fn an_event_older_than_the_log_is_dead_lettered_not_re_folded() {
     assert_eq!(count(&env, "select count(*) from incidents where dedup_key = $1", "disk").await, 1);
 }
 
-/// Retention never stalls the pipeline: dropping an expired day of 2,000,000 events while batches
-/// of events are applied at 2,000 a second leaves no gap of a second or more between batches (the
-/// day is summarised before `events` is locked; the lock covers only the detach and the drop).
+/// Retention never stalls the pipeline: dropping an expired day of `RETENTION_TEST_ROWS` events
+/// (2,000,000 by default) while batches of events are applied at 2,000 a second leaves no gap of a
+/// second or more between batches (the day is summarised before `events` is locked; the lock covers
+/// only the detach and the drop).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_large_expired_day_does_not_stall_applying() {
     use std::time::{Duration, Instant};
     let env = TestEnv::new().await;
     let service = env.service("API").await.id;
     let (today, old) = today_and_a_day_past_retention(&env).await;
-    // 100 incidents opened and resolved that day, and 2,000,000 of their events.
+    // 100 incidents opened and resolved that day, and the day's many events.
+    let rows: u64 = std::env::var("RETENTION_TEST_ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(2_000_000);
     let mut opened = Vec::new();
     for k in 0..100 {
         let key = format!("old-{k}");
@@ -198,7 +200,7 @@ async fn dropping_a_large_expired_day_does_not_stall_applying() {
         "insert into {partition} (event_id, seq, service_id, dedup_key, action, payload, received_at, outcome, incident_id)
          select gen_random_uuid(), 1000 + g, e.service_id, e.dedup_key, 'trigger', '{{\"summary\": \"old\"}}'::jsonb,
                 e.received_at, 'absorbed', e.incident_id
-         from generate_series(1, 2000000) g
+         from generate_series(1, {rows}) g
          join (select *, row_number() over (order by seq) - 1 as n from {partition} where action = 'trigger') e
            on e.n = g % 100"
     ))
