@@ -321,6 +321,39 @@ async fn an_operator_works_an_incident_from_alert_to_resolution_with_the_cli() {
     assert_eq!(schedules[0]["name"], "Primary");
 }
 
+/// A key pasted with its newline works; a key with a character no HTTP header may hold is reported
+/// as a bad key, before anything is sent, not as a server that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pasted_key_is_trimmed_and_a_key_no_header_can_carry_is_reported_as_a_bad_key() {
+    let env = TestEnv::new().await;
+    let serve = env.spawn_serve(&[]).await;
+    let (base, key) = (&serve.base, &serve.admin_key);
+
+    for pasted in [format!("{key}\n"), format!("  {key}\r\n")] {
+        let listed = json_of(&client(&env, base, &pasted, &["incident", "list", "--output", "json"]));
+        assert_eq!(listed["total"], 0, "{pasted:?}");
+    }
+
+    let bad = [format!("{key}\u{1}"), format!("{}\n{}", &key[..10], &key[10..]), format!("{key}\u{7f}")];
+    for bad in &bad {
+        let (code, stderr) = failure(&client(&env, base, bad, &["incident", "list"]));
+        assert_eq!(code, Some(1), "{bad:?}: {stderr}");
+        assert!(stderr.contains("OPSSENTINAL_API_KEY or --api-key") && stderr.contains("is not valid"), "{stderr}");
+        assert!(stderr.contains("control character"), "{stderr}");
+        assert!(!stderr.contains("cannot reach") && !stderr.contains(&key[4..]), "{stderr}");
+    }
+    // The same through --api-key, and for a command that sends an event.
+    let flag = Command::new(opssentinal())
+        .args(["event", "trigger", "--routing-key", "rk", "--summary", "x", "--url", base, "--api-key"])
+        .arg(&bad[0])
+        .env_remove("OPSSENTINAL_API_KEY")
+        .output()
+        .unwrap();
+    let (code, stderr) = failure(&flag);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--api-key") && !stderr.contains("cannot reach"), "{stderr}");
+}
+
 fn run_with_nats(env: &TestEnv, args: &[&str]) -> Output {
     Command::new(opssentinal()).args(args).envs(env.service_env()).output().unwrap()
 }

@@ -3,6 +3,7 @@
 use anyhow::{Context, anyhow};
 use clap::Args;
 use reqwest::Method;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Args)]
@@ -18,19 +19,21 @@ pub struct ClientArgs {
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    key: String,
+    /// `Bearer <key>`, checked once, before anything is sent.
+    authorization: HeaderValue,
 }
 
 impl Client {
     pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
         // reqwest uses rustls; the process has one crypto provider (ring, as async-nats).
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
-        let key = args.api_key.clone().context("an API key is needed: set OPSSENTINAL_API_KEY or pass --api-key")?;
+        let key = args.api_key.as_deref().context("an API key is needed: set OPSSENTINAL_API_KEY or pass --api-key")?;
+        let authorization = authorization(key)?;
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .user_agent(concat!("opssentinal-cli/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, base: args.url.trim_end_matches('/').to_owned(), key })
+        Ok(Self { http, base: args.url.trim_end_matches('/').to_owned(), authorization })
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -43,7 +46,7 @@ impl Client {
 
     async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).bearer_auth(&self.key);
+        let mut request = self.http.request(method, &url).header(AUTHORIZATION, self.authorization.clone());
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -65,6 +68,34 @@ impl Client {
             _ => Err(anyhow!("HTTP {status} from {url}")),
         }
     }
+}
+
+/// The `Authorization` header for `key`. Whitespace around the key (a pasted newline) is dropped;
+/// a key that is empty or holds anything but printable ASCII (a control character, a space, a
+/// non-ASCII character) is refused here, naming where it came from and never echoing it, rather
+/// than failing as an unsendable request.
+fn authorization(key: &str) -> anyhow::Result<HeaderValue> {
+    const SOURCE: &str = "the API key (OPSSENTINAL_API_KEY or --api-key)";
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(anyhow!("{SOURCE} is empty"));
+    }
+    if let Some((at, bad)) = key.chars().enumerate().find(|(_, c)| !c.is_ascii_graphic()) {
+        let what = match bad {
+            ' ' => "a space".to_owned(),
+            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+            c => format!("the non-ASCII character U+{:04X}", c as u32),
+        };
+        return Err(anyhow!(
+            "{SOURCE} is not valid: character {} of it is {what}; keys are printable ASCII \
+             (osk_ and 48 hex digits), so copy it again",
+            at + 1
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+        .map_err(|_| anyhow!("{SOURCE} cannot be sent in an HTTP header"))?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -92,5 +123,24 @@ mod tests {
     fn query_values_are_percent_encoded() {
         assert_eq!(super::encode("OPEN,ACKNOWLEDGED"), "OPEN%2CACKNOWLEDGED");
         assert_eq!(super::encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn a_key_is_trimmed_and_anything_unsendable_in_it_refused() {
+        let key = format!("osk_{}", "0a".repeat(24));
+        for pasted in [key.clone(), format!("{key}\n"), format!("  {key}\r\n"), format!("\t{key} ")] {
+            assert_eq!(super::authorization(&pasted).unwrap(), format!("Bearer {key}").as_str(), "{pasted:?}");
+        }
+        for (bad, says) in [
+            (format!("{key}\u{1}"), "character 53 of it is a control character (U+0001)"),
+            (format!("osk_\n{key}"), "character 5 of it is a control character (U+000A)"),
+            (format!("osk_ {key}"), "character 5 of it is a space"),
+            (format!("{key}\u{200b}"), "non-ASCII character U+200B"),
+        ] {
+            let err = super::authorization(&bad).unwrap_err().to_string();
+            assert!(err.contains("OPSSENTINAL_API_KEY or --api-key") && err.contains(says), "{bad:?}: {err}");
+            assert!(!err.contains(&key), "the key is not echoed: {err}");
+        }
+        assert!(super::authorization(" \n").unwrap_err().to_string().contains("is empty"));
     }
 }
