@@ -190,9 +190,8 @@ impl NatsConfig {
         if !(1..=MAX_PARTITIONS).contains(&self.partitions) {
             bail!("NATS_PARTITIONS must be between 1 and {MAX_PARTITIONS}");
         }
-        let slots = crate::nats::FRAME_SLOTS;
-        if !(1..=slots).contains(&(self.max_frame_events as u64)) {
-            bail!("NATS_MAX_FRAME_EVENTS must be between 1 and {slots}");
+        if !(1..=MAX_FRAME_EVENTS).contains(&self.max_frame_events) {
+            bail!("NATS_MAX_FRAME_EVENTS must be between 1 and {MAX_FRAME_EVENTS}");
         }
         Ok(())
     }
@@ -254,6 +253,10 @@ impl NatsConfig {
 
 /// Most partitions a stream may have.
 pub const MAX_PARTITIONS: u32 = 1024;
+
+/// Largest `NATS_MAX_FRAME_EVENTS`: a frame's events must fit the positions its stream sequence
+/// spans (`common::nats::FRAME_SLOTS`, which `nats` checks at compile time).
+pub const MAX_FRAME_EVENTS: usize = 1024;
 
 /// The partition of a `(service, dedup_key)`: the first 8 bytes of a SHA-256 of both, modulo
 /// `partitions`. Stable across processes, versions and machines, as ingest and workers must agree.

@@ -65,6 +65,9 @@ pub async fn flush_bounded(client: &async_nats::Client) {
 /// frame holds at most `FRAME_SLOTS` events. A one-event frame is exactly one envelope.
 pub const FRAME_SLOTS: u64 = 1024;
 
+// The largest frame the configuration allows fits its positions.
+const _: () = assert!(crate::config::MAX_FRAME_EVENTS as u64 <= FRAME_SLOTS);
+
 /// The position of line `line` of the frame stored at `stream_seq`.
 pub fn event_position(stream_seq: u64, line: usize) -> u64 {
     stream_seq.saturating_mul(FRAME_SLOTS).saturating_add(line as u64)
