@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::publisher::Company;
 use crate::services::ServiceTarget;
+use crate::sources::Normalized;
 use crate::state::AppState;
 
 /// The envelope of a new event: a fresh id and receive time (a retried request replaces both with
@@ -27,6 +28,16 @@ pub fn envelope(
         received_at: received_now(),
         api_key_id,
     }
+}
+
+/// The envelope of a lenient source's event: as [`envelope`], under the event's own id when its
+/// content decides it.
+pub fn normalized_envelope(service: &ServiceTarget, event: Normalized, api_key_id: Option<String>) -> EventEnvelope {
+    let mut envelope = envelope(service, event.action, event.dedup_key, event.payload, api_key_id);
+    if let Some(id) = event.event_id {
+        envelope.event_id = id;
+    }
+    envelope
 }
 
 /// Publishes `envelope`; `Ok` only once JetStream stored it.

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::auth::{Principal, Scope};
-use common::event::{EventAction, ServiceRef, strip_nul};
-use common::http::{ApiJson, ApiPath, ApiQuery, Bucket, parse_value};
+use common::event::{EventAction, ServiceRef};
+use common::http::{ApiJson, ApiPath, ApiQuery, Bucket};
 use common::{ApiError, ErrorBody};
 use futures_util::future::join_all;
 use serde::Deserialize;
@@ -21,10 +21,10 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::accept::{check_routing_key_limit, envelope, publish};
+use crate::accept::{check_routing_key_limit, normalized_envelope, publish};
 use crate::idempotency::First;
 use crate::services::ServiceTarget;
-use crate::sources::alertmanager::{Notification, content_id, event_of};
+use crate::sources::alertmanager::{self, Incoming, Notification, REPAIRS_METRIC};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
@@ -115,40 +115,30 @@ async fn resolve(
     Ok((state.services.resolve(&ServiceRef::ServiceId(service_id)).await?, Some(principal)))
 }
 
-/// Normalizes every alert (NUL characters removed and recorded), admits the notification as a
-/// whole against the routing key's or the API key's limit, and publishes one event per alert
-/// under an id derived from the alert's content.
-async fn receive(
-    state: &AppState,
-    service: &ServiceTarget,
-    principal: Option<&Principal>,
-    mut body: Value,
-) -> Response {
-    let removed: Vec<usize> = match body.get_mut("alerts").and_then(Value::as_array_mut) {
-        Some(alerts) => alerts.iter_mut().map(strip_nul).collect(),
-        None => Vec::new(),
-    };
-    strip_nul(&mut body);
-    let result = async {
-        let notification: Notification = parse_value(body)?;
-        notification
-            .alerts
-            .iter()
-            .enumerate()
-            .map(|(i, alert)| {
-                let (action, dedup_key, payload) =
-                    event_of(alert, &notification, i, removed.get(i).copied().unwrap_or(0))?;
-                let mut envelope =
-                    envelope(service, action, Some(dedup_key), payload, principal.map(|p| p.key_id.clone()));
-                envelope.event_id = content_id(&service.id, alert, &envelope.dedup_key);
-                Ok(envelope)
-            })
-            .collect::<Result<Vec<_>, ApiError>>()
-    };
-    let mut envelopes = match result.await {
-        Ok(envelopes) => envelopes,
+/// Normalizes every alert (repairs recorded and counted), admits the notification as a whole
+/// against the routing key's or the API key's limit, and publishes one event per alert under an
+/// id derived from the alert's content.
+async fn receive(state: &AppState, service: &ServiceTarget, principal: Option<&Principal>, body: Value) -> Response {
+    let notification = match alertmanager::read(body) {
+        Ok(notification) => notification,
         Err(err) => return err.into_response(),
     };
+    let events = (notification.alerts.iter().enumerate())
+        .map(|(index, alert)| {
+            alertmanager::normalize(Incoming { alert, index, notification: &notification, service_id: &service.id })
+        })
+        .collect::<Result<Vec<_>, _>>();
+    let events = match events {
+        Ok(events) => events,
+        Err(refusal) => return ApiError::from(refusal).into_response(),
+    };
+    let mut envelopes: Vec<_> = events
+        .into_iter()
+        .map(|event| {
+            event.repairs.count(REPAIRS_METRIC);
+            normalized_envelope(service, event, principal.map(|p| p.key_id.clone()))
+        })
+        .collect();
     let cost = envelopes.len().max(1);
     let decision = match principal {
         Some(principal) => state.gate.limit(principal, Bucket::Events, cost).await,

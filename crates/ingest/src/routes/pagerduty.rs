@@ -6,7 +6,8 @@
 //! routing key, unknown `event_action`, acknowledge/resolve without `dedup_key`) are refused.
 //! Everything else is repaired — an over-long summary truncated, an unknown severity made
 //! `error`, a missing source filled in — and each repair is kept in the event's custom details
-//! (`opssentinal_repairs`) and counted (`pagerduty_repairs_total{kind}`).
+//! (`opssentinal_repairs`) and counted (`pagerduty_repairs_total{kind}`); see
+//! `crate::sources::pagerduty`.
 
 use std::sync::Arc;
 
@@ -21,9 +22,10 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::accept::{check_routing_key_limit, envelope, publish};
+use crate::accept::{check_routing_key_limit, normalized_envelope, publish};
 use crate::publisher::Company;
-use crate::sources::pagerduty::normalize;
+use crate::sources::Refusal;
+use crate::sources::pagerduty::{REPAIRS_METRIC, normalize};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
@@ -91,9 +93,10 @@ struct PdResponse {
 }
 
 impl PdResponse {
-    fn invalid(errors: Vec<String>) -> Self {
+    fn invalid(refusal: Refusal) -> Self {
         metrics::counter!("events_rejected_total", "reason" => "PAGERDUTY_INVALID").increment(1);
-        let body = PdBody { errors: Some(errors), ..PdBody::new("invalid event", "Event object is invalid") };
+        let errors = Some(refusal.messages());
+        let body = PdBody { errors, ..PdBody::new("invalid event", "Event object is invalid") };
         Self { status: StatusCode::BAD_REQUEST, body, retry_after: None, rate_limit: None }
     }
 
@@ -143,19 +146,23 @@ async fn enqueue(
                 "the body is over 512 KiB",
             ));
         }
-        Err(_) => return PdResponse::invalid(vec!["the request body could not be read".into()]),
+        Err(_) => return PdResponse::invalid(Refusal::body("the request body could not be read")),
     };
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
-        return PdResponse::invalid(vec!["the body is not valid JSON".into()]);
+        return PdResponse::invalid(Refusal::body("the body is not valid JSON"));
     };
-    let event = match normalize(value) {
+    let mut event = match normalize(value) {
         Ok(event) => event,
-        Err(errors) => return PdResponse::invalid(errors),
+        Err(refusal) => return PdResponse::invalid(refusal),
     };
-    let service = match state.services.resolve(&ServiceRef::RoutingKey(event.routing_key.clone())).await {
+    event.repairs.count(REPAIRS_METRIC);
+    let Some(routing_key) = event.routing_key.take() else {
+        return PdResponse::invalid(Refusal::field("routing_key", "is missing or blank"));
+    };
+    let service = match state.services.resolve(&ServiceRef::RoutingKey(routing_key)).await {
         Ok(service) => service,
         Err(err) if err.code == common::ErrorCode::InvalidRoutingKey => {
-            return PdResponse::invalid(vec!["'routing_key' does not match any integration".into()]);
+            return PdResponse::invalid(Refusal::field("routing_key", "does not match any integration"));
         }
         Err(err) => return PdResponse::from_api_error(err),
     };
@@ -171,7 +178,7 @@ async fn enqueue(
             rate_limit: Some(decision),
         };
     }
-    let envelope = envelope(&service, event.action, event.dedup_key, event.payload, None);
+    let envelope = normalized_envelope(&service, event, None);
     match publish(&state, &envelope, Company::Shared).await {
         Ok(()) => PdResponse {
             status: StatusCode::ACCEPTED,

@@ -1,17 +1,24 @@
 //! Alertmanager's webhook (version 4), normalised: each alert becomes one event, firing a
 //! trigger and resolved a resolve, keyed by its fingerprint (or a hash of its labels), with an id
 //! derived from its content so a re-sent notification is the same events. Pure: no I/O.
+//!
+//! A notification is [`read`] (NUL characters removed, a repair of each alert they were in), then
+//! each alert [`normalize`]d; its repairs are kept in its event's custom details
+//! (`opssentinal_repairs`) and returned, for the route to count ([`REPAIRS_METRIC`]`{kind}`).
 
 use std::collections::BTreeMap;
 
 use common::ApiError;
-use common::event::{AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, Severity};
+use common::event::{AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_SHORT_FIELD, MAX_SUMMARY, Severity, strip_nul};
 use serde::Deserialize;
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{severity, truncate};
+use super::{Normalized, Refusal, Repairs, severity, truncate};
 use crate::idempotency::derived_id;
+
+/// The counter of this source's repairs, by kind.
+pub const REPAIRS_METRIC: &str = "alertmanager_repairs_total";
 
 /// Alertmanager's webhook notification (version 4); other fields are ignored.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -49,21 +56,48 @@ pub struct Alert {
     /// The dedup key; without one, a hash of the labels.
     #[serde(default)]
     pub fingerprint: Option<String>,
+    /// What reading the alert repaired (NUL characters removed), for [`normalize`] to go on from.
+    #[serde(skip)]
+    repairs: Repairs,
 }
 
-/// One alert as an event: its action, dedup key and (for a firing alert) payload.
-pub fn event_of(
-    alert: &Alert,
-    notification: &Notification,
-    index: usize,
-    nul_removed: usize,
-) -> Result<(EventAction, String, Option<AlertPayload>), ApiError> {
+/// A notification from its JSON, NUL characters removed (PostgreSQL stores none): each alert
+/// records those removed from it as a repair. `400` naming the field that does not fit.
+pub fn read(mut body: Value) -> Result<Notification, ApiError> {
+    let removed: Vec<usize> = match body.get_mut("alerts").and_then(Value::as_array_mut) {
+        Some(alerts) => alerts.iter_mut().map(strip_nul).collect(),
+        None => Vec::new(),
+    };
+    strip_nul(&mut body);
+    let mut notification: Notification = common::http::parse_value(body)?;
+    for (alert, removed) in notification.alerts.iter_mut().zip(removed) {
+        alert.repairs.nul_removed(removed);
+    }
+    Ok(notification)
+}
+
+/// An alert as [`normalize`] takes it: with the notification it came in and the service it was
+/// sent to.
+pub struct Incoming<'a> {
+    pub alert: &'a Alert,
+    /// Its place in the notification's `alerts`, naming it in a refusal.
+    pub index: usize,
+    pub notification: &'a Notification,
+    /// The service's id, which the event's id derives from.
+    pub service_id: &'a str,
+}
+
+/// One alert as an event: its action, dedup key, content-derived id and (for a firing alert)
+/// payload. Refused only for a status other than firing or resolved.
+pub fn normalize(incoming: Incoming<'_>) -> Result<Normalized, Refusal> {
+    let Incoming { alert, index, notification, service_id } = incoming;
+    let repairs = alert.repairs.clone();
     let action = match alert.status.as_str() {
         "firing" => EventAction::Trigger,
         "resolved" => EventAction::Resolve,
         other => {
-            return Err(ApiError::validation(
-                &format!("alerts[{index}].status"),
+            return Err(Refusal::field(
+                format!("alerts[{index}].status"),
                 format!("{other:?} is neither firing nor resolved"),
             ));
         }
@@ -76,9 +110,14 @@ pub fn event_of(
             format!("labels:{}", hex::encode(Sha256::digest(labels)))
         }
     };
-    if action == EventAction::Resolve {
-        return Ok((action, dedup_key, None));
-    }
+    let event_id = Some(content_id(service_id, alert, &dedup_key));
+    let payload = (action == EventAction::Trigger).then(|| trigger_payload(alert, notification, &repairs));
+    Ok(Normalized { routing_key: None, event_id, action, dedup_key: Some(dedup_key), payload, repairs })
+}
+
+/// A firing alert's payload; its repairs are kept in its custom details, with its labels and
+/// annotations.
+fn trigger_payload(alert: &Alert, notification: &Notification, repairs: &Repairs) -> AlertPayload {
     let summary = ["summary", "description"]
         .iter()
         .find_map(|k| alert.annotations.get(*k).filter(|v| !v.trim().is_empty()))
@@ -89,13 +128,6 @@ pub fn event_of(
         .find_map(|k| alert.labels.get(*k))
         .map_or_else(|| "alertmanager".to_owned(), |s| truncate(s, MAX_SHORT_FIELD));
     let mut details = Map::new();
-    if nul_removed > 0 {
-        metrics::counter!("alertmanager_repairs_total", "kind" => "nul_removed").increment(1);
-        details.insert(
-            "opssentinal_repairs".into(),
-            json!([format!("{nul_removed} NUL characters removed (PostgreSQL stores none)")]),
-        );
-    }
     details.insert("labels".into(), json!(alert.labels));
     details.insert("annotations".into(), json!(alert.annotations));
     for (key, value) in [
@@ -109,25 +141,22 @@ pub fn event_of(
             details.insert(key.into(), json!(value));
         }
     }
-    Ok((
-        action,
-        dedup_key,
-        Some(AlertPayload {
-            summary,
-            source,
-            severity: alert.labels.get("severity").and_then(|s| severity(s)).unwrap_or(Severity::Error),
-            timestamp: alert.starts_at.as_deref().and_then(|t| t.parse().ok()),
-            component: alert.labels.get("job").map(|j| truncate(j, MAX_SHORT_FIELD)),
-            group: None,
-            class: alert.labels.get("alertname").map(|a| truncate(a, MAX_SHORT_FIELD)),
-            custom_details: Some(details),
-        }),
-    ))
+    repairs.keep_in(&mut details);
+    AlertPayload {
+        summary,
+        source,
+        severity: alert.labels.get("severity").and_then(|s| severity(s)).unwrap_or(Severity::Error),
+        timestamp: alert.starts_at.as_deref().and_then(|t| t.parse().ok()),
+        component: alert.labels.get("job").map(|j| truncate(j, MAX_SHORT_FIELD)),
+        group: None,
+        class: alert.labels.get("alertname").map(|a| truncate(a, MAX_SHORT_FIELD)),
+        custom_details: Some(details),
+    }
 }
 
 /// An alert's event id, from what makes a re-sent alert the same event: its service and key, its
 /// status and when it started (and, resolved, when it ended).
-pub fn content_id(service_id: &str, alert: &Alert, dedup_key: &str) -> uuid::Uuid {
+fn content_id(service_id: &str, alert: &Alert, dedup_key: &str) -> uuid::Uuid {
     let started = alert.starts_at.as_deref().unwrap_or_default();
     let ended = if alert.status == "resolved" { alert.ends_at.as_deref().unwrap_or_default() } else { "" };
     derived_id(&["alertmanager", service_id, dedup_key, &alert.status, started, ended])
@@ -136,11 +165,13 @@ pub fn content_id(service_id: &str, alert: &Alert, dedup_key: &str) -> uuid::Uui
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn notification(alerts: Value) -> Notification {
-        serde_json::from_value(json!({"version": "4", "status": "firing", "receiver": "ops", "alerts": alerts}))
-            .unwrap()
+        read(json!({"version": "4", "status": "firing", "receiver": "ops", "alerts": alerts})).unwrap()
+    }
+
+    fn event(n: &Notification, index: usize) -> Result<Normalized, Refusal> {
+        normalize(Incoming { alert: &n.alerts[index], index, notification: n, service_id: "svc" })
     }
 
     #[test]
@@ -148,12 +179,16 @@ mod tests {
         let n = notification(json!([{"status": "firing", "fingerprint": "abc123",
             "labels": {"alertname": "DiskFull", "severity": "page", "instance": "web-01"},
             "annotations": {"description": "disk 95%"}, "startsAt": "2026-11-26T10:00:00Z"}]));
-        let (action, key, payload) = event_of(&n.alerts[0], &n, 0, 0).unwrap();
-        let payload = payload.unwrap();
-        assert_eq!((action, key.as_str()), (EventAction::Trigger, "abc123"));
+        let event = event(&n, 0).unwrap();
+        let payload = event.payload.unwrap();
+        assert_eq!((event.action, event.dedup_key.as_deref()), (EventAction::Trigger, Some("abc123")));
         assert_eq!((payload.summary.as_str(), payload.source.as_str()), ("disk 95%", "web-01"));
         assert_eq!(payload.severity, Severity::Critical);
-        assert_eq!(payload.custom_details.unwrap()["labels"]["alertname"], "DiskFull");
+        let details = payload.custom_details.unwrap();
+        assert_eq!(details["labels"]["alertname"], "DiskFull");
+        assert!(!details.contains_key("opssentinal_repairs") && event.repairs.is_empty());
+        assert_eq!(event.event_id, Some(content_id("svc", &n.alerts[0], "abc123")));
+        assert_eq!(event.routing_key, None);
     }
 
     #[test]
@@ -166,11 +201,11 @@ mod tests {
         };
         let n = notification(json!([pod("checkout-api-7d9f8c6b5-x2k9q"), pod("checkout-api-7d9f8c6b5-m4p7z")]));
         assert!(serde_json::to_string(&n.alerts[0].labels).unwrap().len() > MAX_DEDUP_KEY);
-        let first = event_of(&n.alerts[0], &n, 0, 0).unwrap().1;
-        let second = event_of(&n.alerts[1], &n, 1, 0).unwrap().1;
+        let key = |i| event(&n, i).unwrap().dedup_key.unwrap();
+        let (first, second) = (key(0), key(1));
         assert_ne!(first, second);
         assert!(first.len() <= MAX_DEDUP_KEY);
-        assert_eq!(first, event_of(&n.alerts[0], &n, 0, 0).unwrap().1);
+        assert_eq!(first, key(0));
     }
 
     #[test]
@@ -185,6 +220,7 @@ mod tests {
         assert_ne!(id(&n, 0), id(&n, 1));
         assert_ne!(id(&n, 0), id(&n, 2));
         assert_ne!(id(&n, 0), content_id("svc2", &n.alerts[0], "f"));
+        assert_eq!(event(&n, 2).unwrap().event_id, Some(id(&n, 2)));
     }
 
     #[test]
@@ -192,11 +228,31 @@ mod tests {
         let n = notification(
             json!([{"status": "firing", "fingerprint": "f", "labels": {"alertname": "Down", "severity": "bad"}}]),
         );
-        let payload = event_of(&n.alerts[0], &n, 0, 0).unwrap().2.unwrap();
+        let payload = event(&n, 0).unwrap().payload.unwrap();
         assert_eq!((payload.summary.as_str(), payload.severity), ("Down", Severity::Error));
         let resolved = notification(json!([{"status": "resolved", "fingerprint": "f"}]));
-        assert_eq!(event_of(&resolved.alerts[0], &resolved, 0, 0).unwrap().0, EventAction::Resolve);
+        assert_eq!(event(&resolved, 0).unwrap().action, EventAction::Resolve);
         let odd = notification(json!([{"status": "pending", "fingerprint": "f"}]));
-        assert_eq!(event_of(&odd.alerts[0], &odd, 0, 0).unwrap_err().details.unwrap()["field"], "alerts[0].status");
+        let refusal = event(&odd, 0).unwrap_err();
+        assert_eq!(ApiError::from(refusal).details.unwrap()["field"], "alerts[0].status");
+    }
+
+    #[test]
+    fn nul_characters_are_removed_on_reading_and_each_alert_records_its_own() {
+        let n = notification(json!([
+            {"status": "firing", "fingerprint": "a\u{0}", "annotations": {"summary": "disk\u{0}\u{0}"}},
+            {"status": "firing", "fingerprint": "b"},
+            {"status": "resolved", "fingerprint": "c\u{0}"}]));
+        let first = event(&n, 0).unwrap();
+        assert_eq!(first.dedup_key.as_deref(), Some("a"));
+        let kinds: Vec<_> = first.repairs.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, ["nul_removed"]);
+        let payload = first.payload.unwrap();
+        assert_eq!(payload.summary, "disk");
+        let repairs = &payload.custom_details.unwrap()["opssentinal_repairs"];
+        assert_eq!(repairs, &json!(["3 NUL characters removed (PostgreSQL stores none)"]));
+        assert!(event(&n, 1).unwrap().repairs.is_empty());
+        let resolved = event(&n, 2).unwrap();
+        assert_eq!((resolved.dedup_key.as_deref(), resolved.repairs.iter().count()), (Some("c"), 1));
     }
 }

@@ -1,20 +1,18 @@
-//! PagerDuty's Events API v2, normalised: a pure function from the request's JSON to one event
-//! or the structural errors that refuse it. Never lose a page to strictness: everything but a
-//! structural problem is repaired, and each repair is kept in the event's custom details
-//! (`opssentinal_repairs`) and counted (`pagerduty_repairs_total{kind}`).
+//! PagerDuty's Events API v2, normalised: a pure function from the request's JSON (one event) to
+//! the event or the structural problems that refuse it. Never lose a page to strictness:
+//! everything but a structural problem is repaired, and each repair is kept in the event's custom
+//! details (`opssentinal_repairs`) and returned, for the route to count
+//! ([`REPAIRS_METRIC`]`{kind}`).
 
 use common::event::{
     AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_DETAILS_DEPTH, MAX_SHORT_FIELD, MAX_SUMMARY, Severity,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{severity, truncate};
+use super::{Normalized, Refusal, Repairs, severity, truncate};
 
-/// Records a repair: kept in the event and counted.
-fn repaired(repairs: &mut Vec<String>, kind: &'static str, what: String) {
-    metrics::counter!("pagerduty_repairs_total", "kind" => kind).increment(1);
-    repairs.push(what);
-}
+/// The counter of this source's repairs, by kind.
+pub const REPAIRS_METRIC: &str = "pagerduty_repairs_total";
 
 fn as_text(value: &Value) -> Option<String> {
     match value {
@@ -24,55 +22,47 @@ fn as_text(value: &Value) -> Option<String> {
     }
 }
 
-/// A structurally valid event, repaired where needed.
-pub struct Normalized {
-    pub routing_key: String,
-    pub action: EventAction,
-    pub dedup_key: Option<String>,
-    pub payload: Option<AlertPayload>,
-}
-
-pub fn normalize(mut body: Value) -> Result<Normalized, Vec<String>> {
-    let mut repairs = Vec::new();
-    let removed = common::event::strip_nul(&mut body);
-    if removed > 0 {
-        repaired(&mut repairs, "nul_removed", format!("{removed} NUL characters removed (PostgreSQL stores none)"));
-    }
-    let Some(event) = body.as_object() else { return Err(vec!["the event must be a JSON object".into()]) };
-    let mut errors = Vec::new();
+/// The event a request's body is (its JSON), repaired where it breaks our rules; refused only
+/// for a structural problem: not an object, no routing key, an unknown `event_action`, or an
+/// acknowledge or resolve without `dedup_key`.
+pub fn normalize(mut body: Value) -> Result<Normalized, Refusal> {
+    let mut repairs = Repairs::default();
+    repairs.nul_removed(common::event::strip_nul(&mut body));
+    let Some(event) = body.as_object() else { return Err(Refusal::body("the event must be a JSON object")) };
+    let mut refusal = Refusal::default();
     let routing_key = event.get("routing_key").and_then(Value::as_str).map(str::trim).unwrap_or_default().to_owned();
     if routing_key.is_empty() {
-        errors.push("'routing_key' is missing or blank".into());
+        refusal.add("routing_key", "is missing or blank");
     }
     let action = match event.get("event_action").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
         Some("trigger") => Some(EventAction::Trigger),
         Some("acknowledge") => Some(EventAction::Acknowledge),
         Some("resolve") => Some(EventAction::Resolve),
         _ => {
-            errors.push("'event_action' must be trigger, acknowledge or resolve".into());
+            refusal.add("event_action", "must be trigger, acknowledge or resolve");
             None
         }
     };
     let mut dedup_key = event.get("dedup_key").and_then(as_text).filter(|k| !k.trim().is_empty());
     if let Some(key) = dedup_key.as_mut().filter(|k| k.chars().count() > MAX_DEDUP_KEY) {
         *key = key.chars().take(MAX_DEDUP_KEY).collect();
-        repaired(&mut repairs, "dedup_key_truncated", format!("dedup_key cut to {MAX_DEDUP_KEY} characters"));
+        repairs.record("dedup_key_truncated", format!("dedup_key cut to {MAX_DEDUP_KEY} characters"));
     }
     if matches!(action, Some(EventAction::Acknowledge | EventAction::Resolve)) && dedup_key.is_none() {
-        errors.push("'dedup_key' is required for acknowledge and resolve".into());
+        refusal.add("dedup_key", "is required for acknowledge and resolve");
     }
-    let (Some(action), true) = (action, errors.is_empty()) else { return Err(errors) };
+    let (Some(action), true) = (action, refusal.is_empty()) else { return Err(refusal) };
     let payload = (action == EventAction::Trigger).then(|| trigger_payload(event, &mut repairs));
-    Ok(Normalized { routing_key, action, dedup_key, payload })
+    Ok(Normalized { routing_key: Some(routing_key), event_id: None, action, dedup_key, payload, repairs })
 }
 
-fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> AlertPayload {
+/// A trigger's payload; the repairs made so far and its own are kept in its custom details.
+fn trigger_payload(event: &Map<String, Value>, repairs: &mut Repairs) -> AlertPayload {
     let empty = Map::new();
     let payload = event.get("payload").and_then(Value::as_object).unwrap_or(&empty);
     let summary = match payload.get("summary").and_then(as_text).filter(|s| !s.trim().is_empty()) {
         Some(summary) if summary.chars().count() > MAX_SUMMARY => {
-            repaired(
-                repairs,
+            repairs.record(
                 "summary_truncated",
                 format!("summary cut from {} to {MAX_SUMMARY} characters", summary.chars().count()),
             );
@@ -80,7 +70,7 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
         }
         Some(summary) => summary,
         None => {
-            repaired(repairs, "summary_missing", "summary missing".into());
+            repairs.record("summary_missing", "summary missing");
             "(no summary)".into()
         }
     };
@@ -89,26 +79,26 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
         Some(source) => truncate(&source, MAX_SHORT_FIELD),
         None => {
             let filled = client.map_or_else(|| "unknown".to_owned(), |c| truncate(c, MAX_SHORT_FIELD));
-            repaired(repairs, "source_missing", format!("source missing, used {filled:?}"));
+            repairs.record("source_missing", format!("source missing, used {filled:?}"));
             filled
         }
     };
     let raw_severity = payload.get("severity").and_then(as_text).unwrap_or_default();
     let severity = severity(&raw_severity).unwrap_or_else(|| {
-        repaired(repairs, "severity_unknown", format!("severity {raw_severity:?} unknown, used \"error\""));
+        repairs.record("severity_unknown", format!("severity {raw_severity:?} unknown, used \"error\""));
         Severity::Error
     });
     let timestamp = payload.get("timestamp").and_then(Value::as_str).and_then(|t| match t.parse() {
         Ok(ts) => Some(ts),
         Err(_) => {
-            repaired(repairs, "timestamp_invalid", format!("timestamp {t:?} is not ISO 8601, dropped"));
+            repairs.record("timestamp_invalid", format!("timestamp {t:?} is not ISO 8601, dropped"));
             None
         }
     });
     let mut short = |name: &str| {
         payload.get(name).and_then(as_text).map(|v| {
             if v.chars().count() > MAX_SHORT_FIELD {
-                repaired(repairs, "field_truncated", format!("{name} cut to {MAX_SHORT_FIELD} characters"));
+                repairs.record("field_truncated", format!("{name} cut to {MAX_SHORT_FIELD} characters"));
             }
             truncate(&v, MAX_SHORT_FIELD)
         })
@@ -129,15 +119,12 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
     // The details object is the first level.
     let flattened: usize = details.values_mut().map(|v| common::event::flatten_deep(v, MAX_DETAILS_DEPTH - 1)).sum();
     if flattened > 0 {
-        repaired(
-            repairs,
+        repairs.record(
             "details_too_deep",
             format!("{flattened} values nested deeper than {MAX_DETAILS_DEPTH} levels kept as JSON text"),
         );
     }
-    if !repairs.is_empty() {
-        details.insert("opssentinal_repairs".into(), json!(repairs));
-    }
+    repairs.keep_in(&mut details);
     AlertPayload {
         summary,
         source,
@@ -153,6 +140,7 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Vec<String>) -> Ale
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn real_senders_rule_breaking_is_repaired_and_recorded() {
@@ -173,6 +161,8 @@ mod tests {
         assert_eq!(details["details"], "just text");
         assert_eq!(details["pagerduty"]["client"], "Alertmanager");
         assert_eq!(details["opssentinal_repairs"].as_array().unwrap().len(), 4);
+        let kinds: Vec<_> = event.repairs.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, ["summary_truncated", "source_missing", "severity_unknown", "timestamp_invalid"]);
         assert!(event.dedup_key.is_none());
     }
 
@@ -185,7 +175,8 @@ mod tests {
         assert_eq!(event.payload.unwrap().severity, Severity::Warning);
         let ack =
             normalize(json!({"routing_key": "rk", "event_action": "acknowledge", "dedup_key": "k"})).ok().unwrap();
-        assert!(ack.payload.is_none());
+        assert!(ack.payload.is_none() && ack.repairs.is_empty());
+        assert_eq!((ack.routing_key.as_deref(), ack.event_id), (Some("rk"), None));
     }
 
     #[test]
@@ -210,7 +201,7 @@ mod tests {
             (json!({"routing_key": "rk", "event_action": "explode"}), "event_action"),
             (json!({"routing_key": "rk", "event_action": "resolve"}), "dedup_key"),
         ] {
-            let errors = normalize(body.clone()).err().unwrap();
+            let errors = normalize(body.clone()).err().unwrap().messages();
             assert!(errors.iter().any(|e| e.contains(error)), "{body}: {errors:?}");
         }
     }
