@@ -94,7 +94,7 @@ async fn random_hostile_json_gets_202_or_a_json_4xx_and_every_202_is_applied() {
     let ingest = env.spawn_ingest().await;
     let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.api_key(common::auth::Role::Admin, None, Some(1_000_000)).await;
-    let service = common::admin::create_service(&env.pool, "Hostile", "", Some(1_000_000)).await.unwrap();
+    let service = env.service_limited("Hostile", Some(1_000_000)).await;
     let rk = service.routing_key.clone();
     let payload = json!({"summary": "s", "source": "h", "severity": "info", "custom_details": {"a": 1}});
     let endpoints = [

@@ -53,7 +53,8 @@ async fn publish_copy(js: &jetstream::Context, env: &TestEnv, event: &EventEnvel
 
 /// A fresh environment for tests that publish to the stream themselves: a service, worker
 /// settings that give up after two failed attempts, and the streams made.
-async fn stream_setup() -> (TestEnv, common::admin::CreatedService, worker::WorkerSettings, jetstream::Context) {
+async fn stream_setup()
+-> (TestEnv, query_api::services::body::ServiceWithKey, worker::WorkerSettings, jetstream::Context) {
     let env = TestEnv::new().await;
     let service = env.service("API").await;
     let mut settings = env.worker_settings();

@@ -91,7 +91,7 @@ async fn pagerduty_events_drive_the_incident_lifecycle_and_repairs_are_kept() {
 async fn a_service_routing_key_has_its_own_limit() {
     let env = TestEnv::new().await;
     let ingest = env.spawn_ingest().await;
-    let service = common::admin::create_service(&env.pool, "Noisy", "", Some(5)).await.unwrap();
+    let service = env.service_limited("Noisy", Some(5)).await;
     let body = json!({"routing_key": service.routing_key, "event_action": "trigger", "payload": {"summary": "s", "source": "h", "severity": "info"}});
     let (admitted, response, elapsed) = e2e::admitted_until_limited(3, || {
         env.http.post(format!("{ingest}/v2/enqueue")).json(&body).send().map(Result::unwrap)

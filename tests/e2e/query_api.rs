@@ -150,10 +150,7 @@ async fn detail_shows_timeline_and_alerts_and_manual_changes_work() {
     let url = format!("{base}/api/incidents/{id}");
 
     let responder_email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-    let responder =
-        common::admin::create_user(&env.pool, "Rita Responder", &responder_email, "long enough pw", Role::Responder)
-            .await
-            .unwrap();
+    let responder = env.user("Rita Responder", &responder_email, Role::Responder).await;
     let patch = |body: Value| {
         let (env, url, key) = (&env, url.clone(), key.clone());
         async move { env.send_json(Method::PATCH, &url, &key, &body).await }

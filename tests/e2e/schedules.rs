@@ -13,9 +13,7 @@ async fn who_is_on_call_follows_layers_and_overrides_in_the_schedule_zone() {
     let mut users = Vec::new();
     for name in ["Ann", "Bob", "Cid"] {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        users.push(
-            common::admin::create_user(&env.pool, name, &email, "long enough pw", Role::Responder).await.unwrap().id,
-        );
+        users.push(env.user(name, &email, Role::Responder).await.id);
     }
     let url = format!("{base}/api/schedules");
     let body = json!({
@@ -133,4 +131,40 @@ async fn bad_schedules_are_refused_naming_the_field() {
     let (status, error) = env.send_json(Method::POST, &url, &reader, &json!({"name": "S", "timeZone": "UTC"})).await;
     assert_eq!(status, 403);
     assert!(error["error"]["message"].as_str().unwrap().contains("schedules:write"));
+}
+
+#[tokio::test]
+async fn user_ids_with_control_characters_or_surrogates_are_refused_naming_the_entry() {
+    let env = TestEnv::new().await;
+    let base = env.spawn_query_api().await;
+    let key = env.admin_key().await;
+    let (status, created) = env
+        .send_json(Method::POST, &format!("{base}/api/schedules"), &key, &json!({"name": "S", "timeZone": "UTC"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let url = format!("{base}/api/schedules/{}/layers", created["schedule"]["id"].as_str().unwrap());
+    // Raw JSON text, as a fuzzer sends it: escaped control characters, a surrogate pair, a lone surrogate.
+    for (users, field) in [
+        (r#"["usr_a\u0000b"]"#, "users[0]"),
+        (r#"["\u0001\u001f\u007f"]"#, "users[0]"),
+        (r#"["\ud83d\ude00"]"#, "users[0]"),
+        (r#"["\ud800"]"#, "body"),
+    ] {
+        let body = format!(r#"{{"start": "2026-01-01T00:00:00Z", "rotation": "daily", "users": {users}}}"#);
+        let response = env
+            .http
+            .post(&url)
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!((status, error["error"]["details"]["field"].as_str()), (400, Some(field)), "{users}: {error}");
+    }
+    let (_, schedule) =
+        env.get_json(&format!("{base}/api/schedules/{}", created["schedule"]["id"].as_str().unwrap()), &key).await;
+    assert_eq!(schedule["schedule"]["layers"], json!([]), "nothing was added: {schedule}");
 }

@@ -11,10 +11,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::admin::{self, CreatedService};
 use common::auth::{Role, Scope};
 use common::config::{DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig};
 use ingest::IngestConfig;
+use query_api::api_keys::body::NewApiKey;
+use query_api::services::body::{NewService, ServiceWithKey};
+use query_api::users::body::{NewUser, User};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -336,16 +338,38 @@ impl TestEnv {
     /// A user with `role` and an API key with `scopes` (all the role allows if `None`).
     pub async fn api_key(&self, role: Role, scopes: Option<&[Scope]>, rate_limit: Option<u32>) -> String {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        admin::create_user(&self.pool, "Test User", &email, "correct horse battery", role).await.expect("user");
-        admin::create_api_key(&self.pool, &email, "test", scopes, rate_limit).await.expect("key").key
+        self.user("Test User", &email, role).await;
+        let key = NewApiKey {
+            email,
+            name: "test".parse().expect("a name"),
+            scopes: scopes.map(<[Scope]>::to_vec),
+            rate_limit: rate_limit.map(|r| r.to_string().parse().expect("a positive rate limit")),
+        };
+        query_api::api_keys::service::create(&self.pool, &key).await.expect("key").key
+    }
+
+    /// A user with a valid password.
+    pub async fn user(&self, name: &str, email: &str, role: Role) -> User {
+        let new = NewUser::parse(name, email, "correct horse battery", role).expect("a valid user");
+        query_api::users::service::create(&self.pool, &new).await.expect("user")
     }
 
     pub async fn admin_key(&self) -> String {
         self.api_key(Role::Admin, None, None).await
     }
 
-    pub async fn service(&self, name: &str) -> CreatedService {
-        admin::create_service(&self.pool, name, "", None).await.expect("service")
+    pub async fn service(&self, name: &str) -> ServiceWithKey {
+        self.service_limited(name, None).await
+    }
+
+    /// A service whose routing key takes `events_per_minute` (the default if `None`).
+    pub async fn service_limited(&self, name: &str, events_per_minute: Option<u32>) -> ServiceWithKey {
+        let new = NewService {
+            name: name.parse().expect("a name"),
+            description: None,
+            rate_limit: events_per_minute.map(|r| r.to_string().parse().expect("a positive rate limit")),
+        };
+        query_api::services::service::create(&self.pool, &new).await.expect("service")
     }
 
     /// Posts to `/api/events` with a bearer key.

@@ -45,8 +45,8 @@ pub enum Severity {
     Info,
 }
 
-/// Incident urgency, derived from the alert severity or set by hand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Incident urgency, derived from the alert severity or set by hand; read in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Urgency {
     High,
@@ -72,6 +72,16 @@ impl Urgency {
         }
     }
 }
+
+impl std::str::FromStr for Urgency {
+    type Err = &'static str;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value).ok_or("must be HIGH, MEDIUM or LOW")
+    }
+}
+
+crate::deserialize_from_str!(Urgency);
 
 impl From<Severity> for Urgency {
     fn from(severity: Severity) -> Self {

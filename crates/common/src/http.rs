@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -212,27 +212,34 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The query string, deserialized: a malformed one, a repeated or mistyped parameter or a NUL
-/// character is a `400` in our format naming the parameter.
+/// The query string, deserialized into a typed query (unknown parameters ignored): a malformed
+/// one, a repeated or mistyped parameter or a NUL character is a `400` in our format naming the
+/// parameter.
 pub struct ApiQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
         // A NUL can only arrive percent-encoded; only then are the pairs read to name it.
-        if parts.uri.query().is_some_and(|q| q.contains("%00")) {
-            let pairs = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        if query.contains("%00") {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
                 .map_err(|_| ApiError::validation("query", "malformed query string"))?;
-            if let Some((name, _)) = pairs.0.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
+            if let Some((name, _)) = pairs.iter().find(|(k, v)| k.contains('\0') || v.contains('\0')) {
                 return Err(ApiError::validation(name, "must not contain NUL characters"));
             }
         }
-        Query::<T>::from_request_parts(parts, state).await.map(|Query(value)| ApiQuery(value)).map_err(|rejection| {
-            let text = rejection.body_text();
-            // serde_urlencoded names the parameter between backticks ("duplicate field `x`").
-            let field = text.split('`').nth(1).unwrap_or("query").to_owned();
-            let message = text.rsplit(": ").next().unwrap_or(&text).to_owned();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.into_inner().to_string();
+            // serde names a repeated parameter between backticks ("duplicate field `x`").
+            let field = match message.split('`').nth(1) {
+                Some(name) if path == "." => name.to_owned(),
+                _ if path == "." => "query".to_owned(),
+                _ => path,
+            };
             ApiError::validation(&field, message)
         })
     }

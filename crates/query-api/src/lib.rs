@@ -1,11 +1,17 @@
-//! OpsSentinal query API: every `/api/...` endpoint but the events one.
+//! OpsSentinal query API: every `/api/...` endpoint but the events one. Each resource is a
+//! folder with the same parts: `body` (typed queries, request and response bodies), `service`
+//! (typed input in, the resource out; the CLI calls these too) and `http` (the handlers and their
+//! OpenAPI registrations). Users and API keys have no endpoints yet: the CLI administers them.
 
+pub mod api;
+pub mod api_keys;
 pub mod config;
-pub mod oncall;
-pub mod pagination;
-pub mod params;
-pub mod routes;
+pub mod incidents;
+pub mod page;
+pub mod schedules;
+pub mod services;
 pub mod state;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,10 +44,7 @@ pub fn api_router(state: Arc<AppState>) -> Router {
 }
 
 fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new()
-        .merge(routes::incidents::router())
-        .merge(routes::services::router())
-        .merge(routes::schedules::router())
+    OpenApiRouter::new().merge(incidents::router()).merge(services::router()).merge(schedules::router())
 }
 
 /// The query API's part of the OpenAPI 3.1 document, with the document's title, description and

@@ -1,9 +1,11 @@
 //! `opssentinal apikey create`
 
 use clap::Subcommand;
-use common::admin;
 use common::auth::Scope;
 use common::config::DatabaseConfig;
+use common::fields::Name;
+use query_api::api_keys::body::{NewApiKey, RequestsPerMinute};
+use query_api::api_keys::service;
 use serde_json::json;
 
 use crate::output::Output;
@@ -20,13 +22,13 @@ pub enum ApiKeyCommand {
         email: String,
         /// A name to recognise the key by.
         #[arg(long)]
-        name: String,
+        name: Name,
         /// Comma-separated scopes; default: all the owner's role allows.
         #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
         scopes: Option<Vec<Scope>>,
         /// Requests per minute for this key, instead of the defaults.
         #[arg(long)]
-        rate_limit: Option<u32>,
+        rate_limit: Option<RequestsPerMinute>,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -62,7 +64,7 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
                 return Err(crate::Usage("--scopes must name at least one scope".into()).into());
             }
             let pool = super::connect(&database).await?;
-            let key = admin::create_api_key(&pool, &email, &name, scopes.as_deref(), rate_limit).await?;
+            let key = service::create(&pool, &NewApiKey { email, name, scopes, rate_limit }).await?;
             let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
             if output == Output::Table {
                 println!("API key created. Store it now: it is not shown again.");
@@ -74,7 +76,7 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
         }
         ApiKeyCommand::List { email, database } => {
             let pool = super::connect(&database).await?;
-            let keys = admin::list_api_keys(&pool, email.as_deref()).await?;
+            let keys = service::list(&pool, email.as_deref()).await?;
             let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
             let rows = keys
                 .iter()
@@ -94,7 +96,7 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
         }
         ApiKeyCommand::Revoke { id, database } => {
             let pool = super::connect(&database).await?;
-            admin::revoke_api_key(&pool, &id).await?;
+            service::revoke(&pool, &id).await?;
             output.record(&json!({"id": id, "revoked": true}), &[("revoked", id.clone())])
         }
     }

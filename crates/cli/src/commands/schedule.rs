@@ -1,12 +1,14 @@
 //! `opssentinal schedule create|list`, `schedule layer add`, `schedule override add`:
-//! administration against PostgreSQL, with the same validation as the HTTP API.
+//! administration against PostgreSQL. The flags become the HTTP API's body, read by the same
+//! typed parser, so a bad value is refused naming the same field as the API would.
 
 use clap::Subcommand;
 use common::config::DatabaseConfig;
-use query_api::pagination::PageRequest;
-use query_api::routes::schedules::{
-    NewLayer, NewOverride, NewSchedule, RotationKind, add_layer_to, add_override_to, create_schedule, list_schedules,
-};
+use common::http::parse_value;
+use query_api::page::PageRequest;
+use query_api::schedules::body::{NewLayer, NewOverride, NewSchedule, RotationKind};
+use query_api::schedules::service;
+use serde_json::json;
 
 use crate::client::Client;
 use crate::output::{Output, cell};
@@ -18,6 +20,7 @@ pub enum ScheduleCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// An IANA time zone, e.g. Europe/Berlin.
         #[arg(long)]
         time_zone: String,
         #[command(flatten)]
@@ -50,7 +53,7 @@ pub enum LayerCommand {
         #[arg(long)]
         end: Option<String>,
         /// daily, weekly or hours.
-        #[arg(long, value_parser = parse_rotation)]
+        #[arg(long)]
         rotation: RotationKind,
         /// With --rotation hours: the shift length (1 to 720).
         #[arg(long)]
@@ -87,21 +90,12 @@ pub enum OverrideCommand {
     },
 }
 
-fn parse_rotation(value: &str) -> Result<RotationKind, String> {
-    match value {
-        "daily" => Ok(RotationKind::Daily),
-        "weekly" => Ok(RotationKind::Weekly),
-        "hours" => Ok(RotationKind::Hours),
-        _ => Err("must be daily, weekly or hours".into()),
-    }
-}
-
 pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()> {
     match command {
         ScheduleCommand::Create { name, time_zone, database } => {
             let pool = super::connect(&database).await?;
-            let body = NewSchedule { name, time_zone, layers: Vec::new(), overrides: Vec::new() };
-            let schedule = serde_json::to_value(create_schedule(&pool, &body).await?)?;
+            let body: NewSchedule = parse_value(json!({"name": name, "timeZone": time_zone}))?;
+            let schedule = serde_json::to_value(service::create(&pool, &body).await?)?;
             output.record(
                 &schedule,
                 &[
@@ -116,8 +110,8 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
                 Client::new(&source.client)?.get("/api/schedules?limit=200").await?
             } else {
                 let pool = super::connect(&source.database).await?;
-                let first = PageRequest { limit: 200, offset: 0, cursor: None };
-                serde_json::to_value(list_schedules(&pool, &first).await?)?
+                let first = PageRequest::first_longest();
+                serde_json::to_value(service::list(&pool, &first).await?)?
             };
             let schedules = page["schedules"].as_array().cloned().unwrap_or_default();
             let rows = schedules.iter().map(|s| vec![cell(&s["id"]), cell(&s["name"]), cell(&s["timeZone"])]).collect();
@@ -135,15 +129,25 @@ pub async fn run(command: ScheduleCommand, output: Output) -> anyhow::Result<()>
             database,
         }) => {
             let pool = super::connect(&database).await?;
-            let body = NewLayer { name, start, end, rotation, rotation_hours, handoff_time: Some(handoff), users };
-            let layer = serde_json::to_value(add_layer_to(&pool, &schedule, &body).await?)?;
+            let body: NewLayer = parse_value(json!({
+                "name": name, "start": start, "end": end, "rotation": rotation.as_str(),
+                "rotationHours": rotation_hours, "handoffTime": handoff, "users": users,
+            }))?;
+            let layer = serde_json::to_value(service::add_layer(&pool, &schedule, &body).await?)?;
             output.record(&layer, &[("layer", cell(&layer["id"])), ("position", cell(&layer["position"]))])
         }
         ScheduleCommand::Override(OverrideCommand::Add { schedule, user, start, end, database }) => {
             let pool = super::connect(&database).await?;
-            let body = NewOverride { user_id: user, start: start.clone(), end: end.clone() };
-            let created = serde_json::to_value(add_override_to(&pool, &schedule, &body).await?)?;
-            output.record(&created, &[("override", cell(&created["id"])), ("from", start), ("until", end)])
+            let body: NewOverride = parse_value(json!({"userId": user, "start": start, "end": end}))?;
+            let created = serde_json::to_value(service::add_override(&pool, &schedule, &body).await?)?;
+            output.record(
+                &created,
+                &[
+                    ("override", cell(&created["id"])),
+                    ("from", cell(&created["start"])),
+                    ("until", cell(&created["end"])),
+                ],
+            )
         }
     }
 }

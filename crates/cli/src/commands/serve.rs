@@ -61,7 +61,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
             let pool = common::db::pool(&args.database)?;
             common::db::migrate_when_reachable(&pool, &shutdown).await?;
-            if let Some(first) = common::admin::bootstrap_admin(&pool, &args.admin_email).await? {
+            if let Some(first) = query_api::users::service::bootstrap_admin(&pool, &args.admin_email).await? {
                 println!("First start: created the admin user and an admin API key. They are shown only now.");
                 println!("  admin email:    {}", first.email);
                 println!("  admin password: {}", first.password);

@@ -1,8 +1,10 @@
 //! `opssentinal service create`
 
 use clap::Subcommand;
-use common::admin;
 use common::config::DatabaseConfig;
+use common::fields::Name;
+use query_api::services::body::{Description, EventsPerMinute, NewService};
+use query_api::services::service;
 use serde_json::json;
 
 use crate::client::Client;
@@ -17,12 +19,12 @@ pub enum ServiceCommand {
     )]
     Create {
         #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
+        name: Name,
+        #[arg(long)]
+        description: Option<Description>,
         /// Events per minute through this service's routing key, instead of the default.
         #[arg(long)]
-        rate_limit: Option<u32>,
+        rate_limit: Option<EventsPerMinute>,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -46,7 +48,7 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
     match command {
         ServiceCommand::Create { name, description, rate_limit, database } => {
             let pool = super::connect(&database).await?;
-            let service = admin::create_service(&pool, &name, &description, rate_limit).await?;
+            let service = service::create(&pool, &NewService { name, description, rate_limit }).await?;
             output.record(
                 &json!({"id": service.id, "name": service.name, "routingKey": service.routing_key}),
                 &[
@@ -75,13 +77,13 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
         }
         ServiceCommand::List { source } => {
             let pool = super::connect(&source.database).await?;
-            let services = admin::list_services(&pool).await?;
+            let services = service::list_with_keys(&pool).await?;
             let rows = services.iter().map(|s| vec![s.id.clone(), s.name.clone(), s.routing_key.clone()]).collect();
             output.list(&services, &["ID", "NAME", "ROUTING KEY"], rows)
         }
         ServiceCommand::RotateKey { id, database } => {
             let pool = super::connect(&database).await?;
-            let service = admin::rotate_routing_key(&pool, &id).await?;
+            let service = service::rotate_routing_key(&pool, &id).await?;
             output.record(
                 &json!({"id": service.id, "name": service.name, "routingKey": service.routing_key}),
                 &[("id", service.id.clone()), ("routing key", service.routing_key.clone())],

@@ -5,9 +5,10 @@ use std::io::BufRead;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use common::admin::{self, User};
 use common::auth::Role;
 use common::config::DatabaseConfig;
+use query_api::users::body::{NewUser, User, UserChange, field};
+use query_api::users::service;
 
 use crate::output::Output;
 use crate::required;
@@ -117,18 +118,18 @@ pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
         UserCommand::Create { name, email, password, role, database } => {
             let password = required(password.resolve()?, "a password is required: --password or --password-stdin")?;
             let pool = super::connect(&database).await?;
-            let user = admin::create_user(&pool, &name, &email, &password, role).await?;
+            let user = service::create(&pool, &NewUser::parse(&name, &email, &password, role)?).await?;
             print_user(output, &user, "created")
         }
         UserCommand::Update { email, name, password, role, database } => {
             let password = password.resolve()?;
             let pool = super::connect(&database).await?;
-            let user = admin::update_user(&pool, &email, name.as_deref(), password.as_deref(), role).await?;
+            let user = service::update(&pool, &email, &change(name.as_deref(), password.as_deref(), role)?).await?;
             print_user(output, &user, "updated")
         }
         UserCommand::List { database } => {
             let pool = super::connect(&database).await?;
-            let users = admin::list_users(&pool).await?;
+            let users = service::list(&pool).await?;
             let rows =
                 users.iter().map(|u| vec![u.id.clone(), u.name.clone(), u.email.clone(), u.role.clone()]).collect();
             output.list(&users, &["ID", "NAME", "EMAIL", "ROLE"], rows)
@@ -142,15 +143,24 @@ pub async fn run_legacy(args: LegacyUserArgs, database: &DatabaseConfig, output:
     let password = resolve_password(args.password, args.password_stdin)?;
     let user = if args.update {
         let pool = super::connect(database).await?;
-        admin::update_user(&pool, &email, args.user.as_deref(), password.as_deref(), args.role).await?
+        service::update(&pool, &email, &change(args.user.as_deref(), password.as_deref(), args.role)?).await?
     } else {
         let name = required(args.user, "--user NAME is required to create a user (or add --update)")?;
         let password = required(password, "--password (or --password-stdin) is required to create a user")?;
         let role = required(args.role, "--role is required to create a user: admin, responder or user")?;
         let pool = super::connect(database).await?;
-        admin::create_user(&pool, &name, &email, &password, role).await?
+        service::create(&pool, &NewUser::parse(&name, &email, &password, role)?).await?
     };
     print_user(output, &user, if args.update { "updated" } else { "created" })
+}
+
+/// A change from the flags given, naming the flag's field when a value does not fit.
+fn change(name: Option<&str>, password: Option<&str>, role: Option<Role>) -> anyhow::Result<UserChange> {
+    Ok(UserChange {
+        name: name.map(|n| field("name", n)).transpose()?,
+        password: password.map(|p| field("password", p)).transpose()?,
+        role,
+    })
 }
 
 fn print_user(output: Output, user: &User, verb: &str) -> anyhow::Result<()> {

@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::event::{AlertPayload, EventAction, Urgency};
 use crate::ids::incident_id_for_event;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// An incident's status; read in any case, `TRIGGERED` meaning `OPEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum IncidentStatus {
     Open,
@@ -45,6 +46,55 @@ impl IncidentStatus {
         })
     }
 }
+
+impl std::str::FromStr for IncidentStatus {
+    type Err = &'static str;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value).ok_or("must be OPEN, ACKNOWLEDGED, RESOLVED, SNOOZED or SUPPRESSED")
+    }
+}
+
+crate::deserialize_from_str!(IncidentStatus);
+
+/// An incident's priority, set by people; read in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    P4,
+    P5,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P1 => "P1",
+            Self::P2 => "P2",
+            Self::P3 => "P3",
+            Self::P4 => "P4",
+            Self::P5 => "P5",
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = &'static str;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(match value.to_ascii_uppercase().as_str() {
+            "P1" => Self::P1,
+            "P2" => Self::P2,
+            "P3" => Self::P3,
+            "P4" => Self::P4,
+            "P5" => Self::P5,
+            _ => return Err("must be P1, P2, P3, P4 or P5"),
+        })
+    }
+}
+
+crate::deserialize_from_str!(Priority);
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,5 @@
-//! The query API's endpoints: HTTP only (parse, authorize, answer). Incidents change through
-//! `common::incident`; schedules through `common::schedule`.
-
-pub mod incidents;
-pub mod schedules;
-pub mod services;
+//! What every resource's HTTP handlers share: the refusals any authenticated route may answer
+//! and the instant type of response bodies.
 
 pub use common::ErrorBody;
 use serde::Serialize;

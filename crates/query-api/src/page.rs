@@ -3,34 +3,65 @@
 //! added), and the `pagination` block every listing answers with.
 
 use common::ApiError;
-use serde::Serialize;
+use common::fields::blank_as_none;
 use serde::de::DeserializeOwned;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::params::Params;
+common::bounded_integer! {
+    /// Page length.
+    pub struct Limit(i64) { min: 1, max: 200, default: 50 }
+}
+
+common::bounded_integer! {
+    /// Rows to skip (not with `cursor`).
+    pub struct Offset(i64) { min: 0, max: i64::MAX, default: 0 }
+}
+
+/// The paging parameters of every listing.
+#[derive(Deserialize, IntoParams, Default)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page length, default 50.
+    #[serde(default, deserialize_with = "blank_as_none")]
+    pub limit: Option<Limit>,
+    /// Rows to skip (not with cursor).
+    #[serde(default, deserialize_with = "blank_as_none")]
+    pub offset: Option<Offset>,
+    /// `pagination.nextCursor` of the previous page.
+    #[serde(default, deserialize_with = "blank_as_none")]
+    pub cursor: Option<String>,
+}
 
 /// Where a listing's page starts and how long it is.
 pub struct PageRequest<C> {
-    pub limit: i64,
-    pub offset: i64,
+    pub limit: Limit,
+    pub offset: Offset,
     /// The keyset position after which the page starts.
     pub cursor: Option<C>,
 }
 
+impl<C> PageRequest<C> {
+    /// The first page, as long as a page can be.
+    pub fn first_longest() -> Self {
+        Self { limit: Limit(Limit::MAX), offset: Offset::default(), cursor: None }
+    }
+}
+
 impl<C: Serialize + DeserializeOwned> PageRequest<C> {
-    pub fn parse(params: &Params) -> Result<Self, ApiError> {
-        let limit = params.integer("limit", 50, 1, 200)?;
-        let offset = params.integer("offset", 0, 0, i64::MAX)?;
-        let cursor = params
-            .get(&["cursor"])
-            .map(|(_, v)| {
+    pub fn parse(query: PageQuery) -> Result<Self, ApiError> {
+        let limit = query.limit.unwrap_or_default();
+        let offset = query.offset.unwrap_or_default();
+        let cursor = query
+            .cursor
+            .map(|v| {
                 hex::decode(v)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this listing"))
             })
             .transpose()?;
-        if cursor.is_some() && offset > 0 {
+        if cursor.is_some() && offset.get() > 0 {
             return Err(ApiError::validation("offset", "cannot be combined with cursor"));
         }
         Ok(Self { limit, offset, cursor })
@@ -38,14 +69,19 @@ impl<C: Serialize + DeserializeOwned> PageRequest<C> {
 
     /// Rows to fetch: one more than the page, to learn whether another page follows.
     pub fn fetch(&self) -> i64 {
-        self.limit + 1
+        self.limit.get() + 1
+    }
+
+    /// Rows to skip.
+    pub fn skip(&self) -> i64 {
+        self.offset.get()
     }
 
     /// Cuts the fetched `rows` to the page and describes it; when more follow, `position` makes
     /// the next page's cursor from the page's last row.
     pub fn finish<R, E>(&self, rows: &mut Vec<R>, position: impl FnOnce(&R) -> Result<C, E>) -> Result<Pagination, E> {
-        let has_more = rows.len() as i64 > self.limit;
-        rows.truncate(self.limit as usize);
+        let has_more = rows.len() as i64 > self.limit.get();
+        rows.truncate(self.limit.get() as usize);
         let next_cursor = match rows.last() {
             Some(last) if has_more => Some(hex::encode(serde_json::to_vec(&position(last)?).unwrap_or_default())),
             _ => None,
@@ -58,10 +94,8 @@ impl<C: Serialize + DeserializeOwned> PageRequest<C> {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pagination {
-    #[schema(minimum = 1, maximum = 200)]
-    pub limit: i64,
-    #[schema(minimum = 0)]
-    pub offset: i64,
+    pub limit: Limit,
+    pub offset: Offset,
     pub has_more: bool,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,

@@ -1,0 +1,126 @@
+//! Services in PostgreSQL: typed input in, services out. The HTTP handlers and the CLI both call
+//! these.
+
+use common::ApiError;
+use common::auth::random_token;
+use common::ids::new_id;
+use common::incident::store::timestamp;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use super::body::{NewService, OpenIncidents, Service, ServiceList, ServiceStatus, ServiceWithKey};
+use crate::page::PageRequest;
+
+const SELECT: &str = "select s.id, s.name, s.description, s.routing_key, s.rate_limit, s.created_at, s.updated_at,
+        count(i.id) filter (where i.urgency = 'HIGH') as high,
+        count(i.id) filter (where i.urgency = 'MEDIUM') as medium,
+        count(i.id) filter (where i.urgency = 'LOW') as low
+     from services s left join incidents i on i.service_id = s.id and i.status <> 'RESOLVED'";
+
+fn service_of(row: &PgRow, show_routing_key: bool) -> Result<Service, sqlx::Error> {
+    let open = OpenIncidents { high: row.try_get("high")?, medium: row.try_get("medium")?, low: row.try_get("low")? };
+    let status = if open.high > 0 {
+        ServiceStatus::Critical
+    } else if open.medium + open.low > 0 {
+        ServiceStatus::Degraded
+    } else {
+        ServiceStatus::Operational
+    };
+    Ok(Service {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        status,
+        open_incidents: open,
+        created_at: timestamp(row, "created_at")?.into(),
+        updated_at: timestamp(row, "updated_at")?.into(),
+        routing_key: if show_routing_key { Some(row.try_get("routing_key")?) } else { None },
+        rate_limit: if show_routing_key { Some(row.try_get("rate_limit")?) } else { None },
+    })
+}
+
+/// One service; its routing key only when `show_routing_key`. `404` when missing.
+pub async fn get(pool: &PgPool, id: &str, show_routing_key: bool) -> Result<Service, ApiError> {
+    let sql = format!("{SELECT} where s.id = $1 group by s.id");
+    let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("service {id}")))?;
+    Ok(service_of(&row, show_routing_key)?)
+}
+
+/// Keyset position in the newest-first listing.
+#[derive(Serialize, Deserialize)]
+pub struct Cursor {
+    c: String,
+    id: String,
+}
+
+/// A page of services, newest first.
+pub async fn list(pool: &PgPool, page: &PageRequest<Cursor>, show_routing_keys: bool) -> Result<ServiceList, ApiError> {
+    let sql = format!(
+        "{SELECT} where ($1::text is null or (s.created_at, s.id) < ($1::timestamptz, $2))
+         group by s.id order by s.created_at desc, s.id desc limit $3 offset $4"
+    );
+    let mut rows = sqlx::query(&sql)
+        .bind(page.cursor.as_ref().map(|c| c.c.clone()))
+        .bind(page.cursor.as_ref().map(|c| c.id.clone()))
+        .bind(page.fetch())
+        .bind(page.skip())
+        .fetch_all(pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar("select count(*) from services").fetch_one(pool).await?;
+    let pagination = page.finish(&mut rows, |last| {
+        Ok::<_, sqlx::Error>(Cursor { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
+    })?;
+    let services = rows.iter().map(|row| service_of(row, show_routing_keys)).collect::<Result<Vec<_>, _>>()?;
+    Ok(ServiceList { services, total, pagination })
+}
+
+/// Creates a service with a fresh routing (integration) key: 32 hex characters, like PagerDuty's.
+pub async fn create(pool: &PgPool, new: &NewService) -> Result<ServiceWithKey, ApiError> {
+    let service = ServiceWithKey {
+        id: new_id("svc"),
+        name: new.name.as_str().to_owned(),
+        description: new.description.as_ref().map(|d| d.as_str().to_owned()).unwrap_or_default(),
+        routing_key: random_token(16),
+        rate_limit: new.rate_limit.map(|r| r.get()),
+    };
+    sqlx::query("insert into services (id, name, description, routing_key, rate_limit) values ($1, $2, $3, $4, $5)")
+        .bind(&service.id)
+        .bind(&service.name)
+        .bind(&service.description)
+        .bind(&service.routing_key)
+        .bind(service.rate_limit.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+        .execute(pool)
+        .await?;
+    Ok(service)
+}
+
+fn with_key((id, name, description, routing_key, rate_limit): KeyRow) -> ServiceWithKey {
+    ServiceWithKey { id, name, description, routing_key, rate_limit: rate_limit.map(i32::unsigned_abs) }
+}
+
+type KeyRow = (String, String, String, String, Option<i32>);
+
+/// Every service with its routing key, newest first.
+pub async fn list_with_keys(pool: &PgPool) -> Result<Vec<ServiceWithKey>, ApiError> {
+    let rows: Vec<KeyRow> = sqlx::query_as(
+        "select id, name, description, routing_key, rate_limit from services order by created_at desc, id desc",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(with_key).collect())
+}
+
+/// Gives a service a new routing key; the old one stops working. `404` when missing.
+pub async fn rotate_routing_key(pool: &PgPool, id: &str) -> Result<ServiceWithKey, ApiError> {
+    let row: Option<KeyRow> = sqlx::query_as(
+        "update services set routing_key = $2, updated_at = now() where id = $1
+         returning id, name, description, routing_key, rate_limit",
+    )
+    .bind(id)
+    .bind(random_token(16))
+    .fetch_optional(pool)
+    .await?;
+    row.map(with_key).ok_or_else(|| ApiError::not_found(format!("service {id}")))
+}

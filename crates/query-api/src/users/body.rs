@@ -1,0 +1,108 @@
+//! What creating or changing a user takes.
+
+use std::str::FromStr;
+
+use common::ApiError;
+use common::auth::Role;
+use common::fields::Name;
+use serde::Serialize;
+
+/// An email address: something before an `@` and a dot after it, at most 254 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_CHARS: usize = 254;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Email {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let email = value.trim();
+        let valid = !email.contains('\0')
+            && email.len() <= Self::MAX_CHARS
+            && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+        if valid { Ok(Self(email.to_owned())) } else { Err(format!("{email:?} is not an email address")) }
+    }
+}
+
+/// A password: at least 8 characters. Never printed.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub const MIN_CHARS: usize = 8;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(…)")
+    }
+}
+
+impl FromStr for Password {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        if value.chars().count() < Self::MIN_CHARS {
+            return Err(format!("must be at least {} characters", Self::MIN_CHARS));
+        }
+        if value.contains('\0') {
+            return Err("must not contain NUL characters".into());
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+/// Parses `value` as field `field`'s type, naming the field when it does not fit.
+pub fn field<T: FromStr<Err: std::fmt::Display>>(field: &str, value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|problem| ApiError::validation(field, problem))
+}
+
+/// A new user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub name: Name,
+    pub email: Email,
+    pub password: Password,
+    pub role: Role,
+}
+
+impl NewUser {
+    /// A new user from text, naming the field that does not fit.
+    pub fn parse(name: &str, email: &str, password: &str, role: Role) -> Result<Self, ApiError> {
+        Ok(Self {
+            name: field("name", name)?,
+            email: field("email", email)?,
+            password: field("password", password)?,
+            role,
+        })
+    }
+}
+
+/// What changes on a user; absent parts stay as they are.
+#[derive(Debug, Clone, Default)]
+pub struct UserChange {
+    pub name: Option<Name>,
+    pub password: Option<Password>,
+    pub role: Option<Role>,
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: String,
+}
