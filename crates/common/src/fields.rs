@@ -26,11 +26,12 @@ macro_rules! deserialize_from_str {
 }
 
 /// Defines a text newtype of `min ..= max` characters without NUL characters (PostgreSQL
-/// stores none). With `min` of 1 or more the text must hold a non-space character and is kept
-/// trimmed; otherwise it is kept as sent. The schema states the same limits.
+/// stores none). With `min` of 1 or more the text must hold a non-space character. With
+/// `trim: true` it is kept trimmed (names), otherwise as sent (keys). The schema states the same
+/// limits.
 #[macro_export]
 macro_rules! bounded_text {
-    ($(#[$doc:meta])* $vis:vis struct $name:ident { min: $min:expr, max: $max:expr $(,)? }) => {
+    ($(#[$doc:meta])* $vis:vis struct $name:ident { min: $min:expr, max: $max:expr, trim: $trim:expr $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
         #[serde(transparent)]
@@ -41,6 +42,8 @@ macro_rules! bounded_text {
             pub const MIN_CHARS: usize = $min;
             /// Most characters.
             pub const MAX_CHARS: usize = $max;
+            /// Whether surrounding white space is dropped.
+            pub const TRIMMED: bool = $trim;
 
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -55,7 +58,7 @@ macro_rules! bounded_text {
             type Err = String;
 
             fn from_str(value: &str) -> Result<Self, String> {
-                $crate::fields::check_text(value, Self::MIN_CHARS, Self::MAX_CHARS).map(Self)
+                $crate::fields::check_text(value, Self::MIN_CHARS, Self::MAX_CHARS, Self::TRIMMED).map(Self)
             }
         }
 
@@ -145,25 +148,23 @@ macro_rules! bounded_integer {
     };
 }
 
-/// `value` if it has `min ..= max` characters and no NUL; trimmed when `min > 0`.
-pub fn check_text(value: &str, min: usize, max: usize) -> Result<String, String> {
+/// `value` (trimmed if `trim`) if it has `min ..= max` characters, a non-space one when
+/// `min > 0`, and no NUL.
+pub fn check_text(value: &str, min: usize, max: usize, trim: bool) -> Result<String, String> {
     if value.contains('\0') {
         return Err("must not contain NUL characters (\\u0000)".into());
     }
     if value.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if min == 0 {
-        return Ok(value.to_owned());
-    }
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
+    let kept = if trim { value.trim() } else { value };
+    if min > 0 && value.trim().is_empty() {
         return Err("is required".into());
     }
-    if trimmed.chars().count() < min {
+    if kept.chars().count() < min {
         return Err(format!("must be at least {min} characters"));
     }
-    Ok(trimmed.to_owned())
+    Ok(kept.to_owned())
 }
 
 /// The schema of a bounded text: a string of `min ..= max` characters, holding a non-space
@@ -248,17 +249,17 @@ impl utoipa::ToSchema for Instant {}
 
 bounded_text! {
     /// An identifier as sent (`svc_…`, `usr_…`): up to 64 characters.
-    pub struct Id { min: 1, max: 64 }
+    pub struct Id { min: 1, max: 64, trim: true }
 }
 
 bounded_text! {
     /// A name: 1 to 255 characters, not blank.
-    pub struct Name { min: 1, max: 255 }
+    pub struct Name { min: 1, max: 255, trim: true }
 }
 
 bounded_text! {
     /// A short optional text: at most 255 characters.
-    pub struct ShortText { min: 0, max: 255 }
+    pub struct ShortText { min: 0, max: 255, trim: false }
 }
 
 #[cfg(test)]
@@ -266,7 +267,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bounded_texts_count_characters_refuse_nul_and_trim_names() {
+    fn bounded_texts_count_characters_refuse_nul_and_trim_only_names() {
         assert_eq!("  Checkout ".parse::<Name>().unwrap().as_str(), "Checkout");
         assert_eq!("é".repeat(255).parse::<Name>().unwrap().as_str().chars().count(), 255);
         assert_eq!("é".repeat(256).parse::<Name>().unwrap_err(), "must be at most 255 characters");

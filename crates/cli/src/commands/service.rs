@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use common::config::DatabaseConfig;
 use common::fields::Name;
-use query_api::services::body::{Description, EventsPerMinute, NewService};
+use query_api::services::body::{EventsPerMinute, NewService, ServiceDescription};
 use query_api::services::service;
 use serde_json::json;
 
@@ -21,7 +21,7 @@ pub enum ServiceCommand {
         #[arg(long)]
         name: Name,
         #[arg(long)]
-        description: Option<Description>,
+        description: Option<ServiceDescription>,
         /// Events per minute through this service's routing key, instead of the default.
         #[arg(long)]
         rate_limit: Option<EventsPerMinute>,

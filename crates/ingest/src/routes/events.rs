@@ -77,11 +77,10 @@ async fn accept(
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
-    let event: EventRequest = parse_json(&body)?;
-    let service = event.validate()?;
-    let service = state.services.resolve(&service).await?;
+    let event = parse_json::<EventRequest>(&body)?.validate()?;
+    let service = state.services.resolve(&event.service).await?;
     let mut envelope =
-        envelope(&service, event.event_action, event.dedup_key.clone(), event.payload, Some(principal.key_id.clone()));
+        envelope(&service, event.action, event.dedup_key.clone(), event.payload, Some(principal.key_id.clone()));
     let mut company = Company::Shared;
     if let Some(key) = idempotency_key {
         // A retry: the same id (JetStream drops a copy within its window) and the first

@@ -1,13 +1,28 @@
-//! The Events API (`POST /api/events`): the request as alert sources send it, and the rules it
-//! must meet beyond its JSON types. Strict, unlike the integrations: a bad event is refused with
-//! the field named, so its sender can fix it.
+//! The Events API (`POST /api/events`): the request as alert sources send it, typed field by
+//! field (`common::fields`), and the rules between fields checked after parsing. Strict, unlike
+//! the integrations: a bad event is refused with the field named, so its sender can fix it.
 
 use common::ApiError;
-use common::event::{
-    AlertPayload, EventAction, MAX_DEDUP_KEY, MAX_DETAILS_DEPTH, MAX_SHORT_FIELD, MAX_SUMMARY, ServiceRef, depth,
-};
+use common::event::{AlertPayload, EventAction, MAX_DETAILS_DEPTH, ServiceRef, Severity, depth};
+use common::fields::ShortText;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+common::bounded_text! {
+    /// Events with the same key (per service) act on the same incident: 1 to 255 characters,
+    /// kept as sent.
+    pub struct DedupKey { min: 1, max: common::event::MAX_DEDUP_KEY, trim: false }
+}
+
+common::bounded_text! {
+    /// The incident's title: 1 to 1024 characters, kept as sent.
+    pub struct Summary { min: 1, max: common::event::MAX_SUMMARY, trim: false }
+}
+
+common::bounded_text! {
+    /// What sent the alert (host, check): 1 to 255 characters.
+    pub struct Source { min: 1, max: common::event::MAX_SHORT_FIELD, trim: false }
+}
 
 /// `POST /api/events` as sent by an alert source: `routing_key` or `service_id` names the
 /// service; `dedup_key` is required to acknowledge or resolve; `payload` to trigger.
@@ -17,66 +32,78 @@ use serde_json::Value;
 pub struct EventRequest {
     /// The service's routing key (integration key).
     #[serde(default)]
-    #[schema(max_length = 255)]
-    pub routing_key: Option<String>,
+    pub routing_key: Option<ShortText>,
     /// The service's id, instead of `routing_key`.
     #[serde(default)]
-    #[schema(max_length = 255)]
-    pub service_id: Option<String>,
+    pub service_id: Option<ShortText>,
     pub event_action: EventAction,
-    /// Events with the same key (per service) act on the same incident; default a new UUID.
+    /// Default a new UUID.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 255, pattern = "\\S")]
+    pub dedup_key: Option<DedupKey>,
+    #[serde(default)]
+    pub payload: Option<EventPayload>,
+}
+
+/// What the alert says: the `payload` of a trigger.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct EventPayload {
+    pub summary: Summary,
+    pub source: Source,
+    pub severity: Severity,
+    /// When the condition began (RFC 3339).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub timestamp: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub component: Option<ShortText>,
+    #[serde(default)]
+    pub group: Option<ShortText>,
+    #[serde(default)]
+    pub class: Option<ShortText>,
+    /// Any JSON object, at most 64 levels deep, without NUL characters.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub custom_details: Option<Map<String, Value>>,
+}
+
+/// A checked event: where it goes and what it carries.
+pub struct Event {
+    pub service: ServiceRef,
+    pub action: EventAction,
     pub dedup_key: Option<String>,
-    #[serde(default)]
     pub payload: Option<AlertPayload>,
 }
 
 impl EventRequest {
-    /// Checks the rules JSON types alone cannot express. Returns the service reference.
-    pub fn validate(&self) -> Result<ServiceRef, ApiError> {
-        for (field, value) in
-            [("routing_key", &self.routing_key), ("service_id", &self.service_id), ("dedup_key", &self.dedup_key)]
-        {
-            no_nul(field, value.as_deref().unwrap_or_default())?;
-        }
-        let service = match (non_empty(&self.routing_key), non_empty(&self.service_id)) {
-            (Some(key), _) => ServiceRef::RoutingKey(key.to_owned()),
-            (None, Some(id)) => ServiceRef::ServiceId(id.to_owned()),
+    /// Checks the rules between fields; returns the event.
+    pub fn validate(self) -> Result<Event, ApiError> {
+        let present =
+            |value: &Option<ShortText>| value.as_ref().map(|v| v.as_str().trim().to_owned()).filter(|v| !v.is_empty());
+        let service = match (present(&self.routing_key), present(&self.service_id)) {
+            (Some(key), _) => ServiceRef::RoutingKey(key),
+            (None, Some(id)) => ServiceRef::ServiceId(id),
             (None, None) => {
                 return Err(ApiError::validation("routing_key", "routing_key or service_id is required"));
             }
         };
-        match &self.dedup_key {
-            Some(key) if key.chars().count() > MAX_DEDUP_KEY => {
-                return Err(ApiError::validation("dedup_key", format!("must be at most {MAX_DEDUP_KEY} characters")));
-            }
-            Some(key) if key.trim().is_empty() => {
-                return Err(ApiError::validation("dedup_key", "must not be empty"));
-            }
-            None if self.event_action != EventAction::Trigger => {
-                return Err(ApiError::validation(
-                    "dedup_key",
-                    format!("is required for {}", self.event_action.as_str()),
-                ));
-            }
-            _ => {}
+        if self.dedup_key.is_none() && self.event_action != EventAction::Trigger {
+            return Err(ApiError::validation("dedup_key", format!("is required for {}", self.event_action.as_str())));
         }
-        match &self.payload {
-            Some(payload) => validate_payload(payload)?,
+        let payload = match self.payload {
+            Some(payload) => Some(payload.validate()?),
             None if self.event_action == EventAction::Trigger => {
                 return Err(ApiError::validation("payload", "is required for trigger"));
             }
-            None => {}
-        }
-        Ok(service)
+            None => None,
+        };
+        Ok(Event { service, action: self.event_action, dedup_key: self.dedup_key.map(DedupKey::into_inner), payload })
     }
 }
 
-/// The payload's rules beyond its JSON types.
-fn validate_payload(payload: &AlertPayload) -> Result<(), ApiError> {
-    {
-        if let Some(details) = &payload.custom_details {
+impl EventPayload {
+    /// The details' rules (no NUL at any depth, a bounded depth), then the payload as stored.
+    fn validate(self) -> Result<AlertPayload, ApiError> {
+        if let Some(details) = &self.custom_details {
             if let Some(path) = details.iter().find_map(|(k, v)| nul_path_in(k, v, "payload.custom_details")) {
                 return Err(ApiError::validation(&path, "must not contain NUL characters (\\u0000)"));
             }
@@ -87,39 +114,17 @@ fn validate_payload(payload: &AlertPayload) -> Result<(), ApiError> {
                 ));
             }
         }
-        check_text("payload.summary", &payload.summary, MAX_SUMMARY, true)?;
-        check_text("payload.source", &payload.source, MAX_SHORT_FIELD, true)?;
-        for (field, value) in [
-            ("payload.component", &payload.component),
-            ("payload.group", &payload.group),
-            ("payload.class", &payload.class),
-        ] {
-            if let Some(value) = value {
-                check_text(field, value, MAX_SHORT_FIELD, false)?;
-            }
-        }
-        Ok(())
+        Ok(AlertPayload {
+            summary: self.summary.into_inner(),
+            source: self.source.into_inner(),
+            severity: self.severity,
+            timestamp: self.timestamp,
+            component: self.component.map(ShortText::into_inner),
+            group: self.group.map(ShortText::into_inner),
+            class: self.class.map(ShortText::into_inner),
+            custom_details: self.custom_details,
+        })
     }
-}
-
-fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
-    no_nul(field, value)?;
-    if required && value.trim().is_empty() {
-        return Err(ApiError::validation(field, "must not be empty"));
-    }
-    if value.chars().count() > max {
-        return Err(ApiError::validation(field, format!("must be at most {max} characters")));
-    }
-    Ok(())
-}
-
-/// PostgreSQL stores no NUL character, in text or in JSON: an event holding one could never be
-/// applied, so the Events API refuses it, naming the field.
-fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.contains('\0') {
-        return Err(ApiError::validation(field, "must not contain NUL characters (\\u0000)"));
-    }
-    Ok(())
 }
 
 /// The path of the first NUL character under `key` (a key of the object at `parent`), if any.
@@ -139,17 +144,18 @@ fn nul_path_in(key: &str, value: &Value, parent: &str) -> Option<String> {
     }
 }
 
-fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn request(value: Value) -> EventRequest {
-        serde_json::from_value(value).expect("valid request JSON")
+    /// The request read and checked as the route does: a field's problem named at its path.
+    fn check(value: Value) -> Result<Event, ApiError> {
+        common::http::parse_value::<EventRequest>(value).and_then(EventRequest::validate)
+    }
+
+    fn field_of(value: Value) -> String {
+        check(value).err().expect("refused").details.unwrap()["field"].as_str().unwrap().to_owned()
     }
 
     fn trigger() -> Value {
@@ -162,50 +168,50 @@ mod tests {
 
     #[test]
     fn a_plain_trigger_is_valid() {
-        assert_eq!(request(trigger()).validate().unwrap(), ServiceRef::RoutingKey("rk".into()));
+        assert_eq!(check(trigger()).unwrap().service, ServiceRef::RoutingKey("rk".into()));
     }
 
     #[test]
     fn resolve_without_dedup_key_names_the_field() {
-        let err = request(json!({"routing_key": "rk", "event_action": "resolve"})).validate().unwrap_err();
-        assert_eq!(err.details.unwrap()["field"], "dedup_key");
+        let err = field_of(json!({"routing_key": "rk", "event_action": "resolve"}));
+        assert_eq!(err, "dedup_key");
     }
 
     #[test]
     fn summary_is_counted_in_characters() {
         let mut body = trigger();
-        body["payload"]["summary"] = json!("é".repeat(MAX_SUMMARY));
-        assert!(request(body.clone()).validate().is_ok());
-        body["payload"]["summary"] = json!("é".repeat(MAX_SUMMARY + 1));
-        let err = request(body).validate().unwrap_err();
-        assert_eq!(err.details.unwrap()["field"], "payload.summary");
+        body["payload"]["summary"] = json!("é".repeat(Summary::MAX_CHARS));
+        assert!(check(body.clone()).is_ok());
+        body["payload"]["summary"] = json!("é".repeat(Summary::MAX_CHARS + 1));
+        let err = field_of(body);
+        assert_eq!(err, "payload.summary");
     }
 
     #[test]
     fn trigger_needs_a_payload_and_a_service() {
-        let err = request(json!({"routing_key": "rk", "event_action": "trigger"})).validate().unwrap_err();
-        assert_eq!(err.details.unwrap()["field"], "payload");
+        let err = field_of(json!({"routing_key": "rk", "event_action": "trigger"}));
+        assert_eq!(err, "payload");
         let mut body = trigger();
         body.as_object_mut().unwrap().remove("routing_key");
-        let err = request(body).validate().unwrap_err();
-        assert_eq!(err.details.unwrap()["field"], "routing_key");
+        let err = field_of(body);
+        assert_eq!(err, "routing_key");
     }
 
     #[test]
     fn a_nul_character_is_refused_naming_its_field() {
         let mut body = trigger();
         body["dedup_key"] = json!("a\u{0}b");
-        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "dedup_key");
+        assert_eq!(field_of(body), "dedup_key");
         let mut body = trigger();
         body["payload"]["summary"] = json!("cpu\u{0}");
-        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.summary");
+        assert_eq!(field_of(body), "payload.summary");
         let mut body = trigger();
         body["payload"]["custom_details"] = json!({"hosts": ["a", "b\u{0}"]});
-        let err = request(body).validate().unwrap_err();
-        assert_eq!(err.details.unwrap()["field"], "payload.custom_details.hosts[1]");
+        let err = field_of(body);
+        assert_eq!(err, "payload.custom_details.hosts[1]");
         let mut body = trigger();
         body["payload"]["custom_details"] = json!({"k\u{0}": 1});
-        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.custom_details.k\u{0}");
+        assert_eq!(field_of(body), "payload.custom_details.k\u{0}");
     }
 
     #[test]
@@ -213,8 +219,8 @@ mod tests {
         let nested = |levels: usize| -> Value { (0..levels).fold(json!(1), |inner, _| json!({ "a": inner })) };
         let mut body = trigger();
         body["payload"]["custom_details"] = nested(MAX_DETAILS_DEPTH);
-        assert!(request(body.clone()).validate().is_ok());
+        assert!(check(body.clone()).is_ok());
         body["payload"]["custom_details"] = nested(MAX_DETAILS_DEPTH + 1);
-        assert_eq!(request(body).validate().unwrap_err().details.unwrap()["field"], "payload.custom_details");
+        assert_eq!(field_of(body), "payload.custom_details");
     }
 }

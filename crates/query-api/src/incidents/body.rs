@@ -13,22 +13,22 @@ use crate::page::Pagination;
 
 common::bounded_text! {
     /// An incident's title: 1 to 1024 characters, not blank.
-    pub struct Title { min: 1, max: 1024 }
+    pub struct Title { min: 1, max: 1024, trim: true }
 }
 
 common::bounded_text! {
     /// An incident's description: at most 65,536 characters.
-    pub struct Description { min: 0, max: 65_536 }
+    pub struct IncidentDescription { min: 0, max: 65_536, trim: false }
 }
 
 common::bounded_text! {
     /// A note for the timeline: at most 10,000 characters (a blank one adds nothing).
-    pub struct Note { min: 0, max: 10_000 }
+    pub struct Note { min: 0, max: 10_000, trim: true }
 }
 
 common::bounded_text! {
     /// A user id, or "" for nobody.
-    pub struct AssigneeRef { min: 0, max: 64 }
+    pub struct AssigneeRef { min: 0, max: 64, trim: true }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ pub struct CreateIncident {
     pub title: Title,
     pub service_id: Id,
     #[serde(default)]
-    pub description: Option<Description>,
+    pub description: Option<IncidentDescription>,
     /// Default HIGH (case-insensitive).
     #[serde(default)]
     pub urgency: Option<Urgency>,

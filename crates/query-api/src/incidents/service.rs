@@ -428,14 +428,14 @@ pub async fn update(pool: &PgPool, id: &str, change: &IncidentChange, actor: &st
         log_change(&mut tx, id, actor, json!({"priority": priority.as_str()})).await?;
     }
     if let Some(assignee) = &change.assignee_id {
-        let assignee = assignee.as_ref().map(|a| a.as_str().trim()).filter(|a| !a.is_empty());
+        let assignee = assignee.as_ref().map(|a| a.as_str()).filter(|a| !a.is_empty());
         set_field(&mut tx, id, "assignee_id", assignee).await.on_constraint(|name| {
             (name == "incidents_assignee_id_fkey")
                 .then(|| ApiError::validation("assigneeId", format!("no user {}", assignee.unwrap_or_default())))
         })?;
         log_change(&mut tx, id, actor, json!({"assigneeId": assignee})).await?;
     }
-    if let Some(note) = change.note.as_ref().map(|n| n.as_str().trim()).filter(|n| !n.is_empty()) {
+    if let Some(note) = change.note.as_ref().map(|n| n.as_str()).filter(|n| !n.is_empty()) {
         sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'note', $2, $3)")
             .bind(id)
             .bind(actor)

@@ -32,7 +32,7 @@ impl FromStr for ZoneName {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, String> {
-        let name = common::fields::check_text(value, 1, Self::MAX_CHARS)?;
+        let name = common::fields::check_text(value, 1, Self::MAX_CHARS, true)?;
         TimeZone::get(&name).map_err(|_| format!("{name:?} is not an IANA time zone"))?;
         Ok(Self(name))
     }

@@ -9,7 +9,7 @@ use crate::page::Pagination;
 
 common::bounded_text! {
     /// What a service is for: at most 4096 characters.
-    pub struct Description { min: 0, max: 4096 }
+    pub struct ServiceDescription { min: 0, max: 4096, trim: false }
 }
 
 common::bounded_integer! {
@@ -24,7 +24,7 @@ common::bounded_integer! {
 pub struct NewService {
     pub name: Name,
     #[serde(default)]
-    pub description: Option<Description>,
+    pub description: Option<ServiceDescription>,
     /// Events per minute for the routing key; default the server's.
     #[serde(default)]
     pub rate_limit: Option<EventsPerMinute>,
