@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Normalized, Refusal, Repairs, severity, truncate};
+use super::{Normalized, Refusal, Repairs, severity};
 use crate::idempotency::derived_id;
 
 /// The counter of this source's repairs, by kind.
@@ -91,7 +91,7 @@ pub struct Incoming<'a> {
 /// payload. Refused only for a status other than firing or resolved.
 pub fn normalize(incoming: Incoming<'_>) -> Result<Normalized, Refusal> {
     let Incoming { alert, index, notification, service_id } = incoming;
-    let repairs = alert.repairs.clone();
+    let mut repairs = alert.repairs.clone();
     let action = match alert.status.as_str() {
         "firing" => EventAction::Trigger,
         "resolved" => EventAction::Resolve,
@@ -103,7 +103,7 @@ pub fn normalize(incoming: Incoming<'_>) -> Result<Normalized, Refusal> {
         }
     };
     let dedup_key = match alert.fingerprint.as_deref().filter(|f| !f.is_empty()) {
-        Some(fingerprint) => truncate(fingerprint, MAX_DEDUP_KEY),
+        Some(fingerprint) => repairs.cut("field_truncated", "fingerprint", fingerprint, MAX_DEDUP_KEY),
         // The labels identify an alert; their JSON (keys sorted) can be any length, its hash cannot.
         None => {
             let labels = serde_json::to_vec(&alert.labels).unwrap_or_default();
@@ -111,22 +111,34 @@ pub fn normalize(incoming: Incoming<'_>) -> Result<Normalized, Refusal> {
         }
     };
     let event_id = Some(content_id(service_id, alert, &dedup_key));
-    let payload = (action == EventAction::Trigger).then(|| trigger_payload(alert, notification, &repairs));
+    let payload = (action == EventAction::Trigger).then(|| trigger_payload(alert, notification, &mut repairs));
     Ok(Normalized { routing_key: None, event_id, action, dedup_key: Some(dedup_key), payload, repairs })
 }
 
-/// A firing alert's payload; its repairs are kept in its custom details, with its labels and
-/// annotations.
-fn trigger_payload(alert: &Alert, notification: &Notification, repairs: &Repairs) -> AlertPayload {
+/// A firing alert's payload, cut to our limits (each cut recorded); its repairs are kept in its
+/// custom details, with its labels and annotations.
+fn trigger_payload(alert: &Alert, notification: &Notification, repairs: &mut Repairs) -> AlertPayload {
     let summary = ["summary", "description"]
         .iter()
         .find_map(|k| alert.annotations.get(*k).filter(|v| !v.trim().is_empty()))
         .or_else(|| alert.labels.get("alertname"))
-        .map_or_else(|| "Alertmanager alert".to_owned(), |s| truncate(s, MAX_SUMMARY));
+        .map_or_else(
+            || "Alertmanager alert".to_owned(),
+            |s| repairs.cut("summary_truncated", "summary", s, MAX_SUMMARY),
+        );
     let source = ["instance", "job"]
         .iter()
         .find_map(|k| alert.labels.get(*k))
-        .map_or_else(|| "alertmanager".to_owned(), |s| truncate(s, MAX_SHORT_FIELD));
+        .map_or_else(|| "alertmanager".to_owned(), |s| repairs.cut("field_truncated", "source", s, MAX_SHORT_FIELD));
+    let component = alert.labels.get("job").map(|j| repairs.cut("field_truncated", "component", j, MAX_SHORT_FIELD));
+    let class = alert.labels.get("alertname").map(|a| repairs.cut("field_truncated", "class", a, MAX_SHORT_FIELD));
+    let severity = match alert.labels.get("severity") {
+        None => Severity::Error,
+        Some(label) => severity(label).unwrap_or_else(|| {
+            repairs.record("severity_unknown", format!("severity {label:?} unknown, used \"error\""));
+            Severity::Error
+        }),
+    };
     let mut details = Map::new();
     details.insert("labels".into(), json!(alert.labels));
     details.insert("annotations".into(), json!(alert.annotations));
@@ -145,11 +157,11 @@ fn trigger_payload(alert: &Alert, notification: &Notification, repairs: &Repairs
     AlertPayload {
         summary,
         source,
-        severity: alert.labels.get("severity").and_then(|s| severity(s)).unwrap_or(Severity::Error),
+        severity,
         timestamp: alert.starts_at.as_deref().and_then(|t| t.parse().ok()),
-        component: alert.labels.get("job").map(|j| truncate(j, MAX_SHORT_FIELD)),
+        component,
         group: None,
-        class: alert.labels.get("alertname").map(|a| truncate(a, MAX_SHORT_FIELD)),
+        class,
         custom_details: Some(details),
     }
 }
@@ -189,6 +201,20 @@ mod tests {
         assert!(!details.contains_key("opssentinal_repairs") && event.repairs.is_empty());
         assert_eq!(event.event_id, Some(content_id("svc", &n.alerts[0], "abc123")));
         assert_eq!(event.routing_key, None);
+    }
+
+    #[test]
+    fn cuts_and_unknown_severities_are_recorded_as_the_other_sources_record_them() {
+        let long = "x".repeat(MAX_SUMMARY + 500);
+        let n = notification(json!([{"status": "firing", "fingerprint": "f",
+            "labels": {"alertname": "Big", "severity": "sev1"}, "annotations": {"summary": long}}]));
+        let event = event(&n, 0).unwrap();
+        let kinds: Vec<_> = event.repairs.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, ["summary_truncated", "severity_unknown"]);
+        let payload = event.payload.unwrap();
+        assert_eq!((payload.summary.chars().count(), payload.severity), (MAX_SUMMARY, Severity::Error));
+        let kept = &payload.custom_details.unwrap()["opssentinal_repairs"];
+        assert_eq!(kept[0], format!("summary cut from {} to {MAX_SUMMARY} characters", MAX_SUMMARY + 500));
     }
 
     #[test]

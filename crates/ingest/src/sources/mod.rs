@@ -73,6 +73,16 @@ impl Repairs {
         }
     }
 
+    /// `value` cut to `max` characters ([`truncate`]), recording the cut as `kind` when there
+    /// was one.
+    pub fn cut(&mut self, kind: &'static str, field: &str, value: &str, max: usize) -> String {
+        let length = value.chars().count();
+        if length > max {
+            self.record(kind, format!("{field} cut from {length} to {max} characters"));
+        }
+        truncate(value, max)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -61,14 +61,7 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Repairs) -> AlertPa
     let empty = Map::new();
     let payload = event.get("payload").and_then(Value::as_object).unwrap_or(&empty);
     let summary = match payload.get("summary").and_then(as_text).filter(|s| !s.trim().is_empty()) {
-        Some(summary) if summary.chars().count() > MAX_SUMMARY => {
-            repairs.record(
-                "summary_truncated",
-                format!("summary cut from {} to {MAX_SUMMARY} characters", summary.chars().count()),
-            );
-            truncate(&summary, MAX_SUMMARY)
-        }
-        Some(summary) => summary,
+        Some(summary) => repairs.cut("summary_truncated", "summary", &summary, MAX_SUMMARY),
         None => {
             repairs.record("summary_missing", "summary missing");
             "(no summary)".into()
@@ -76,7 +69,7 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Repairs) -> AlertPa
     };
     let client = event.get("client").and_then(Value::as_str).filter(|c| !c.trim().is_empty());
     let source = match payload.get("source").and_then(as_text).filter(|s| !s.trim().is_empty()) {
-        Some(source) => truncate(&source, MAX_SHORT_FIELD),
+        Some(source) => repairs.cut("field_truncated", "source", &source, MAX_SHORT_FIELD),
         None => {
             let filled = client.map_or_else(|| "unknown".to_owned(), |c| truncate(c, MAX_SHORT_FIELD));
             repairs.record("source_missing", format!("source missing, used {filled:?}"));
@@ -96,12 +89,7 @@ fn trigger_payload(event: &Map<String, Value>, repairs: &mut Repairs) -> AlertPa
         }
     });
     let mut short = |name: &str| {
-        payload.get(name).and_then(as_text).map(|v| {
-            if v.chars().count() > MAX_SHORT_FIELD {
-                repairs.record("field_truncated", format!("{name} cut to {MAX_SHORT_FIELD} characters"));
-            }
-            truncate(&v, MAX_SHORT_FIELD)
-        })
+        payload.get(name).and_then(as_text).map(|v| repairs.cut("field_truncated", name, &v, MAX_SHORT_FIELD))
     };
     let (component, group, class) = (short("component"), short("group"), short("class"));
     let mut details = match payload.get("custom_details") {
