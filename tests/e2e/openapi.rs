@@ -84,3 +84,24 @@ fn the_committed_document_is_the_generated_one() {
         "docs/openapi.json is stale: run `OPENAPI_UPDATE=1 cargo nextest run -p e2e openapi` and commit it"
     );
 }
+
+/// Every declared field type is its own component, so two with the same name would silently
+/// share one schema: the document keeps each body's own limits and each source's own shapes.
+#[test]
+fn each_field_type_keeps_its_own_schema() {
+    let document: serde_json::Value = serde_json::from_str(query_api::OPENAPI_JSON).unwrap();
+    let schemas = &document["components"]["schemas"];
+    let reference = |schema: &str, field: &str| {
+        let r = &schemas[schema]["properties"][field];
+        let r = r["$ref"].as_str().or_else(|| r["oneOf"].as_array()?.iter().find_map(|s| s["$ref"].as_str()));
+        r.unwrap_or_else(|| panic!("{schema}.{field} refers to a component")).rsplit('/').next().unwrap().to_owned()
+    };
+    let max = |component: &str| schemas[component]["maxLength"].as_u64();
+    let service = query_api::services::body::ServiceDescription::MAX_CHARS as u64;
+    let incident = query_api::incidents::body::IncidentDescription::MAX_CHARS as u64;
+    assert_ne!(service, incident);
+    assert_eq!(max(&reference("NewService", "description")), Some(service));
+    assert_eq!(max(&reference("CreateIncident", "description")), Some(incident));
+    let alert = schemas["Notification"]["properties"]["alerts"]["items"]["$ref"].as_str().unwrap();
+    assert!(schemas[alert.rsplit('/').next().unwrap()]["properties"].get("fingerprint").is_some(), "{alert}");
+}

@@ -412,3 +412,22 @@ async fn queries_past_300_a_minute_are_rate_limited() {
     assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
     assert!(response.headers().contains_key("retry-after"));
 }
+
+#[tokio::test]
+async fn a_key_without_the_scope_is_refused_before_its_query_is_read() {
+    let env = TestEnv::new().await;
+    let base = env.spawn_query_api().await;
+    let writer = env.api_key(Role::Responder, Some(&[Scope::EventsWrite]), None).await;
+    let reader = env.api_key(Role::Admin, None, None).await;
+    for path in
+        ["/api/incidents?limit=0&status=NOPE", "/api/services?offset=-1", "/api/schedules/sch_x/shifts?from=soon"]
+    {
+        let (status, body) = env.get_json(&format!("{base}{path}"), &writer).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("FORBIDDEN")), "{path}: {body}");
+        let (status, body) = env.get_json(&format!("{base}{path}"), &reader).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{path}: {body}");
+    }
+    // A parameter given twice is refused, naming it: which was meant?
+    let (status, body) = env.get_json(&format!("{base}/api/incidents?limit=10&limit=5"), &reader).await;
+    assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("limit")), "{body}");
+}

@@ -99,6 +99,15 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output;
+    if !matches!(cli.command, Some(Command::Serve(_))) {
+        // A failure's cause (a database error behind "internal error") is logged where it is
+        // met: show it on standard error. `serve` sets up its own logging.
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .without_time()
+            .init();
+    }
     match cli.command {
         Some(Command::Migrate(args)) => commands::migrate::run(args).await,
         Some(Command::User(command)) => commands::user::run(command, output).await,

@@ -88,11 +88,20 @@ macro_rules! bounded_text {
     };
 }
 
-/// Defines an integer newtype of `min ..= max` (and its `default`), read from a JSON number or,
+/// Defines an integer newtype of `min ..= max` (and its `default`, if it has one), read from a JSON number or,
 /// in a query string, from text. The schema states the same bounds.
 #[macro_export]
 macro_rules! bounded_integer {
     ($(#[$doc:meta])* $vis:vis struct $name:ident($int:ty) { min: $min:expr, max: $max:expr, default: $default:expr $(,)? }) => {
+        $crate::bounded_integer!($(#[$doc])* $vis struct $name($int) { min: $min, max: $max });
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self($default)
+            }
+        }
+    };
+    ($(#[$doc:meta])* $vis:vis struct $name:ident($int:ty) { min: $min:expr, max: $max:expr $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
         #[serde(transparent)]
@@ -115,12 +124,6 @@ macro_rules! bounded_integer {
             }
         }
 
-        impl Default for $name {
-            fn default() -> Self {
-                Self($default)
-            }
-        }
-
         impl std::str::FromStr for $name {
             type Err = String;
 
@@ -140,7 +143,7 @@ macro_rules! bounded_integer {
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                $crate::fields::integer_schema(i128::from(Self::MIN), i128::from(Self::MAX))
+                $crate::fields::integer_schema(i128::from(Self::MIN), i128::from(Self::MAX), std::mem::size_of::<$int>())
             }
         }
 
@@ -178,16 +181,22 @@ pub fn text_schema(min: usize, max: usize) -> utoipa::openapi::RefOr<utoipa::ope
     schema.into()
 }
 
-/// The schema of a bounded integer.
-pub fn integer_schema(min: i128, max: i128) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(min as f64)).maximum(Some(max as f64)).into()
+/// The schema of a bounded integer of `bytes` bytes (`int64` for 8, else `int32`).
+pub fn integer_schema(min: i128, max: i128, bytes: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let format = if bytes == 8 { KnownFormat::Int64 } else { KnownFormat::Int32 };
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(format)))
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
+        .into()
 }
 
-/// The schema of a keyword: one of `values` (read case-insensitively).
-pub fn keyword_schema(values: &[&str]) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values.iter().copied())).into()
+/// Parses `value` as field `field`'s type, naming the field when it does not fit (for input
+/// that does not arrive as JSON, such as command-line flags).
+pub fn field<T: FromStr<Err: std::fmt::Display>>(field: &str, value: &str) -> Result<T, crate::ApiError> {
+    value.parse().map_err(|problem| crate::ApiError::validation(field, problem))
 }
 
 /// For optional query parameters: absent or blank is `None`, anything else must parse.
@@ -249,7 +258,7 @@ impl utoipa::ToSchema for Instant {}
 
 bounded_text! {
     /// An identifier as sent (`svc_…`, `usr_…`): up to 64 characters.
-    pub struct Id { min: 1, max: 64, trim: true }
+    pub struct Id { min: 1, max: 64, trim: false }
 }
 
 bounded_text! {
@@ -269,6 +278,7 @@ mod tests {
     #[test]
     fn bounded_texts_count_characters_refuse_nul_and_trim_only_names() {
         assert_eq!("  Checkout ".parse::<Name>().unwrap().as_str(), "Checkout");
+        assert_eq!(" usr_a".parse::<Id>().unwrap().as_str(), " usr_a");
         assert_eq!("é".repeat(255).parse::<Name>().unwrap().as_str().chars().count(), 255);
         assert_eq!("é".repeat(256).parse::<Name>().unwrap_err(), "must be at most 255 characters");
         assert_eq!("   ".parse::<Name>().unwrap_err(), "is required");

@@ -212,16 +212,24 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The query string, deserialized into a typed query (unknown parameters ignored): a malformed
-/// one, a repeated or mistyped parameter or a NUL character is a `400` in our format naming the
-/// parameter.
-pub struct ApiQuery<T>(pub T);
+/// The query string, read when the handler asks (after its scope check, as a body is):
+/// [`ApiQuery::parse`] deserializes it into a typed query.
+pub struct ApiQuery(Option<String>);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
+impl<S: Send + Sync> FromRequestParts<S> for ApiQuery {
+    type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
+        Ok(Self(parts.uri.query().map(str::to_owned)))
+    }
+}
+
+impl ApiQuery {
+    /// The query as `T` (unknown parameters ignored): a malformed query, a NUL character, a
+    /// parameter given twice (which of two credentials or filters was meant?) or a value that
+    /// does not parse is a `400` in our format naming the parameter.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let query = self.0.as_deref().unwrap_or_default();
         // A NUL can only arrive percent-encoded; only then are the pairs read to name it.
         if query.contains("%00") {
             let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
@@ -231,14 +239,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             }
         }
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map(ApiQuery).map_err(|err| {
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let message = err.into_inner().to_string();
-            // serde names a repeated parameter between backticks ("duplicate field `x`").
+            // serde names a parameter given twice between backticks ("duplicate field `limit`").
             let field = match message.split('`').nth(1) {
-                Some(name) if path == "." => name.to_owned(),
-                _ if path == "." => "query".to_owned(),
-                _ => path,
+                _ if path != "." => path,
+                Some(name) => name.to_owned(),
+                None => "query".to_owned(),
             };
             ApiError::validation(&field, message)
         })

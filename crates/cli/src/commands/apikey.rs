@@ -3,8 +3,8 @@
 use clap::Subcommand;
 use common::auth::Scope;
 use common::config::DatabaseConfig;
-use common::fields::Name;
-use query_api::api_keys::body::{NewApiKey, RequestsPerMinute};
+use common::fields::field;
+use query_api::api_keys::body::NewApiKey;
 use query_api::api_keys::service;
 use serde_json::json;
 
@@ -22,13 +22,13 @@ pub enum ApiKeyCommand {
         email: String,
         /// A name to recognise the key by.
         #[arg(long)]
-        name: Name,
+        name: String,
         /// Comma-separated scopes; default: all the owner's role allows.
         #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
         scopes: Option<Vec<Scope>>,
         /// Requests per minute for this key, instead of the defaults.
         #[arg(long)]
-        rate_limit: Option<RequestsPerMinute>,
+        rate_limit: Option<String>,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -64,7 +64,13 @@ pub async fn run(command: ApiKeyCommand, output: Output) -> anyhow::Result<()> {
                 return Err(crate::Usage("--scopes must name at least one scope".into()).into());
             }
             let pool = super::connect(&database).await?;
-            let key = service::create(&pool, &NewApiKey { email, name, scopes, rate_limit }).await?;
+            let new = NewApiKey {
+                email,
+                name: field("name", &name)?,
+                scopes,
+                rate_limit: rate_limit.map(|r| field("rateLimit", &r)).transpose()?,
+            };
+            let key = service::create(&pool, &new).await?;
             let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
             if output == Output::Table {
                 println!("API key created. Store it now: it is not shown again.");

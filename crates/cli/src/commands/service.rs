@@ -2,8 +2,8 @@
 
 use clap::Subcommand;
 use common::config::DatabaseConfig;
-use common::fields::Name;
-use query_api::services::body::{EventsPerMinute, NewService, ServiceDescription};
+use common::fields::field;
+use query_api::services::body::NewService;
 use query_api::services::service;
 use serde_json::json;
 
@@ -19,12 +19,12 @@ pub enum ServiceCommand {
     )]
     Create {
         #[arg(long)]
-        name: Name,
+        name: String,
         #[arg(long)]
-        description: Option<ServiceDescription>,
+        description: Option<String>,
         /// Events per minute through this service's routing key, instead of the default.
         #[arg(long)]
-        rate_limit: Option<EventsPerMinute>,
+        rate_limit: Option<String>,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -48,7 +48,12 @@ pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> 
     match command {
         ServiceCommand::Create { name, description, rate_limit, database } => {
             let pool = super::connect(&database).await?;
-            let service = service::create(&pool, &NewService { name, description, rate_limit }).await?;
+            let new = NewService {
+                name: field("name", &name)?,
+                description: description.map(|d| field("description", &d)).transpose()?,
+                rate_limit: rate_limit.map(|r| field("rateLimit", &r)).transpose()?,
+            };
+            let service = service::create(&pool, &new).await?;
             output.record(
                 &json!({"id": service.id, "name": service.name, "routingKey": service.routing_key}),
                 &[

@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use common::auth::Role;
 use common::config::DatabaseConfig;
-use query_api::users::body::{NewUser, User, UserChange, field};
+use common::fields::field;
+use query_api::users::body::{NewUser, User, UserChange};
 use query_api::users::service;
 
 use crate::output::Output;

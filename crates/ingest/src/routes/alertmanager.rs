@@ -67,10 +67,15 @@ struct Target {
 async fn webhook(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    ApiQuery(target): ApiQuery<Target>,
+    query: ApiQuery,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Response {
+    // The query names the service (and may carry its routing key): read it first.
+    let target: Target = match query.parse() {
+        Ok(target) => target,
+        Err(err) => return err.into_response(),
+    };
     let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     match resolve(&state, &target, &headers, peer).await {
         Ok((service, principal)) => receive(&state, &service, principal.as_ref(), body).await,

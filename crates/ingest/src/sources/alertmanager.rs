@@ -36,6 +36,7 @@ pub struct Notification {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = AlertmanagerAlert)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// `firing` (a trigger) or `resolved` (a resolve).

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 common::bounded_integer! {
     /// Requests per minute for one key.
-    pub struct RequestsPerMinute(u32) { min: 1, max: u32::MAX, default: 600 }
+    pub struct RequestsPerMinute(u32) { min: 1, max: u32::MAX }
 }
 
 /// A new key for the user with `email`. Without `scopes`, the key gets every scope the user's

@@ -28,7 +28,7 @@ common::bounded_text! {
 
 common::bounded_text! {
     /// A user id, or "" for nobody.
-    pub struct AssigneeRef { min: 0, max: 64, trim: true }
+    pub struct AssigneeRef { min: 0, max: 64, trim: false }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -48,10 +48,10 @@ pub struct IncidentQuery {
     pub urgency: Option<CommaList<Urgency>>,
     /// Only this service (also service_id)
     #[serde(default, rename = "serviceId", alias = "service_id", deserialize_with = "blank_as_none")]
-    pub service_id: Option<Id>,
+    pub service_id: Option<String>,
     /// Only this assignee (also assignee_id)
     #[serde(default, rename = "assigneeId", alias = "assignee_id", deserialize_with = "blank_as_none")]
-    pub assignee_id: Option<Id>,
+    pub assignee_id: Option<String>,
     /// RFC 3339
     #[serde(default, deserialize_with = "blank_as_none")]
     pub created_after: Option<Instant>,

@@ -31,11 +31,12 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(query): ApiQuery<IncidentQuery>,
-    ApiQuery(page): ApiQuery<PageQuery>,
+    query: ApiQuery,
 ) -> Result<Json<IncidentList>, ApiError> {
     principal.require(Scope::IncidentsRead)?;
-    Ok(Json(service::list(&state.pool, &query, &PageRequest::parse(page)?).await?))
+    // The scope first: a key without it learns nothing about the query.
+    let (filters, page) = (query.parse::<IncidentQuery>()?, PageRequest::parse(query.parse()?)?);
+    Ok(Json(service::list(&state.pool, &filters, &page).await?))
 }
 
 /// One incident with its timeline and alerts (newest first, at most 100 each).

@@ -117,8 +117,8 @@ impl Filter {
         Self {
             statuses: query.status.as_ref().map(|s| s.0.iter().map(|s| s.as_str().to_owned()).collect()),
             urgencies: query.urgency.as_ref().map(|u| u.0.iter().map(|u| u.as_str().to_owned()).collect()),
-            service_id: query.service_id.as_ref().map(|s| s.as_str().to_owned()),
-            assignee_id: query.assignee_id.as_ref().map(|a| a.as_str().to_owned()),
+            service_id: query.service_id.clone(),
+            assignee_id: query.assignee_id.clone(),
             created_after: query.created_after.map(|t| t.0),
             created_before: query.created_before.map(|t| t.0),
         }

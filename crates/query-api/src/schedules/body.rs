@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use common::fields::{Id, Instant, Name, ShortText, blank_as_none};
+use common::fields::{Id, Instant, Name, blank_as_none};
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -38,12 +38,57 @@ impl FromStr for ZoneName {
     }
 }
 
+common::bounded_text! {
+    /// A layer's name: at most 255 characters (blank: `Layer`).
+    pub struct LayerName { min: 0, max: 255, trim: true }
+}
+
+/// The users of a layer, in rotation order: at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members(Vec<Id>);
+
+impl Members {
+    /// Fewest users a layer rotates through.
+    pub const MIN_ITEMS: usize = 1;
+
+    pub fn new(users: Vec<Id>) -> Result<Self, String> {
+        if users.len() < Self::MIN_ITEMS {
+            return Err("must list at least one user id".into());
+        }
+        Ok(Self(users))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Id> {
+        self.0.iter()
+    }
+}
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(Vec::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for Members {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, Ref};
+        ArrayBuilder::new().items(Ref::from_schema_name(Id::name())).min_items(Some(Self::MIN_ITEMS)).into()
+    }
+}
+
+impl ToSchema for Members {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((Id::name().into_owned(), <Id as utoipa::PartialSchema>::schema()));
+    }
+}
+
 /// A local time of day, `HH:MM` (24-hour clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandoffTime(pub jiff::civil::Time);
 
 impl HandoffTime {
-    /// What the schema requires; the runtime parses with jiff, which reads the same times.
+    /// What the schema documents. The runtime reads it with jiff, which also takes seconds
+    /// (`09:00:30`, kept as 09:00).
     pub const PATTERN: &str = "^([01][0-9]|2[0-3]):[0-5][0-9]$";
 }
 
@@ -61,7 +106,7 @@ impl FromStr for HandoffTime {
     }
 }
 
-common::deserialize_from_str!(ZoneName, HandoffTime);
+common::deserialize_from_str!(ZoneName, HandoffTime, RotationKind);
 
 impl utoipa::PartialSchema for ZoneName {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -86,6 +131,7 @@ impl ToSchema for HandoffTime {}
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewSchedule {
     pub name: Name,
+    /// An IANA time zone, e.g. `Europe/Berlin`: rotations hand off at local time.
     pub time_zone: ZoneName,
     #[serde(default)]
     pub layers: Vec<NewLayer>,
@@ -100,7 +146,7 @@ pub struct NewSchedule {
 pub struct NewLayer {
     /// Default `Layer`.
     #[serde(default)]
-    pub name: Option<ShortText>,
+    pub name: Option<LayerName>,
     pub start: Instant,
     #[serde(default)]
     pub end: Option<Instant>,
@@ -112,11 +158,10 @@ pub struct NewLayer {
     #[serde(default)]
     pub handoff_time: Option<HandoffTime>,
     /// User ids in rotation order.
-    #[schema(min_items = 1)]
-    pub users: Vec<Id>,
+    pub users: Members,
 }
 
-#[derive(Deserialize, Serialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, ToSchema, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RotationKind {
     Daily,

@@ -93,10 +93,10 @@ async fn add_override(
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(page): ApiQuery<PageQuery>,
+    query: ApiQuery,
 ) -> Result<Json<ScheduleList>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
-    Ok(Json(service::list(&state.pool, &PageRequest::parse(page)?).await?))
+    Ok(Json(service::list(&state.pool, &PageRequest::parse(query.parse()?)?).await?))
 }
 
 /// A schedule with its layers and overrides.
@@ -123,9 +123,10 @@ async fn on_call(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<OnCallQuery>,
+    query: ApiQuery,
 ) -> Result<Json<OnCallBody>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
+    let query: OnCallQuery = query.parse()?;
     Ok(Json(service::on_call(&state.pool, &id, query.at.map(|at| at.0)).await?))
 }
 
@@ -139,8 +140,9 @@ async fn shifts(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(query): ApiQuery<ShiftsQuery>,
+    query: ApiQuery,
 ) -> Result<Json<ShiftsBody>, ApiError> {
     principal.require(Scope::SchedulesRead)?;
+    let query: ShiftsQuery = query.parse()?;
     Ok(Json(service::shifts(&state.pool, &id, query.from.map(|t| t.0), query.to.map(|t| t.0)).await?))
 }

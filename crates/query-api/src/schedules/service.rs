@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::body::{
-    CreatedOverride, LayerView, NewLayer, NewOverride, NewSchedule, OnCall, OnCallBody, OnCallUser, OverrideView,
-    RotationHours, RotationKind, Schedule, ScheduleList, ScheduleSummary, ShiftSource, ShiftUser, ShiftView,
-    ShiftsBody, UserName,
+    CreatedOverride, LayerName, LayerView, NewLayer, NewOverride, NewSchedule, OnCall, OnCallBody, OnCallUser,
+    OverrideView, RotationHours, RotationKind, Schedule, ScheduleList, ScheduleSummary, ShiftSource, ShiftUser,
+    ShiftView, ShiftsBody, UserName,
 };
 use super::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
 use crate::page::PageRequest;
@@ -55,10 +55,7 @@ fn validate_layer<'a>(layer: &'a NewLayer, prefix: &str) -> Result<ValidLayer<'a
         })?),
         RotationKind::Daily | RotationKind::Weekly => None,
     };
-    if layer.users.is_empty() {
-        return Err(ApiError::validation(&field(prefix, "users"), "must list at least one user id"));
-    }
-    let name = layer.name.as_ref().map(|n| n.as_str().trim()).unwrap_or_default();
+    let name = layer.name.as_ref().map(LayerName::as_str).unwrap_or_default();
     Ok(ValidLayer { layer, name: if name.is_empty() { "Layer".into() } else { name.to_owned() }, hours })
 }
 

@@ -14,7 +14,7 @@ common::bounded_text! {
 
 common::bounded_integer! {
     /// Events per minute through a routing key.
-    pub struct EventsPerMinute(u32) { min: 1, max: u32::MAX, default: 600 }
+    pub struct EventsPerMinute(u32) { min: 1, max: u32::MAX }
 }
 
 /// A new service.

@@ -29,10 +29,10 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(page): ApiQuery<PageQuery>,
+    query: ApiQuery,
 ) -> Result<Json<ServiceList>, ApiError> {
     principal.require(Scope::ServicesRead)?;
-    let page = PageRequest::parse(page)?;
+    let page = PageRequest::parse(query.parse()?)?;
     Ok(Json(service::list(&state.pool, &page, principal.has(Scope::ServicesWrite)).await?))
 }
 

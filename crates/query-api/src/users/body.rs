@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use common::ApiError;
 use common::auth::Role;
-use common::fields::Name;
+use common::fields::{Name, field};
 use serde::Serialize;
 
 /// An email address: something before an `@` and a dot after it, at most 254 characters.
@@ -61,11 +61,6 @@ impl FromStr for Password {
         }
         Ok(Self(value.to_owned()))
     }
-}
-
-/// Parses `value` as field `field`'s type, naming the field when it does not fit.
-pub fn field<T: FromStr<Err: std::fmt::Display>>(field: &str, value: &str) -> Result<T, ApiError> {
-    value.parse().map_err(|problem| ApiError::validation(field, problem))
 }
 
 /// A new user.
