@@ -4,8 +4,11 @@
 
 use common::ApiError;
 use common::fields::blank_as_none;
+use common::incident::store::timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use utoipa::{IntoParams, ToSchema};
 
 common::bounded_integer! {
@@ -88,6 +91,40 @@ impl<C: Serialize + DeserializeOwned> PageRequest<C> {
         };
         Ok(Pagination { limit: self.limit, offset: self.offset, has_more, next_cursor })
     }
+}
+
+/// Keyset position in a newest-first listing: the last row's creation time and id.
+#[derive(Serialize, Deserialize)]
+pub struct NewestFirst {
+    c: String,
+    id: String,
+}
+
+/// One page, newest first, of the rows `select` reads from `table` under the alias `t` (then
+/// `group`, e.g. a `group by`), with the table's row count.
+pub async fn newest_first(
+    pool: &PgPool,
+    page: &PageRequest<NewestFirst>,
+    table: &str,
+    select: &str,
+    group: &str,
+) -> Result<(Vec<PgRow>, i64, Pagination), ApiError> {
+    let sql = format!(
+        "{select} where ($1::text is null or (t.created_at, t.id) < ($1::timestamptz, $2))
+         {group} order by t.created_at desc, t.id desc limit $3 offset $4"
+    );
+    let mut rows = sqlx::query(&sql)
+        .bind(page.cursor.as_ref().map(|c| c.c.clone()))
+        .bind(page.cursor.as_ref().map(|c| c.id.clone()))
+        .bind(page.fetch())
+        .bind(page.skip())
+        .fetch_all(pool)
+        .await?;
+    let total: i64 = sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(pool).await?;
+    let pagination = page.finish(&mut rows, |last| {
+        Ok::<_, sqlx::Error>(NewestFirst { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
+    })?;
+    Ok((rows, total, pagination))
 }
 
 /// How a page sits in its listing.

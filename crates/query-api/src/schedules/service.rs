@@ -8,7 +8,6 @@ use common::ids::new_id;
 use common::incident::store::{optional_timestamp, timestamp};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp as Instant};
-use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::body::{
@@ -17,7 +16,7 @@ use super::body::{
     ShiftView, ShiftsBody, UserName,
 };
 use super::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
-use crate::page::PageRequest;
+use crate::page::{NewestFirst, PageRequest, newest_first};
 
 /// Longest window `shifts` renders at once.
 const MAX_WINDOW: SignedDuration = SignedDuration::from_hours(24 * 93);
@@ -204,30 +203,10 @@ async fn finish_change(mut tx: sqlx::Transaction<'static, sqlx::Postgres>, id: &
 // ---------------------------------------------------------------------------------------------
 // Reads
 
-/// Keyset position in the newest-first listing.
-#[derive(Serialize, Deserialize)]
-pub struct Cursor {
-    c: String,
-    id: String,
-}
-
 /// A page of schedules, newest first.
-pub async fn list(pool: &PgPool, page: &PageRequest<Cursor>) -> Result<ScheduleList, ApiError> {
-    let mut rows = sqlx::query(
-        "select id, name, time_zone, created_at, updated_at from schedules
-         where ($1::text is null or (created_at, id) < ($1::timestamptz, $2))
-         order by created_at desc, id desc limit $3 offset $4",
-    )
-    .bind(page.cursor.as_ref().map(|c| c.c.clone()))
-    .bind(page.cursor.as_ref().map(|c| c.id.clone()))
-    .bind(page.fetch())
-    .bind(page.skip())
-    .fetch_all(pool)
-    .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from schedules").fetch_one(pool).await?;
-    let pagination = page.finish(&mut rows, |last| {
-        Ok::<_, sqlx::Error>(Cursor { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
-    })?;
+pub async fn list(pool: &PgPool, page: &PageRequest<NewestFirst>) -> Result<ScheduleList, ApiError> {
+    let select = "select t.id, t.name, t.time_zone, t.created_at, t.updated_at from schedules t";
+    let (rows, total, pagination) = newest_first(pool, page, "schedules", select, "").await?;
     let schedules = rows.iter().map(summary_of).collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(ScheduleList { schedules, total, pagination })
 }

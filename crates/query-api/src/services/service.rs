@@ -5,18 +5,17 @@ use common::ApiError;
 use common::auth::random_token;
 use common::ids::new_id;
 use common::incident::store::timestamp;
-use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{NewService, OpenIncidents, Service, ServiceList, ServiceStatus, ServiceWithKey};
-use crate::page::PageRequest;
+use crate::page::{NewestFirst, PageRequest, newest_first};
 
-const SELECT: &str = "select s.id, s.name, s.description, s.routing_key, s.rate_limit, s.created_at, s.updated_at,
+const SELECT: &str = "select t.id, t.name, t.description, t.routing_key, t.rate_limit, t.created_at, t.updated_at,
         count(i.id) filter (where i.urgency = 'HIGH') as high,
         count(i.id) filter (where i.urgency = 'MEDIUM') as medium,
         count(i.id) filter (where i.urgency = 'LOW') as low
-     from services s left join incidents i on i.service_id = s.id and i.status <> 'RESOLVED'";
+     from services t left join incidents i on i.service_id = t.id and i.status <> 'RESOLVED'";
 
 fn service_of(row: &PgRow, show_routing_key: bool) -> Result<Service, sqlx::Error> {
     let open = OpenIncidents { high: row.try_get("high")?, medium: row.try_get("medium")?, low: row.try_get("low")? };
@@ -42,36 +41,19 @@ fn service_of(row: &PgRow, show_routing_key: bool) -> Result<Service, sqlx::Erro
 
 /// One service; its routing key only when `show_routing_key`. `404` when missing.
 pub async fn get(pool: &PgPool, id: &str, show_routing_key: bool) -> Result<Service, ApiError> {
-    let sql = format!("{SELECT} where s.id = $1 group by s.id");
+    let sql = format!("{SELECT} where t.id = $1 group by t.id");
     let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("service {id}")))?;
     Ok(service_of(&row, show_routing_key)?)
 }
 
-/// Keyset position in the newest-first listing.
-#[derive(Serialize, Deserialize)]
-pub struct Cursor {
-    c: String,
-    id: String,
-}
-
 /// A page of services, newest first.
-pub async fn list(pool: &PgPool, page: &PageRequest<Cursor>, show_routing_keys: bool) -> Result<ServiceList, ApiError> {
-    let sql = format!(
-        "{SELECT} where ($1::text is null or (s.created_at, s.id) < ($1::timestamptz, $2))
-         group by s.id order by s.created_at desc, s.id desc limit $3 offset $4"
-    );
-    let mut rows = sqlx::query(&sql)
-        .bind(page.cursor.as_ref().map(|c| c.c.clone()))
-        .bind(page.cursor.as_ref().map(|c| c.id.clone()))
-        .bind(page.fetch())
-        .bind(page.skip())
-        .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from services").fetch_one(pool).await?;
-    let pagination = page.finish(&mut rows, |last| {
-        Ok::<_, sqlx::Error>(Cursor { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
-    })?;
+pub async fn list(
+    pool: &PgPool,
+    page: &PageRequest<NewestFirst>,
+    show_routing_keys: bool,
+) -> Result<ServiceList, ApiError> {
+    let (rows, total, pagination) = newest_first(pool, page, "services", SELECT, "group by t.id").await?;
     let services = rows.iter().map(|row| service_of(row, show_routing_keys)).collect::<Result<Vec<_>, _>>()?;
     Ok(ServiceList { services, total, pagination })
 }
