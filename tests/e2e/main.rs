@@ -2,6 +2,7 @@
 
 mod api_contract;
 mod bad_input;
+mod changes;
 mod cli;
 mod cluster;
 mod delivery;

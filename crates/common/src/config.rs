@@ -242,6 +242,21 @@ impl NatsConfig {
         format!("{}_DLQ", self.stream)
     }
 
+    /// The stream of incident changes (DESIGN §9): `<NATS_STREAM>_CHANGES`.
+    pub fn changes_stream(&self) -> String {
+        format!("{}_CHANGES", self.stream)
+    }
+
+    /// The subject of a service's changes: `<prefix>.changes.<service_id>`.
+    pub fn changes_subject(&self, service_id: &str) -> String {
+        format!("{}.changes.{service_id}", self.subject_prefix)
+    }
+
+    /// Every subject of the change stream.
+    pub fn changes_subjects(&self) -> String {
+        format!("{}.changes.>", self.subject_prefix)
+    }
+
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
     }

@@ -137,7 +137,7 @@ pub fn jetstream(client: async_nats::Client, timeout: Duration) -> jetstream::Co
     context
 }
 
-/// Creates the event stream and the dead-letter stream if missing, or brings an existing one's
+/// Creates the event stream, the dead-letter stream and the change stream if missing, or brings an existing one's
 /// subjects, size cap, replicas and duplicate window in line with `config`; returns the event
 /// stream. A stream made with another partition count is refused, naming both counts.
 ///
@@ -170,8 +170,25 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
         },
     )
     .await?;
+    reconcile(
+        js,
+        stream::Config {
+            name: config.changes_stream(),
+            subjects: vec![config.changes_subjects()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: CHANGES_KEPT_FOR,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window(),
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(events)
 }
+
+/// How long the change stream keeps a change (DESIGN §9: 24 h).
+pub const CHANGES_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 fn partitions_description(partitions: u32) -> String {
     format!("OpsSentinal events; partitions={partitions}")

@@ -17,7 +17,8 @@ use common::event::{AlertPayload, EventAction, EventEnvelope};
 use common::ids::incident_id_for_event;
 use common::incident::state::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange, Outcome};
 use common::incident::store::{
-    EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys, timestamp,
+    ChangeKind, ChangeRows, EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys,
+    snapshot, timestamp,
 };
 use jiff::Timestamp;
 use sqlx::types::Json;
@@ -99,10 +100,11 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
             let mut fold = KeyFold::new(open.remove(&(service_id.to_owned(), dedup_key.to_owned())));
             for event in &fresh {
                 let (outcome, incident) = fold.apply(&fold_event(event));
+                writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 report.outcomes.push(outcome);
             }
-            writes.incidents(service_id, dedup_key, fold.into_incidents());
+            writes.incidents(service_id, dedup_key, fold.into_incidents(), false);
         } else {
             let open = open.remove(&(service_id.to_owned(), dedup_key.to_owned()));
             let key = (service_id, dedup_key);
@@ -334,12 +336,13 @@ async fn refold_tail(
             }
             Err(event) => {
                 let (outcome, incident) = fold.apply(&fold_event(event));
+                writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 outcomes.push(outcome);
             }
         }
     }
-    writes.incidents(service_id, dedup_key, fold.into_incidents());
+    writes.incidents(service_id, dedup_key, fold.into_incidents(), false);
     Ok(Some(outcomes))
 }
 
@@ -416,6 +419,7 @@ async fn refold(
             }
             Entry::Fresh(event) => {
                 let (outcome, incident) = fold.apply(&fold_event(event));
+                writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 outcomes.push(outcome);
             }
@@ -462,7 +466,7 @@ async fn refold(
             writes.merged(id, target.clone(), priority, assignee);
         }
     }
-    writes.incidents(service_id, dedup_key, incidents);
+    writes.incidents(service_id, dedup_key, incidents, true);
     Ok(outcomes)
 }
 
@@ -478,7 +482,13 @@ struct Writes {
     stored_incidents: Vec<Option<String>>,
     stored_received: Vec<String>,
     merges: Merges,
+    changes: ChangeRows,
+    change_counts: HashMap<String, i64>,
+    pending_alert: Option<PendingChange>,
 }
+
+/// A change waiting for the outbox: service, kind, time, actor, snapshot.
+type PendingChange = (String, ChangeKind, jiff::Timestamp, String, serde_json::Value);
 
 /// Incidents a re-fold merged into another (from → into), with what people had set on them.
 #[derive(Default)]
@@ -525,17 +535,73 @@ impl Writes {
         merges.assignee.push(assignee);
     }
 
-    fn incidents(&mut self, service_id: &str, dedup_key: &str, incidents: Vec<IncidentState>) {
+    /// Records the change an event made to `incident` (as `fold` has it now) in the outbox. An
+    /// incident's alert-count-only changes are coalesced: one waits, replaced by the next, until
+    /// a state change or the end of its key's events.
+    fn change(
+        &mut self,
+        service_id: &str,
+        dedup_key: &str,
+        fold: &KeyFold,
+        event: &QueuedEvent,
+        outcome: Outcome,
+        incident: Option<&str>,
+    ) {
+        let Some((kind, state)) = ChangeKind::of(outcome).zip(incident.and_then(|id| fold.incident(id))) else {
+            return;
+        };
+        let actor = format!("event:{}", event.envelope.event_id);
+        let change =
+            (service_id.to_owned(), kind, event.envelope.received_at, actor, snapshot(service_id, dedup_key, state));
+        if kind == ChangeKind::AlertAdded {
+            if self.pending_alert.as_ref().is_some_and(|waiting| waiting.4["id"] != change.4["id"]) {
+                self.flush_alert();
+            }
+            self.pending_alert = Some(change);
+            return;
+        }
+        self.flush_alert();
+        self.push_change(change);
+    }
+
+    fn flush_alert(&mut self) {
+        if let Some(waiting) = self.pending_alert.take() {
+            self.push_change(waiting);
+        }
+    }
+
+    fn push_change(&mut self, (service_id, kind, at, actor, snapshot): PendingChange) {
+        let id = snapshot["id"].as_str().unwrap_or_default().to_owned();
+        *self.change_counts.entry(id).or_insert(0) += 1;
+        self.changes.push(&service_id, kind, at, &actor, snapshot);
+    }
+
+    /// Writes the key's incidents with their changes; after a re-fold (`reordered`), an incident
+    /// no event of the batch changed gets a `reordered` change with its re-folded state.
+    fn incidents(&mut self, service_id: &str, dedup_key: &str, incidents: Vec<IncidentState>, reordered: bool) {
+        self.flush_alert();
         for incident in incidents {
+            if reordered && !self.change_counts.contains_key(&incident.id) {
+                let change = snapshot(service_id, dedup_key, &incident);
+                self.push_change((
+                    service_id.to_owned(),
+                    ChangeKind::Reordered,
+                    incident.updated_at,
+                    "system".into(),
+                    change,
+                ));
+            }
+            let changes = self.change_counts.get(&incident.id).copied().unwrap_or(0);
             let rows = if incident.status == IncidentStatus::Resolved { &mut self.closed } else { &mut self.open };
-            rows.push(service_id, dedup_key, incident);
+            rows.push(service_id, dedup_key, incident, changes);
         }
     }
 
     async fn flush(self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         // Resolved incidents first, so a key never has two open incidents mid-statement.
-        self.closed.upsert(tx).await?;
-        self.open.upsert(tx).await?;
+        let mut versions = self.closed.upsert(tx).await?;
+        versions.extend(self.open.upsert(tx).await?);
+        self.changes.insert(tx, &versions).await?;
         self.events.insert(tx).await?;
         let m = &self.merges;
         if !m.from.is_empty() {

@@ -49,6 +49,7 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     tasks.spawn(roles::retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
     tasks.spawn(roles::upkeep::run(pool.clone(), shutdown.clone()));
+    tasks.spawn(roles::relay::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
     let applier = Arc::new(Applier {
         pool,
         stream: nats.stream.clone(),

@@ -10,7 +10,10 @@ use uuid::Uuid;
 
 use crate::ApiError;
 use crate::incident::state::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange};
-use crate::incident::store::{EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys};
+use crate::incident::store::{
+    ChangeKind, ChangeRows, EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys,
+    snapshot,
+};
 
 /// Returns incidents whose snooze ended to `OPEN` (a system change in their key's log), at most
 /// 100 per call; returns how many were reopened.
@@ -70,8 +73,8 @@ pub async fn lock_incident(
     Ok(Some((position, incident_from_row(&row)?)))
 }
 
-/// Applies a status change through the state machine and records it in the key's event log at
-/// the key's current stream position.
+/// Applies a status change through the state machine, records it in the key's event log at the
+/// key's current stream position, and in the change outbox.
 pub async fn apply_status(
     tx: &mut PgConnection,
     service_id: &str,
@@ -92,11 +95,19 @@ pub async fn apply_status(
         action: FoldAction::Manual { incident_id: &target, change },
         received_at: at,
     });
+    let mut changes = ChangeRows::default();
+    if let Some((kind, state)) = ChangeKind::of(outcome).zip(fold.incident(&target)) {
+        changes.push(service_id, kind, at, &actor_of(actor), snapshot(service_id, dedup_key, state));
+    }
+    let counts: std::collections::HashMap<String, i64> =
+        changes.counts().into_iter().map(|(id, n)| (id.to_owned(), n)).collect();
     let mut rows = IncidentRows::default();
     for incident in fold.into_incidents() {
-        rows.push(service_id, dedup_key, incident);
+        let n = counts.get(&incident.id).copied().unwrap_or(0);
+        rows.push(service_id, dedup_key, incident, n);
     }
-    rows.upsert(tx).await?;
+    let versions = rows.upsert(tx).await?;
+    changes.insert(tx, &versions).await?;
     let mut log = EventRows::default();
     log.push(
         service_id,
@@ -116,4 +127,33 @@ pub async fn apply_status(
         },
     );
     log.insert(tx).await
+}
+
+/// A change's actor as the change stream names it: `user:<id>`, or `system`.
+pub fn actor_of(actor: &str) -> String {
+    if actor == "system" { actor.to_owned() } else { format!("user:{actor}") }
+}
+
+/// Records a person's change to incident `id` that the state machine does not make (created by
+/// hand, assigned, urgency or priority changed, note added) in the change outbox: the incident's
+/// version rises by one and the change carries the incident as it is now in this transaction.
+pub async fn record_change(tx: &mut PgConnection, id: &str, kind: ChangeKind, actor: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "with bumped as (update incidents set version = version + 1 where id = $1 returning *)
+         insert into incident_changes (id, incident_id, service_id, version, kind, at, actor, snapshot)
+         select $2, b.id, b.service_id, b.version, $3, now(), $4,
+                jsonb_build_object('id', b.id, 'serviceId', b.service_id, 'dedupKey', b.dedup_key, 'title', b.title,
+                    'status', b.status, 'urgency', b.urgency, 'priority', b.priority, 'assigneeId', b.assignee_id,
+                    'alertCount', b.alert_count, 'createdAt', b.created_at, 'updatedAt', b.updated_at,
+                    'acknowledgedAt', b.acknowledged_at, 'resolvedAt', b.resolved_at,
+                    'snoozedUntil', b.snoozed_until, 'version', b.version)
+         from bumped b",
+    )
+    .bind(id)
+    .bind(Uuid::now_v7())
+    .bind(kind.as_str())
+    .bind(actor_of(actor))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -290,6 +290,11 @@ impl KeyFold {
         (Outcome::Resolved, Some(id))
     }
 
+    /// The incident `id` as the fold has it now: open, or resolved by it.
+    pub fn incident(&self, id: &str) -> Option<&IncidentState> {
+        self.open.iter().chain(self.closed.iter().rev()).find(|incident| incident.id == id)
+    }
+
     /// The open incident, if any.
     pub fn open(&self) -> Option<&IncidentState> {
         self.open.as_ref()

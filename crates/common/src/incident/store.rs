@@ -1,8 +1,11 @@
 //! PostgreSQL side of the incident write path, shared by workers (applying events) and people
 //! (manual changes): the per-key lock both take, reading an incident's event-derived state, and the
-//! one column-wise writer each for incidents and the event log.
+//! one column-wise writer each for incidents, the event log and the change outbox.
+
+use std::collections::HashMap;
 
 use jiff::Timestamp;
+use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -87,10 +90,14 @@ pub struct IncidentRows {
     acknowledged_at: Vec<Option<String>>,
     resolved_at: Vec<Option<String>>,
     snoozed_until: Vec<Option<String>>,
+    changes: Vec<i64>,
 }
 
 impl IncidentRows {
-    pub fn push(&mut self, service_id: &str, dedup_key: &str, incident: IncidentState) {
+    /// An incident to write, with how many outbox changes this write records for it (its
+    /// version rises by that many).
+    pub fn push(&mut self, service_id: &str, dedup_key: &str, incident: IncidentState, changes: i64) {
+        self.changes.push(changes);
         self.id.push(incident.id);
         self.service_id.push(service_id.to_owned());
         self.dedup_key.push(dedup_key.to_owned());
@@ -107,23 +114,26 @@ impl IncidentRows {
         self.snoozed_until.push(incident.snoozed_until.map(|t| t.to_string()));
     }
 
-    pub async fn upsert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// Writes the incidents; returns each one's version after the write.
+    pub async fn upsert(&self, tx: &mut PgConnection) -> Result<HashMap<String, i64>, sqlx::Error> {
         if self.id.is_empty() {
-            return Ok(());
+            return Ok(HashMap::new());
         }
-        sqlx::query(
-            "insert into incidents (id, service_id, dedup_key, title, description, status, urgency, alert_count,
-                                    opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until)
+        sqlx::query_as(
+            "insert into incidents as i (id, service_id, dedup_key, title, description, status, urgency, alert_count,
+                                    opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until, version)
              select id, s, k, title, d, st, u, n, seq, c::timestamptz, up::timestamptz, a::timestamptz,
-                    r::timestamptz, z::timestamptz
+                    r::timestamptz, z::timestamptz, v
              from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::int4[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
-               as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z)
+                         $8::int4[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::int8[])
+               as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z, v)
              on conflict (id) do update set
                status = excluded.status, alert_count = excluded.alert_count, opened_seq = excluded.opened_seq,
                created_at = excluded.created_at, updated_at = excluded.updated_at,
                acknowledged_at = excluded.acknowledged_at, resolved_at = excluded.resolved_at,
-               snoozed_until = excluded.snoozed_until",
+               snoozed_until = excluded.snoozed_until, version = i.version + excluded.version
+             returning i.id, i.version",
         )
         .bind(&self.id)
         .bind(&self.service_id)
@@ -139,6 +149,144 @@ impl IncidentRows {
         .bind(&self.acknowledged_at)
         .bind(&self.resolved_at)
         .bind(&self.snoozed_until)
+        .bind(&self.changes)
+        .fetch_all(&mut *tx)
+        .await
+        .map(|rows: Vec<(String, i64)>| rows.into_iter().collect())
+    }
+}
+
+/// The snapshot a change carries: the incident as the state machine keeps it.
+pub fn snapshot(service_id: &str, dedup_key: &str, incident: &IncidentState) -> Value {
+    json!({
+        "id": incident.id,
+        "serviceId": service_id,
+        "dedupKey": dedup_key,
+        "title": incident.title,
+        "status": incident.status,
+        "urgency": incident.urgency,
+        "alertCount": incident.alert_count,
+        "createdAt": incident.created_at.to_string(),
+        "updatedAt": incident.updated_at.to_string(),
+        "acknowledgedAt": incident.acknowledged_at.map(|t| t.to_string()),
+        "resolvedAt": incident.resolved_at.map(|t| t.to_string()),
+        "snoozedUntil": incident.snoozed_until.map(|t| t.to_string()),
+    })
+}
+
+/// What a change is, as its type in the change stream (DESIGN §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Triggered,
+    AlertAdded,
+    Acknowledged,
+    Resolved,
+    Snoozed,
+    Reopened,
+    Assigned,
+    UrgencyChanged,
+    PriorityChanged,
+    NoteAdded,
+    /// A late event re-ordered the incident's key; the snapshot is the incident re-folded.
+    Reordered,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Triggered => "triggered",
+            Self::AlertAdded => "alert_added",
+            Self::Acknowledged => "acknowledged",
+            Self::Resolved => "resolved",
+            Self::Snoozed => "snoozed",
+            Self::Reopened => "reopened",
+            Self::Assigned => "assigned",
+            Self::UrgencyChanged => "urgency_changed",
+            Self::PriorityChanged => "priority_changed",
+            Self::NoteAdded => "note_added",
+            Self::Reordered => "reordered",
+        }
+    }
+
+    /// The change an event's or status change's outcome is; `None` when nothing changed.
+    pub fn of(outcome: Outcome) -> Option<Self> {
+        Some(match outcome {
+            Outcome::Created => Self::Triggered,
+            Outcome::Absorbed => Self::AlertAdded,
+            Outcome::Acknowledged => Self::Acknowledged,
+            Outcome::Resolved => Self::Resolved,
+            Outcome::Snoozed => Self::Snoozed,
+            Outcome::Reopened => Self::Reopened,
+            Outcome::Ignored => return None,
+        })
+    }
+}
+
+/// Outbox rows written column-wise with one statement, in the order pushed; each incident's
+/// changes take the versions its write reached, oldest first.
+#[derive(Default)]
+pub struct ChangeRows {
+    id: Vec<Uuid>,
+    incident_id: Vec<String>,
+    service_id: Vec<String>,
+    kind: Vec<&'static str>,
+    at: Vec<String>,
+    actor: Vec<String>,
+    snapshot: Vec<Value>,
+}
+
+impl ChangeRows {
+    pub fn push(&mut self, service_id: &str, kind: ChangeKind, at: Timestamp, actor: &str, snapshot: Value) {
+        self.id.push(Uuid::now_v7());
+        self.incident_id.push(snapshot["id"].as_str().unwrap_or_default().to_owned());
+        self.service_id.push(service_id.to_owned());
+        self.kind.push(kind.as_str());
+        self.at.push(at.to_string());
+        self.actor.push(actor.to_owned());
+        self.snapshot.push(snapshot);
+    }
+
+    /// How many changes each incident has here.
+    pub fn counts(&self) -> HashMap<&str, i64> {
+        let mut counts = HashMap::new();
+        for id in &self.incident_id {
+            *counts.entry(id.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Inserts the changes, numbering each incident's from the version its write reached
+    /// (`versions`, as [`IncidentRows::upsert`] returns them) back.
+    pub async fn insert(mut self, tx: &mut PgConnection, versions: &HashMap<String, i64>) -> Result<(), sqlx::Error> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let mut left = self.counts().into_iter().map(|(id, n)| (id.to_owned(), n)).collect::<HashMap<_, _>>();
+        let mut version = Vec::with_capacity(self.id.len());
+        for (i, incident) in self.incident_id.iter().enumerate() {
+            let n = left.get_mut(incident).map_or(0, |n| {
+                *n -= 1;
+                *n
+            });
+            version.push(versions.get(incident).copied().unwrap_or_default() - n);
+            if let Some(snapshot) = self.snapshot.get_mut(i) {
+                snapshot["version"] = json!(version[i]);
+            }
+        }
+        sqlx::query(
+            "insert into incident_changes (id, incident_id, service_id, version, kind, at, actor, snapshot)
+             select id, i, s, v, k, a::timestamptz, who, snap
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+               with ordinality as t(id, i, s, v, k, a, who, snap, o) order by o",
+        )
+        .bind(&self.id)
+        .bind(&self.incident_id)
+        .bind(&self.service_id)
+        .bind(&version)
+        .bind(&self.kind)
+        .bind(&self.at)
+        .bind(&self.actor)
+        .bind(&self.snapshot)
         .execute(&mut *tx)
         .await?;
         Ok(())

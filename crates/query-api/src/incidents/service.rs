@@ -6,8 +6,9 @@ use common::ApiError;
 use common::error::OnConstraint;
 use common::event::Urgency;
 use common::ids::new_id;
-use common::incident::change::{apply_status, lock_incident, snooze_ended};
+use common::incident::change::{apply_status, lock_incident, record_change, snooze_ended};
 use common::incident::state::{IncidentStatus, ManualChange, Priority};
+use common::incident::store::ChangeKind;
 use common::incident::store::{optional_timestamp, timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -359,6 +360,7 @@ pub async fn open(pool: &PgPool, new: &CreateIncident, actor: &str) -> Result<St
         .bind(actor)
         .execute(&mut *tx)
         .await?;
+    record_change(&mut tx, &id, ChangeKind::Triggered, actor).await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -422,10 +424,12 @@ pub async fn update(pool: &PgPool, id: &str, change: &IncidentChange, actor: &st
     if let Some(urgency) = change.urgency {
         set_field(&mut tx, id, "urgency", Some(urgency.as_str())).await?;
         log_change(&mut tx, id, actor, json!({"urgency": urgency.as_str()})).await?;
+        record_change(&mut tx, id, ChangeKind::UrgencyChanged, actor).await?;
     }
     if let Some(priority) = change.priority {
         set_field(&mut tx, id, "priority", Some(priority.as_str())).await?;
         log_change(&mut tx, id, actor, json!({"priority": priority.as_str()})).await?;
+        record_change(&mut tx, id, ChangeKind::PriorityChanged, actor).await?;
     }
     if let Some(assignee) = &change.assignee_id {
         let assignee = assignee.as_ref().map(|a| a.as_str()).filter(|a| !a.is_empty());
@@ -434,6 +438,7 @@ pub async fn update(pool: &PgPool, id: &str, change: &IncidentChange, actor: &st
                 .then(|| ApiError::validation("assigneeId", format!("no user {}", assignee.unwrap_or_default())))
         })?;
         log_change(&mut tx, id, actor, json!({"assigneeId": assignee})).await?;
+        record_change(&mut tx, id, ChangeKind::Assigned, actor).await?;
     }
     if let Some(note) = change.note.as_ref().map(|n| n.as_str()).filter(|n| !n.is_empty()) {
         sqlx::query("insert into incident_timeline (incident_id, kind, actor_id, message) values ($1, 'note', $2, $3)")
@@ -442,6 +447,7 @@ pub async fn update(pool: &PgPool, id: &str, change: &IncidentChange, actor: &st
             .bind(note)
             .execute(&mut *tx)
             .await?;
+        record_change(&mut tx, id, ChangeKind::NoteAdded, actor).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -1,0 +1,121 @@
+//! Background role: publishes the change outbox to the change stream (DESIGN §9). One worker at
+//! a time relays, holding a session advisory lock on a connection of its own; the others wait to
+//! take over when it stops or dies. Changes go out in outbox order with at most one change per
+//! incident in flight, so each incident's changes are stored in commit order; each is published
+//! under its id as `Nats-Msg-Id`, so a relay that dies after publishing and before deleting the
+//! rows republishes copies JetStream drops.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::config::NatsConfig;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Key of the advisory lock the relaying worker holds.
+pub const LOCK: i64 = 0x0f55_e17e_0003;
+/// Most changes read from the outbox at once.
+const BATCH: i64 = 2000;
+/// How long an idle relay waits before looking at the outbox again.
+const IDLE: Duration = Duration::from_millis(20);
+/// How long a worker that does not relay waits before trying to take over.
+const STANDBY: Duration = Duration::from_secs(1);
+
+/// Relays until `shutdown`, taking over whenever no other worker relays.
+pub async fn run(pool: PgPool, js: jetstream::Context, nats: NatsConfig, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = lead(&pool, &js, &nats, &shutdown).await {
+            tracing::warn!(error = %format!("{err:#}"), "change relay failed; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STANDBY) => {}
+        }
+    }
+}
+
+/// Becomes the relay if no one else is, then relays until `shutdown` or a failure. The lock goes
+/// with the connection holding it.
+async fn lead(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut holder = PgConnection::connect_with(&pool.connect_options()).await?;
+    let ours: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut holder).await?;
+    if !ours {
+        return Ok(());
+    }
+    tracing::info!("relaying incident changes");
+    while !shutdown.is_cancelled() {
+        // Still holding the lock: a lost connection means another worker may be relaying.
+        holder.ping().await?;
+        if relay_once(pool, js, nats).await? == 0 {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(IDLE) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+type Row = (i64, Uuid, String, String, i64, String, Value, String, Value);
+
+/// Publishes the oldest changes of the outbox and deletes those JetStream stored; returns how
+/// many. A change not stored stops its incident's later changes until the next call.
+pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfig) -> anyhow::Result<usize> {
+    let mut rows: Vec<Row> = sqlx::query_as(
+        "select seq, id, incident_id, service_id, version, kind, to_jsonb(at), actor, snapshot
+         from incident_changes order by seq limit $1",
+    )
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    let mut stored = Vec::new();
+    let mut failure = None;
+    while !rows.is_empty() && failure.is_none() {
+        // One change per incident per round, in outbox order.
+        let mut in_round = HashSet::new();
+        let (round, rest): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|row| in_round.insert(row.2.clone()));
+        rows = rest;
+        let publishes = round.iter().map(|row| publish(js, nats, row));
+        for (row, result) in round.iter().zip(futures_util::future::join_all(publishes).await) {
+            match result {
+                Ok(()) => stored.push(row.0),
+                Err(err) => failure = Some(err),
+            }
+        }
+    }
+    if !stored.is_empty() {
+        sqlx::query("delete from incident_changes where seq = any($1)").bind(&stored).execute(pool).await?;
+        metrics::counter!("changes_relayed_total").increment(stored.len() as u64);
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(stored.len()),
+    }
+}
+
+async fn publish(js: &jetstream::Context, nats: &NatsConfig, row: &Row) -> anyhow::Result<()> {
+    let (_, id, incident_id, service_id, version, kind, at, actor, snapshot) = row;
+    let body = json!({
+        "id": id,
+        "type": kind,
+        "at": at,
+        "actor": actor,
+        "incidentId": incident_id,
+        "serviceId": service_id,
+        "version": version,
+        "incident": snapshot,
+    });
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    let ack = js.publish_with_headers(nats.changes_subject(service_id), headers, body.to_string().into()).await?;
+    ack.await?;
+    Ok(())
+}
