@@ -20,6 +20,7 @@ mod retention;
 mod safe_input;
 mod scale_out;
 mod schedules;
+mod stream;
 mod streams;
 mod tls;
 mod traces;

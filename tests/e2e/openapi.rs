@@ -40,6 +40,8 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
         ("POST", "/api/schedules/{id}/overrides"),
         ("GET", "/api/schedules/{id}/on-call"),
         ("GET", "/api/schedules/{id}/shifts"),
+        ("GET", "/api/stream"),
+        ("POST", "/api/stream/tokens"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))

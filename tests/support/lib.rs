@@ -201,6 +201,7 @@ impl TestEnv {
             listen: "127.0.0.1:0".into(),
             database: self.database.clone(),
             redis: self.redis.clone(),
+            nats: self.nats.clone(),
             limits: self.limits.clone(),
             log: LogConfig { format: LogFormat::Pretty, filter: test_log() },
             shutdown: ShutdownConfig { timeout_secs: 10 },

@@ -1,7 +1,9 @@
 //! query-api configuration.
 
 use clap::Parser;
-use common::config::{DatabaseConfig, LogConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen};
+use common::config::{
+    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen,
+};
 
 /// OpsSentinal query API: incidents, services, schedules and on-call.
 #[derive(Debug, Clone, Parser)]
@@ -14,6 +16,9 @@ pub struct QueryApiConfig {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub redis: RedisConfig,
+    /// The change stream `GET /api/stream` serves.
+    #[command(flatten)]
+    pub nats: NatsConfig,
     #[command(flatten)]
     pub limits: RateLimitConfig,
     #[command(flatten)]
@@ -27,6 +32,7 @@ impl QueryApiConfig {
         parse_listen("QUERY_API_LISTEN", &self.listen)?;
         self.database.validate()?;
         self.redis.validate()?;
+        self.nats.validate()?;
         self.limits.validate()
     }
 }

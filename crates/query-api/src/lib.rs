@@ -11,6 +11,7 @@ pub mod page;
 pub mod schedules;
 pub mod services;
 pub mod state;
+pub mod stream;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -37,21 +38,26 @@ pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 pub fn api_router(state: Arc<AppState>) -> Router {
     let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Api };
     let (routes, _) = routes().split_for_parts();
-    routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).with_state(state).route(
+    let (open, _) = stream::http::open_router().split_for_parts();
+    routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).merge(open).with_state(state).route(
         "/api/openapi.json",
         axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
     )
 }
 
 fn routes() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().merge(incidents::router()).merge(services::router()).merge(schedules::router())
+    OpenApiRouter::new()
+        .merge(incidents::router())
+        .merge(services::router())
+        .merge(schedules::router())
+        .merge(stream::router())
 }
 
 /// The query API's part of the OpenAPI 3.1 document, with the document's title, description and
 /// security schemes; ingest's part (`ingest::openapi`) is merged into it to make the whole.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-    let (_, mut api): (Router<Arc<AppState>>, _) = routes().split_for_parts();
+    let (_, mut api): (Router<Arc<AppState>>, _) = routes().merge(stream::http::open_router()).split_for_parts();
     api.info.title = "OpsSentinal API".into();
     api.info.version = env!("CARGO_PKG_VERSION").into();
     // Not utoipa's own author and licence, which it fills in by default.
@@ -79,7 +85,8 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
     let redis = redis_pool(&config.redis.url, config.redis.timeout())?;
     let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
-    let state = Arc::new(AppState { pool: pool.clone(), gate });
+    let nats = common::nats::connect(&config.nats, "opssentinal-query-api").await?;
+    let state = AppState::start(pool.clone(), gate, nats, &config.nats, &config.redis, shutdown.clone())?;
     let schema_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set_up = {
         let (pool, shutdown, ready) = (pool.clone(), shutdown.clone(), schema_ready.clone());

@@ -5,7 +5,33 @@ use std::sync::Arc;
 use common::http::Gate;
 use sqlx::PgPool;
 
+use crate::stream::feed::Feed;
+use crate::stream::service::Registry;
+
 pub struct AppState {
     pub pool: PgPool,
     pub gate: Arc<Gate>,
+    /// This process's view of the change stream.
+    pub feed: Arc<Feed>,
+    /// Stream tokens and open streams, in Redis.
+    pub streams: Registry,
+}
+
+impl AppState {
+    /// The state of a query API whose change feed follows `nats`'s change stream over `client`
+    /// until `shutdown`.
+    pub fn start(
+        pool: PgPool,
+        gate: Arc<Gate>,
+        client: async_nats::Client,
+        nats: &common::config::NatsConfig,
+        redis: &common::config::RedisConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let js = common::nats::jetstream(client, nats.publish_timeout());
+        let feed = Feed::start(js, nats.changes_stream(), shutdown);
+        let pool_of_redis = common::http::redis_pool(&redis.url, redis.timeout())?;
+        let streams = Registry { redis: pool_of_redis, prefix: redis.key_prefix.clone() };
+        Ok(Arc::new(Self { pool, gate, feed, streams }))
+    }
 }

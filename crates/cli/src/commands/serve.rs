@@ -3,7 +3,6 @@
 //! empty database creates an admin user and API key and prints them once.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use clap::Args;
 use common::config::{
@@ -78,7 +77,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 required: vec![Dependency::Nats(worker_client.clone()), Dependency::Postgres(pool.clone())],
                 optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
             };
-            let query_state = Arc::new(query_api::AppState { pool: pool.clone(), gate: ingest_state.gate.clone() });
+            let query_state = query_api::AppState::start(
+                pool.clone(),
+                ingest_state.gate.clone(),
+                worker_client.clone(),
+                &args.nats,
+                &args.redis,
+                shutdown.clone(),
+            )?;
             let app = ingest::with_fallbacks(
                 ingest::api_router(ingest_state)
                     .merge(query_api::api_router(query_state))

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::ApiError;
 use common::auth::{Principal, Scope};
@@ -25,18 +26,26 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
 /// List incidents, newest first by default.
 #[utoipa::path(get, path = "/api/incidents", tag = "incidents",
     params(IncidentQuery, PageQuery),
-    responses((status = 200, description = "A page of incidents with the exact total", body = IncidentList),
+    responses((status = 200, description = "A page of incidents with the exact total", body = IncidentList,
+               headers(("X-Stream-Sequence" = u64, description = "The change stream position this page includes: stream from it (Last-Event-ID) and nothing is missed"))),
               (status = 400, description = "A bad parameter, named in the error", body = ErrorBody), Refusals),
     security(("api_key" = ["incidents:read"])))]
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     query: ApiQuery,
-) -> Result<Json<IncidentList>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(Scope::IncidentsRead)?;
     // The scope first: a key without it learns nothing about the query.
     let (filters, page) = (query.parse::<IncidentQuery>()?, PageRequest::parse(query.parse()?)?);
-    Ok(Json(service::list(&state.pool, &filters, &page).await?))
+    // Read before the snapshot: every change relayed by then was committed before it, so it is in
+    // the page; one relayed later may be too, and its version tells.
+    let position = state.feed.bounds().await.ok().map(|(_, last)| last);
+    let mut response = Json(service::list(&state.pool, &filters, &page).await?).into_response();
+    if let Some(position) = position {
+        response.headers_mut().insert("x-stream-sequence", position.into());
+    }
+    Ok(response)
 }
 
 /// One incident with its timeline and alerts (newest first, at most 100 each).

@@ -1,0 +1,130 @@
+//! One consumer of the change stream per process, fanned out to every client of the process:
+//! the live changes go through a broadcast channel; a client resuming from an older position
+//! reads the stream from there first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Changes a client may fall behind the live feed before it is cut off with `reset`.
+const LIVE_BUFFER: usize = 16_384;
+
+/// One change as the stream carries it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Its position in the change stream: the SSE `id`.
+    pub seq: u64,
+    /// Its type (`acknowledged`, …): the SSE `event`.
+    pub kind: String,
+    pub service_id: String,
+    /// The incident's status after it.
+    pub status: String,
+    /// The change as published: the SSE `data`.
+    pub data: Arc<str>,
+}
+
+impl Change {
+    fn read(seq: u64, payload: &[u8]) -> Option<Self> {
+        let value: Value = serde_json::from_slice(payload).ok()?;
+        Some(Self {
+            seq,
+            kind: value["type"].as_str()?.to_owned(),
+            service_id: value["serviceId"].as_str()?.to_owned(),
+            status: value["incident"]["status"].as_str().unwrap_or_default().to_owned(),
+            data: String::from_utf8_lossy(payload).into(),
+        })
+    }
+}
+
+/// The process's view of the change stream.
+pub struct Feed {
+    js: jetstream::Context,
+    stream: String,
+    live: broadcast::Sender<Change>,
+}
+
+impl Feed {
+    /// Starts following the change stream `stream` from its end, until `shutdown`.
+    pub fn start(js: jetstream::Context, stream: String, shutdown: CancellationToken) -> Arc<Self> {
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
+        let feed = Arc::new(Self { js, stream, live });
+        tokio::spawn(feed.clone().follow(shutdown));
+        feed
+    }
+
+    /// A receiver of every change published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.live.subscribe()
+    }
+
+    /// The stream's first and last positions now.
+    pub async fn bounds(&self) -> anyhow::Result<(u64, u64)> {
+        let mut stream = self.js.get_stream(&self.stream).await?;
+        let state = &stream.info().await?.state;
+        Ok((state.first_sequence, state.last_sequence))
+    }
+
+    /// The changes from position `from` through `to`, oldest first.
+    pub async fn replay(&self, from: u64, to: u64) -> anyhow::Result<impl futures_util::Stream<Item = Change> + use<>> {
+        let stream = self.js.get_stream(&self.stream).await?;
+        let reader = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                ..Default::default()
+            })
+            .await?;
+        let messages = reader.messages().await?;
+        Ok(messages
+            .filter_map(|message| async move {
+                let message = message.ok()?;
+                let seq = message.info().ok()?.stream_sequence;
+                Change::read(seq, &message.payload)
+            })
+            .take_while(move |change| std::future::ready(change.seq <= to)))
+    }
+
+    /// Follows the stream's new changes into the broadcast, starting again after the last one
+    /// seen when the consumer fails.
+    async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut next = None;
+        while !shutdown.is_cancelled() {
+            if let Err(err) = self.follow_from(&mut next, &shutdown).await {
+                tracing::warn!(error = %format!("{err:#}"), "change stream unavailable; retrying");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn follow_from(&self, next: &mut Option<u64>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let stream = self.js.get_stream(&self.stream).await?;
+        let deliver_policy = match *next {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::New,
+        };
+        let reader =
+            stream.create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() }).await?;
+        let mut messages = reader.messages().await?;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = messages.next() => message,
+            };
+            let Some(message) = message else { return Ok(()) };
+            let message = message?;
+            let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            *next = Some(seq + 1);
+            if let Some(change) = Change::read(seq, &message.payload) {
+                // No receiver is fine: nobody is watching.
+                let _ = self.live.send(change);
+            }
+        }
+    }
+}

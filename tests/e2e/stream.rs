@@ -1,0 +1,191 @@
+//! DESIGN §9 for dashboards: `GET /api/stream` serves the change stream as Server-Sent Events; a
+//! client that disconnects and resumes with `Last-Event-ID` misses nothing, on any query-api
+//! process; past what the stream keeps it gets `reset`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use e2e::{TestEnv, action, trigger};
+use reqwest::Method;
+use serde_json::Value;
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: String,
+}
+
+/// An open stream, read event by event.
+struct Client {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Client {
+    async fn open(
+        env: &TestEnv,
+        url: &str,
+        key: Option<&str>,
+        last_event_id: Option<u64>,
+    ) -> Result<Self, (u16, Value)> {
+        let mut request = env.http.get(url).header("accept", "text/event-stream");
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        if response.status() != 200 {
+            let status = response.status().as_u16();
+            return Err((status, response.json().await.unwrap_or(Value::Null)));
+        }
+        Ok(Self { response, buffer: String::new() })
+    }
+
+    /// The next event (comments and `retry` skipped), within 20 s.
+    async fn next(&mut self) -> Sse {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = Sse { id: None, event: "message".into(), data: String::new() };
+                let mut fields = false;
+                for line in block.lines() {
+                    if let Some((name, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value);
+                        match name {
+                            "id" => (event.id, fields) = (value.parse().ok(), true),
+                            "event" => (event.event, fields) = (value.to_owned(), true),
+                            "data" => (event.data, fields) = (value.to_owned(), true),
+                            _ => {}
+                        }
+                    }
+                }
+                if fields {
+                    return event;
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Vec<Sse> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            events.push(self.next().await);
+        }
+        events
+    }
+}
+
+async fn stream_token(env: &TestEnv, base: &str, key: &str) -> String {
+    let (status, body) = env.send_json(Method::POST, &format!("{base}/api/stream/tokens"), key, &Value::Null).await;
+    assert_eq!(status, 201, "{body}");
+    body["stream"]["token"].as_str().unwrap().to_owned()
+}
+
+/// Every key: trigger, acknowledge, resolve — three state changes each (and no alert changes).
+async fn incidents(env: &TestEnv, ingest: &str, key: &str, routing_key: &str, keys: std::ops::Range<u32>) {
+    for k in keys {
+        for body in [
+            trigger(routing_key, &format!("k{k}"), "down"),
+            action(routing_key, &format!("k{k}"), "acknowledge"),
+            action(routing_key, &format!("k{k}"), "resolve"),
+        ] {
+            assert_eq!(env.post_event(ingest, key, &body).await.status(), 202);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resumes_on_another_process_misses_nothing_and_both_serve_one_sequence() {
+    let env = TestEnv::new().await;
+    let ingest = env.spawn_ingest().await;
+    let (a, b) = (env.spawn_query_api().await, env.spawn_query_api().await);
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let key = env.admin_key().await;
+    let service = env.service("Streamed").await;
+
+    // A browser-style client on A with a token (no key in the request), from the start.
+    let token = stream_token(&env, &b, &key).await;
+    let mut first = Client::open(&env, &format!("{a}/api/stream?token={token}"), None, Some(0)).await.unwrap();
+    incidents(&env, &ingest, &key, &service.routing_key, 0..10).await;
+    let before = first.take(12).await;
+    let last = before.last().unwrap().id.unwrap();
+    drop(first);
+    // While it is away, more changes are made; it comes back to B with its last position.
+    incidents(&env, &ingest, &key, &service.routing_key, 10..20).await;
+    let mut resumed = Client::open(&env, &format!("{b}/api/stream"), Some(&key), Some(last)).await.unwrap();
+    let after = resumed.take(60 - before.len()).await;
+    let seen: Vec<u64> = before.iter().chain(&after).map(|e| e.id.unwrap()).collect();
+    assert_eq!(seen, (1..=60).collect::<Vec<u64>>(), "every position once, in order");
+    for event in before.iter().chain(&after) {
+        let change: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(change["type"].as_str(), Some(event.event.as_str()));
+    }
+    // Live clients of both processes see one sequence.
+    let (mut on_a, mut on_b) = (
+        Client::open(&env, &format!("{a}/api/stream"), Some(&key), None).await.unwrap(),
+        Client::open(&env, &format!("{b}/api/stream"), Some(&key), None).await.unwrap(),
+    );
+    incidents(&env, &ingest, &key, &service.routing_key, 20..25).await;
+    let (live_a, live_b) = tokio::join!(on_a.take(15), on_b.take(15));
+    assert_eq!(live_a, live_b);
+    assert_eq!(live_a.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(), (61..=75).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_tokens_limits_and_a_resume_past_retention() {
+    let env = TestEnv::new().await;
+    let ingest = env.spawn_ingest().await;
+    let query = env.spawn_query_api().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let key = env.admin_key().await;
+    let (one, other) = (env.service("One").await, env.service("Other").await);
+
+    // The list tells where its snapshot ends; streaming from there with filters gets only what follows.
+    incidents(&env, &ingest, &key, &one.routing_key, 0..2).await;
+    e2e::wait_until(Duration::from_secs(20), "six changes relayed", || async {
+        let response = env.http.get(format!("{query}/api/incidents")).bearer_auth(&key).send().await.unwrap();
+        response.headers().get("x-stream-sequence").is_some_and(|v| v == "6")
+    })
+    .await;
+    let url = format!("{query}/api/stream?serviceId={}&status=resolved", other.id);
+    let mut filtered = Client::open(&env, &url, Some(&key), Some(6)).await.unwrap();
+    incidents(&env, &ingest, &key, &one.routing_key, 2..4).await;
+    incidents(&env, &ingest, &key, &other.routing_key, 0..2).await;
+    let got = filtered.take(2).await;
+    assert!(got.iter().all(|e| e.event == "resolved" && e.data.contains(&other.id)), "{got:?}");
+    assert!(got.iter().all(|e| e.id.unwrap() > 12), "{got:?}");
+
+    // A token works once; no key at all is a 401.
+    let token = stream_token(&env, &query, &key).await;
+    let _open = Client::open(&env, &format!("{query}/api/stream?token={token}"), None, None).await.unwrap();
+    let (status, _) = Client::open(&env, &format!("{query}/api/stream?token={token}"), None, None).await.err().unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = Client::open(&env, &format!("{query}/api/stream"), None, None).await.err().unwrap();
+    assert_eq!(status, 401);
+
+    // At most 20 streams per key (two are open already: the filtered one and the token's).
+    let mut open = Vec::new();
+    for _ in 0..18 {
+        open.push(Client::open(&env, &format!("{query}/api/stream"), Some(&key), None).await.unwrap());
+    }
+    let (status, error) = Client::open(&env, &format!("{query}/api/stream"), Some(&key), None).await.err().unwrap();
+    assert_eq!((status, error["error"]["code"].as_str()), (429, Some("RATE_LIMITED")), "{error}");
+    drop(open);
+
+    // Past what the stream keeps, a resuming client is told to refetch.
+    let js = jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
+    js.get_stream(env.nats.changes_stream()).await.unwrap().purge().await.unwrap();
+    let mut gone = Client::open(&env, &format!("{query}/api/stream"), Some(&key), Some(3)).await.unwrap();
+    assert_eq!(gone.next().await.event, "reset");
+}
