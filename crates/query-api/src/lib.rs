@@ -86,7 +86,8 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
     let limiter = RateLimiter::new(&config.redis.url, config.redis.key_prefix.clone(), config.redis.timeout())?;
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
     let nats = common::nats::connect(&config.nats, "opssentinal-query-api").await?;
-    let state = AppState::start(pool.clone(), gate, nats, &config.nats, &config.redis, shutdown.clone())?;
+    let streams = stream::service::Registry { redis: redis.clone(), prefix: config.redis.key_prefix.clone() };
+    let state = AppState::start(pool.clone(), gate, nats, &config.nats, streams, shutdown.clone());
     let schema_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set_up = {
         let (pool, shutdown, ready) = (pool.clone(), shutdown.clone(), schema_ready.clone());

@@ -25,13 +25,11 @@ impl AppState {
         gate: Arc<Gate>,
         client: async_nats::Client,
         nats: &common::config::NatsConfig,
-        redis: &common::config::RedisConfig,
+        streams: Registry,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> anyhow::Result<Arc<Self>> {
+    ) -> Arc<Self> {
         let js = common::nats::jetstream(client, nats.publish_timeout());
         let feed = Feed::start(js, nats.changes_stream(), shutdown);
-        let pool_of_redis = common::http::redis_pool(&redis.url, redis.timeout())?;
-        let streams = Registry { redis: pool_of_redis, prefix: redis.key_prefix.clone() };
-        Ok(Arc::new(Self { pool, gate, feed, streams }))
+        Arc::new(Self { pool, gate, feed, streams })
     }
 }

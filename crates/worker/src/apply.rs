@@ -483,7 +483,6 @@ struct Writes {
     stored_received: Vec<String>,
     merges: Merges,
     changes: ChangeRows,
-    change_counts: HashMap<String, i64>,
     pending_alert: Option<PendingChange>,
 }
 
@@ -571,8 +570,6 @@ impl Writes {
     }
 
     fn push_change(&mut self, (service_id, kind, at, actor, snapshot): PendingChange) {
-        let id = snapshot["id"].as_str().unwrap_or_default().to_owned();
-        *self.change_counts.entry(id).or_insert(0) += 1;
         self.changes.push(&service_id, kind, at, &actor, snapshot);
     }
 
@@ -581,7 +578,7 @@ impl Writes {
     fn incidents(&mut self, service_id: &str, dedup_key: &str, incidents: Vec<IncidentState>, reordered: bool) {
         self.flush_alert();
         for incident in incidents {
-            if reordered && !self.change_counts.contains_key(&incident.id) {
+            if reordered && self.changes.count(&incident.id) == 0 {
                 let change = snapshot(service_id, dedup_key, &incident);
                 self.push_change((
                     service_id.to_owned(),
@@ -591,7 +588,7 @@ impl Writes {
                     change,
                 ));
             }
-            let changes = self.change_counts.get(&incident.id).copied().unwrap_or(0);
+            let changes = self.changes.count(&incident.id);
             let rows = if incident.status == IncidentStatus::Resolved { &mut self.closed } else { &mut self.open };
             rows.push(service_id, dedup_key, incident, changes);
         }

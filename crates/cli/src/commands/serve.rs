@@ -73,18 +73,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let mut workers =
                 worker::start(&args.worker, &args.nats, pool.clone(), worker_client.clone(), shutdown.clone()).await?;
 
+            let redis = redis_pool(&args.redis.url, args.redis.timeout())?;
             let readiness = Readiness {
                 required: vec![Dependency::Nats(worker_client.clone()), Dependency::Postgres(pool.clone())],
-                optional: vec![Dependency::Redis(redis_pool(&args.redis.url, args.redis.timeout())?)],
+                optional: vec![Dependency::Redis(redis.clone())],
             };
+            let streams = query_api::stream::service::Registry { redis, prefix: args.redis.key_prefix.clone() };
             let query_state = query_api::AppState::start(
                 pool.clone(),
                 ingest_state.gate.clone(),
                 worker_client.clone(),
                 &args.nats,
-                &args.redis,
+                streams,
                 shutdown.clone(),
-            )?;
+            );
             let app = ingest::with_fallbacks(
                 ingest::api_router(ingest_state)
                     .merge(query_api::api_router(query_state))

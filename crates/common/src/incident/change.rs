@@ -99,11 +99,9 @@ pub async fn apply_status(
     if let Some((kind, state)) = ChangeKind::of(outcome).zip(fold.incident(&target)) {
         changes.push(service_id, kind, at, &actor_of(actor), snapshot(service_id, dedup_key, state));
     }
-    let counts: std::collections::HashMap<String, i64> =
-        changes.counts().into_iter().map(|(id, n)| (id.to_owned(), n)).collect();
     let mut rows = IncidentRows::default();
     for incident in fold.into_incidents() {
-        let n = counts.get(&incident.id).copied().unwrap_or(0);
+        let n = changes.count(&incident.id);
         rows.push(service_id, dedup_key, incident, n);
     }
     let versions = rows.upsert(tx).await?;

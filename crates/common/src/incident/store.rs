@@ -233,12 +233,15 @@ pub struct ChangeRows {
     at: Vec<String>,
     actor: Vec<String>,
     snapshot: Vec<Value>,
+    per_incident: HashMap<String, i64>,
 }
 
 impl ChangeRows {
     pub fn push(&mut self, service_id: &str, kind: ChangeKind, at: Timestamp, actor: &str, snapshot: Value) {
+        let incident_id = snapshot["id"].as_str().unwrap_or_default().to_owned();
+        *self.per_incident.entry(incident_id.clone()).or_insert(0) += 1;
         self.id.push(Uuid::now_v7());
-        self.incident_id.push(snapshot["id"].as_str().unwrap_or_default().to_owned());
+        self.incident_id.push(incident_id);
         self.service_id.push(service_id.to_owned());
         self.kind.push(kind.as_str());
         self.at.push(at.to_string());
@@ -246,13 +249,9 @@ impl ChangeRows {
         self.snapshot.push(snapshot);
     }
 
-    /// How many changes each incident has here.
-    pub fn counts(&self) -> HashMap<&str, i64> {
-        let mut counts = HashMap::new();
-        for id in &self.incident_id {
-            *counts.entry(id.as_str()).or_insert(0) += 1;
-        }
-        counts
+    /// How many changes incident `id` has here (what its write raises its version by).
+    pub fn count(&self, id: &str) -> i64 {
+        self.per_incident.get(id).copied().unwrap_or(0)
     }
 
     /// Inserts the changes, numbering each incident's from the version its write reached
@@ -261,7 +260,7 @@ impl ChangeRows {
         if self.id.is_empty() {
             return Ok(());
         }
-        let mut left = self.counts().into_iter().map(|(id, n)| (id.to_owned(), n)).collect::<HashMap<_, _>>();
+        let mut left = std::mem::take(&mut self.per_incident);
         let mut version = Vec::with_capacity(self.id.len());
         for (i, incident) in self.incident_id.iter().enumerate() {
             let n = left.get_mut(incident).map_or(0, |n| {

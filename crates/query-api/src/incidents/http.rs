@@ -38,9 +38,9 @@ async fn list(
     principal.require(Scope::IncidentsRead)?;
     // The scope first: a key without it learns nothing about the query.
     let (filters, page) = (query.parse::<IncidentQuery>()?, PageRequest::parse(query.parse()?)?);
-    // Read before the snapshot: every change relayed by then was committed before it, so it is in
-    // the page; one relayed later may be too, and its version tells.
-    let position = state.feed.bounds().await.ok().map(|(_, last)| last);
+    // Taken before the snapshot: every change the feed has seen was committed before it, so it is
+    // in the page; one seen later may be too, and its version tells.
+    let position = state.feed.seen();
     let mut response = Json(service::list(&state.pool, &filters, &page).await?).into_response();
     if let Some(position) = position {
         response.headers_mut().insert("x-stream-sequence", position.into());

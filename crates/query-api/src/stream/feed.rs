@@ -3,6 +3,7 @@
 //! reads the stream from there first.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -13,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Changes a client may fall behind the live feed before it is cut off with `reset`.
 const LIVE_BUFFER: usize = 16_384;
+
+/// What [`Feed::seen`] holds before the feed has read the stream.
+const UNSEEN: u64 = u64::MAX;
 
 /// One change as the stream carries it.
 #[derive(Debug, Clone)]
@@ -46,13 +50,15 @@ pub struct Feed {
     js: jetstream::Context,
     stream: String,
     live: broadcast::Sender<Change>,
+    /// The last position the feed has seen ([`UNSEEN`] until it has read the stream once).
+    seen: AtomicU64,
 }
 
 impl Feed {
     /// Starts following the change stream `stream` from its end, until `shutdown`.
     pub fn start(js: jetstream::Context, stream: String, shutdown: CancellationToken) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let feed = Arc::new(Self { js, stream, live });
+        let feed = Arc::new(Self { js, stream, live, seen: AtomicU64::new(UNSEEN) });
         tokio::spawn(feed.clone().follow(shutdown));
         feed
     }
@@ -60,6 +66,12 @@ impl Feed {
     /// A receiver of every change published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.live.subscribe()
+    }
+
+    /// The last position this process has seen, without asking the server: every change up to
+    /// it was committed before now. `None` until the feed has read the stream once.
+    pub fn seen(&self) -> Option<u64> {
+        Some(self.seen.load(Ordering::Acquire)).filter(|&seq| seq != UNSEEN)
     }
 
     /// The stream's first and last positions now.
@@ -104,11 +116,16 @@ impl Feed {
     }
 
     async fn follow_from(&self, next: &mut Option<u64>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let stream = self.js.get_stream(&self.stream).await?;
-        let deliver_policy = match *next {
-            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
-            None => consumer::DeliverPolicy::New,
+        let mut stream = self.js.get_stream(&self.stream).await?;
+        let start_sequence = match *next {
+            Some(start_sequence) => start_sequence,
+            None => {
+                let last = stream.info().await?.state.last_sequence;
+                self.seen.store(last, Ordering::Release);
+                last + 1
+            }
         };
+        let deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence };
         let reader =
             stream.create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() }).await?;
         let mut messages = reader.messages().await?;
@@ -121,6 +138,7 @@ impl Feed {
             let message = message?;
             let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
             *next = Some(seq + 1);
+            self.seen.store(seq, Ordering::Release);
             if let Some(change) = Change::read(seq, &message.payload) {
                 // No receiver is fine: nobody is watching.
                 let _ = self.live.send(change);

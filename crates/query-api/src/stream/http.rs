@@ -74,9 +74,10 @@ async fn open(
     headers: &HeaderMap,
     query: &ApiQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
-    let token = query.parse::<StreamQuery>().ok().and_then(|q| q.token);
-    let principal = match token {
-        Some(token) => state.streams.redeem(&token).await?,
+    let query = query.parse::<StreamQuery>();
+    // Who is asking comes first: a bad query is answered only to a known caller.
+    let principal = match query.as_ref().ok().and_then(|q| q.token.as_deref()) {
+        Some(token) => state.streams.redeem(token).await?,
         None => state.gate.authenticate(headers, state.gate.client_address(peer, headers)).await?,
     };
     if let Some(decision) = state.gate.limit(&principal, Bucket::Api, 1).await
@@ -85,7 +86,7 @@ async fn open(
         return Err(ApiError::rate_limited(decision.retry_after));
     }
     principal.require(Scope::IncidentsRead)?;
-    let query: StreamQuery = query.parse()?;
+    let query = query?;
     let last_event_id = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
         None => None,
         Some(Ok("")) => None,
