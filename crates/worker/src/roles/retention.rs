@@ -115,6 +115,36 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
     Ok(report)
 }
 
+/// How long one attempt to detach a day may wait for a lock; see `detach`.
+const DETACH_LOCK_WAIT: &str = "200ms";
+
+/// Pause between attempts to detach a day.
+const DETACH_RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// Detaches `table` from `events`. The detach holds `events` exclusively while it waits for the
+/// day's own lock, and an autovacuum of the day (routine on a large or old partition) holds that
+/// lock until PostgreSQL cancels it after `deadlock_timeout`, or for its whole run if it prevents
+/// wraparound: waiting for it would stall every writer of `events` that long. So each attempt
+/// waits at most `DETACH_LOCK_WAIT` for either lock, gives both back if it cannot have them, and
+/// tries again a moment later, until the day is free.
+async fn detach(tx: &mut sqlx::PgConnection, table: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("set local lock_timeout = '{DETACH_LOCK_WAIT}'")).execute(&mut *tx).await?;
+    loop {
+        sqlx::query("savepoint detach").execute(&mut *tx).await?;
+        match sqlx::query(&format!("alter table events detach partition {table}")).execute(&mut *tx).await {
+            Ok(_) => break,
+            Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("55P03") => {
+                sqlx::query("rollback to savepoint detach").execute(&mut *tx).await?;
+                tokio::time::sleep(DETACH_RETRY_PAUSE).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    sqlx::query("release savepoint detach").execute(&mut *tx).await?;
+    sqlx::query("set local lock_timeout to default").execute(&mut *tx).await?;
+    Ok(())
+}
+
 /// Summarises one day into its incidents' timelines and sets aside what open incidents need, both
 /// while the day is still attached (reading it locks nothing workers write), then detaches it,
 /// puts back what was set aside, and drops it: `events` is locked exclusively only for that last
@@ -144,7 +174,7 @@ async fn drop_day(tx: &mut sqlx::PgConnection, partition: &str) -> Result<u64, s
     ))
     .execute(&mut *tx)
     .await?;
-    sqlx::query(&format!("alter table events detach partition {table}")).execute(&mut *tx).await?;
+    detach(tx, &table).await?;
     let kept = sqlx::query("insert into events select * from kept_events").execute(&mut *tx).await?.rows_affected();
     sqlx::query("drop table kept_events").execute(&mut *tx).await?;
     sqlx::query(&format!("drop table {table}")).execute(&mut *tx).await?;
