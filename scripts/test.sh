@@ -10,6 +10,8 @@ for bin in redis-server; do command -v "$bin" >/dev/null || { echo "error: $bin 
 # Real alert senders the compatibility tests drive: Debian's Alertmanager (with amtool) and pdpyras.
 command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null || apt_install prometheus-alertmanager
 python3 -c 'import pdpyras' 2>/dev/null || python3 -m pip install --quiet pdpyras
+# The outbound webhook tests' receiver verifies signatures with the Standard Webhooks library.
+python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks
 # The API contract test: schemathesis fuzzes every operation against the OpenAPI document.
 command -v schemathesis >/dev/null || python3 -m pip install --quiet schemathesis
 # The deployment checks: Kubernetes schemas offline, Prometheus' rule checker, certificates for TLS tests.

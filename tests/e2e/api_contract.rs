@@ -45,6 +45,19 @@ async fn every_operation_answers_as_its_openapi_document_says() {
         )
         .await;
     assert_eq!(status, 201, "{schedule}");
+    let (status, webhook) = env
+        .send_json(Method::POST, &format!("{base}/api/webhooks"), key, &json!({"url": "http://127.0.0.1:9/contract"}))
+        .await;
+    assert_eq!(status, 201, "{webhook}");
+    let (status, ping) = env
+        .send_json(
+            Method::POST,
+            &format!("{base}/api/webhooks/{}/ping", webhook["webhook"]["id"].as_str().unwrap()),
+            key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ping}");
 
     let dir = std::env::temp_dir().join(format!("opssentinal-contract-{}", env.db_name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -77,6 +90,8 @@ async fn every_operation_answers_as_its_openapi_document_says() {
         operation("^/api/services/", "path.id", &service["id"]),
         operation("^/api/schedules/", "path.id", &schedule["schedule"]["id"]),
         operation("^/api/integrations/alertmanager/", "path.routing_key", &service["routingKey"]),
+        operation("^/api/webhooks/", "path.id", &webhook["webhook"]["id"]),
+        operation("^/api/webhooks/.*/deliveries/", "path.delivery_id", &ping["delivery"]["id"]),
     ]
     .concat();
     std::fs::write(dir.join("schemathesis.toml"), config).unwrap();
@@ -99,7 +114,7 @@ async fn every_operation_answers_as_its_openapi_document_says() {
     println!("{report}");
     assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
     // Every operation ran, in every phase.
-    assert!(report.contains("Tested: 19"), "{report}");
+    assert!(report.contains("Tested: 28"), "{report}");
     for phase in ["Examples", "Coverage", "Fuzzing"] {
         assert!(report.contains(&format!("✅ {phase}")), "{phase} did not run:\n{report}");
     }

@@ -24,3 +24,4 @@ mod stream;
 mod streams;
 mod tls;
 mod traces;
+mod webhooks;

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::auth::{Role, Scope};
-use common::config::{DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig};
+use common::config::{
+    DatabaseConfig, LogConfig, LogFormat, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, WebhookConfig,
+};
 use ingest::IngestConfig;
 use query_api::api_keys::body::NewApiKey;
 use query_api::services::body::{NewService, ServiceWithKey};
@@ -195,6 +197,13 @@ impl TestEnv {
 
     /// Starts query-api on a free port and waits until it is ready. Returns its base URL.
     pub async fn spawn_query_api(&self) -> String {
+        // The tests' webhook receivers listen on loopback.
+        self.spawn_query_api_with(WebhookConfig { allow_private: true }).await
+    }
+
+    /// Starts query-api with `webhooks` on a free port and waits until it is ready. Returns its
+    /// base URL.
+    pub async fn spawn_query_api_with(&self, webhooks: WebhookConfig) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("addr");
         let config = query_api::QueryApiConfig {
@@ -203,6 +212,7 @@ impl TestEnv {
             redis: self.redis.clone(),
             nats: self.nats.clone(),
             limits: self.limits.clone(),
+            webhooks,
             log: LogConfig { format: LogFormat::Pretty, filter: test_log() },
             shutdown: ShutdownConfig { timeout_secs: 10 },
         };
@@ -233,6 +243,7 @@ impl TestEnv {
             ("NATS_DUPLICATE_WINDOW_SECS", self.nats.duplicate_window_secs.to_string()),
             ("NATS_MAX_FRAME_EVENTS", self.nats.max_frame_events.to_string()),
             ("WORKER_CONSUMER", self.consumer.clone()),
+            ("WEBHOOK_ALLOW_PRIVATE", "true".into()),
             ("RUST_LOG", test_log()),
         ]
     }
@@ -262,6 +273,8 @@ impl TestEnv {
             max_deliveries: 5,
             max_ack_pending: 5_000,
             max_buffered_bytes: 64 * 1024 * 1024,
+            // The tests' receivers listen on loopback.
+            webhooks: WebhookConfig { allow_private: true },
         }
     }
 
@@ -463,6 +476,7 @@ impl Drop for TestEnv {
                     let js = async_nats::jetstream::new(client);
                     let _events = js.delete_stream(&nats.stream).await;
                     let _dlq = js.delete_stream(nats.dlq_stream()).await;
+                    let _changes = js.delete_stream(nats.changes_stream()).await;
                 }
                 if let Ok(admin) = PgPool::connect(&pg_admin_url).await {
                     let drop = format!("drop database if exists {db_name} with (force)");

@@ -725,3 +725,53 @@ pub fn start_nats_with_creds() -> (PrivateNats, PathBuf) {
     nats.restart();
     (nats, creds)
 }
+
+/// A real webhook receiver (`tests/support/webhook_receiver.py`) that verifies each delivery's
+/// signature with the Standard Webhooks reference library (PyPI `standardwebhooks`) and answers
+/// as configured.
+pub struct WebhookReceiver {
+    pub port: u16,
+    _process: Process,
+}
+
+impl WebhookReceiver {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/webhook_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the webhook receiver");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the receiver prints its port");
+        let port = line.trim().strip_prefix("listening ").and_then(|p| p.parse().ok()).unwrap_or_else(|| {
+            panic!("the receiver did not start (is standardwebhooks installed? scripts/test.sh installs it): {line}")
+        });
+        Self { port, _process: Process(child) }
+    }
+
+    /// The URL deliveries are posted to (`path` after the port).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sets how it verifies and answers (see the script): `secret`, `responses`, `default`,
+    /// `hang_seconds`, `retry_after`.
+    pub async fn configure(&self, http: &reqwest::Client, config: serde_json::Value) {
+        let response =
+            http.post(self.url("/_control/config")).json(&config).send().await.expect("the receiver answers");
+        assert_eq!(response.status().as_u16(), 204, "{}", response.text().await.unwrap_or_default());
+    }
+
+    /// Every delivery received so far, in arrival order.
+    pub async fn received(&self, http: &reqwest::Client) -> Vec<serde_json::Value> {
+        let response = http.get(self.url("/_control/received")).send().await.expect("the receiver answers");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        body["received"].as_array().cloned().unwrap_or_default()
+    }
+}

@@ -35,10 +35,14 @@ pub enum Scope {
     SchedulesRead,
     #[serde(rename = "schedules:write")]
     SchedulesWrite,
+    #[serde(rename = "webhooks:read")]
+    WebhooksRead,
+    #[serde(rename = "webhooks:write")]
+    WebhooksWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 9] = [
         Scope::EventsWrite,
         Scope::IncidentsRead,
         Scope::IncidentsWrite,
@@ -46,6 +50,8 @@ impl Scope {
         Scope::ServicesWrite,
         Scope::SchedulesRead,
         Scope::SchedulesWrite,
+        Scope::WebhooksRead,
+        Scope::WebhooksWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +63,8 @@ impl Scope {
             Self::ServicesWrite => "services:write",
             Self::SchedulesRead => "schedules:read",
             Self::SchedulesWrite => "schedules:write",
+            Self::WebhooksRead => "webhooks:read",
+            Self::WebhooksWrite => "webhooks:write",
         }
     }
 
@@ -95,8 +103,10 @@ impl Role {
     pub fn allows(self, scope: Scope) -> bool {
         match self {
             Self::Admin => true,
-            Self::Responder => !matches!(scope, Scope::ServicesWrite | Scope::SchedulesWrite),
-            Self::User => matches!(scope, Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead),
+            Self::Responder => !matches!(scope, Scope::ServicesWrite | Scope::SchedulesWrite | Scope::WebhooksWrite),
+            Self::User => {
+                matches!(scope, Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead | Scope::WebhooksRead)
+            }
         }
     }
 }
@@ -119,6 +129,15 @@ pub fn random_token(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut raw);
     hex::encode(raw)
+}
+
+/// A new signing secret for a webhook, as Standard Webhooks writes them: `whsec_` and the
+/// base64 of 32 random bytes.
+pub fn new_webhook_secret() -> String {
+    use base64::Engine;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 pub fn generate_api_key() -> NewApiKey {

@@ -473,3 +473,58 @@ pub(crate) mod tests {
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "uneven spread: {seen:?}");
     }
 }
+
+/// Outbound webhooks: where they may be sent.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Allow webhook URLs on loopback, private, link-local and other non-public addresses
+    /// (refused by default, when creating a webhook and on every connection).
+    #[arg(
+        id = "webhook_allow_private",
+        long = "webhook-allow-private",
+        env = "WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_private: bool,
+}
+
+impl WebhookConfig {
+    /// Whether a webhook may connect to `ip`.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_private || is_public(ip)
+    }
+}
+
+/// Whether `ip` is a public unicast address: not loopback, private, link-local, shared (CGNAT),
+/// unspecified, broadcast, multicast or documentation, nor an IPv4 address of those kinds mapped
+/// into IPv6.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local()
+                    || v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8)
+            }
+        },
+    }
+}

@@ -6,6 +6,10 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+/// The channel a new or replayed webhook delivery is announced on (`pg_notify`), so idle
+/// senders wake at once.
+pub const WEBHOOK_WAKE_CHANNEL: &str = "webhook_deliveries";
+
 use crate::config::DatabaseConfig;
 
 /// The schema, embedded in every binary.

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use common::config::{
-    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, parse_listen,
+    DatabaseConfig, LogConfig, NatsConfig, RateLimitConfig, RedisConfig, ShutdownConfig, WebhookConfig, parse_listen,
 };
 
 /// OpsSentinal query API: incidents, services, schedules and on-call.
@@ -21,6 +21,8 @@ pub struct QueryApiConfig {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub limits: RateLimitConfig,
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
     #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]

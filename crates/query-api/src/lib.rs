@@ -13,6 +13,7 @@ pub mod services;
 pub mod state;
 pub mod stream;
 pub mod users;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(services::router())
         .merge(schedules::router())
         .merge(stream::router())
+        .merge(webhooks::router())
 }
 
 /// The query API's part of the OpenAPI 3.1 document, with the document's title, description and
@@ -87,7 +89,8 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
     let nats = common::nats::connect(&config.nats, "opssentinal-query-api").await?;
     let streams = stream::service::Registry { redis: redis.clone(), prefix: config.redis.key_prefix.clone() };
-    let state = AppState::start(pool.clone(), gate, nats, &config.nats, streams, shutdown.clone());
+    let state =
+        AppState::start(pool.clone(), gate, nats, &config.nats, streams, config.webhooks.clone(), shutdown.clone());
     let schema_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set_up = {
         let (pool, shutdown, ready) = (pool.clone(), shutdown.clone(), schema_ready.clone());

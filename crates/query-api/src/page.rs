@@ -100,6 +100,18 @@ pub struct NewestFirst {
     id: String,
 }
 
+impl NewestFirst {
+    /// The position of `row` (its `created_at` and `id`).
+    pub fn of(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self { c: timestamp(row, "created_at")?.to_string(), id: row.try_get("id")? })
+    }
+
+    /// The creation time and id to bind where a listing continues.
+    pub fn parts(&self) -> (String, String) {
+        (self.c.clone(), self.id.clone())
+    }
+}
+
 /// One page, newest first, of the rows `select` reads from `table` under the alias `t` (then
 /// `group`, e.g. a `group by`), with the table's row count.
 pub async fn newest_first(
@@ -113,17 +125,16 @@ pub async fn newest_first(
         "{select} where ($1::text is null or (t.created_at, t.id) < ($1::timestamptz, $2))
          {group} order by t.created_at desc, t.id desc limit $3 offset $4"
     );
+    let (after_created, after_id) = page.cursor.as_ref().map(NewestFirst::parts).unzip();
     let mut rows = sqlx::query(&sql)
-        .bind(page.cursor.as_ref().map(|c| c.c.clone()))
-        .bind(page.cursor.as_ref().map(|c| c.id.clone()))
+        .bind(after_created)
+        .bind(after_id)
         .bind(page.fetch())
         .bind(page.skip())
         .fetch_all(pool)
         .await?;
     let total: i64 = sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(pool).await?;
-    let pagination = page.finish(&mut rows, |last| {
-        Ok::<_, sqlx::Error>(NewestFirst { c: timestamp(last, "created_at")?.to_string(), id: last.try_get("id")? })
-    })?;
+    let pagination = page.finish(&mut rows, NewestFirst::of)?;
     Ok((rows, total, pagination))
 }
 

@@ -15,6 +15,8 @@ pub struct AppState {
     pub feed: Arc<Feed>,
     /// Stream tokens and open streams, in Redis.
     pub streams: Registry,
+    /// Where webhooks may be sent.
+    pub webhooks: common::config::WebhookConfig,
 }
 
 impl AppState {
@@ -26,10 +28,11 @@ impl AppState {
         client: async_nats::Client,
         nats: &common::config::NatsConfig,
         streams: Registry,
+        webhooks: common::config::WebhookConfig,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
         let js = common::nats::jetstream(client, nats.publish_timeout());
         let feed = Feed::start(js, nats.changes_stream(), shutdown);
-        Arc::new(Self { pool, gate, feed, streams })
+        Arc::new(Self { pool, gate, feed, streams, webhooks })
     }
 }

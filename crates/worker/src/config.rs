@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Args, Parser};
-use common::config::{DatabaseConfig, LogConfig, NatsConfig, ShutdownConfig, parse_listen};
+use common::config::{DatabaseConfig, LogConfig, NatsConfig, ShutdownConfig, WebhookConfig, parse_listen};
 
 /// How a worker consumes the event stream.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +46,9 @@ pub struct WorkerSettings {
     /// Most messages of one partition's consumer delivered and not yet acknowledged.
     #[arg(long = "worker-max-ack-pending", env = "WORKER_MAX_ACK_PENDING", default_value_t = 5_000)]
     pub max_ack_pending: i64,
+    /// Where webhook deliveries may be sent.
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
 }
 
 impl WorkerSettings {

@@ -50,6 +50,8 @@ pub async fn start(
     tasks.spawn(roles::retention::run(pool.clone(), settings.retention_days, shutdown.clone()));
     tasks.spawn(roles::upkeep::run(pool.clone(), shutdown.clone()));
     tasks.spawn(roles::relay::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
+    tasks.spawn(roles::webhooks::fanout::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
+    tasks.spawn(roles::webhooks::send::run(pool.clone(), settings.webhooks.clone(), shutdown.clone()));
     let applier = Arc::new(Applier {
         pool,
         stream: nats.stream.clone(),

@@ -85,6 +85,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 worker_client.clone(),
                 &args.nats,
                 streams,
+                args.worker.webhooks.clone(),
                 shutdown.clone(),
             );
             let app = ingest::with_fallbacks(

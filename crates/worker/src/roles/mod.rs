@@ -4,3 +4,4 @@
 pub mod relay;
 pub mod retention;
 pub mod upkeep;
+pub mod webhooks;

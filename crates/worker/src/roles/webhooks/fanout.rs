@@ -1,0 +1,202 @@
+//! Turns the change stream into webhook deliveries. One worker at a time does it, holding a
+//! session advisory lock on a connection of its own (the others stand by); it reads the stream
+//! in order with an ordered consumer from the position stored in `webhook_fanout`, and writes a
+//! batch's deliveries and the new position in one transaction, so a fan-out that dies re-reads
+//! at most what it had not committed, and `unique (webhook_id, change_id)` drops what it wrote
+//! twice. Each delivery's body is made here, once: every attempt sends the same bytes.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use common::config::NatsConfig;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+/// Key of the advisory lock the fanning-out worker holds.
+pub const LOCK: i64 = 0x0f55_e17e_0004;
+/// Most changes written in one transaction.
+const BATCH: usize = 500;
+/// How long a batch gathers changes after its first.
+const GATHER: Duration = Duration::from_millis(20);
+/// How long the fan-out waits for a change before checking it still holds the lock.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long a worker that does not fan out waits before trying to take over.
+const STANDBY: Duration = Duration::from_secs(1);
+
+/// Fans out until `shutdown`, taking over whenever no other worker does.
+pub async fn run(pool: PgPool, js: jetstream::Context, nats: NatsConfig, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = lead(&pool, &js, &nats, &shutdown).await {
+            tracing::warn!(error = %format!("{err:#}"), "webhook fan-out failed; retrying");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STANDBY) => {}
+        }
+    }
+}
+
+/// A webhook as the fan-out matches changes against it.
+#[derive(sqlx::FromRow)]
+struct Webhook {
+    id: String,
+    events: Option<Vec<String>>,
+    service_ids: Option<Vec<String>>,
+    /// When it was created, in microseconds since the epoch.
+    created_at: i64,
+}
+
+impl Webhook {
+    fn wants(&self, change: &Change) -> bool {
+        let (kind, service_id) = (&change.kind, &change.service_id);
+        change.at.as_microsecond() >= self.created_at
+            && self.events.as_ref().is_none_or(|events| events.iter().any(|e| e == kind))
+            && self.service_ids.as_ref().is_none_or(|ids| ids.iter().any(|id| id == service_id))
+    }
+}
+
+/// One change read from the stream, made into the body every webhook that wants it is sent.
+struct Change {
+    seq: u64,
+    id: uuid::Uuid,
+    at: jiff::Timestamp,
+    kind: String,
+    incident_id: String,
+    service_id: String,
+    body: String,
+}
+
+impl Change {
+    fn read(seq: u64, payload: &[u8]) -> Option<Self> {
+        let change: Value = serde_json::from_slice(payload).ok()?;
+        let kind = format!("incident.{}", change["type"].as_str()?);
+        let body = json!({
+            "type": kind,
+            "timestamp": change["at"],
+            "data": {
+                "incident": change["incident"],
+                "change": {
+                    "id": change["id"],
+                    "type": change["type"],
+                    "at": change["at"],
+                    "actor": change["actor"],
+                    "version": change["version"],
+                    "sequence": seq,
+                },
+            },
+        });
+        Some(Self {
+            seq,
+            id: change["id"].as_str()?.parse().ok()?,
+            at: change["at"].as_str()?.parse().ok()?,
+            kind,
+            incident_id: change["incidentId"].as_str()?.to_owned(),
+            service_id: change["serviceId"].as_str()?.to_owned(),
+            body: body.to_string(),
+        })
+    }
+}
+
+async fn lead(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut holder = PgConnection::connect_with(&pool.connect_options()).await?;
+    let ours: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut holder).await?;
+    if !ours {
+        return Ok(());
+    }
+    let mut stream = js.get_stream(nats.changes_stream()).await?;
+    let state = stream.info().await?.state.clone();
+    // The first fan-out starts at the stream's start; a webhook is sent the changes made after
+    // it was created (see `Webhook::wants`), however far behind the fan-out is.
+    let done: i64 = sqlx::query_scalar(
+        "insert into webhook_fanout (stream_seq) values ($1)
+         on conflict (one) do update set stream_seq = webhook_fanout.stream_seq returning stream_seq",
+    )
+    .bind(i64::try_from(state.first_sequence.saturating_sub(1))?)
+    .fetch_one(pool)
+    .await?;
+    let start_sequence = u64::try_from(done)? + 1;
+    if start_sequence < state.first_sequence {
+        let lost = state.first_sequence - start_sequence;
+        tracing::warn!(lost, "changes left the change stream before webhooks were sent them");
+        metrics::counter!("webhook_changes_expired_total").increment(lost);
+    }
+    tracing::info!(from = start_sequence, "fanning out changes to webhooks");
+    let deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence };
+    let reader = stream.create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() }).await?;
+    let mut messages = reader.messages().await?;
+    while !shutdown.is_cancelled() {
+        // Still holding the lock: a lost connection means another worker may be fanning out.
+        holder.ping().await?;
+        let mut batch = Vec::new();
+        let mut wait = IDLE;
+        while batch.len() < BATCH {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = tokio::time::timeout(wait, messages.next()) => next,
+            };
+            let Ok(next) = next else { break };
+            let message = next.ok_or_else(|| anyhow::anyhow!("the change stream's consumer ended"))??;
+            let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            batch.push((seq, Change::read(seq, &message.payload)));
+            wait = GATHER;
+        }
+        if let Some(&(last, _)) = batch.last() {
+            let changes: Vec<Change> = batch.into_iter().filter_map(|(_, change)| change).collect();
+            write(pool, &changes, last).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the deliveries of `changes` for every enabled webhook that wants them, and `last` as
+/// the position read, in one transaction.
+async fn write(pool: &PgPool, changes: &[Change], last: u64) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    let webhooks: Vec<Webhook> = sqlx::query_as(
+        "select id, events, service_ids, (extract(epoch from created_at) * 1000000)::int8 as created_at
+         from webhooks where enabled",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut ids, mut webhook_ids, mut change_ids, mut seqs, mut incidents, mut kinds, mut bodies) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for change in changes {
+        for webhook in webhooks.iter().filter(|w| w.wants(change)) {
+            ids.push(common::ids::new_id("msg"));
+            webhook_ids.push(webhook.id.as_str());
+            change_ids.push(change.id);
+            seqs.push(i64::try_from(change.seq)?);
+            incidents.push(change.incident_id.as_str());
+            kinds.push(change.kind.as_str());
+            bodies.push(change.body.as_str());
+        }
+    }
+    if !ids.is_empty() {
+        let made = sqlx::query(
+            "insert into webhook_deliveries (id, webhook_id, change_id, stream_seq, incident_id, type, body)
+             select * from unnest($1::text[], $2::text[], $3::uuid[], $4::int8[], $5::text[], $6::text[], $7::text[])
+             on conflict (webhook_id, change_id) do nothing",
+        )
+        .bind(&ids)
+        .bind(&webhook_ids)
+        .bind(&change_ids)
+        .bind(&seqs)
+        .bind(&incidents)
+        .bind(&kinds)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("select pg_notify($1, '')").bind(common::db::WEBHOOK_WAKE_CHANNEL).execute(&mut *tx).await?;
+        metrics::counter!("webhook_deliveries_made_total").increment(made.rows_affected());
+    }
+    sqlx::query("update webhook_fanout set stream_seq = $1").bind(i64::try_from(last)?).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
