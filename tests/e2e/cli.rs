@@ -518,3 +518,88 @@ async fn a_dead_letter_replayed_before_its_cause_is_fixed_is_dead_lettered_again
     assert_eq!(again[0]["deliveries"], "2", "attempts counted afresh: {again:?}");
     assert_eq!(env.backlog().await, Some(0), "the event stream still holds it");
 }
+
+/// `opssentinal webhook …` manages a webhook whose deliveries a real receiver verifies, and
+/// `opssentinal incident watch` prints each change of an incident as it happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_managed_and_changes_watched_with_the_cli() {
+    use e2e::servers::WebhookReceiver;
+    use serde_json::json;
+    use tokio::io::AsyncBufReadExt;
+    let env = TestEnv::new().await;
+    let pipeline = env.spawn_pipeline().await;
+    let key = env.admin_key().await;
+    let service = env.service("Storage").await;
+    let receiver = WebhookReceiver::start();
+
+    let url = receiver.url("/ops");
+    let args = ["webhook", "create", &url, "--events", "incident.triggered,incident.resolved", "--output", "json"];
+    let created = client(&env, &pipeline.query, &key, &args);
+    assert!(created.status.success(), "{}", failure(&created).1);
+    let created = json_of(&created);
+    let (webhook, secret) = (created["webhook"]["id"].as_str().unwrap(), created["secret"].as_str().unwrap());
+    receiver.configure(&env.http, json!({"secret": secret})).await;
+    let list = String::from_utf8(client(&env, &pipeline.query, &key, &["webhook", "list"]).stdout).unwrap();
+    assert!(list.contains(webhook) && list.contains("incident.triggered,incident.resolved"), "{list}");
+
+    // The watcher is connected before the incident changes.
+    let mut watch = tokio::process::Command::new(opssentinal())
+        .args(["incident", "watch", "--service", &service.id])
+        .env("OPSSENTINAL_URL", &pipeline.query)
+        .env("OPSSENTINAL_API_KEY", &key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut notices = tokio::io::BufReader::new(watch.stderr.take().unwrap()).lines();
+    let connected = tokio::time::timeout(Duration::from_secs(10), notices.next_line()).await.unwrap().unwrap();
+    assert!(connected.is_some_and(|line| line.contains("watching")), "the watcher says when it is connected");
+    for event in [
+        e2e::trigger(&service.routing_key, "disk", "Disk full"),
+        e2e::action(&service.routing_key, "disk", "acknowledge"),
+        e2e::action(&service.routing_key, "disk", "resolve"),
+    ] {
+        assert_eq!(env.post_event(&pipeline.ingest, &key, &event).await.status(), 202);
+    }
+    let mut watched = Vec::new();
+    while watched.len() < 3 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+        watched.push(line);
+    }
+    for (line, (kind, status)) in
+        watched.iter().zip([("triggered", "OPEN"), ("acknowledged", "ACKNOWLEDGED"), ("resolved", "RESOLVED")])
+    {
+        assert!(line.contains(kind) && line.contains(status) && line.contains("Disk full"), "{line}");
+    }
+    drop(watch);
+
+    // Only the two wanted types were delivered, verified; redeliver and rotate work.
+    e2e::wait_until(Duration::from_secs(20), "both deliveries", || async {
+        receiver.received(&env.http).await.iter().filter(|r| r["status"] == 200).count() == 2
+    })
+    .await;
+    let received = receiver.received(&env.http).await;
+    let types: Vec<_> = received.iter().map(|r| r["body"]["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["incident.triggered", "incident.resolved"]);
+    assert!(received.iter().all(|r| r["verified"] == true));
+    let log = json_of(&client(&env, &pipeline.query, &key, &["webhook", "deliveries", webhook, "--output", "json"]));
+    let resolved = log["deliveries"][0]["id"].as_str().unwrap();
+    let table =
+        String::from_utf8(client(&env, &pipeline.query, &key, &["webhook", "deliveries", webhook]).stdout).unwrap();
+    assert!(table.contains(resolved) && table.contains("succeeded"), "{table}");
+    let again = client(&env, &pipeline.query, &key, &["webhook", "redeliver", webhook, resolved]);
+    assert!(again.status.success(), "{}", failure(&again).1);
+    e2e::wait_until(Duration::from_secs(20), "the redelivery", || async {
+        receiver.received(&env.http).await.iter().filter(|r| r["webhookId"] == resolved).count() == 2
+    })
+    .await;
+    let rotated =
+        json_of(&client(&env, &pipeline.query, &key, &["webhook", "rotate-secret", webhook, "--output", "json"]));
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_ne!(rotated["secret"].as_str(), Some(secret));
+    let missing = client(&env, &pipeline.query, &key, &["webhook", "redeliver", webhook, "msg_missing"]);
+    assert_eq!(failure(&missing).0, Some(1));
+    assert!(failure(&missing).1.contains("NOT_FOUND"), "{}", failure(&missing).1);
+}

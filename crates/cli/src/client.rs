@@ -44,29 +44,60 @@ impl Client {
         self.request(method, path, Some(body)).await
     }
 
+    /// Opens a Server-Sent Events stream at `path`, resuming after `last_event_id`. It has no
+    /// overall timeout; a stream silent for longer than three keepalives (45 s) is given up.
+    pub async fn stream(&self, path: &str, last_event_id: Option<u64>) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(45))
+            .user_agent(concat!("opssentinal-cli/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut request = http
+            .get(&url)
+            .header(AUTHORIZATION, self.authorization.clone())
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.map_err(|err| self.unreachable(&err))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        Err(refusal(status, &url, &response.json().await.unwrap_or(Value::Null)))
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach OpsSentinal at {} ({}); is it running, and is OPSSENTINAL_URL right?",
+            self.base,
+            root_cause(err)
+        )
+    }
+
     async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url).header(AUTHORIZATION, self.authorization.clone());
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|err| {
-            anyhow!(
-                "cannot reach OpsSentinal at {} ({}); is it running, and is OPSSENTINAL_URL right?",
-                self.base,
-                root_cause(&err)
-            )
-        })?;
+        let response = request.send().await.map_err(|err| self.unreachable(&err))?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(body);
         }
-        let error = &body["error"];
-        match (error["code"].as_str(), error["message"].as_str()) {
-            (Some(code), Some(message)) => Err(anyhow!("{code}: {message}")),
-            _ => Err(anyhow!("HTTP {status} from {url}")),
-        }
+        Err(refusal(status, &url, &body))
+    }
+}
+
+/// The API's error envelope as an error: `CODE: message`.
+fn refusal(status: reqwest::StatusCode, url: &str, body: &Value) -> anyhow::Error {
+    let error = &body["error"];
+    match (error["code"].as_str(), error["message"].as_str()) {
+        (Some(code), Some(message)) => anyhow!("{code}: {message}"),
+        _ => anyhow!("HTTP {status} from {url}"),
     }
 }
 

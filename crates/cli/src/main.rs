@@ -53,6 +53,9 @@ enum Command {
     Incident(commands::incident::IncidentCommand),
     /// Who is on call for a schedule (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
     Oncall(commands::oncall::OnCallArgs),
+    /// Outbound webhooks and their deliveries (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand)]
+    Webhook(commands::webhook::WebhookCommand),
     /// Run ingest, a worker and the query API in one process on one port.
     Serve(Box<commands::serve::ServeArgs>),
 }
@@ -119,6 +122,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Event(command)) => commands::event::run(command, output).await,
         Some(Command::Incident(command)) => commands::incident::run(command, output).await,
         Some(Command::Oncall(args)) => commands::oncall::run(args, output).await,
+        Some(Command::Webhook(command)) => commands::webhook::run(command, output).await,
         None => commands::user::run_legacy(cli.legacy, &cli.database, output).await,
     }
 }

@@ -1,4 +1,4 @@
-//! `opssentinal incident list|get|ack|resolve|assign|note`: work incidents through the API.
+//! `opssentinal incident list|get|ack|resolve|assign|note|watch`: work incidents through the API.
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -76,6 +76,19 @@ pub enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Follow incident changes as they happen, one line per change, until interrupted; resumes
+    /// where it left off after a dropped connection.
+    #[command(after_help = "Example:\n  opssentinal incident watch --service svc_0192… --status triggered")]
+    Watch {
+        /// Only this service's incidents.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only changes leaving incidents in these statuses (comma list).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()> {
@@ -131,7 +144,117 @@ pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()>
             patch(&client, &id, json!({"assigneeId": user.unwrap_or_default()}), output).await
         }
         IncidentCommand::Note { id, text, client } => patch(&client, &id, json!({"note": text}), output).await,
+        IncidentCommand::Watch { service, status, client } => watch(&client, service, status, output).await,
     }
+}
+
+/// One Server-Sent Event.
+#[derive(Default)]
+struct Sse {
+    id: Option<u64>,
+    event: String,
+    data: String,
+}
+
+/// The complete events at the front of `buffer`, removed from it (comments and `retry` skipped).
+fn take_events(buffer: &mut String) -> Vec<Sse> {
+    let mut events = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let block: String = buffer.drain(..end + 2).collect();
+        let mut event = Sse::default();
+        for line in block.lines() {
+            let (field, value) =
+                line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+            match field {
+                "id" => event.id = value.parse().ok(),
+                "event" => event.event = value.to_owned(),
+                "data" if event.data.is_empty() => event.data = value.to_owned(),
+                "data" => event.data = format!("{}\n{value}", event.data),
+                _ => {}
+            }
+        }
+        if !event.event.is_empty() || !event.data.is_empty() {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// Follows `GET /api/stream` (topic incidents), printing each change; reconnects with
+/// `Last-Event-ID` when the connection drops, and says so when the server could not resume.
+async fn watch(
+    args: &ClientArgs,
+    service: Option<String>,
+    status: Option<String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let mut query = vec!["topics=incidents".to_owned()];
+    for (name, value) in [("serviceId", service), ("status", status)] {
+        if let Some(value) = value {
+            query.push(format!("{name}={}", encode(&value)));
+        }
+    }
+    let path = format!("/api/stream?{}", query.join("&"));
+    let (mut last, mut connected_once) = (None, false);
+    loop {
+        let mut response = match client.stream(&path, last).await {
+            Ok(response) => response,
+            // A refusal or an unreachable server at the start is the user's to fix.
+            Err(err) if !connected_once => return Err(err),
+            Err(err) => {
+                eprintln!("{err:#}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if !connected_once {
+            eprintln!("watching incident changes (Ctrl-C to stop)");
+            connected_once = true;
+        }
+        let mut buffer = String::new();
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(err) => {
+                    eprintln!("the stream was interrupted ({err}); resuming");
+                    break;
+                }
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            for event in take_events(&mut buffer) {
+                if event.event == "reset" {
+                    eprintln!(
+                        "the stream could not resume ({}); changes may have been missed: list incidents to catch up",
+                        event.data
+                    );
+                    last = None;
+                    continue;
+                }
+                last = event.id.or(last);
+                print_change(&event, output);
+            }
+        }
+    }
+}
+
+fn print_change(event: &Sse, output: Output) {
+    if output == Output::Json {
+        println!("{}", event.data);
+        return;
+    }
+    let change: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+    let incident = &change["incident"];
+    println!(
+        "{}  {}  {:<16}  {:<12}  v{}  {}",
+        cell(&change["at"]),
+        cell(&change["incidentId"]),
+        event.event,
+        cell(&incident["status"]),
+        cell(&change["version"]),
+        cell(&incident["title"]),
+    );
 }
 
 async fn patch(client: &ClientArgs, id: &str, body: Value, output: Output) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod schedule;
 pub mod serve;
 pub mod service;
 pub mod user;
+pub mod webhook;
 
 use clap::Args;
 use common::config::DatabaseConfig;
