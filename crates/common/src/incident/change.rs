@@ -144,7 +144,7 @@ pub async fn record_change(tx: &mut PgConnection, id: &str, kind: ChangeKind, ac
                     'status', b.status, 'urgency', b.urgency, 'priority', b.priority, 'assigneeId', b.assignee_id,
                     'alertCount', b.alert_count, 'createdAt', b.created_at, 'updatedAt', b.updated_at,
                     'acknowledgedAt', b.acknowledged_at, 'resolvedAt', b.resolved_at,
-                    'snoozedUntil', b.snoozed_until, 'version', b.version)
+                    'snoozedUntil', b.snoozed_until, 'version', b.version)::text
          from bumped b",
     )
     .bind(id)

@@ -262,20 +262,21 @@ impl ChangeRows {
         }
         let mut left = std::mem::take(&mut self.per_incident);
         let mut version = Vec::with_capacity(self.id.len());
-        for (i, incident) in self.incident_id.iter().enumerate() {
+        let mut snapshots = Vec::with_capacity(self.id.len());
+        for (incident, mut snapshot) in self.incident_id.iter().zip(std::mem::take(&mut self.snapshot)) {
             let n = left.get_mut(incident).map_or(0, |n| {
                 *n -= 1;
                 *n
             });
-            version.push(versions.get(incident).copied().unwrap_or_default() - n);
-            if let Some(snapshot) = self.snapshot.get_mut(i) {
-                snapshot["version"] = json!(version[i]);
-            }
+            let v = versions.get(incident).copied().unwrap_or_default() - n;
+            snapshot["version"] = json!(v);
+            version.push(v);
+            snapshots.push(snapshot.to_string());
         }
         sqlx::query(
             "insert into incident_changes (id, incident_id, service_id, version, kind, at, actor, snapshot)
              select id, i, s, v, k, a::timestamptz, who, snap
-             from unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
                with ordinality as t(id, i, s, v, k, a, who, snap, o) order by o",
         )
         .bind(&self.id)
@@ -285,7 +286,7 @@ impl ChangeRows {
         .bind(&self.kind)
         .bind(&self.at)
         .bind(&self.actor)
-        .bind(&self.snapshot)
+        .bind(&snapshots)
         .execute(&mut *tx)
         .await?;
         Ok(())

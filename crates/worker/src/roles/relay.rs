@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::config::NatsConfig;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -64,13 +64,13 @@ async fn lead(
     Ok(())
 }
 
-type Row = (i64, Uuid, String, String, i64, String, Value, String, Value);
+type Row = (i64, Uuid, String, String, i64, String, String, String, String);
 
 /// Publishes the oldest changes of the outbox and deletes those JetStream stored; returns how
 /// many. A change not stored stops its incident's later changes until the next call.
 pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfig) -> anyhow::Result<usize> {
     let mut rows: Vec<Row> = sqlx::query_as(
-        "select seq, id, incident_id, service_id, version, kind, to_jsonb(at), actor, snapshot
+        "select seq, id, incident_id, service_id, version, kind, to_jsonb(at)::text, actor, snapshot
          from incident_changes order by seq limit $1",
     )
     .bind(BATCH)
@@ -103,19 +103,18 @@ pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfi
 
 async fn publish(js: &jetstream::Context, nats: &NatsConfig, row: &Row) -> anyhow::Result<()> {
     let (_, id, incident_id, service_id, version, kind, at, actor, snapshot) = row;
-    let body = json!({
-        "id": id,
-        "type": kind,
-        "at": at,
-        "actor": actor,
-        "incidentId": incident_id,
-        "serviceId": service_id,
-        "version": version,
-        "incident": snapshot,
-    });
+    // The snapshot and time are stored as the JSON they are published as: spliced in unparsed.
+    let quoted = |text: &str| Value::from(text).to_string();
+    let body = format!(
+        r#"{{"id":"{id}","type":{},"at":{at},"actor":{},"incidentId":{},"serviceId":{},"version":{version},"incident":{snapshot}}}"#,
+        quoted(kind),
+        quoted(actor),
+        quoted(incident_id),
+        quoted(service_id),
+    );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    let ack = js.publish_with_headers(nats.changes_subject(service_id), headers, body.to_string().into()).await?;
+    let ack = js.publish_with_headers(nats.changes_subject(service_id), headers, body.into()).await?;
     ack.await?;
     Ok(())
 }

@@ -1,0 +1,4 @@
+-- The outbox's snapshots are only ever copied into the change stream's messages, never queried:
+-- stored as the JSON text they are published as, PostgreSQL neither parses them on insert nor
+-- renders them on read, and the relay splices them into the message as they are.
+alter table incident_changes alter column snapshot type text using snapshot::text;
