@@ -368,6 +368,20 @@ async fn the_api_refuses_private_destinations_pings_rotates_redelivers_and_disab
         (Some(true), None)
     );
     assert!(enabled["webhook"]["disabledReason"].is_null());
+
+    // The log keeps a finished delivery 30 days.
+    let logged = deliveries(&env, &query, &key, &webhook, "").await.len();
+    sqlx::query("update webhook_deliveries set finished_at = now() - interval '31 days' where id = $1")
+        .bind(ping["id"].as_str().unwrap())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    worker::roles::retention::maintain(&env.pool, 30, today).await.unwrap();
+    let kept = deliveries(&env, &query, &key, &webhook, "").await;
+    assert_eq!(kept.len(), logged - 1);
+    assert!(kept.iter().all(|d| d["id"] != ping["id"]));
+
     let (status, _) = env.send_json(Method::DELETE, &format!("{query}/api/webhooks/{webhook}"), &key, &json!({})).await;
     assert_eq!(status, 204);
     let (status, _) = env.get_json(&format!("{query}/api/webhooks/{webhook}"), &key).await;

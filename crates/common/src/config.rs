@@ -392,9 +392,114 @@ pub fn parse_listen(name: &str, value: &str) -> anyhow::Result<std::net::SocketA
     value.parse().with_context(|| format!("{name} must be host:port, got {value:?}"))
 }
 
+/// Outbound webhooks: where they may be sent.
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Allow webhook URLs on loopback, private, link-local and other non-public addresses
+    /// (refused by default, when creating a webhook and on every connection).
+    #[arg(
+        id = "webhook_allow_private",
+        long = "webhook-allow-private",
+        env = "WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub allow_private: bool,
+}
+
+impl WebhookConfig {
+    /// Whether a webhook may connect to `ip`.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_private || is_public(ip)
+    }
+}
+
+/// Whether `ip` is a public unicast address: not loopback, private, link-local, shared (CGNAT),
+/// benchmarking, IETF protocol, unspecified, broadcast, multicast, documentation or reserved,
+/// nor an IPv6 address that carries an IPv4 address of those kinds (mapped, compatible, NAT64,
+/// 6to4) or is site-local.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: u16, low: u16| IpAddr::V4(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low)));
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            match segments {
+                // IPv4-compatible (deprecated), and NAT64's well-known prefix.
+                [0, 0, 0, 0, 0, 0, high, low] if high != 0 => is_public(embedded(high, low)),
+                [0x64, 0xff9b, 0, 0, 0, 0, high, low] => is_public(embedded(high, low)),
+                // 6to4 carries the IPv4 address after its prefix.
+                [0x2002, high, low, ..] => is_public(embedded(high, low)),
+                _ => {
+                    !(v6.is_loopback()
+                        || v6.is_unspecified()
+                        || v6.is_multicast()
+                        || v6.is_unique_local()
+                        || v6.is_unicast_link_local()
+                        || (segments[0] & 0xffc0) == 0xfec0
+                        || (segments[0] == 0x2001 && segments[1] == 0x0db8))
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_unicast_addresses_are_public() {
+        for public in
+            ["93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "2002:5db8:d822::1", "64:ff9b::808:808"]
+        {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for private in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "192.0.0.8",
+            "198.18.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "fec0::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+    }
 
     #[test]
     fn a_key_always_lands_in_the_same_partition() {
@@ -471,60 +576,5 @@ pub(crate) mod tests {
             seen[partition_of("svc_bench", &format!("key-{i}"), 32) as usize] += 1;
         }
         assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "uneven spread: {seen:?}");
-    }
-}
-
-/// Outbound webhooks: where they may be sent.
-#[derive(Debug, Clone, Args)]
-pub struct WebhookConfig {
-    /// Allow webhook URLs on loopback, private, link-local and other non-public addresses
-    /// (refused by default, when creating a webhook and on every connection).
-    #[arg(
-        id = "webhook_allow_private",
-        long = "webhook-allow-private",
-        env = "WEBHOOK_ALLOW_PRIVATE",
-        default_value_t = false,
-        action = clap::ArgAction::Set
-    )]
-    pub allow_private: bool,
-}
-
-impl WebhookConfig {
-    /// Whether a webhook may connect to `ip`.
-    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
-        self.allow_private || is_public(ip)
-    }
-}
-
-/// Whether `ip` is a public unicast address: not loopback, private, link-local, shared (CGNAT),
-/// unspecified, broadcast, multicast or documentation, nor an IPv4 address of those kinds mapped
-/// into IPv6.
-pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local()
-                    || v6.segments()[0] == 0x2001 && v6.segments()[1] == 0x0db8)
-            }
-        },
     }
 }

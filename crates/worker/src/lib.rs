@@ -113,6 +113,10 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         "worker_retries_total",
         "worker_transient_failures_total",
         "worker_database_unavailable_total",
+        "webhook_deliveries_made_total",
+        "webhook_deliveries_given_up_total",
+        "webhook_changes_expired_total",
+        "webhook_changes_unreadable_total",
     ]);
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");

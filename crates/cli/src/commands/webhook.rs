@@ -83,8 +83,17 @@ pub async fn run(command: WebhookCommand, output: Output) -> anyhow::Result<()> 
             show_with_secret(output, &created)
         }
         WebhookCommand::List { client } => {
-            let page = Client::new(&client)?.get("/api/webhooks?limit=200").await?;
-            let webhooks = page["webhooks"].as_array().cloned().unwrap_or_default();
+            let client = Client::new(&client)?;
+            let (mut webhooks, mut cursor) = (Vec::new(), None::<String>);
+            loop {
+                let after = cursor.as_deref().map(|c| format!("&cursor={}", encode(c))).unwrap_or_default();
+                let page = client.get(&format!("/api/webhooks?limit=200{after}")).await?;
+                webhooks.extend(page["webhooks"].as_array().cloned().unwrap_or_default());
+                match page["pagination"]["nextCursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
             let rows = webhooks
                 .iter()
                 .map(|w| {

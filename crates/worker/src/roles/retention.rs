@@ -1,4 +1,4 @@
-//! Background role: keeps the event log bounded. The log is partitioned by the UTC day an event
+//! Background role: keeps the event log (and the webhook delivery log) bounded. The log is partitioned by the UTC day an event
 //! was accepted; this role creates the coming days' partitions and drops the days older than
 //! `EVENT_RETENTION_DAYS` whole (never row by row). Safe on any number of workers: one
 //! transaction-scoped advisory lock lets one process at a time do it.
@@ -21,6 +21,9 @@ const INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Days ahead whose partitions exist before events arrive.
 const DAYS_AHEAD: i32 = 3;
+
+/// Days the webhook delivery log keeps a finished delivery.
+const DELIVERY_LOG_DAYS: u32 = 30;
 
 /// Key of the advisory lock that lets one process at a time maintain the log.
 const LOCK: i64 = 0x0f55_e17e_0001;
@@ -69,6 +72,12 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
         return Ok(report);
     }
     sqlx::query("delete from apply_failures where updated_at < now() - interval '7 days'").execute(&mut *tx).await?;
+    // The webhook delivery log keeps finished deliveries (and their attempts) for 30 days.
+    sqlx::query(&format!(
+        "delete from webhook_deliveries where status <> 'pending' and finished_at < now() - interval '{DELIVERY_LOG_DAYS} days'"
+    ))
+    .execute(&mut *tx)
+    .await?;
     for offset in -1..=DAYS_AHEAD {
         let day =
             today.checked_add(jiff::Span::new().days(offset)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;

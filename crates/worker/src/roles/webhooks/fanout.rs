@@ -148,7 +148,12 @@ async fn lead(
             wait = GATHER;
         }
         if let Some(&(last, _)) = batch.last() {
+            let read = batch.len();
             let changes: Vec<Change> = batch.into_iter().filter_map(|(_, change)| change).collect();
+            if changes.len() < read {
+                tracing::warn!(skipped = read - changes.len(), "change stream messages that are not changes; skipped");
+                metrics::counter!("webhook_changes_unreadable_total").increment((read - changes.len()) as u64);
+            }
             write(pool, &changes, last).await?;
         }
     }

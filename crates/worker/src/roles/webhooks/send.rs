@@ -63,6 +63,8 @@ fn client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would be the address connected to, and the check below would not apply.
+        .no_proxy()
         .user_agent(concat!("OpsSentinal-Webhooks/", env!("CARGO_PKG_VERSION")))
         .dns_resolver(Arc::new(AllowedAddresses(config.clone())))
         .build()
@@ -284,14 +286,16 @@ fn describe(err: &reqwest::Error) -> String {
 /// The pause before attempt `attempts + 1`: exponential with jitter from 2 s, four times longer
 /// each time, at most an hour (the first three retries come within about a minute and a half).
 fn backoff(attempts: i32) -> Duration {
+    const LONGEST: Duration = Duration::from_secs(3600);
     let mut delays = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(2))
         .with_factor(4.0)
-        .with_max_delay(Duration::from_secs(3600))
+        .with_max_delay(LONGEST)
         .with_jitter()
         .without_max_times()
         .build();
-    delays.nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0)).unwrap_or(Duration::from_secs(3600))
+    // The jitter is added after the cap: cap again.
+    delays.nth(usize::try_from(attempts.max(1) - 1).unwrap_or(0)).unwrap_or(LONGEST).min(LONGEST)
 }
 
 /// Records an attempt and its consequences in one transaction: the delivery succeeds, fails, or
@@ -330,12 +334,14 @@ async fn record(pool: &PgPool, claim: &Claim, attempt: &Attempt) -> Result<(), s
             next_attempt_at = now() + make_interval(secs => $3),
             finished_at = case when $2 = 'retried' and now() + make_interval(secs => $3) <= created_at + interval '{GIVE_UP_HOURS} hours'
                                then null else now() end
-         where id = $1 and status = 'pending'
+         where id = $1 and status = 'pending' and attempts = $4
          returning status = 'failed' and $2 = 'retried'"
     ))
     .bind(&claim.id)
     .bind(label)
     .bind(retry_in.unwrap_or_default().as_secs_f64())
+    // Still this attempt's claim: a sender whose claim lapsed and was taken over records nothing.
+    .bind(claim.attempts)
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query(&format!(
