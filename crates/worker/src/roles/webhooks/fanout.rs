@@ -4,13 +4,16 @@
 //! batch's deliveries and the new position in one transaction, so a fan-out that dies re-reads
 //! at most what it had not committed, and `unique (webhook_id, change_id)` drops what it wrote
 //! twice. Each delivery's body is made here, once: every attempt sends the same bytes.
+//! While no webhook is enabled it reads nothing: it moves its position to the stream's end once
+//! a second.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use common::config::NatsConfig;
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -68,33 +71,40 @@ struct Change {
     body: String,
 }
 
+/// A change as the relay publishes it; the parts the body carries as they are stay unparsed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Published<'a> {
+    id: uuid::Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    at: &'a RawValue,
+    actor: &'a RawValue,
+    incident_id: String,
+    service_id: String,
+    version: i64,
+    incident: &'a RawValue,
+}
+
 impl Change {
     fn read(seq: u64, payload: &[u8]) -> Option<Self> {
-        let change: Value = serde_json::from_slice(payload).ok()?;
-        let kind = format!("incident.{}", change["type"].as_str()?);
-        let body = json!({
-            "type": kind,
-            "timestamp": change["at"],
-            "data": {
-                "incident": change["incident"],
-                "change": {
-                    "id": change["id"],
-                    "type": change["type"],
-                    "at": change["at"],
-                    "actor": change["actor"],
-                    "version": change["version"],
-                    "sequence": seq,
-                },
-            },
-        });
+        let change: Published = serde_json::from_slice(payload).ok()?;
+        let (at, kind) = (change.at.get(), change.kind);
+        let body = format!(
+            r#"{{"type":"incident.{kind}","timestamp":{at},"data":{{"incident":{},"change":{{"id":"{}","type":"{kind}","at":{at},"actor":{},"version":{},"sequence":{seq}}}}}}}"#,
+            change.incident.get(),
+            change.id,
+            change.actor.get(),
+            change.version,
+        );
         Some(Self {
             seq,
-            id: change["id"].as_str()?.parse().ok()?,
-            at: change["at"].as_str()?.parse().ok()?,
-            kind,
-            incident_id: change["incidentId"].as_str()?.to_owned(),
-            service_id: change["serviceId"].as_str()?.to_owned(),
-            body: body.to_string(),
+            id: change.id,
+            at: serde_json::from_str::<String>(at).ok()?.parse().ok()?,
+            kind: format!("incident.{kind}"),
+            incident_id: change.incident_id,
+            service_id: change.service_id,
+            body,
         })
     }
 }
@@ -128,41 +138,70 @@ async fn lead(
         metrics::counter!("webhook_changes_expired_total").increment(lost);
     }
     tracing::info!(from = start_sequence, "fanning out changes to webhooks");
-    let deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence };
-    let reader = stream.create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() }).await?;
-    let mut messages = reader.messages().await?;
+    let mut next = start_sequence;
+    let mut reading = None;
     while !shutdown.is_cancelled() {
         // Still holding the lock: a lost connection means another worker may be fanning out.
         holder.ping().await?;
+        let Some(messages) = reading.as_mut() else {
+            // Nobody wants changes: skip what the stream holds without reading it. The stream's
+            // end is read before the webhooks, so a webhook created after the check wants none of
+            // the changes skipped (they were all made before it).
+            let end = stream.info().await?.state.last_sequence;
+            if any_enabled(pool).await? {
+                let deliver_policy = consumer::DeliverPolicy::ByStartSequence { start_sequence: next };
+                let reader = stream
+                    .create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() })
+                    .await?;
+                reading = Some(reader.messages().await?);
+            } else {
+                if end >= next {
+                    record_position(pool, end).await?;
+                    next = end + 1;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                }
+            }
+            continue;
+        };
         let mut batch = Vec::new();
         let mut wait = IDLE;
         while batch.len() < BATCH {
-            let next = tokio::select! {
+            let message = tokio::select! {
                 () = shutdown.cancelled() => break,
-                next = tokio::time::timeout(wait, messages.next()) => next,
+                message = tokio::time::timeout(wait, messages.next()) => message,
             };
-            let Ok(next) = next else { break };
-            let message = next.ok_or_else(|| anyhow::anyhow!("the change stream's consumer ended"))??;
+            let Ok(message) = message else { break };
+            let message = message.ok_or_else(|| anyhow::anyhow!("the change stream's consumer ended"))??;
             let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-            batch.push((seq, Change::read(seq, &message.payload)));
+            batch.push((seq, message.payload.clone()));
             wait = GATHER;
         }
         if let Some(&(last, _)) = batch.last() {
-            let read = batch.len();
-            let changes: Vec<Change> = batch.into_iter().filter_map(|(_, change)| change).collect();
-            if changes.len() < read {
-                tracing::warn!(skipped = read - changes.len(), "change stream messages that are not changes; skipped");
-                metrics::counter!("webhook_changes_unreadable_total").increment((read - changes.len()) as u64);
+            if !write(pool, &batch, last).await? {
+                reading = None;
             }
-            write(pool, &changes, last).await?;
+            next = last + 1;
         }
     }
     Ok(())
 }
 
-/// Writes the deliveries of `changes` for every enabled webhook that wants them, and `last` as
-/// the position read, in one transaction.
-async fn write(pool: &PgPool, changes: &[Change], last: u64) -> anyhow::Result<()> {
+async fn any_enabled(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from webhooks where enabled)").fetch_one(pool).await
+}
+
+async fn record_position(pool: &PgPool, last: u64) -> anyhow::Result<()> {
+    sqlx::query("update webhook_fanout set stream_seq = $1").bind(i64::try_from(last)?).execute(pool).await?;
+    Ok(())
+}
+
+/// Writes the deliveries of the changes in `batch` (position, message) for every enabled webhook
+/// that wants them, and `last` as the position read, in one transaction. Returns whether any
+/// webhook is enabled; with none the changes are not even read.
+async fn write(pool: &PgPool, batch: &[(u64, bytes::Bytes)], last: u64) -> anyhow::Result<bool> {
     let mut tx = pool.begin().await?;
     let webhooks: Vec<Webhook> = sqlx::query_as(
         "select id, events, service_ids, (extract(epoch from created_at) * 1000000)::int8 as created_at
@@ -170,9 +209,18 @@ async fn write(pool: &PgPool, changes: &[Change], last: u64) -> anyhow::Result<(
     )
     .fetch_all(&mut *tx)
     .await?;
+    let mut changes = Vec::new();
+    if !webhooks.is_empty() {
+        changes.extend(batch.iter().filter_map(|(seq, payload)| Change::read(*seq, payload)));
+        if changes.len() < batch.len() {
+            let skipped = batch.len() - changes.len();
+            tracing::warn!(skipped, "change stream messages that are not changes; skipped");
+            metrics::counter!("webhook_changes_unreadable_total").increment(skipped as u64);
+        }
+    }
     let (mut ids, mut webhook_ids, mut change_ids, mut seqs, mut incidents, mut kinds, mut bodies) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for change in changes {
+    for change in &changes {
         for webhook in webhooks.iter().filter(|w| w.wants(change)) {
             ids.push(common::ids::new_id("msg"));
             webhook_ids.push(webhook.id.as_str());
@@ -203,5 +251,5 @@ async fn write(pool: &PgPool, changes: &[Change], last: u64) -> anyhow::Result<(
     }
     sqlx::query("update webhook_fanout set stream_seq = $1").bind(i64::try_from(last)?).execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(!webhooks.is_empty())
 }
