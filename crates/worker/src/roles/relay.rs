@@ -51,10 +51,11 @@ async fn lead(
         return Ok(());
     }
     tracing::info!("relaying incident changes");
+    let mut end = None;
     while !shutdown.is_cancelled() {
         // Still holding the lock: a lost connection means another worker may be relaying.
         holder.ping().await?;
-        if relay_once(pool, js, nats).await? == 0 {
+        if relay_once(pool, js, nats, &mut end).await? == 0 {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(IDLE) => {}
@@ -67,15 +68,67 @@ async fn lead(
 type Row = (i64, Uuid, String, String, i64, String, String, String, String);
 
 /// Publishes the oldest changes of the outbox and deletes those JetStream stored; returns how
-/// many. A change not stored stops its incident's later changes until the next call.
-pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfig) -> anyhow::Result<usize> {
-    let mut rows: Vec<Row> = sqlx::query_as(
+/// many. `end` is the change stream's last position as this relay last saw it (`None`: unknown).
+///
+/// The usual way costs one acknowledgement per batch: the changes go out in outbox order, each
+/// expecting the stream to end exactly where the one before it left it
+/// (`Nats-Expected-Last-Sequence`), and only the last waits for JetStream's answer. If that one
+/// is stored, every one before it was, in order, exactly once. If anything differs (another
+/// publisher, a copy JetStream dropped by its id, an unknown end), the batch goes again the
+/// careful way: every change acknowledged, at most one per incident in flight, and a change not
+/// stored stops its incident's later changes until the next call.
+async fn relay_once(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    end: &mut Option<u64>,
+) -> anyhow::Result<usize> {
+    let rows: Vec<Row> = sqlx::query_as(
         "select seq, id, incident_id, service_id, version, kind, to_jsonb(at)::text, actor, snapshot
          from incident_changes order by seq limit $1",
     )
     .bind(BATCH)
     .fetch_all(pool)
     .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let last = match *end {
+        Some(last) => last,
+        None => js.get_stream(nats.changes_stream()).await?.info().await?.state.last_sequence,
+    };
+    *end = in_sequence(js, nats, &rows, last).await;
+    let relayed = match *end {
+        Some(_) => rows.iter().map(|row| row.0).collect(),
+        None => acknowledged_each(js, nats, rows).await?,
+    };
+    sqlx::query("delete from incident_changes where seq = any($1)").bind(&relayed).execute(pool).await?;
+    metrics::counter!("changes_relayed_total").increment(relayed.len() as u64);
+    Ok(relayed.len())
+}
+
+/// Publishes `rows` in order after position `last`, waiting for the last one's acknowledgement
+/// only; the stream's new end if all were stored.
+async fn in_sequence(js: &jetstream::Context, nats: &NatsConfig, rows: &[Row], last: u64) -> Option<u64> {
+    let client = js.client();
+    let (mut expected, final_row) = (last, rows.len() - 1);
+    for (i, row) in rows.iter().enumerate() {
+        let (subject, mut headers, body) = message(nats, row);
+        headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+        expected += 1;
+        if i < final_row {
+            client.publish_with_headers(subject, headers, body.into()).await.ok()?;
+        } else {
+            let ack = js.publish_with_headers(subject, headers, body.into()).await.ok()?.await.ok()?;
+            return (ack.sequence == expected && !ack.duplicate).then_some(ack.sequence);
+        }
+    }
+    None
+}
+
+/// Publishes `rows`, each acknowledged, at most one change per incident in flight; the outbox
+/// positions of those stored. A change not stored stops its incident's later changes.
+async fn acknowledged_each(js: &jetstream::Context, nats: &NatsConfig, mut rows: Vec<Row>) -> anyhow::Result<Vec<i64>> {
     let mut stored = Vec::new();
     let mut failure = None;
     while !rows.is_empty() && failure.is_none() {
@@ -91,17 +144,24 @@ pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfi
             }
         }
     }
-    if !stored.is_empty() {
-        sqlx::query("delete from incident_changes where seq = any($1)").bind(&stored).execute(pool).await?;
-        metrics::counter!("changes_relayed_total").increment(stored.len() as u64);
-    }
     match failure {
-        Some(err) => Err(err),
-        None => Ok(stored.len()),
+        Some(err) if stored.is_empty() => Err(err),
+        Some(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "a change was not stored; its incident's later changes wait");
+            Ok(stored)
+        }
+        None => Ok(stored),
     }
 }
 
 async fn publish(js: &jetstream::Context, nats: &NatsConfig, row: &Row) -> anyhow::Result<()> {
+    let (subject, headers, body) = message(nats, row);
+    js.publish_with_headers(subject, headers, body.into()).await?.await?;
+    Ok(())
+}
+
+/// A change's subject, headers (its id as `Nats-Msg-Id`) and body.
+fn message(nats: &NatsConfig, row: &Row) -> (String, async_nats::HeaderMap, String) {
     let (_, id, incident_id, service_id, version, kind, at, actor, snapshot) = row;
     // The snapshot and time are stored as the JSON they are published as: spliced in unparsed.
     let quoted = |text: &str| Value::from(text).to_string();
@@ -114,7 +174,5 @@ async fn publish(js: &jetstream::Context, nats: &NatsConfig, row: &Row) -> anyho
     );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    let ack = js.publish_with_headers(nats.changes_subject(service_id), headers, body.into()).await?;
-    ack.await?;
-    Ok(())
+    (nats.changes_subject(service_id), headers, body)
 }
