@@ -308,6 +308,37 @@ impl Pipeline {
         total
     }
 
+    /// The `q` quantile of a histogram over all workers, as the upper bound of its bucket.
+    async fn worker_quantile(&self, name: &str, q: f64) -> Option<f64> {
+        let mut buckets: Vec<(f64, f64)> = Vec::new();
+        for worker in &self.workers {
+            for (le, count) in worker.histogram(&self.env.http, name).await {
+                match buckets.iter_mut().find(|(l, _)| *l == le) {
+                    Some(bucket) => bucket.1 += count,
+                    None => buckets.push((le, count)),
+                }
+            }
+        }
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        buckets.into_iter().find(|(_, count)| *count >= q * total).map(|(le, _)| le)
+    }
+
+    /// Waits (at most 60 s) until the relay has published every change the outbox holds, and
+    /// reports how long changes took from their transaction to the change stream.
+    async fn relay_lag(&self) -> (f64, f64) {
+        e2e::wait_until(Duration::from_secs(60), "the outbox to be relayed", || async {
+            sqlx::query_scalar::<_, i64>("select count(*) from incident_changes")
+                .fetch_one(&self.env.pool)
+                .await
+                .is_ok_and(|n| n == 0)
+        })
+        .await;
+        let p50 = self.worker_quantile("change_relay_lag_seconds", 0.5).await.unwrap_or(f64::NAN);
+        let p99 = self.worker_quantile("change_relay_lag_seconds", 0.99).await.unwrap_or(f64::NAN);
+        (p50 * 1000.0, p99 * 1000.0)
+    }
+
     /// Keys re-folded by all workers so far.
     async fn refolds(&self) -> f64 {
         self.worker_metric("worker_refolds_total").await
@@ -322,8 +353,14 @@ impl Pipeline {
     }
 
     fn clock(&self) -> CpuClock {
+        self.clock_with(Vec::new())
+    }
+
+    /// A CPU clock over ingest, the workers and `more` named processes.
+    fn clock_with(&self, more: Vec<(String, u32)>) -> CpuClock {
         let mut named = vec![("ingest".to_owned(), self.ingest.pid())];
         named.extend(self.workers.iter().enumerate().map(|(i, w)| (format!("worker {}", i + 1), w.pid())));
+        named.extend(more);
         CpuClock::start(named)
     }
 
@@ -444,12 +481,17 @@ async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
         "      {frame:.1} events per JetStream message; {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}",
         cpu.summary()
     );
+    let (lag_p50, lag_p99) = pipeline.relay_lag().await;
+    println!(
+        "      change outbox to change stream: p50 ≤ {lag_p50:.0} ms, p99 ≤ {lag_p99:.0} ms (histogram bucket bounds)"
+    );
     let name = |what: &str| format!("{workers} {what}");
     results.push(&name("accepted"), rate(load.accepted, load.elapsed));
     results.push(&name("end to end"), rate(applied, done - started));
     results.push(&name("p50"), ms(load.p50));
     results.push(&name("p99"), ms(load.p99));
     results.push(&name("refolds per 10k"), per_10k);
+    results.push(&name("relay lag p99 ms"), lag_p99);
     for (process, percent) in cpu.percent() {
         results.push(&name(&format!("cpu {process}")), *percent);
     }
@@ -498,6 +540,10 @@ async fn steady(offered: f64, seconds: u64, settings: &Settings, results: &mut S
     println!(
         "      {frame:.1} events per JetStream message; {batch:.0} events and {batch_ms:.1} ms per transaction; CPU (% of one core): {}",
         cpu.summary()
+    );
+    let (lag_p50, lag_p99) = pipeline.relay_lag().await;
+    println!(
+        "      change outbox to change stream: p50 ≤ {lag_p50:.0} ms, p99 ≤ {lag_p99:.0} ms (histogram bucket bounds)"
     );
     results.push("steady accepted", rate(load.accepted, load.elapsed));
     results.push("steady end to end", rate(load.accepted, done - started));
@@ -643,6 +689,159 @@ async fn backlog(settings: &Settings, results: &mut Series) {
     pipeline.stop().await;
 }
 
+/// A process's resident memory in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.unwrap_or(f64::NAN) / 1024.0
+}
+
+/// What the stream clients saw: when each follower received each change (by change id), and
+/// how many streams are open.
+#[derive(Default)]
+struct Watched {
+    open: AtomicUsize,
+    arrivals: std::sync::Mutex<Vec<(String, Instant)>>,
+}
+
+/// Follows `GET /api/stream` until the task is aborted; a follower records when each change
+/// arrived.
+async fn watch(http: reqwest::Client, url: String, key: String, follower: bool, watched: Arc<Watched>) {
+    let Ok(mut response) = http.get(&url).bearer_auth(&key).header("accept", "text/event-stream").send().await else {
+        return;
+    };
+    if !response.status().is_success() {
+        return;
+    }
+    watched.open.fetch_add(1, Ordering::Relaxed);
+    let mut buffer = String::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if follower {
+                let arrived = Instant::now();
+                let change: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                if let Some(id) = change["id"].as_str() {
+                    watched.arrivals.lock().expect("arrivals").push((id.to_owned(), arrived));
+                }
+            }
+        }
+    }
+}
+
+/// `BENCH_STREAMS` (1,000) Server-Sent Event streams open on one query-api process while the
+/// pipeline runs at full speed: `BENCH_STREAM_FOLLOWERS` (10) follow every change of the loaded
+/// service, the others watch a service without events (a dashboard per team). Reports the
+/// pipeline's throughput, the followers' delivery latency (from the change's arrival at a plain
+/// NATS subscriber of the change stream in this process to its arrival at the follower: what
+/// query-api's fan-out adds), query-api's memory and CPU, and clients cut off.
+async fn streams(settings: &Settings, results: &mut Series) {
+    let mut pipeline = Pipeline::start().await;
+    pipeline.add_worker().await;
+    let query = ServiceProcess::start("opssentinal-query-api", &pipeline.env.service_env());
+    query.wait_ready(&pipeline.env.http, READY).await;
+    let (total, followers) = (setting("BENCH_STREAMS", 1000), setting("BENCH_STREAM_FOLLOWERS", 10));
+    let loaded: String = sqlx::query_scalar("select id from services where routing_key = $1")
+        .bind(&pipeline.routing_key)
+        .fetch_one(&pipeline.env.pool)
+        .await
+        .expect("the loaded service");
+    let quiet = pipeline.env.service("quiet").await.id;
+    // At most 20 streams per API key.
+    let mut keys = Vec::new();
+    for _ in 0..total.div_ceil(20) {
+        keys.push(pipeline.env.api_key(common::auth::Role::User, None, Some(100_000)).await);
+    }
+    let rss_idle = rss_mib(query.pid());
+    // The reference: when each change reaches a plain subscriber of the change stream.
+    let published = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, Instant>::new()));
+    let nats = async_nats::connect(&pipeline.env.nats.url).await.expect("NATS");
+    let mut subscription =
+        nats.subscribe(format!("{}.changes.>", pipeline.env.nats.subject_prefix)).await.expect("subscribe");
+    let reference = {
+        let published = published.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(message) = subscription.next().await {
+                let arrived = Instant::now();
+                let change: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+                if let Some(id) = change["id"].as_str() {
+                    published.lock().expect("published").insert(id.to_owned(), arrived);
+                }
+            }
+        })
+    };
+    let watched = Arc::new(Watched::default());
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let service = if i < followers { &loaded } else { &quiet };
+        let url = format!("{}/api/stream?topics=incidents&serviceId={service}", query.url());
+        clients.spawn(watch(http.clone(), url, keys[i / 20].clone(), i < followers, watched.clone()));
+    }
+    e2e::wait_until(Duration::from_secs(60), "every stream to open", || async {
+        watched.open.load(Ordering::Relaxed) == total
+    })
+    .await;
+    let rss_open = rss_mib(query.pid());
+    let peak = Arc::new(std::sync::Mutex::new(rss_open));
+    let sampler = {
+        let (peak, pid) = (peak.clone(), query.pid());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = rss_mib(pid);
+                let mut peak = peak.lock().expect("peak");
+                *peak = peak.max(now);
+            }
+        })
+    };
+    let clock = pipeline.clock_with(vec![("query-api".to_owned(), query.pid())]);
+    let started = Instant::now();
+    let load = pipeline.closed_loop(settings).await;
+    let (done, applied) = wait_applied(&pipeline.env, &load).await;
+    pipeline.relay_lag().await;
+    // The last changes reach the followers within a second of the relay publishing them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = clock.stop();
+    sampler.abort();
+    let open_at_end = watched.open.load(Ordering::Relaxed);
+    clients.abort_all();
+    reference.abort();
+    let published = std::mem::take(&mut *published.lock().expect("published"));
+    let arrivals = std::mem::take(&mut *watched.arrivals.lock().expect("arrivals"));
+    let mut latencies: Vec<Duration> = arrivals
+        .iter()
+        .filter_map(|(id, arrived)| Some(arrived.saturating_duration_since(*published.get(id)?)))
+        .collect();
+    latencies.sort();
+    assert!(!latencies.is_empty(), "the followers received changes");
+    let cut_off = query.metric(&pipeline.env.http, "stream_clients_cut_off_total").await;
+    let peak = *peak.lock().expect("peak");
+    println!(
+        "  {total} streams ({followers} following the loaded service): {:>8.0} end to end/s; {} changes to the followers, \
+         stream to follower p50 {:.1} ms p99 {:.1} ms; query-api RSS {rss_idle:.0} MiB idle, {rss_open:.0} MiB with the streams open, \
+         {peak:.0} MiB at most under load; {cut_off:.0} cut off; CPU (% of one core): {}",
+        rate(applied, done - started),
+        arrivals.len(),
+        ms(quantile(&latencies, 0.5)),
+        ms(quantile(&latencies, 0.99)),
+        cpu.summary()
+    );
+    assert_eq!(open_at_end, total, "every stream stayed open");
+    results.push("streams end to end", rate(applied, done - started));
+    results.push("streams delivery p50 ms", ms(quantile(&latencies, 0.5)));
+    results.push("streams delivery p99 ms", ms(quantile(&latencies, 0.99)));
+    results.push("streams query-api peak RSS MiB", peak);
+    drop(query);
+    pipeline.stop().await;
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -697,7 +896,8 @@ async fn main() {
                     wide(events, keys, &settings, &mut results).await;
                 }
                 "backlog" => backlog(&settings, &mut results).await,
-                other => panic!("unknown phase {other:?}: ingest, scale, backlog, steady or wide"),
+                "streams" => streams(&settings, &mut results).await,
+                other => panic!("unknown phase {other:?}: ingest, scale, backlog, steady, wide or streams"),
             }
         }
     }

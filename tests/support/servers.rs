@@ -475,6 +475,22 @@ impl ServiceProcess {
     }
 
     /// A counter or gauge from this process's `/metrics` (0 when not yet exported).
+    /// The cumulative buckets (`le`, count) of a histogram from this process's `/metrics`.
+    pub async fn histogram(&self, http: &reqwest::Client, name: &str) -> Vec<(f64, f64)> {
+        let url = format!("{}/metrics", self.url());
+        let Ok(response) = http.get(url).send().await else { return Vec::new() };
+        let text = response.text().await.unwrap_or_default();
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"}")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     pub async fn metric(&self, http: &reqwest::Client, name: &str) -> f64 {
         let url = format!("{}/metrics", self.url());
         let Ok(response) = http.get(url).send().await else { return 0.0 };

@@ -129,6 +129,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("static buckets are valid")
                 .set_buckets_for_metric(Matcher::Full("worker_batch_size".into()), COUNT_BUCKETS)
                 .expect("static buckets are valid")
+                // How long changes take from their transaction to the stream: under a second.
+                .set_buckets_for_metric(
+                    Matcher::Full("change_relay_lag_seconds".into()),
+                    &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0],
+                )
+                .expect("static buckets are valid")
                 // Webhook attempts give up after 10 s.
                 .set_buckets_for_metric(
                     Matcher::Full("webhook_attempt_seconds".into()),

@@ -104,7 +104,12 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
         required: vec![Dependency::Postgres(pool), Dependency::SetUp("schema", schema_ready)],
         optional: vec![Dependency::Redis(redis)],
     };
-    common::telemetry::export_counters(&["rate_limited_total", "rate_limit_fail_open_total", "auth_failures_total"]);
+    common::telemetry::export_counters(&[
+        "rate_limited_total",
+        "rate_limit_fail_open_total",
+        "auth_failures_total",
+        "stream_clients_cut_off_total",
+    ]);
     let app = api_router(state)
         .merge(health_router(readiness))
         .fallback(common::http::not_found)

@@ -1,7 +1,9 @@
 //! One consumer of the change stream per process, fanned out to every client of the process:
-//! the live changes go through a broadcast channel; a client resuming from an older position
-//! reads the stream from there first.
+//! the live changes go through broadcast channels, one for every change and one per service a
+//! client follows (so a dashboard of one service is not woken by every other service's changes);
+//! a client resuming from an older position reads the stream from there first.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,8 +14,12 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// Changes a client may fall behind the live feed before it is cut off with `reset`.
+/// Changes a client following every change may fall behind the live feed before it is cut off
+/// with `reset`.
 const LIVE_BUFFER: usize = 16_384;
+
+/// The same for a client following one service (a channel per service followed).
+const SERVICE_BUFFER: usize = 4096;
 
 /// What [`Feed::seen`] holds before the feed has read the stream.
 const UNSEEN: u64 = u64::MAX;
@@ -49,7 +55,9 @@ impl Change {
 pub struct Feed {
     js: jetstream::Context,
     stream: String,
-    live: broadcast::Sender<Change>,
+    live: broadcast::Sender<Arc<Change>>,
+    /// The channels of the services clients follow, made on demand, dropped with their last client.
+    by_service: std::sync::Mutex<HashMap<String, broadcast::Sender<Arc<Change>>>>,
     /// The last position the feed has seen ([`UNSEEN`] until it has read the stream once).
     seen: AtomicU64,
 }
@@ -58,14 +66,36 @@ impl Feed {
     /// Starts following the change stream `stream` from its end, until `shutdown`.
     pub fn start(js: jetstream::Context, stream: String, shutdown: CancellationToken) -> Arc<Self> {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
-        let feed = Arc::new(Self { js, stream, live, seen: AtomicU64::new(UNSEEN) });
+        let by_service = std::sync::Mutex::default();
+        let feed = Arc::new(Self { js, stream, live, by_service, seen: AtomicU64::new(UNSEEN) });
         tokio::spawn(feed.clone().follow(shutdown));
         feed
     }
 
-    /// A receiver of every change published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.live.subscribe()
+    /// A receiver of every change published from now on, or of `service`'s only.
+    pub fn subscribe(&self, service: Option<&str>) -> broadcast::Receiver<Arc<Change>> {
+        match service {
+            None => self.live.subscribe(),
+            Some(service) => {
+                let mut channels = self.by_service.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                channels.entry(service.to_owned()).or_insert_with(|| broadcast::channel(SERVICE_BUFFER).0).subscribe()
+            }
+        }
+    }
+
+    /// Sends `change` to the clients of every change and to those of its service.
+    fn publish(&self, change: Change) {
+        let change = Arc::new(change);
+        // No receiver is fine: nobody is watching.
+        let _ = self.live.send(change.clone());
+        let mut channels = self.by_service.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(channel) = channels.get(&change.service_id) {
+            if channel.receiver_count() == 0 {
+                channels.remove(&change.service_id);
+            } else {
+                let _ = channel.send(change);
+            }
+        }
     }
 
     /// The last position this process has seen, without asking the server: every change up to
@@ -140,8 +170,7 @@ impl Feed {
             *next = Some(seq + 1);
             self.seen.store(seq, Ordering::Release);
             if let Some(change) = Change::read(seq, &message.payload) {
-                // No receiver is fine: nobody is watching.
-                let _ = self.live.send(change);
+                self.publish(change);
             }
         }
     }

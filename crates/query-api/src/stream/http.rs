@@ -110,7 +110,7 @@ async fn open(
             let (event, next) = match items.recv().await? {
                 Item::Change(change) => {
                     unread.fetch_sub(change.data.len(), Ordering::AcqRel);
-                    (Event::default().id(change.seq.to_string()).event(change.kind).data(&*change.data), Some(items))
+                    (Event::default().id(change.seq.to_string()).event(&change.kind).data(&*change.data), Some(items))
                 }
                 Item::Reset(why) => {
                     (Event::default().event("reset").data(serde_json::json!({ "reason": why }).to_string()), None)

@@ -29,7 +29,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// What a client is sent.
 pub enum Item {
-    Change(Change),
+    Change(Arc<Change>),
     /// The client must refetch: what it asked for is gone, or it fell too far behind.
     Reset(&'static str),
 }
@@ -70,7 +70,7 @@ pub fn open(feed: Arc<Feed>, filter: Filter, last_event_id: Option<u64>, slot: S
     let unread = Arc::new(AtomicUsize::new(0));
     let forward = Forward { sender, unread: unread.clone(), filter };
     tokio::spawn(async move {
-        let live = feed.subscribe();
+        let live = feed.subscribe(forward.filter.service_id.as_deref());
         forward.run(&feed, live, last_event_id, &slot).await;
         slot.release().await;
     });
@@ -84,7 +84,13 @@ struct Forward {
 }
 
 impl Forward {
-    async fn run(&self, feed: &Feed, mut live: broadcast::Receiver<Change>, last_event_id: Option<u64>, slot: &Slot) {
+    async fn run(
+        &self,
+        feed: &Feed,
+        mut live: broadcast::Receiver<Arc<Change>>,
+        last_event_id: Option<u64>,
+        slot: &Slot,
+    ) {
         let mut sent_through = 0;
         if let Some(last) = last_event_id {
             let Ok((first, newest)) = feed.bounds().await else {
@@ -99,7 +105,7 @@ impl Forward {
                 };
                 let mut replay = std::pin::pin!(replay);
                 while let Some(change) = replay.next().await {
-                    if !self.send(change) {
+                    if !self.send(Arc::new(change)) {
                         return;
                     }
                 }
@@ -122,7 +128,7 @@ impl Forward {
     }
 
     /// Queues `change` if the client wants it; `false` once the client is gone or cut off.
-    fn send(&self, change: Change) -> bool {
+    fn send(&self, change: Arc<Change>) -> bool {
         if !self.filter.wants(&change) {
             return true;
         }

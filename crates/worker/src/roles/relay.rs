@@ -65,7 +65,7 @@ async fn lead(
     Ok(())
 }
 
-type Row = (i64, Uuid, String, String, i64, String, String, String, String);
+type Row = (i64, Uuid, String, String, i64, String, String, String, String, f64);
 
 /// Publishes the oldest changes of the outbox and deletes those JetStream stored; returns how
 /// many. `end` is the change stream's last position as this relay last saw it (`None`: unknown).
@@ -84,7 +84,8 @@ async fn relay_once(
     end: &mut Option<u64>,
 ) -> anyhow::Result<usize> {
     let rows: Vec<Row> = sqlx::query_as(
-        "select seq, id, incident_id, service_id, version, kind, to_jsonb(at)::text, actor, snapshot
+        "select seq, id, incident_id, service_id, version, kind, to_jsonb(at)::text, actor, snapshot,
+                extract(epoch from clock_timestamp() - written_at)::float8
          from incident_changes order by seq limit $1",
     )
     .bind(BATCH)
@@ -93,6 +94,8 @@ async fn relay_once(
     if rows.is_empty() {
         return Ok(0);
     }
+    let rows_waited: std::collections::HashMap<i64, f64> = rows.iter().map(|row| (row.0, row.9)).collect();
+    let read = std::time::Instant::now();
     let last = match *end {
         Some(last) => last,
         None => js.get_stream(nats.changes_stream()).await?.info().await?.state.last_sequence,
@@ -102,6 +105,12 @@ async fn relay_once(
         Some(_) => rows.iter().map(|row| row.0).collect(),
         None => acknowledged_each(js, nats, rows).await?,
     };
+    // From the writing transaction's start (a little before its commit) to the stream.
+    let since_read = read.elapsed().as_secs_f64();
+    let lag = metrics::histogram!("change_relay_lag_seconds");
+    for waited in relayed.iter().filter_map(|seq| rows_waited.get(seq)) {
+        lag.record(waited + since_read);
+    }
     sqlx::query("delete from incident_changes where seq = any($1)").bind(&relayed).execute(pool).await?;
     metrics::counter!("changes_relayed_total").increment(relayed.len() as u64);
     Ok(relayed.len())
@@ -162,7 +171,7 @@ async fn publish(js: &jetstream::Context, nats: &NatsConfig, row: &Row) -> anyho
 
 /// A change's subject, headers (its id as `Nats-Msg-Id`) and body.
 fn message(nats: &NatsConfig, row: &Row) -> (String, async_nats::HeaderMap, String) {
-    let (_, id, incident_id, service_id, version, kind, at, actor, snapshot) = row;
+    let (_, id, incident_id, service_id, version, kind, at, actor, snapshot, _) = row;
     // The snapshot and time are stored as the JSON they are published as: spliced in unparsed.
     let quoted = |text: &str| Value::from(text).to_string();
     let body = format!(
