@@ -30,7 +30,8 @@ impl Client {
         key: Option<&str>,
         last_event_id: Option<u64>,
     ) -> Result<Self, (u16, Value)> {
-        let mut request = env.http.get(url).header("accept", "text/event-stream");
+        // A stream lasts longer than the client's usual timeout allows.
+        let mut request = env.http.get(url).header("accept", "text/event-stream").timeout(Duration::from_secs(300));
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
@@ -47,6 +48,8 @@ impl Client {
 
     /// The next event (comments and `retry` skipped), within 20 s.
     async fn next(&mut self) -> Sse {
+        // Keepalives arrive meanwhile: the 20 s are for the event, not for each chunk.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -68,7 +71,7 @@ impl Client {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
                 .await
                 .expect("an event within 20 s")
                 .unwrap()
@@ -188,4 +191,52 @@ async fn filters_tokens_limits_and_a_resume_past_retention() {
     js.get_stream(env.nats.changes_stream()).await.unwrap().purge().await.unwrap();
     let mut gone = Client::open(&env, &format!("{query}/api/stream"), Some(&key), Some(3)).await.unwrap();
     assert_eq!(gone.next().await.event, "reset");
+}
+
+/// A client that stops reading is cut off once more than 1 MiB waits for it: it gets `reset` and
+/// the stream ends, while a client that reads gets every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_with_reset_and_a_reading_one_is_not() {
+    use common::event::EventAction;
+    use worker::apply::{QueuedEvent, apply_batch};
+    let env = TestEnv::new().await;
+    // The worker first: it makes the change stream query-api's feed follows from its end.
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let query = env.spawn_query_api().await;
+    let key = env.admin_key().await;
+    let service = env.service("API").await;
+    let url = format!("{query}/api/stream?serviceId={}", service.id);
+    let mut stalled = Client::open(&env, &url, Some(&key), None).await.unwrap();
+    let mut reading = Client::open(&env, &url, Some(&key), None).await.unwrap();
+    // About 12 MB of changes: more than the socket buffers between the two hold, then 1 MiB.
+    let changes = 24_000;
+    let feeder = {
+        let (pool, service) = (env.pool.clone(), service.id.clone());
+        tokio::spawn(async move {
+            for batch in 0..changes / 1000 {
+                let events: Vec<QueuedEvent> = (0..1000)
+                    .map(|i| {
+                        let seq = batch * 1000 + i + 1;
+                        let envelope = e2e::envelope(&service, &format!("k{seq}"), EventAction::Trigger, "down");
+                        QueuedEvent { seq, envelope }
+                    })
+                    .collect();
+                apply_batch(&pool, &events).await.unwrap();
+            }
+        })
+    };
+    let read = reading.take(changes as usize).await;
+    assert!(read.iter().all(|e| e.event == "triggered"), "the reading client got every change, none a reset");
+    feeder.await.unwrap();
+    // The stalled client's socket buffers hold the first few thousand changes; then its reset.
+    let mut last = stalled.next().await;
+    let mut seen = 1;
+    while last.event != "reset" {
+        last = stalled.next().await;
+        seen += 1;
+        assert!(seen <= changes, "the stalled client got everything without a reset");
+    }
+    assert!(last.data.contains("too slowly"), "{last:?}");
+    let end = tokio::time::timeout(Duration::from_secs(10), stalled.response.chunk()).await.unwrap().unwrap();
+    assert!(end.is_none(), "the stream ends after reset");
 }
