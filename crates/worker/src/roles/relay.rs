@@ -21,35 +21,23 @@ pub const LOCK: i64 = 0x0f55_e17e_0003;
 const BATCH: i64 = 2000;
 /// How long an idle relay waits before looking at the outbox again.
 const IDLE: Duration = Duration::from_millis(20);
-/// How long a worker that does not relay waits before trying to take over.
-const STANDBY: Duration = Duration::from_secs(1);
-
 /// Relays until `shutdown`, taking over whenever no other worker relays.
 pub async fn run(pool: PgPool, js: jetstream::Context, nats: NatsConfig, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = lead(&pool, &js, &nats, &shutdown).await {
-            tracing::warn!(error = %format!("{err:#}"), "change relay failed; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(STANDBY) => {}
-        }
-    }
+    crate::roles::one_at_a_time(&pool, LOCK, "change relay", &shutdown, |holder| {
+        let (pool, js, nats, shutdown) = (pool.clone(), js.clone(), nats.clone(), shutdown.clone());
+        async move { lead(holder, &pool, &js, &nats, &shutdown).await }
+    })
+    .await;
 }
 
-/// Becomes the relay if no one else is, then relays until `shutdown` or a failure. The lock goes
-/// with the connection holding it.
+/// Relays until `shutdown` or a failure, holding the lock on `holder`.
 async fn lead(
+    mut holder: PgConnection,
     pool: &PgPool,
     js: &jetstream::Context,
     nats: &NatsConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut holder = PgConnection::connect_with(&pool.connect_options()).await?;
-    let ours: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut holder).await?;
-    if !ours {
-        return Ok(());
-    }
     tracing::info!("relaying incident changes");
     let mut end = None;
     while !shutdown.is_cancelled() {

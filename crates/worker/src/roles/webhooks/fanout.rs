@@ -25,20 +25,13 @@ const BATCH: usize = 500;
 const GATHER: Duration = Duration::from_millis(20);
 /// How long the fan-out waits for a change before checking it still holds the lock.
 const IDLE: Duration = Duration::from_secs(1);
-/// How long a worker that does not fan out waits before trying to take over.
-const STANDBY: Duration = Duration::from_secs(1);
-
 /// Fans out until `shutdown`, taking over whenever no other worker does.
 pub async fn run(pool: PgPool, js: jetstream::Context, nats: NatsConfig, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = lead(&pool, &js, &nats, &shutdown).await {
-            tracing::warn!(error = %format!("{err:#}"), "webhook fan-out failed; retrying");
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(STANDBY) => {}
-        }
-    }
+    crate::roles::one_at_a_time(&pool, LOCK, "webhook fan-out", &shutdown, |holder| {
+        let (pool, js, nats, shutdown) = (pool.clone(), js.clone(), nats.clone(), shutdown.clone());
+        async move { lead(holder, &pool, &js, &nats, &shutdown).await }
+    })
+    .await;
 }
 
 /// A webhook as the fan-out matches changes against it.
@@ -109,17 +102,14 @@ impl Change {
     }
 }
 
+/// Fans out until `shutdown` or a failure, holding the lock on `holder`.
 async fn lead(
+    mut holder: PgConnection,
     pool: &PgPool,
     js: &jetstream::Context,
     nats: &NatsConfig,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut holder = PgConnection::connect_with(&pool.connect_options()).await?;
-    let ours: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut holder).await?;
-    if !ours {
-        return Ok(());
-    }
     let mut stream = js.get_stream(nats.changes_stream()).await?;
     let state = stream.info().await?.state.clone();
     // The first fan-out starts at the stream's start; a webhook is sent the changes made after
