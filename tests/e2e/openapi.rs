@@ -42,6 +42,15 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
         ("GET", "/api/schedules/{id}/shifts"),
         ("GET", "/api/stream"),
         ("POST", "/api/stream/tokens"),
+        ("GET", "/api/webhooks"),
+        ("POST", "/api/webhooks"),
+        ("GET", "/api/webhooks/{id}"),
+        ("PATCH", "/api/webhooks/{id}"),
+        ("DELETE", "/api/webhooks/{id}"),
+        ("POST", "/api/webhooks/{id}/rotate-secret"),
+        ("POST", "/api/webhooks/{id}/ping"),
+        ("GET", "/api/webhooks/{id}/deliveries"),
+        ("POST", "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -54,7 +63,8 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
     for (method, path) in &documented {
         let ingested = path == "/api/events" || path.starts_with("/v2/") || path.starts_with("/api/integrations/");
         let base = if ingested { &ingest } else { &query };
-        let url = format!("{base}{}", path.replace("{id}", "x").replace("{routing_key}", "x"));
+        let url =
+            format!("{base}{}", path.replace("{id}", "x").replace("{routing_key}", "x").replace("{delivery_id}", "x"));
         let response = env.http.request(Method::from_bytes(method.as_bytes()).unwrap(), &url).send().await.unwrap();
         // Integration endpoints authenticate by routing key: a bodiless request is refused as such.
         let expected = match path {
