@@ -200,9 +200,9 @@ async fn a_client_that_stops_reading_is_cut_off_with_reset_and_a_reading_one_is_
     use common::event::EventAction;
     use worker::apply::{QueuedEvent, apply_batch};
     let env = TestEnv::new().await;
-    // The worker first: it makes the change stream query-api's feed follows from its end.
-    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    // query-api first: its feed follows the change stream from its start once a worker makes it.
     let query = env.spawn_query_api().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let service = env.service("API").await;
     let url = format!("{query}/api/stream?serviceId={}", service.id);

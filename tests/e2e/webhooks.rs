@@ -346,6 +346,27 @@ async fn the_api_refuses_private_destinations_pings_rotates_redelivers_and_disab
     })
     .await;
 
+    // A 429's Retry-After, in seconds or as an HTTP date, sets when the next attempt is due.
+    let in_two_minutes = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(120);
+    let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&in_two_minutes).unwrap();
+    for (retry_after, wait) in [(json!(7), 7.0), (json!(date), 120.0)] {
+        receiver.configure(&env.http, json!({"responses": [429], "retry_after": retry_after})).await;
+        let (_, ping) =
+            env.send_json(Method::POST, &format!("{query}/api/webhooks/{webhook}/ping"), &key, &json!({})).await;
+        let id = ping["delivery"]["id"].clone();
+        let delivery = || async {
+            deliveries(&env, &query, &key, &webhook, "status=pending").await.into_iter().find(|d| d["id"] == id)
+        };
+        wait_until(Duration::from_secs(20), "the refused ping", || async {
+            delivery().await.is_some_and(|d| !d["attempts"].as_array().unwrap().is_empty())
+        })
+        .await;
+        let pending = delivery().await.unwrap();
+        let instant = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+        let due = instant(&pending["nextAttemptAt"]).duration_since(instant(&pending["attempts"][0]["at"]));
+        assert!((due.as_secs_f64() - wait).abs() < 1.5, "due {due:?} after the attempt, not {wait} s");
+    }
+
     // A webhook failing for 24 hours is disabled by its next failure; PATCH re-enables it.
     receiver.configure(&env.http, json!({"default": 500})).await;
     sqlx::query("update webhooks set failing_since = now() - interval '25 hours' where id = $1")

@@ -51,6 +51,12 @@ impl Change {
     }
 }
 
+/// Whether `err` says the stream does not exist.
+fn absent(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(err.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
 /// The process's view of the change stream.
 pub struct Feed {
     js: jetstream::Context,
@@ -146,7 +152,17 @@ impl Feed {
     }
 
     async fn follow_from(&self, next: &mut Option<u64>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut stream = self.js.get_stream(&self.stream).await?;
+        let mut stream = match self.js.get_stream(&self.stream).await {
+            Ok(stream) => stream,
+            // Not made yet (no worker has run): every change it will hold is new to this
+            // process, so follow it from its start once it exists.
+            Err(err) if next.is_none() && absent(&err) => {
+                *next = Some(1);
+                self.seen.store(0, Ordering::Release);
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
         let start_sequence = match *next {
             Some(start_sequence) => start_sequence,
             None => {

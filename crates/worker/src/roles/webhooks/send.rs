@@ -256,8 +256,7 @@ async fn attempt(client: &reqwest::Client, config: &WebhookConfig, claim: &Claim
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| retry_after(v, jiff::Timestamp::now()));
     let outcome = if status.is_success() {
         Outcome::Delivered
     } else if status.is_server_error() || matches!(status.as_u16(), 408 | 429) {
@@ -267,6 +266,16 @@ async fn attempt(client: &reqwest::Client, config: &WebhookConfig, claim: &Claim
     };
     let error = (!status.is_success()).then(|| format!("answered {status}"));
     Attempt { outcome, http_status: Some(status.as_u16()), latency: started.elapsed(), error }
+}
+
+/// A `Retry-After` value as the wait from `now`: seconds, or an HTTP date (past dates: none).
+fn retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    Duration::try_from(at.duration_since(now)).ok().filter(|wait| !wait.is_zero())
 }
 
 /// What went wrong with a request that got no answer, with its causes.
@@ -364,4 +373,20 @@ async fn record(pool: &PgPool, claim: &Claim, attempt: &Attempt) -> Result<(), s
         metrics::counter!("webhook_deliveries_given_up_total").increment(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after("Mon, 07 Dec 2026 10:01:30 GMT", now), Some(Duration::from_secs(90)));
+        assert_eq!(retry_after("Mon, 07 Dec 2026 09:59:00 GMT", now), None, "a past date");
+        assert_eq!(retry_after("soon", now), None);
+    }
 }
