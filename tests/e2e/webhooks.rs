@@ -260,6 +260,7 @@ async fn ten_thousand_changes_in_a_burst_arrive_in_order_per_incident() {
 async fn the_api_refuses_private_destinations_pings_rotates_redelivers_and_disables() {
     let env = TestEnv::new().await;
     let key = env.admin_key().await;
+    let service = env.service("API").await;
     let strict = env.spawn_query_api_with(common::config::WebhookConfig { allow_private: false }).await;
     for (body, field) in [
         (json!({"url": "http://127.0.0.1:9/hook"}), "url"),
@@ -272,6 +273,7 @@ async fn the_api_refuses_private_destinations_pings_rotates_redelivers_and_disab
         (json!({"url": "https://example.com/hook", "events": []}), "events"),
         (json!({"url": "https://example.com/hook", "events": ["incident.exploded"]}), "events[0]"),
         (json!({"url": "https://example.com/hook", "colour": "red"}), "colour"),
+        (json!({"url": "https://example.com/hook", "serviceIds": [service.id, "svc_missing"]}), "serviceIds[1]"),
     ] {
         let (status, error) = env.send_json(Method::POST, &format!("{strict}/api/webhooks"), &key, &body).await;
         assert_eq!((status, error["error"]["details"]["field"].as_str()), (400, Some(field)), "{body}: {error}");

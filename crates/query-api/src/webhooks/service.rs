@@ -5,6 +5,7 @@
 use common::ApiError;
 use common::auth::new_webhook_secret;
 use common::config::WebhookConfig;
+use common::fields::Id;
 use common::ids::new_id;
 use common::incident::store::{optional_timestamp, timestamp};
 use sqlx::postgres::PgRow;
@@ -58,6 +59,23 @@ fn check_destination(config: &WebhookConfig, url: &WebhookUrl) -> Result<(), Api
     Ok(())
 }
 
+/// Refuses service ids that name no service, naming the first such entry (`serviceIds[i]`).
+async fn check_services(pool: &PgPool, ids: Option<&Vec<Id>>) -> Result<(), ApiError> {
+    let Some(ids) = ids else { return Ok(()) };
+    let ids: Vec<&str> = ids.iter().map(Id::as_str).collect();
+    let missing: Option<i64> = sqlx::query_scalar(
+        "select min(n) - 1 from unnest($1::text[]) with ordinality as wanted (id, n)
+         where not exists (select 1 from services s where s.id = wanted.id)",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await?;
+    match missing {
+        Some(i) => Err(ApiError::validation(&format!("serviceIds[{i}]"), "names no service")),
+        None => Ok(()),
+    }
+}
+
 fn names<T>(list: &Option<Vec<T>>, name: impl Fn(&T) -> String) -> Option<Vec<String>> {
     list.as_ref().map(|list| list.iter().map(name).collect())
 }
@@ -65,6 +83,7 @@ fn names<T>(list: &Option<Vec<T>>, name: impl Fn(&T) -> String) -> Option<Vec<St
 /// Creates a webhook with a fresh secret, shown this once.
 pub async fn create(pool: &PgPool, config: &WebhookConfig, new: &NewWebhook) -> Result<WebhookWithSecret, ApiError> {
     check_destination(config, &new.url)?;
+    check_services(pool, new.service_ids.as_ref()).await?;
     let (id, secret) = (new_id("whk"), new_webhook_secret());
     sqlx::query(
         "insert into webhooks (id, url, events, service_ids, description, secret) values ($1, $2, $3, $4, $5, $6)",
@@ -103,6 +122,7 @@ pub async fn update(
     if let Some(url) = &patch.url {
         check_destination(config, url)?;
     }
+    check_services(pool, patch.service_ids.as_ref().and_then(Option::as_ref)).await?;
     let updated = sqlx::query(
         "update webhooks set
             url = coalesce($2, url),
