@@ -243,8 +243,6 @@ const DELIVERY_SELECT: &str = "select d.id, d.webhook_id, d.type, d.incident_id,
                   from webhook_attempts a where a.delivery_id = d.id), '[]'::jsonb) as attempts
      from webhook_deliveries d";
 
-type AttemptRow = (jiff::Timestamp, Option<i32>, i32, Option<String>);
-
 fn delivery_of(row: &PgRow) -> Result<Delivery, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -255,8 +253,6 @@ fn delivery_of(row: &PgRow) -> Result<Delivery, ApiError> {
         error: Option<String>,
     }
     let attempts: Vec<Stored> = serde_json::from_value(row.try_get("attempts")?).map_err(ApiError::internal)?;
-    let attempts: Vec<AttemptRow> =
-        attempts.into_iter().map(|a| (a.at, a.http_status, a.latency_ms, a.error)).collect();
     let status: String = row.try_get("status")?;
     Ok(Delivery {
         id: row.try_get("id")?,
@@ -267,7 +263,7 @@ fn delivery_of(row: &PgRow) -> Result<Delivery, ApiError> {
         next_attempt_at: optional_timestamp(row, "next_attempt_at")?.map(Into::into),
         attempts: attempts
             .into_iter()
-            .map(|(at, http_status, latency_ms, error)| Attempt { at: at.into(), http_status, latency_ms, error })
+            .map(|a| Attempt { at: a.at.into(), http_status: a.http_status, latency_ms: a.latency_ms, error: a.error })
             .collect(),
         created_at: timestamp(row, "created_at")?.into(),
         finished_at: optional_timestamp(row, "finished_at")?.map(Into::into),
