@@ -27,6 +27,22 @@ async fn retries_due(env: &TestEnv) {
         .unwrap();
 }
 
+/// Makes the retry after a delivery's `attempts`-th attempt due at once, waiting first for the
+/// sender to record that attempt: a receiver sees an attempt before the sender schedules the next.
+async fn retry_due_after(env: &TestEnv, attempts: i32) {
+    wait_until(Duration::from_secs(20), "the attempt to be recorded", || async {
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select from webhook_deliveries where status = 'pending' and attempts >= $1)",
+        )
+        .bind(attempts)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    retries_due(env).await;
+}
+
 /// The deliveries a webhook's log shows, newest first.
 async fn deliveries(env: &TestEnv, query: &str, key: &str, webhook: &str, filter: &str) -> Vec<Value> {
     let (status, body) = env.get_json(&format!("{query}/api/webhooks/{webhook}/deliveries?{filter}"), key).await;
@@ -71,7 +87,7 @@ async fn retries_keep_one_id_and_the_order_per_incident_and_a_refusal_is_not_ret
             receiver.received(&env.http).await.len() >= seen
         })
         .await;
-        retries_due(&env).await;
+        retry_due_after(&env, seen as i32).await;
     }
     assert_eq!(
         env.post_event(&pipeline.ingest, &key, &action(&service.routing_key, "disk", "resolve")).await.status(),
