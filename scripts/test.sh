@@ -12,6 +12,8 @@ command -v amtool >/dev/null && command -v prometheus-alertmanager >/dev/null ||
 python3 -c 'import pdpyras' 2>/dev/null || python3 -m pip install --quiet pdpyras
 # The outbound webhook tests' receiver verifies signatures with the Standard Webhooks library.
 python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks
+# The email tests' SMTP server (tests/support/smtp_sink.py) is aiosmtpd.
+python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 # The API contract test: schemathesis fuzzes every operation against the OpenAPI document.
 command -v schemathesis >/dev/null || python3 -m pip install --quiet schemathesis
 # The deployment checks: Kubernetes schemas offline, Prometheus' rule checker, certificates for TLS tests.

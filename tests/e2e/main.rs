@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod delivery;
 mod deploy;
+mod escalation;
 mod fault_matrix;
 mod faults;
 mod ingest_api;

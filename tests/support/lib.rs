@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use worker::WorkerSettings;
+use worker::config::NotifyConfig;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -275,6 +276,7 @@ impl TestEnv {
             max_buffered_bytes: 64 * 1024 * 1024,
             // The tests' receivers listen on loopback.
             webhooks: WebhookConfig { allow_private: true },
+            notify: NotifyConfig { smtp_url: None, smtp_from: "OpsSentinal <pager@example.com>".into() },
         }
     }
 
@@ -337,9 +339,14 @@ impl TestEnv {
 
     /// The whole pipeline in process: ingest, query-api and a worker, each ready.
     pub async fn spawn_pipeline(&self) -> Pipeline {
+        self.spawn_pipeline_with(&self.worker_settings()).await
+    }
+
+    /// The whole pipeline in process, its worker run with `settings`.
+    pub async fn spawn_pipeline_with(&self, settings: &WorkerSettings) -> Pipeline {
         let ingest = self.spawn_ingest().await;
         let query = self.spawn_query_api().await;
-        let worker = self.spawn_worker(&self.worker_settings(), self.shutdown.clone()).await;
+        let worker = self.spawn_worker(settings, self.shutdown.clone()).await;
         Pipeline { ingest, query, _worker: worker }
     }
 
@@ -382,6 +389,7 @@ impl TestEnv {
             name: name.parse().expect("a name"),
             description: None,
             rate_limit: events_per_minute.map(|r| r.to_string().parse().expect("a positive rate limit")),
+            escalation_policy_id: None,
         };
         query_api::services::service::create(&self.pool, &new).await.expect("service")
     }

@@ -791,3 +791,75 @@ impl WebhookReceiver {
         body["received"].as_array().cloned().unwrap_or_default()
     }
 }
+
+/// A real SMTP server (`tests/support/smtp_sink.py`, on PyPI `aiosmtpd`): plain SMTP, no TLS and
+/// no authentication, that keeps every message it accepts and rejects at DATA as configured;
+/// a JSON control API on a second port lists what arrived.
+pub struct SmtpSink {
+    pub smtp_port: u16,
+    /// The control API's port (`/messages`, `/rejected`, `/configure`).
+    pub http_port: u16,
+    _process: Process,
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--smtp-port", "0", "--http-port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs the SMTP sink");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the sink prints its ports");
+        let ports = line.trim().strip_prefix("listening ").and_then(|ports| {
+            let (smtp, http) = ports.split_once(' ')?;
+            Some((smtp.parse().ok()?, http.parse().ok()?))
+        });
+        let (smtp_port, http_port) = ports.unwrap_or_else(|| {
+            panic!("the SMTP sink did not start (is aiosmtpd installed? scripts/test.sh installs it): {line}")
+        });
+        Self { smtp_port, http_port, _process: Process(child) }
+    }
+
+    /// What an SMTP relay setting takes: `smtp://127.0.0.1:<port>`.
+    pub fn smtp_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.smtp_port)
+    }
+
+    fn control_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// Sets how it answers (see the script): `reject` (the next N messages get
+    /// `451 4.3.0 try again later` at DATA), `rejectPermanent` (the next N after those get
+    /// `550 5.1.1 no such user`).
+    pub async fn configure(&self, http: &reqwest::Client, config: serde_json::Value) {
+        let response = http.post(self.control_url("/configure")).json(&config).send().await.expect("the sink answers");
+        assert_eq!(response.status().as_u16(), 204, "{}", response.text().await.unwrap_or_default());
+    }
+
+    /// Every message accepted so far, in arrival order: `from` (the envelope sender), `to` (the
+    /// envelope recipients), `subject` (decoded), `messageId`, `body` (the text/plain part,
+    /// decoded, lines ending in `\n`), `receivedAt` (unix seconds).
+    pub async fn messages(&self, http: &reqwest::Client) -> Vec<serde_json::Value> {
+        self.list(http, "/messages").await
+    }
+
+    /// Every message rejected at DATA so far, in arrival order: as [`Self::messages`] plus
+    /// `code` (451 or 550).
+    pub async fn rejected(&self, http: &reqwest::Client) -> Vec<serde_json::Value> {
+        self.list(http, "/rejected").await
+    }
+
+    async fn list(&self, http: &reqwest::Client, path: &str) -> Vec<serde_json::Value> {
+        let response = http.get(self.control_url(path)).send().await.expect("the sink answers");
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        body.as_array().cloned().unwrap_or_default()
+    }
+}

@@ -39,10 +39,18 @@ pub enum Scope {
     WebhooksRead,
     #[serde(rename = "webhooks:write")]
     WebhooksWrite,
+    #[serde(rename = "escalations:read")]
+    EscalationsRead,
+    #[serde(rename = "escalations:write")]
+    EscalationsWrite,
+    #[serde(rename = "users:read")]
+    UsersRead,
+    #[serde(rename = "users:write")]
+    UsersWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 13] = [
         Scope::EventsWrite,
         Scope::IncidentsRead,
         Scope::IncidentsWrite,
@@ -52,6 +60,10 @@ impl Scope {
         Scope::SchedulesWrite,
         Scope::WebhooksRead,
         Scope::WebhooksWrite,
+        Scope::EscalationsRead,
+        Scope::EscalationsWrite,
+        Scope::UsersRead,
+        Scope::UsersWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +77,10 @@ impl Scope {
             Self::SchedulesWrite => "schedules:write",
             Self::WebhooksRead => "webhooks:read",
             Self::WebhooksWrite => "webhooks:write",
+            Self::EscalationsRead => "escalations:read",
+            Self::EscalationsWrite => "escalations:write",
+            Self::UsersRead => "users:read",
+            Self::UsersWrite => "users:write",
         }
     }
 
@@ -103,10 +119,23 @@ impl Role {
     pub fn allows(self, scope: Scope) -> bool {
         match self {
             Self::Admin => true,
-            Self::Responder => !matches!(scope, Scope::ServicesWrite | Scope::SchedulesWrite | Scope::WebhooksWrite),
-            Self::User => {
-                matches!(scope, Scope::IncidentsRead | Scope::ServicesRead | Scope::SchedulesRead | Scope::WebhooksRead)
-            }
+            Self::Responder => !matches!(
+                scope,
+                Scope::ServicesWrite
+                    | Scope::SchedulesWrite
+                    | Scope::WebhooksWrite
+                    | Scope::EscalationsWrite
+                    | Scope::UsersWrite
+            ),
+            Self::User => matches!(
+                scope,
+                Scope::IncidentsRead
+                    | Scope::ServicesRead
+                    | Scope::SchedulesRead
+                    | Scope::WebhooksRead
+                    | Scope::EscalationsRead
+                    | Scope::UsersRead
+            ),
         }
     }
 }

@@ -10,6 +10,13 @@ use sqlx::postgres::PgPoolOptions;
 /// senders wake at once.
 pub const WEBHOOK_WAKE_CHANNEL: &str = "webhook_deliveries";
 
+/// The channel a step made due now (`POST /api/incidents/{id}/escalate`) is announced on, so an
+/// idle escalator fires it at once.
+pub const ESCALATION_WAKE_CHANNEL: &str = "escalations";
+
+/// The channel queued notifications are announced on, so idle senders send them at once.
+pub const NOTIFY_WAKE_CHANNEL: &str = "notifications";
+
 use crate::config::DatabaseConfig;
 
 /// The schema, embedded in every binary.

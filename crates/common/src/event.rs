@@ -217,6 +217,21 @@ impl EventEnvelope {
     }
 }
 
+/// The event a heartbeat raises through the pipeline (DESIGN §12): a trigger when it is missed
+/// (with `payload`), a resolve when it is pinged again; its key is `heartbeat:<id>`.
+pub fn heartbeat_event(heartbeat_id: &str, service_id: &str, payload: Option<AlertPayload>) -> EventEnvelope {
+    let now = Timestamp::now();
+    EventEnvelope {
+        event_id: Uuid::now_v7(),
+        service_id: service_id.to_owned(),
+        dedup_key: format!("heartbeat:{heartbeat_id}"),
+        action: if payload.is_some() { EventAction::Trigger } else { EventAction::Resolve },
+        payload,
+        received_at: now.round(jiff::Unit::Microsecond).unwrap_or(now),
+        api_key_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,14 @@ pub fn field<T: FromStr<Err: std::fmt::Display>>(field: &str, value: &str) -> Re
     value.parse().map_err(|problem| crate::ApiError::validation(field, problem))
 }
 
+/// A field that may be set to null (`Some(None)`), as opposed to left out (`None`): use with
+/// `#[serde(default, deserialize_with = "common::fields::nullable")]`.
+pub fn nullable<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 /// For optional query parameters: absent or blank is `None`, anything else must parse.
 pub fn blank_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where

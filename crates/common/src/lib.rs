@@ -1,7 +1,7 @@
 //! Shared building blocks of the OpsSentinal services, in two parts.
 //!
 //! The pure domain, always built: events and their limits ([`event`]), the incident state
-//! machine ([`incident::state`]), ids ([`ids`]), the typed fields strict endpoints parse
+//! machine ([`incident::state`]), on-call rendering ([`schedule::oncall`]), ids ([`ids`]), the typed fields strict endpoints parse
 //! ([`fields`]) and the JSON error type ([`error`]). It does no
 //! I/O and depends on no server, client or runtime crate.
 //!
@@ -15,6 +15,7 @@ pub mod event;
 pub mod fields;
 pub mod ids;
 pub mod incident;
+pub mod schedule;
 
 #[cfg(feature = "platform")]
 pub mod auth;

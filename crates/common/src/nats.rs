@@ -328,3 +328,22 @@ mod tests {
         assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
     }
 }
+
+/// Publishes one event in a message of its own (`Nats-Msg-Id` = its id, so a re-published copy
+/// is dropped) on its partition's subject, and waits for JetStream to store it: how the system
+/// itself raises an event (a missed heartbeat) through the normal pipeline.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    event: &crate::event::EventEnvelope,
+) -> anyhow::Result<u64> {
+    let partition = crate::config::partition_of(&event.service_id, &event.dedup_key, config.partitions);
+    let message = jetstream::message::PublishMessage::build()
+        .payload(serde_json::to_vec(event)?.into())
+        .message_id(event.event_id.to_string());
+    let stored = tokio::time::timeout(config.publish_timeout(), async {
+        js.send_publish(config.partition_subject(partition), message).await?.await
+    })
+    .await??;
+    Ok(stored.sequence)
+}

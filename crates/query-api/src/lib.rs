@@ -6,6 +6,7 @@
 pub mod api;
 pub mod api_keys;
 pub mod config;
+pub mod escalation_policies;
 pub mod incidents;
 pub mod page;
 pub mod schedules;
@@ -53,6 +54,8 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(schedules::router())
         .merge(stream::router())
         .merge(webhooks::router())
+        .merge(escalation_policies::router())
+        .merge(users::router())
 }
 
 /// The query API's part of the OpenAPI 3.1 document, with the document's title, description and

@@ -79,6 +79,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
     .collect();
     let copies = claim_derived_ids(&mut tx, &by_key, &stored).await?;
     let mut open = load_open_incidents(&mut tx, &services, &keys).await?;
+    let windows = Windows::load(&mut tx, &services).await?;
 
     let mut writes = Writes::default();
     for (&(service_id, dedup_key), key_events) in &by_key {
@@ -99,7 +100,7 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
         if moved.is_empty() && first_seq > key_last {
             let mut fold = KeyFold::new(open.remove(&(service_id.to_owned(), dedup_key.to_owned())));
             for event in &fresh {
-                let (outcome, incident) = fold.apply(&fold_event(event));
+                let (outcome, incident) = fold.apply(&fold_event(event, &windows));
                 writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 report.outcomes.push(outcome);
@@ -109,11 +110,11 @@ pub async fn apply_batch(pool: &PgPool, events: &[QueuedEvent]) -> Result<BatchR
             let open = open.remove(&(service_id.to_owned(), dedup_key.to_owned()));
             let key = (service_id, dedup_key);
             let outcomes = match open.filter(|_| moved.is_empty()) {
-                Some(open) => match refold_tail(&mut tx, key, first_seq, &fresh, open, &mut writes).await? {
+                Some(open) => match refold_tail(&mut tx, key, first_seq, &fresh, open, &windows, &mut writes).await? {
                     Some(outcomes) => outcomes,
-                    None => refold(&mut tx, key, first_seq, &fresh, &moved, &mut writes).await?,
+                    None => refold(&mut tx, key, first_seq, &fresh, &moved, &windows, &mut writes).await?,
                 },
-                None => refold(&mut tx, key, first_seq, &fresh, &moved, &mut writes).await?,
+                None => refold(&mut tx, key, first_seq, &fresh, &moved, &windows, &mut writes).await?,
             };
             report.outcomes.extend(outcomes);
             report.refolded_keys += 1;
@@ -197,12 +198,13 @@ async fn load_open_incidents(
         .collect()
 }
 
-fn fold_event(event: &QueuedEvent) -> FoldEvent<'_> {
+fn fold_event<'a>(event: &'a QueuedEvent, windows: &Windows) -> FoldEvent<'a> {
     FoldEvent {
         event_id: event.envelope.event_id,
         seq: event.seq,
         action: FoldAction::Event(event.envelope.action, event.envelope.payload.as_ref()),
         received_at: event.envelope.received_at,
+        in_maintenance: windows.cover(&event.envelope.service_id, event.envelope.received_at),
     }
 }
 
@@ -255,12 +257,13 @@ impl StoredEvent {
         })
     }
 
-    fn fold_event(&self) -> FoldEvent<'_> {
+    fn fold_event(&self, service_id: &str, windows: &Windows) -> FoldEvent<'_> {
         let action = match &self.kind {
             StoredKind::Event(action, payload) => FoldAction::Event(*action, payload.as_ref()),
             StoredKind::Manual { incident_id, change } => FoldAction::Manual { incident_id, change: *change },
         };
-        FoldEvent { event_id: self.event_id, seq: self.seq, action, received_at: self.received_at }
+        let in_maintenance = windows.cover(service_id, self.received_at);
+        FoldEvent { event_id: self.event_id, seq: self.seq, action, received_at: self.received_at, in_maintenance }
     }
 }
 
@@ -279,6 +282,7 @@ async fn refold_tail(
     first_seq: i64,
     fresh: &[&QueuedEvent],
     open: IncidentState,
+    windows: &Windows,
     writes: &mut Writes,
 ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
     if open.opened_seq.is_none_or(|opened| opened >= first_seq) {
@@ -329,13 +333,13 @@ async fn refold_tail(
     for (_, entry) in entries {
         match entry {
             Ok(s) => {
-                let (outcome, incident) = fold.apply(&s.fold_event());
+                let (outcome, incident) = fold.apply(&s.fold_event(service_id, windows));
                 if outcome != Outcome::Absorbed || incident.as_deref() != Some(incident_id.as_str()) {
                     writes.stored_event(s, outcome, incident);
                 }
             }
             Err(event) => {
-                let (outcome, incident) = fold.apply(&fold_event(event));
+                let (outcome, incident) = fold.apply(&fold_event(event, windows));
                 writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 outcomes.push(outcome);
@@ -353,6 +357,7 @@ async fn refold(
     first_seq: i64,
     fresh: &[&QueuedEvent],
     moved: &[&QueuedEvent],
+    windows: &Windows,
     writes: &mut Writes,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     // Only an alert source's resolve certainly leaves the key with no open incident.
@@ -402,7 +407,7 @@ async fn refold(
     for (_, entry) in entries {
         match entry {
             Entry::Stored(s) => {
-                let mut event = s.fold_event();
+                let mut event = s.fold_event(service_id, windows);
                 if let FoldAction::Manual { incident_id, change } = event.action
                     && let Some(target) = merged_into.get(incident_id)
                 {
@@ -418,7 +423,7 @@ async fn refold(
                 writes.stored_event(s, outcome, incident);
             }
             Entry::Fresh(event) => {
-                let (outcome, incident) = fold.apply(&fold_event(event));
+                let (outcome, incident) = fold.apply(&fold_event(event, windows));
                 writes.change(service_id, dedup_key, &fold, event, outcome, incident.as_deref());
                 writes.new_event(event, outcome, incident);
                 outcomes.push(outcome);
@@ -549,6 +554,10 @@ impl Writes {
         let Some((kind, state)) = ChangeKind::of(outcome).zip(incident.and_then(|id| fold.incident(id))) else {
             return;
         };
+        let kind = match (kind, state.status) {
+            (ChangeKind::Triggered, IncidentStatus::Suppressed) => ChangeKind::Suppressed,
+            (kind, _) => kind,
+        };
         let actor = format!("event:{}", event.envelope.event_id);
         let change =
             (service_id.to_owned(), kind, event.envelope.received_at, actor, snapshot(service_id, dedup_key, state));
@@ -636,5 +645,34 @@ impl Writes {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// The maintenance windows of a batch's services (DESIGN §12), ending at most 90 days ago: a
+/// trigger accepted inside one opens its incident `SUPPRESSED`. Decided by acceptance time, so a
+/// re-fold decides as the first fold did.
+#[derive(Default)]
+struct Windows(HashMap<String, Vec<(Timestamp, Timestamp)>>);
+
+impl Windows {
+    async fn load(tx: &mut PgConnection, services: &[&str]) -> Result<Self, sqlx::Error> {
+        let rows = sqlx::query(
+            "select s.service_id, w.starts_at, w.ends_at from maintenance_window_services s
+             join maintenance_windows w on w.id = s.window_id
+             where s.service_id = any($1) and w.ends_at > now() - interval '90 days'",
+        )
+        .bind(services)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut windows = Self::default();
+        for row in &rows {
+            let interval = (timestamp(row, "starts_at")?, timestamp(row, "ends_at")?);
+            windows.0.entry(row.try_get("service_id")?).or_default().push(interval);
+        }
+        Ok(windows)
+    }
+
+    fn cover(&self, service_id: &str, at: Timestamp) -> bool {
+        self.0.get(service_id).is_some_and(|w| w.iter().any(|(start, end)| *start <= at && at < *end))
     }
 }

@@ -49,6 +49,34 @@ pub struct WorkerSettings {
     /// Where webhook deliveries may be sent.
     #[command(flatten)]
     pub webhooks: WebhookConfig,
+    #[command(flatten)]
+    pub notify: NotifyConfig,
+}
+
+/// How people are notified (DESIGN §11).
+#[derive(Debug, Clone, Args)]
+pub struct NotifyConfig {
+    /// SMTP server e-mail notifications go through: `smtp://host:port` (plain),
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465` (TLS), with `user:password@`
+    /// to authenticate. Unset: e-mail notifications fail, and are recorded as failed.
+    #[arg(long = "smtp-url", env = "SMTP_URL")]
+    pub smtp_url: Option<String>,
+    /// The `From` of e-mail notifications.
+    #[arg(long = "smtp-from", env = "SMTP_FROM", default_value = "OpsSentinal <opssentinal@localhost>")]
+    pub smtp_from: String,
+}
+
+impl NotifyConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.smtp_url {
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url)
+                .map_err(|err| anyhow::anyhow!("SMTP_URL is not a usable SMTP URL: {err}"))?;
+        }
+        self.smtp_from
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|err| anyhow::anyhow!("SMTP_FROM is not an e-mail address: {err}"))?;
+        Ok(())
+    }
 }
 
 impl WorkerSettings {
@@ -81,7 +109,7 @@ impl WorkerSettings {
         if self.max_ack_pending < self.batch_size as i64 {
             bail!("WORKER_MAX_ACK_PENDING must be at least WORKER_BATCH_SIZE");
         }
-        Ok(())
+        self.notify.validate()
     }
 
     pub fn batch_linger(&self) -> Duration {

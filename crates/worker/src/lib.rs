@@ -52,6 +52,10 @@ pub async fn start(
     tasks.spawn(roles::relay::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
     tasks.spawn(roles::webhooks::fanout::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
     tasks.spawn(roles::webhooks::send::run(pool.clone(), settings.webhooks.clone(), shutdown.clone()));
+    tasks.spawn(roles::escalation::run(pool.clone(), shutdown.clone()));
+    let (webhooks, notify) = (settings.webhooks.clone(), settings.notify.clone());
+    tasks.spawn(roles::notify::run(pool.clone(), webhooks, notify, shutdown.clone()));
+    tasks.spawn(roles::heartbeats::run(pool.clone(), js.clone(), nats.clone(), shutdown.clone()));
     let applier = Arc::new(Applier {
         pool,
         stream: nats.stream.clone(),

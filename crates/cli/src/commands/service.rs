@@ -25,6 +25,9 @@ pub enum ServiceCommand {
         /// Events per minute through this service's routing key, instead of the default.
         #[arg(long)]
         rate_limit: Option<String>,
+        /// The escalation policy its new incidents start (an `esc_…` id).
+        #[arg(long)]
+        escalation_policy: Option<String>,
         #[command(flatten)]
         database: DatabaseConfig,
     },
@@ -46,12 +49,13 @@ pub enum ServiceCommand {
 
 pub async fn run(command: ServiceCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        ServiceCommand::Create { name, description, rate_limit, database } => {
+        ServiceCommand::Create { name, description, rate_limit, escalation_policy, database } => {
             let pool = super::connect(&database).await?;
             let new = NewService {
                 name: field("name", &name)?,
                 description: description.map(|d| field("description", &d)).transpose()?,
                 rate_limit: rate_limit.map(|r| field("rateLimit", &r)).transpose()?,
+                escalation_policy_id: escalation_policy.map(|p| field("escalationPolicyId", &p)).transpose()?,
             };
             let service = service::create(&pool, &new).await?;
             output.record(

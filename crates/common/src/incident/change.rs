@@ -38,6 +38,56 @@ pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
     Ok(reopened)
 }
 
+/// Ends maintenance windows that are over (DESIGN §12): each incident a window kept
+/// `SUPPRESSED` becomes `OPEN` (a system change in its key's log, with a timeline entry), which
+/// starts its escalation, unless another window still covers its service. Returns how many
+/// incidents were opened.
+pub async fn end_maintenance_windows(pool: &PgPool) -> Result<usize, ApiError> {
+    let ended: Vec<String> = sqlx::query_scalar(
+        "select id from maintenance_windows where ended_at is null and ends_at <= now() order by ends_at limit 20",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut opened = 0;
+    for window in ended {
+        let quiet: Vec<(String, String, String)> = sqlx::query_as(
+            "select i.id, i.service_id, i.dedup_key from incidents i
+             join maintenance_window_services s on s.service_id = i.service_id and s.window_id = $1
+             where i.status = 'SUPPRESSED'
+               and not exists (select 1 from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
+                               where o.service_id = i.service_id and w.starts_at <= now() and w.ends_at > now())",
+        )
+        .bind(&window)
+        .fetch_all(pool)
+        .await?;
+        for (id, service_id, dedup_key) in quiet {
+            let mut tx = pool.begin().await?;
+            let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
+                continue;
+            };
+            if incident.status == IncidentStatus::Suppressed {
+                apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system")
+                    .await?;
+                sqlx::query(
+                    "insert into incident_timeline (incident_id, kind, actor_id, message, data)
+                     values ($1, 'maintenance_ended', 'system', 'maintenance window ended: the incident is open', $2)",
+                )
+                .bind(&id)
+                .bind(json!({"maintenanceWindowId": window}))
+                .execute(&mut *tx)
+                .await?;
+                opened += 1;
+            }
+            tx.commit().await?;
+        }
+        sqlx::query("update maintenance_windows set ended_at = now() where id = $1")
+            .bind(&window)
+            .execute(pool)
+            .await?;
+    }
+    Ok(opened)
+}
+
 /// Folds the pending count deltas into the counts, in one statement (so any reader sees either
 /// the deltas or their sum, never both or neither).
 pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
@@ -94,6 +144,7 @@ pub async fn apply_status(
         seq: position,
         action: FoldAction::Manual { incident_id: &target, change },
         received_at: at,
+        in_maintenance: false,
     });
     let mut changes = ChangeRows::default();
     if let Some((kind, state)) = ChangeKind::of(outcome).zip(fold.incident(&target)) {

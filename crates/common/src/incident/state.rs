@@ -183,6 +183,9 @@ pub struct FoldEvent<'a> {
     pub seq: i64,
     pub action: FoldAction<'a>,
     pub received_at: Timestamp,
+    /// Whether the service was in a maintenance window when the event was accepted: a trigger
+    /// that opens an incident then opens it `SUPPRESSED` (DESIGN §12).
+    pub in_maintenance: bool,
 }
 
 /// The state of one key while its events are applied, and every incident the fold changed.
@@ -251,7 +254,7 @@ impl KeyFold {
                     description: payload
                         .and_then(|p| p.custom_details.as_ref())
                         .and_then(|details| serde_json::to_string_pretty(details).ok()),
-                    status: IncidentStatus::Open,
+                    status: if event.in_maintenance { IncidentStatus::Suppressed } else { IncidentStatus::Open },
                     urgency: payload.map_or(Urgency::High, |p| p.severity.into()),
                     alert_count: 1,
                     opened_seq: Some(event.seq),
@@ -333,6 +336,7 @@ mod tests {
             seq,
             action: FoldAction::Event(action, payload),
             received_at: Timestamp::from_second(1_700_000_000 + seq).unwrap(),
+            in_maintenance: false,
         }
     }
 
@@ -342,6 +346,7 @@ mod tests {
             seq,
             action: FoldAction::Manual { incident_id, change },
             received_at: Timestamp::from_second(1_700_000_100 + seq).unwrap(),
+            in_maintenance: false,
         }
     }
 
@@ -391,6 +396,20 @@ mod tests {
         assert!(resolved.description.as_deref().unwrap().contains("\"host\": \"web-01\""));
         assert_eq!(incidents[1].status, IncidentStatus::Open);
         assert_eq!(incidents[1].opened_seq, Some(7));
+    }
+
+    #[test]
+    fn a_trigger_in_maintenance_opens_a_suppressed_incident_that_absorbs_and_reopens() {
+        let p = payload("disk full");
+        let mut fold = KeyFold::new(None);
+        let quiet = FoldEvent { in_maintenance: true, ..event(1, EventAction::Trigger, Some(&p)) };
+        let (outcome, id) = fold.apply(&quiet);
+        assert_eq!(outcome, Outcome::Created);
+        assert_eq!(fold.open().unwrap().status, IncidentStatus::Suppressed);
+        assert_eq!(fold.apply(&event(2, EventAction::Trigger, Some(&p))).0, Outcome::Absorbed);
+        assert_eq!(fold.open().unwrap().status, IncidentStatus::Suppressed, "a later alert does not open it");
+        assert_eq!(fold.apply(&manual(3, id.as_deref().unwrap(), ManualChange::Reopen)).0, Outcome::Reopened);
+        assert_eq!(fold.open().unwrap().status, IncidentStatus::Open);
     }
 
     #[test]

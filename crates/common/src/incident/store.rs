@@ -120,19 +120,37 @@ impl IncidentRows {
             return Ok(HashMap::new());
         }
         sqlx::query_as(
+            // An incident that becomes OPEN on a service with an escalation policy starts its
+            // escalation at step 1, due now; one that leaves OPEN stops it (DESIGN §11).
             "insert into incidents as i (id, service_id, dedup_key, title, description, status, urgency, alert_count,
-                                    opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until, version)
-             select id, s, k, title, d, st, u, n, seq, c::timestamptz, up::timestamptz, a::timestamptz,
-                    r::timestamptz, z::timestamptz, v
+                                    opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until, version,
+                                    escalation_policy_id, escalation_policy_version, escalation_status, escalation_next_at)
+             select t.id, t.s, t.k, t.title, t.d, t.st, t.u, t.n, t.seq, t.c::timestamptz, t.up::timestamptz,
+                    t.a::timestamptz, t.r::timestamptz, t.z::timestamptz, t.v,
+                    e.id, e.version, case when e.id is not null then 'ACTIVE' end, case when e.id is not null then now() end
              from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::int4[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                         $15::int8[])
-               as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z, v)
+                         $15::int8[]) with ordinality
+               as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z, v, o)
+             left join lateral (select p.id, p.version from services sv join escalation_policies p on p.id = sv.escalation_policy_id
+                                where sv.id = t.s and t.st = 'OPEN') e on true
+             order by t.o
              on conflict (id) do update set
                status = excluded.status, alert_count = excluded.alert_count, opened_seq = excluded.opened_seq,
                created_at = excluded.created_at, updated_at = excluded.updated_at,
                acknowledged_at = excluded.acknowledged_at, resolved_at = excluded.resolved_at,
-               snoozed_until = excluded.snoozed_until, version = i.version + excluded.version
+               snoozed_until = excluded.snoozed_until, version = i.version + excluded.version,
+               escalation_policy_id = case when excluded.status = 'OPEN' and i.status <> 'OPEN'
+                                           then excluded.escalation_policy_id else i.escalation_policy_id end,
+               escalation_policy_version = case when excluded.status = 'OPEN' and i.status <> 'OPEN'
+                                                then excluded.escalation_policy_version else i.escalation_policy_version end,
+               escalation_status = case when excluded.status = 'OPEN' and i.status <> 'OPEN' then excluded.escalation_status
+                                        when excluded.status <> 'OPEN' and i.escalation_status = 'ACTIVE' then 'STOPPED'
+                                        else i.escalation_status end,
+               escalation_step = case when excluded.status = 'OPEN' and i.status <> 'OPEN' then 0 else i.escalation_step end,
+               escalation_loop = case when excluded.status = 'OPEN' and i.status <> 'OPEN' then 0 else i.escalation_loop end,
+               escalation_next_at = case when excluded.status = 'OPEN' and i.status <> 'OPEN' then excluded.escalation_next_at
+                                         when excluded.status <> 'OPEN' then null else i.escalation_next_at end
              returning i.id, i.version",
         )
         .bind(&self.id)
@@ -189,6 +207,10 @@ pub enum ChangeKind {
     NoteAdded,
     /// A late event re-ordered the incident's key; the snapshot is the incident re-folded.
     Reordered,
+    /// An incident opened during a maintenance window: visible, but it pages nobody.
+    Suppressed,
+    /// An escalation step fired (DESIGN §11).
+    Escalated,
 }
 
 impl ChangeKind {
@@ -205,6 +227,8 @@ impl ChangeKind {
             Self::PriorityChanged => "priority_changed",
             Self::NoteAdded => "note_added",
             Self::Reordered => "reordered",
+            Self::Suppressed => "suppressed",
+            Self::Escalated => "escalated",
         }
     }
 

@@ -211,6 +211,38 @@ pub struct Incident {
     pub resolved_at: Option<Timestamp>,
     /// Set while `SNOOZED`.
     pub snoozed_until: Option<Timestamp>,
+    /// The escalation it runs (DESIGN §11); null on a service without a policy.
+    pub escalation: Option<Escalation>,
+}
+
+/// Where an incident's escalation stands.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// `ACTIVE` (steps fire while it is `OPEN`), `STOPPED` (acknowledged, resolved, snoozed or
+    /// suppressed; starts over at step 1 if it opens again) or `COMPLETED` (the last step of the
+    /// last repeat fired).
+    pub status: EscalationStatus,
+    /// The next step to fire, from 1 (the last one fired, once `COMPLETED`).
+    pub step: i32,
+    /// How many times the steps started over, from 0.
+    #[serde(rename = "loop")]
+    pub repeat_loop: i32,
+    /// How many steps fired.
+    pub firings: i32,
+    /// When the next step fires; null unless `ACTIVE`.
+    pub next_at: Option<Timestamp>,
+    pub policy_id: String,
+    /// The policy version it follows (a later `PUT` does not change it).
+    pub policy_version: i32,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EscalationStatus {
+    Active,
+    Stopped,
+    Completed,
 }
 
 #[derive(Serialize, ToSchema)]

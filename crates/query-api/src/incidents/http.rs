@@ -20,7 +20,7 @@ use crate::page::{PageQuery, PageRequest};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail, update))
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail, update)).routes(routes!(escalate))
 }
 
 /// List incidents, newest first by default.
@@ -97,5 +97,21 @@ async fn update(
     // The scope first: a key without it learns nothing about the body.
     let body: IncidentChange = parse_value(body)?;
     service::update(&state.pool, &id, &body, &principal.user_id).await?;
+    Ok(Json(IncidentBody { incident: service::get(&state.pool, &id).await? }))
+}
+
+/// Fire the incident's next escalation step now, instead of when it is due.
+#[utoipa::path(post, path = "/api/incidents/{id}/escalate", tag = "incidents",
+    params(("id" = String, Path, description = "Incident id")),
+    responses((status = 200, description = "The incident, its next step due now", body = IncidentBody),
+              (status = 404, description = "No such incident", body = ErrorBody), (status = 409, description = "Not escalating (no policy, not OPEN, or completed)", body = ErrorBody), Refusals),
+    security(("api_key" = ["incidents:write"])))]
+async fn escalate(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<IncidentBody>, ApiError> {
+    principal.require(Scope::IncidentsWrite)?;
+    service::escalate(&state.pool, &id).await?;
     Ok(Json(IncidentBody { incident: service::get(&state.pool, &id).await? }))
 }

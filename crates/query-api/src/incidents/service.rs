@@ -17,9 +17,9 @@ use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::body::{
-    Alert, Assignee, CreateIncident, DescribedIncident, Incident, IncidentChange, IncidentDetail, IncidentList,
-    IncidentQuery, LoggedEntry, NoteEntry, ServiceName, SortField, SortOrder, StatusChange, StoredPayload,
-    TimelineEntry,
+    Alert, Assignee, CreateIncident, DescribedIncident, Escalation, EscalationStatus, Incident, IncidentChange,
+    IncidentDetail, IncidentList, IncidentQuery, LoggedEntry, NoteEntry, ServiceName, SortField, SortOrder,
+    StatusChange, StoredPayload, TimelineEntry,
 };
 use crate::page::PageRequest;
 
@@ -31,6 +31,8 @@ const SELECT: &str =
     "select i.id, i.title, i.description, i.status as stored_status, i.urgency, i.priority, i.dedup_key,
         i.service_id, s.name as service_name, i.assignee_id, u.name as assignee_name, u.email as assignee_email,
         i.alert_count, i.created_at, i.updated_at, i.acknowledged_at, i.resolved_at, i.snoozed_until,
+        i.escalation_status, i.escalation_step, i.escalation_loop, i.escalation_firings, i.escalation_next_at,
+        i.escalation_policy_id, i.escalation_policy_version,
         (case when i.status = 'SNOOZED' and i.snoozed_until <= now() then 'OPEN' else i.status end) as status";
 const FROM: &str = " from incidents i join services s on s.id = i.service_id left join users u on u.id = i.assignee_id";
 
@@ -60,7 +62,51 @@ fn incident_of(row: &PgRow) -> Result<Incident, sqlx::Error> {
         acknowledged_at: optional_timestamp(row, "acknowledged_at")?.map(Into::into),
         resolved_at: optional_timestamp(row, "resolved_at")?.map(Into::into),
         snoozed_until: snoozed_until.map(Into::into),
+        escalation: escalation_of(row)?,
     })
+}
+
+fn escalation_of(row: &PgRow) -> Result<Option<Escalation>, sqlx::Error> {
+    let Some(status) = row.try_get::<Option<String>, _>("escalation_status")? else { return Ok(None) };
+    let Some(policy_id) = row.try_get::<Option<String>, _>("escalation_policy_id")? else { return Ok(None) };
+    let status = match status.as_str() {
+        "ACTIVE" => EscalationStatus::Active,
+        "COMPLETED" => EscalationStatus::Completed,
+        _ => EscalationStatus::Stopped,
+    };
+    Ok(Some(Escalation {
+        status,
+        step: row.try_get::<i32, _>("escalation_step")? + 1,
+        repeat_loop: row.try_get("escalation_loop")?,
+        firings: row.try_get("escalation_firings")?,
+        next_at: optional_timestamp(row, "escalation_next_at")?.map(Into::into),
+        policy_id,
+        policy_version: row.try_get::<Option<i32>, _>("escalation_policy_version")?.unwrap_or(1),
+    }))
+}
+
+/// Fires the next step of `id`'s escalation now (DESIGN §11: `POST /api/incidents/{id}/escalate`):
+/// its due time becomes now and the workers are woken. `409` unless it is escalating.
+pub async fn escalate(pool: &PgPool, id: &str) -> Result<(), ApiError> {
+    let state: Option<(String, Option<String>)> =
+        sqlx::query_as("select status, escalation_status from incidents where id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let Some((status, escalation)) = state else { return Err(ApiError::not_found(format!("incident {id}"))) };
+    if escalation.as_deref() != Some("ACTIVE") {
+        let why = match escalation {
+            None => "its service has no escalation policy".to_owned(),
+            Some(e) => format!("it is {status} and its escalation is {e}"),
+        };
+        return Err(ApiError::conflict(format!("incident {id} is not escalating: {why}")));
+    }
+    sqlx::query("update incidents set escalation_next_at = now() where id = $1 and escalation_status = 'ACTIVE'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    sqlx::query("select pg_notify($1, '')").bind(common::db::ESCALATION_WAKE_CHANNEL).execute(pool).await?;
+    Ok(())
 }
 
 /// One incident with its description; `404` when missing.
@@ -339,8 +385,12 @@ pub async fn open(pool: &PgPool, new: &CreateIncident, actor: &str) -> Result<St
     let mut tx = pool.begin().await?;
     sqlx::query(
         "insert into incidents (id, service_id, dedup_key, title, description, status, urgency, priority, alert_count,
-                                created_at, updated_at)
-         values ($1, $2, $3, $4, $5, 'OPEN', $6, $7, 0, now(), now())",
+                                created_at, updated_at, escalation_policy_id, escalation_policy_version,
+                                escalation_status, escalation_next_at)
+         select $1, $2, $3, $4, $5, 'OPEN', $6, $7, 0, now(), now(), p.id, p.version,
+                case when p.id is not null then 'ACTIVE' end, case when p.id is not null then now() end
+         from (select $2::text as service_id) s
+         left join services sv on sv.id = s.service_id left join escalation_policies p on p.id = sv.escalation_policy_id",
     )
     .bind(&id)
     .bind(new.service_id.as_str())

@@ -3,7 +3,6 @@
 
 pub mod body;
 pub mod http;
-pub mod oncall;
 pub mod service;
 
 pub use http::router;

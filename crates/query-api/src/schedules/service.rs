@@ -1,6 +1,6 @@
 //! Schedules in PostgreSQL: typed input in, schedules, on-call answers and shifts out. The HTTP
 //! handlers and the CLI both call these, so they validate alike. Who is on call is computed by
-//! `super::oncall` from the stored layers and overrides.
+//! `common::schedule::oncall` from the stored layers and overrides.
 
 use common::ApiError;
 use common::error::OnConstraint;
@@ -15,8 +15,8 @@ use super::body::{
     OverrideView, RotationHours, RotationKind, Schedule, ScheduleList, ScheduleSummary, ShiftSource, ShiftUser,
     ShiftView, ShiftsBody, UserName,
 };
-use super::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
 use crate::page::{NewestFirst, PageRequest, newest_first};
+use common::schedule::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
 
 /// Longest window `shifts` renders at once.
 const MAX_WINDOW: SignedDuration = SignedDuration::from_hours(24 * 93);
@@ -263,10 +263,11 @@ async fn load(pool: &PgPool, id: &str) -> Result<(Schedule, Evaluable), ApiError
         let handoff: String = r.try_get("handoff_time")?;
         let start = timestamp(r, "starts_at")?;
         let end = optional_timestamp(r, "ends_at")?;
-        let (kind, rotation) = match (rotation.as_str(), hours) {
-            ("daily", _) => (RotationKind::Daily, Rotation::Daily),
-            ("weekly", _) => (RotationKind::Weekly, Rotation::Weekly),
-            (_, hours) => (RotationKind::Hours, Rotation::Hours(i64::from(hours.unwrap_or(24)))),
+        let rotation = Rotation::stored(&rotation, hours);
+        let kind = match rotation {
+            Rotation::Daily => RotationKind::Daily,
+            Rotation::Weekly => RotationKind::Weekly,
+            Rotation::Hours(_) => RotationKind::Hours,
         };
         layers.push(Layer {
             id: r.try_get("id")?,

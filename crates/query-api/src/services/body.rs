@@ -1,6 +1,6 @@
 //! What the services endpoints are sent and answer.
 
-use common::fields::Name;
+use common::fields::{Id, Name};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -28,6 +28,24 @@ pub struct NewService {
     /// Events per minute for the routing key; default the server's.
     #[serde(default)]
     pub rate_limit: Option<EventsPerMinute>,
+    /// The escalation policy its new incidents start (DESIGN §11); none by default.
+    #[serde(default)]
+    pub escalation_policy_id: Option<Id>,
+}
+
+/// What changes on a service; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[schema(example = json!({"escalationPolicyId": "esc_0193c1d1a3b87f00a1b2c3d4e5f60718"}))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePatch {
+    #[serde(default)]
+    pub name: Option<Name>,
+    #[serde(default)]
+    pub description: Option<ServiceDescription>,
+    /// An escalation policy id, or null for none: incidents opened from now on start it.
+    #[serde(default, deserialize_with = "common::fields::nullable")]
+    #[schema(value_type = Option<String>)]
+    pub escalation_policy_id: Option<Option<Id>>,
 }
 
 /// A service: where incidents are opened, with its status derived from its open incidents.
@@ -39,6 +57,10 @@ pub struct Service {
     pub description: String,
     pub status: ServiceStatus,
     pub open_incidents: OpenIncidents,
+    /// The escalation policy its new incidents start, if any.
+    pub escalation_policy_id: Option<String>,
+    /// Whether a maintenance window covers it now (its new incidents are `SUPPRESSED`).
+    pub in_maintenance: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// Shown only to keys with `services:write`.

@@ -12,14 +12,14 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::body::{NewService, ServiceBody, ServiceList};
+use super::body::{NewService, ServiceBody, ServiceList, ServicePatch};
 use super::service;
 use crate::api::{ErrorBody, Refusals};
 use crate::page::{PageQuery, PageRequest};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail))
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(detail, update))
 }
 
 /// List services with their derived status and open incidents by urgency.
@@ -66,4 +66,23 @@ async fn create(
     let body: NewService = parse_value(body)?;
     let created = service::create(&state.pool, &body).await?;
     Ok((StatusCode::CREATED, Json(ServiceBody { service: service::get(&state.pool, &created.id, true).await? })))
+}
+
+/// Change a service: `name`, `description`, `escalationPolicyId` (null for none).
+#[utoipa::path(patch, path = "/api/services/{id}", tag = "services", request_body = ServicePatch,
+    params(("id" = String, Path, description = "Service id")),
+    responses((status = 200, description = "The service", body = ServiceBody), (status = 400, description = "A bad field, named in the error", body = ErrorBody),
+              (status = 404, description = "No such service", body = ErrorBody), (status = 413, description = "Body over 512 KiB", body = ErrorBody),
+              (status = 415, description = "Not JSON", body = ErrorBody), Refusals),
+    security(("api_key" = ["services:write"])))]
+async fn update(
+    State(state): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<ServiceBody>, ApiError> {
+    principal.require(Scope::ServicesWrite)?;
+    let patch: ServicePatch = parse_value(body)?;
+    service::update(&state.pool, &id, &patch).await?;
+    Ok(Json(ServiceBody { service: service::get(&state.pool, &id, true).await? }))
 }

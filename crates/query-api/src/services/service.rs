@@ -3,15 +3,20 @@
 
 use common::ApiError;
 use common::auth::random_token;
+use common::error::OnConstraint;
+use common::fields::{Id, Name};
 use common::ids::new_id;
 use common::incident::store::timestamp;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
-use super::body::{NewService, OpenIncidents, Service, ServiceList, ServiceStatus, ServiceWithKey};
+use super::body::{NewService, OpenIncidents, Service, ServiceList, ServicePatch, ServiceStatus, ServiceWithKey};
 use crate::page::{NewestFirst, PageRequest, newest_first};
 
 const SELECT: &str = "select t.id, t.name, t.description, t.routing_key, t.rate_limit, t.created_at, t.updated_at,
+        t.escalation_policy_id,
+        exists (select 1 from maintenance_window_services m join maintenance_windows w on w.id = m.window_id
+                where m.service_id = t.id and w.starts_at <= now() and w.ends_at > now()) as in_maintenance,
         count(i.id) filter (where i.urgency = 'HIGH') as high,
         count(i.id) filter (where i.urgency = 'MEDIUM') as medium,
         count(i.id) filter (where i.urgency = 'LOW') as low
@@ -32,6 +37,8 @@ fn service_of(row: &PgRow, show_routing_key: bool) -> Result<Service, sqlx::Erro
         description: row.try_get("description")?,
         status,
         open_incidents: open,
+        escalation_policy_id: row.try_get("escalation_policy_id")?,
+        in_maintenance: row.try_get("in_maintenance")?,
         created_at: timestamp(row, "created_at")?.into(),
         updated_at: timestamp(row, "updated_at")?.into(),
         routing_key: if show_routing_key { Some(row.try_get("routing_key")?) } else { None },
@@ -67,15 +74,47 @@ pub async fn create(pool: &PgPool, new: &NewService) -> Result<ServiceWithKey, A
         routing_key: random_token(16),
         rate_limit: new.rate_limit.map(|r| r.get()),
     };
-    sqlx::query("insert into services (id, name, description, routing_key, rate_limit) values ($1, $2, $3, $4, $5)")
-        .bind(&service.id)
-        .bind(&service.name)
-        .bind(&service.description)
-        .bind(&service.routing_key)
-        .bind(service.rate_limit.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "insert into services (id, name, description, routing_key, rate_limit, escalation_policy_id)
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&service.id)
+    .bind(&service.name)
+    .bind(&service.description)
+    .bind(&service.routing_key)
+    .bind(service.rate_limit.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+    .bind(new.escalation_policy_id.as_ref().map(Id::as_str))
+    .execute(pool)
+    .await
+    .on_constraint(unknown_policy)?;
     Ok(service)
+}
+
+fn unknown_policy(name: &str) -> Option<ApiError> {
+    (name == "services_escalation_policy_id_fkey")
+        .then(|| ApiError::validation("escalationPolicyId", "names no escalation policy"))
+}
+
+/// Applies `patch`; `404` when missing.
+pub async fn update(pool: &PgPool, id: &str, patch: &ServicePatch) -> Result<(), ApiError> {
+    let policy = patch.escalation_policy_id.as_ref();
+    let updated = sqlx::query(
+        "update services set name = coalesce($2, name), description = coalesce($3, description),
+            escalation_policy_id = case when $4 then $5 else escalation_policy_id end, updated_at = now()
+         where id = $1",
+    )
+    .bind(id)
+    .bind(patch.name.as_ref().map(Name::as_str))
+    .bind(patch.description.as_ref().map(|d| d.as_str()))
+    .bind(policy.is_some())
+    .bind(policy.and_then(Option::as_ref).map(Id::as_str))
+    .execute(pool)
+    .await
+    .on_constraint(unknown_policy)?;
+    if updated.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("service {id}")));
+    }
+    Ok(())
 }
 
 fn with_key((id, name, description, routing_key, rate_limit): KeyRow) -> ServiceWithKey {

@@ -54,7 +54,8 @@ pub struct StreamEventData {
     /// The change's id (also `webhook-id` for its deliveries).
     id: Option<uuid::Uuid>,
     /// The change's type, as the SSE `event`: triggered, alert_added, acknowledged, resolved,
-    /// snoozed, reopened, assigned, urgency_changed, priority_changed, note_added, reordered.
+    /// snoozed, reopened, assigned, urgency_changed, priority_changed, note_added, reordered,
+    /// suppressed (opened in a maintenance window), escalated (an escalation step fired).
     #[serde(rename = "type")]
     kind: Option<String>,
     /// When it happened (RFC 3339).

@@ -93,11 +93,76 @@ pub struct UserChange {
 }
 
 /// A user as listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
     pub name: String,
     pub email: String,
     pub role: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserList {
+    pub users: Vec<User>,
+    pub total: i64,
+    pub pagination: crate::page::Pagination,
+}
+
+/// How a contact method reaches its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContactType {
+    /// E-mail over SMTP; `address` is an e-mail address.
+    Email,
+    /// A JSON post; `address` is an https URL.
+    Webhook,
+    /// A Slack incoming webhook (or one that speaks its format); `address` is its https URL.
+    Slack,
+}
+
+impl ContactType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Webhook => "webhook",
+            Self::Slack => "slack",
+        }
+    }
+}
+
+common::bounded_text! {
+    /// Where a contact method sends: an e-mail address or a URL, at most 2048 characters.
+    pub struct Address { min: 1, max: 2048, trim: true }
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewContactMethod {
+    #[serde(rename = "type")]
+    pub kind: ContactType,
+    pub address: Address,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactMethod {
+    pub id: String,
+    pub user_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub address: String,
+    pub created_at: crate::api::Timestamp,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactMethodBody {
+    pub contact_method: ContactMethod,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactMethodList {
+    pub contact_methods: Vec<ContactMethod>,
 }

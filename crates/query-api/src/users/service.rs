@@ -1,13 +1,22 @@
-//! Users in PostgreSQL: typed input in, users out.
+//! Users and their contact methods in PostgreSQL: typed input in, users out.
 
 use common::ApiError;
 use common::auth::{Role, Scope, hash_password, random_token};
+use common::config::WebhookConfig;
 use common::error::OnConstraint;
+use common::fields::field;
 use common::ids::new_id;
-use sqlx::PgPool;
+use common::incident::store::timestamp;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgPool, Row};
 
-use super::body::{NewUser, User, UserChange};
+use super::body::{
+    ContactMethod, ContactMethodList, ContactType, Email, NewContactMethod, NewUser, User, UserChange, UserList,
+};
 use crate::api_keys::body::{CreatedApiKey, NewApiKey};
+use crate::page::{NewestFirst, PageRequest, newest_first};
+use crate::webhooks::body::WebhookUrl;
+use crate::webhooks::service::check_destination;
 
 /// Creates a user; `409` when the email is taken.
 pub async fn create(pool: &PgPool, new: &NewUser) -> Result<User, ApiError> {
@@ -125,4 +134,95 @@ mod tests {
         let password: super::super::body::Password = "correct horse".parse().unwrap();
         assert!(!format!("{password:?}").contains("horse"));
     }
+}
+
+/// A page of users, newest first (the API's `GET /api/users`).
+pub async fn page(pool: &PgPool, page: &PageRequest<NewestFirst>) -> Result<UserList, ApiError> {
+    let select = "select t.id, t.name, t.email, t.role, t.created_at from users t";
+    let (rows, total, pagination) = newest_first(pool, page, "users", select, "").await?;
+    let users = rows.iter().map(User::from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(UserList { users, total, pagination })
+}
+
+fn contact_method_of(row: &PgRow) -> Result<ContactMethod, sqlx::Error> {
+    Ok(ContactMethod {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        kind: row.try_get("type")?,
+        address: row.try_get("address")?,
+        created_at: timestamp(row, "created_at")?.into(),
+    })
+}
+
+/// A user's contact methods, oldest first; `404` for no such user.
+pub async fn contact_methods(pool: &PgPool, user_id: &str) -> Result<ContactMethodList, ApiError> {
+    let rows = sqlx::query(
+        "select u.id as owner, c.id, c.user_id, c.type, c.address, c.created_at
+         from users u left join contact_methods c on c.user_id = u.id where u.id = $1 order by c.created_at, c.id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!("user {user_id}")));
+    }
+    let contact_methods = rows
+        .iter()
+        .filter(|row| row.try_get::<Option<String>, _>("id").ok().flatten().is_some())
+        .map(contact_method_of)
+        .collect::<Result<_, _>>()?;
+    Ok(ContactMethodList { contact_methods })
+}
+
+/// Adds a contact method: an e-mail address, or an http(s) URL that `config` allows (https
+/// only, on a public address, unless private addresses are allowed). `404` for no such user,
+/// `409` when the user has it already.
+pub async fn add_contact_method(
+    pool: &PgPool,
+    config: &WebhookConfig,
+    user_id: &str,
+    new: &NewContactMethod,
+) -> Result<ContactMethod, ApiError> {
+    let address = match new.kind {
+        ContactType::Email => field::<Email>("address", new.address.as_str())?.as_str().to_owned(),
+        ContactType::Webhook | ContactType::Slack => {
+            let url: WebhookUrl = field("address", new.address.as_str())?;
+            if url.0.scheme() != "https" && !config.allow_private {
+                return Err(ApiError::validation("address", "must be an https URL"));
+            }
+            check_destination(config, &url, "address")?;
+            url.0.to_string()
+        }
+    };
+    let row = sqlx::query(
+        "insert into contact_methods (id, user_id, type, address) values ($1, $2, $3, $4)
+         returning id, user_id, type, address, created_at",
+    )
+    .bind(new_id("cm"))
+    .bind(user_id)
+    .bind(new.kind.as_str())
+    .bind(&address)
+    .fetch_one(pool)
+    .await
+    .on_constraint(|name| match name {
+        "contact_methods_user_id_fkey" => Some(ApiError::not_found(format!("user {user_id}"))),
+        "contact_methods_address_key" => {
+            Some(ApiError::conflict(format!("user {user_id} already has this {} contact method", new.kind.as_str())))
+        }
+        _ => None,
+    })?;
+    Ok(contact_method_of(&row)?)
+}
+
+/// Removes a contact method; notifications not yet sent to it go with it. `404` when missing.
+pub async fn delete_contact_method(pool: &PgPool, user_id: &str, id: &str) -> Result<(), ApiError> {
+    let deleted = sqlx::query("delete from contact_methods where id = $1 and user_id = $2")
+        .bind(id)
+        .bind(user_id)
+        .execute(pool)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!("contact method {id} of user {user_id}")));
+    }
+    Ok(())
 }

@@ -84,6 +84,10 @@ pub enum EventType {
     NoteAdded,
     #[serde(rename = "incident.reordered")]
     Reordered,
+    #[serde(rename = "incident.suppressed")]
+    Suppressed,
+    #[serde(rename = "incident.escalated")]
+    Escalated,
 }
 
 impl EventType {
@@ -101,6 +105,8 @@ impl EventType {
             Self::PriorityChanged => "incident.priority_changed",
             Self::NoteAdded => "incident.note_added",
             Self::Reordered => "incident.reordered",
+            Self::Suppressed => "incident.suppressed",
+            Self::Escalated => "incident.escalated",
         }
     }
 }
@@ -113,11 +119,6 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) ->
         }
         list => Ok(list),
     }
-}
-
-/// A field that may be set to null (`Some(None)`), as opposed to left out (`None`).
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A nullable list that, when given, names at least one entry.
@@ -158,7 +159,7 @@ pub struct WebhookPatch {
     #[serde(default, deserialize_with = "nullable_non_empty")]
     #[schema(value_type = Option<Vec<String>>)]
     pub service_ids: Option<Option<Vec<Id>>>,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "common::fields::nullable")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<WebhookDescription>>,
 }

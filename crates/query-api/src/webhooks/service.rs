@@ -38,9 +38,10 @@ fn webhook_of(row: &PgRow) -> Result<Webhook, sqlx::Error> {
     })
 }
 
-/// Refuses a URL whose host is a non-public address (or `localhost`) unless `config` allows
-/// them. Host names are checked again on every connection, against the addresses they resolve to.
-fn check_destination(config: &WebhookConfig, url: &WebhookUrl) -> Result<(), ApiError> {
+/// Refuses a URL (the body's `field`) whose host is a non-public address (or `localhost`) unless
+/// `config` allows them. Host names are checked again on every connection, against the addresses
+/// they resolve to.
+pub fn check_destination(config: &WebhookConfig, url: &WebhookUrl, field: &str) -> Result<(), ApiError> {
     let private = match url.0.host() {
         Some(url::Host::Ipv4(ip)) => !config.allows(ip.into()),
         Some(url::Host::Ipv6(ip)) => !config.allows(ip.into()),
@@ -52,7 +53,7 @@ fn check_destination(config: &WebhookConfig, url: &WebhookUrl) -> Result<(), Api
     };
     if private {
         return Err(ApiError::validation(
-            "url",
+            field,
             "is a loopback, private or link-local address; set WEBHOOK_ALLOW_PRIVATE=true to allow it",
         ));
     }
@@ -82,7 +83,7 @@ fn names<T>(list: &Option<Vec<T>>, name: impl Fn(&T) -> String) -> Option<Vec<St
 
 /// Creates a webhook with a fresh secret, shown this once.
 pub async fn create(pool: &PgPool, config: &WebhookConfig, new: &NewWebhook) -> Result<WebhookWithSecret, ApiError> {
-    check_destination(config, &new.url)?;
+    check_destination(config, &new.url, "url")?;
     check_services(pool, new.service_ids.as_ref()).await?;
     let (id, secret) = (new_id("whk"), new_webhook_secret());
     sqlx::query(
@@ -120,7 +121,7 @@ pub async fn update(
     patch: &WebhookPatch,
 ) -> Result<Webhook, ApiError> {
     if let Some(url) = &patch.url {
-        check_destination(config, url)?;
+        check_destination(config, url, "url")?;
     }
     check_services(pool, patch.service_ids.as_ref().and_then(Option::as_ref)).await?;
     let updated = sqlx::query(

@@ -1,6 +1,9 @@
 //! Background roles every worker runs beside applying events. Each is safe on any number of
 //! workers at once; add a new one as a module here and spawn it in [`crate::start`].
 
+pub mod escalation;
+pub mod heartbeats;
+pub mod notify;
 pub mod relay;
 pub mod retention;
 pub mod upkeep;

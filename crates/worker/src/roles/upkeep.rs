@@ -1,12 +1,13 @@
 //! Background role: every second, incidents whose snooze ended go back to `OPEN` (a system change
-//! in their key's log, under the key's lock), and pending incident-count deltas are folded into
+//! in their key's log, under the key's lock), so do incidents an ended maintenance window kept
+//! `SUPPRESSED`, and pending incident-count deltas are folded into
 //! the counts. One worker at a time does a round: a transaction-scoped advisory lock held for the
 //! round lets the others skip it (both steps would also be safe concurrently; they lock what
 //! they change).
 
 use std::time::Duration;
 
-use common::incident::change::{fold_count_deltas, reopen_due_snoozes};
+use common::incident::change::{end_maintenance_windows, fold_count_deltas, reopen_due_snoozes};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,7 @@ pub async fn round(pool: &PgPool) -> Result<bool, common::ApiError> {
         sqlx::query_scalar("select pg_try_advisory_xact_lock($1)").bind(LOCK).fetch_one(&mut *holder).await?;
     if ours {
         reopen_due_snoozes(pool).await?;
+        end_maintenance_windows(pool).await?;
         fold_count_deltas(pool).await?;
     }
     holder.commit().await?;

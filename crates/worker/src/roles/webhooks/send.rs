@@ -57,7 +57,7 @@ pub async fn run(pool: PgPool, config: WebhookConfig, shutdown: CancellationToke
 
 /// The HTTP client: no redirects, [`TIMEOUT`], and a resolver that leaves out the addresses
 /// `config` does not allow, so the check applies to the address actually connected to.
-fn client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
+pub fn client(config: &WebhookConfig) -> reqwest::Result<reqwest::Client> {
     // reqwest is built with rustls and no default crypto provider: use ring, as async-nats does.
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -279,7 +279,7 @@ fn retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
 }
 
 /// What went wrong with a request that got no answer, with its causes.
-fn describe(err: &reqwest::Error) -> String {
+pub fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return format!("no answer within {} s", TIMEOUT.as_secs());
     }
@@ -294,7 +294,7 @@ fn describe(err: &reqwest::Error) -> String {
 
 /// The pause before attempt `attempts + 1`: exponential with jitter from 2 s, four times longer
 /// each time, at most an hour (the first three retries come within about a minute and a half).
-fn backoff(attempts: i32) -> Duration {
+pub fn backoff(attempts: i32) -> Duration {
     const LONGEST: Duration = Duration::from_secs(3600);
     let mut delays = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(2))

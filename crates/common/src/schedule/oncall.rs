@@ -24,6 +24,15 @@ pub enum Rotation {
 }
 
 impl Rotation {
+    /// The rotation as `schedule_layers` stores it: `daily`, `weekly`, or `hours` with a length.
+    pub fn stored(kind: &str, hours: Option<i32>) -> Self {
+        match kind {
+            "daily" => Self::Daily,
+            "weekly" => Self::Weekly,
+            _ => Self::Hours(i64::from(hours.unwrap_or(24))),
+        }
+    }
+
     fn span(self, periods: i64) -> Span {
         match self {
             Self::Daily => Span::new().days(periods),
