@@ -241,3 +241,255 @@ async fn steps_fire_on_time_and_an_acknowledgement_stops_them() {
     assert_eq!(sink.messages(&env.http).await.len(), 1);
     assert_eq!(slack.received(&env.http).await.len(), 1);
 }
+
+/// A user with an e-mail contact method, made through the service modules; returns its id and
+/// the contact method's.
+async fn reachable(env: &TestEnv, name: &str, email: &str) -> (String, String) {
+    use query_api::users::service::add_contact_method;
+    let user = env.user(name, email, common::auth::Role::Responder).await;
+    let new = serde_json::from_value(json!({"type": "email", "address": email})).unwrap();
+    let config = common::config::WebhookConfig { allow_private: true };
+    let method = add_contact_method(&env.pool, &config, &user.id, &new).await.unwrap();
+    (user.id, method.id)
+}
+
+/// A service whose incidents start `policy` (a policy body); returns the service and the policy's id.
+async fn escalating_service(env: &TestEnv, policy: Value) -> (query_api::services::body::ServiceWithKey, String) {
+    let policy = serde_json::from_value(policy).unwrap();
+    let policy = query_api::escalation_policies::service::create(&env.pool, &policy).await.unwrap();
+    let service = env.service("Payments").await;
+    let link = serde_json::from_value(json!({"escalationPolicyId": policy.id})).unwrap();
+    query_api::services::service::update(&env.pool, &service.id, &link).await.unwrap();
+    (service, policy.id)
+}
+
+/// Opens an incident for each of `keys` on `service`, applied as a worker would; returns their ids.
+async fn open_incidents(env: &TestEnv, service_id: &str, keys: &[String]) -> Vec<String> {
+    use common::event::EventAction;
+    use worker::apply::{QueuedEvent, apply_batch};
+    let events: Vec<QueuedEvent> = (1..)
+        .zip(keys)
+        .map(|(seq, key)| QueuedEvent { seq, envelope: e2e::envelope(service_id, key, EventAction::Trigger, "down") })
+        .collect();
+    apply_batch(&env.pool, &events).await.unwrap();
+    let mut ids = Vec::new();
+    for key in keys {
+        ids.push(opened(env, service_id, key).await);
+    }
+    ids
+}
+
+async fn firings(env: &TestEnv, ids: &[String]) -> i64 {
+    sqlx::query_scalar("select coalesce(sum(escalation_firings), 0)::int8 from incidents where id = any($1)")
+        .bind(ids)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// Three worker processes racing over 20 escalating incidents, each step made due three times:
+/// every (incident, firing, user, contact method) is e-mailed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_racing_workers_notify_each_person_once_per_step() {
+    use e2e::servers::ServiceProcess;
+    let env = TestEnv::new().await;
+    let sink = SmtpSink::start();
+    let (ann, _) = reachable(&env, "Ann", "ann@example.com").await;
+    let (bob, _) = reachable(&env, "Bob", "bob@example.com").await;
+    let targets = json!([{"type": "user", "id": ann}, {"type": "user", "id": bob}]);
+    let (service, _) = escalating_service(
+        &env,
+        json!({"name": "Both", "repeat": 9, "steps": [{"escalateAfterMinutes": 30, "targets": targets}]}),
+    )
+    .await;
+    let mut vars = env.service_env();
+    vars.push(("SMTP_URL", sink.smtp_url()));
+    let _workers: Vec<ServiceProcess> = (0..3).map(|_| ServiceProcess::start("opssentinal-worker", &vars)).collect();
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    let ids = open_incidents(&env, &service.id, &keys).await;
+    for round in 1..=3 {
+        wait_until(Duration::from_secs(30), "the round's steps to fire", || async {
+            firings(&env, &ids).await == 20 * round
+        })
+        .await;
+        if round < 3 {
+            sqlx::query("update incidents set escalation_next_at = now() where id = any($1)")
+                .bind(&ids)
+                .execute(&env.pool)
+                .await
+                .unwrap();
+        }
+    }
+    wait_until(Duration::from_secs(30), "every notification to be sent", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from notifications where status = 'sent'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 120
+    })
+    .await;
+    let messages = sink.messages(&env.http).await;
+    let ids: std::collections::HashSet<&str> = messages.iter().map(|m| m["messageId"].as_str().unwrap()).collect();
+    assert_eq!((messages.len(), ids.len()), (120, 120), "20 incidents × 3 firings × 2 people, each once");
+}
+
+/// A worker killed after claiming a step and before committing it notifies nobody; the next
+/// worker fires the step, and the person is e-mailed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_claiming_a_step_and_committing_leaves_one_notification() {
+    use e2e::servers::ServiceProcess;
+    let env = TestEnv::new().await;
+    let sink = SmtpSink::start();
+    let (ann, method) = reachable(&env, "Ann", "ann@example.com").await;
+    let (service, _) = escalating_service(
+        &env,
+        json!({"name": "Ann", "steps": [{"escalateAfterMinutes": 30, "targets": [{"type": "user", "id": ann}]}]}),
+    )
+    .await;
+    let id = open_incidents(&env, &service.id, &["db".to_owned()]).await.remove(0);
+    // Lock Ann's contact method in an open transaction: the worker that claims the step waits
+    // there (queuing her notification needs it), with the step claimed and nothing committed.
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("select 1 from contact_methods where id = $1 for update")
+        .bind(&method)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut vars = env.service_env();
+    vars.push(("SMTP_URL", sink.smtp_url()));
+    let mut doomed = ServiceProcess::start("opssentinal-worker", &vars);
+    wait_until(Duration::from_secs(30), "the worker to claim the step and wait", || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where datname = current_database()
+             and wait_event_type = 'Lock' and query like '%insert into notifications%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    doomed.signal("-KILL");
+    assert!(doomed.exited_within(Duration::from_secs(5)).await.is_some());
+    holder.rollback().await.unwrap();
+    let _next = ServiceProcess::start("opssentinal-worker", &vars);
+    wait_until(Duration::from_secs(30), "the e-mail", || async { !sink.messages(&env.http).await.is_empty() }).await;
+    wait_until(Duration::from_secs(30), "the notification to be recorded", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from notifications where status = 'sent'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    assert_eq!(sink.messages(&env.http).await.len(), 1);
+    assert_eq!(fired(&env, &id).await.len(), 1, "the step fired once");
+    assert_eq!(firings(&env, std::slice::from_ref(&id)).await, 1);
+}
+
+/// An acknowledgement that comes after a step fired but before its e-mail got through stops the
+/// e-mail: the SMTP server refused the first attempt (451), and the retry is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_before_the_notification_is_sent_cancels_it() {
+    let env = TestEnv::new().await;
+    let sink = SmtpSink::start();
+    sink.configure(&env.http, json!({"reject": 1})).await;
+    let mut settings = env.worker_settings();
+    settings.notify.smtp_url = Some(sink.smtp_url());
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let (ann, _) = reachable(&env, "Ann", "ann@example.com").await;
+    let (service, _) = escalating_service(
+        &env,
+        json!({"name": "Ann", "steps": [{"escalateAfterMinutes": 30, "targets": [{"type": "user", "id": ann}]}]}),
+    )
+    .await;
+    let id = open_incidents(&env, &service.id, &["db".to_owned()]).await.remove(0);
+    wait_until(Duration::from_secs(20), "the refused attempt to be recorded", || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from notifications where status = 'pending' and attempts = 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    let change = serde_json::from_value(json!({"status": "ACKNOWLEDGED"})).unwrap();
+    query_api::incidents::service::update(&env.pool, &id, &change, &ann).await.unwrap();
+    sqlx::query("update notifications set next_attempt_at = now()").execute(&env.pool).await.unwrap();
+    wait_until(Duration::from_secs(20), "the notification to be cancelled", || async {
+        sqlx::query_scalar::<_, String>("select status from notifications").fetch_one(&env.pool).await.unwrap()
+            == "cancelled"
+    })
+    .await;
+    assert_eq!(sink.rejected(&env.http).await.len(), 1);
+    assert!(sink.messages(&env.http).await.is_empty(), "nothing sent after the acknowledgement");
+    let outcome: Value = sqlx::query_scalar(
+        "select data from incident_timeline where incident_id = $1 and kind = 'notification'",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(outcome["outcome"], "cancelled", "{outcome}");
+}
+
+/// A step with nobody on call escalates at once; a running escalation keeps the policy version
+/// it started with; `escalate` fires the next step now; an incident opened again starts over at
+/// step 1 with the current version; resolving stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_on_call_escalates_at_once_and_a_reopened_incident_starts_over_on_the_current_version() {
+    let env = TestEnv::new().await;
+    let sink = SmtpSink::start();
+    let mut settings = env.worker_settings();
+    settings.notify.smtp_url = Some(sink.smtp_url());
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    let base = env.spawn_query_api().await;
+    let key = env.admin_key().await;
+    let (ann, _) = reachable(&env, "Ann", "ann@example.com").await;
+    let (bob, _) = reachable(&env, "Bob", "bob@example.com").await;
+    let empty = post(&env, &base, &key, "/api/schedules", json!({"name": "Nobody", "timeZone": "UTC"})).await;
+    let user = |id: &str| json!({"escalateAfterMinutes": 10, "targets": [{"type": "user", "id": id}]});
+    let nobody = json!({"escalateAfterMinutes": 10, "targets": [{"type": "schedule", "id": empty["schedule"]["id"]}]});
+    let (service, policy) =
+        escalating_service(&env, json!({"name": "P", "steps": [nobody, user(&ann), user(&ann)]})).await;
+    let id = open_incidents(&env, &service.id, &["db".to_owned()]).await.remove(0);
+    wait_until(Duration::from_secs(20), "Ann's e-mail", || async { !mail_to(&env, &sink, "ann@example.com").await.is_empty() }).await;
+    let steps = fired(&env, &id).await;
+    assert_eq!(steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2], "step 1 had nobody: step 2 at once");
+    assert!(steps[1].1.duration_since(steps[0].1).as_secs_f64() < 2.0);
+    let nobody_entry: Value = sqlx::query_scalar(
+        "select data from incident_timeline where incident_id = $1 and kind = 'escalated' order by at, id limit 1",
+    )
+    .bind(&id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(nobody_entry["notified"], json!([]), "{nobody_entry}");
+
+    // A new version: Bob everywhere. The running escalation keeps version 1: step 3 is Ann's.
+    let v2 = json!({"name": "P", "steps": [user(&bob), user(&bob), user(&bob)]});
+    let (status, _) = env.send_json(Method::PUT, &format!("{base}/api/escalation-policies/{policy}"), &key, &v2).await;
+    assert_eq!(status, 200);
+    let (status, body) = env.send_json(Method::POST, &format!("{base}/api/incidents/{id}/escalate"), &key, &Value::Null).await;
+    assert_eq!((status, body["incident"]["escalation"]["policyVersion"].as_i64()), (200, Some(1)), "{body}");
+    wait_until(Duration::from_secs(20), "step 3", || async { mail_to(&env, &sink, "ann@example.com").await.len() == 2 }).await;
+    wait_until(Duration::from_secs(20), "the escalation to complete", || async {
+        incident(&env, &base, &key, &id).await["escalation"]["status"] == "COMPLETED"
+    })
+    .await;
+    assert!(mail_to(&env, &sink, "bob@example.com").await.is_empty());
+
+    // Acknowledged, then opened again: it starts over at step 1, on version 2 (Bob).
+    for status in ["ACKNOWLEDGED", "OPEN"] {
+        let (code, body) =
+            env.send_json(Method::PATCH, &format!("{base}/api/incidents/{id}"), &key, &json!({"status": status})).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    wait_until(Duration::from_secs(20), "Bob's e-mail", || async { !mail_to(&env, &sink, "bob@example.com").await.is_empty() }).await;
+    let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
+    assert_eq!((escalation["policyVersion"].as_i64(), escalation["step"].as_i64()), (Some(2), Some(2)), "{escalation}");
+    let (code, _) =
+        env.send_json(Method::PATCH, &format!("{base}/api/incidents/{id}"), &key, &json!({"status": "RESOLVED"})).await;
+    assert_eq!(code, 200);
+    let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
+    assert_eq!((escalation["status"].as_str(), &escalation["nextAt"]), (Some("STOPPED"), &Value::Null), "{escalation}");
+}
