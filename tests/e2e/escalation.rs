@@ -159,6 +159,11 @@ async fn steps_fire_on_time_and_an_acknowledgement_stops_them() {
     let bob = env.user("Bob", "bob@example.com", common::auth::Role::Responder).await.id;
     let path = format!("/api/users/{bob}/contact-methods");
     post(&env, &base, &key, &path, json!({"type": "slack", "address": slack.url("/slack")})).await;
+    // Ann is also posted to as a webhook; Bob's Slack answers 503 once, then 200.
+    let hook = WebhookReceiver::start();
+    let path = format!("/api/users/{ann}/contact-methods");
+    post(&env, &base, &key, &path, json!({"type": "webhook", "address": hook.url("/page")})).await;
+    slack.configure(&env.http, json!({"responses": [503], "default": 200})).await;
     let schedule = post(
         &env,
         &base,
@@ -211,8 +216,28 @@ async fn steps_fire_on_time_and_an_acknowledgement_stops_them() {
     assert_eq!(steps.iter().map(|(step, _)| *step).collect::<Vec<_>>(), [1, 2]);
     let late = steps[1].1.duration_since(due).as_secs_f64();
     assert!((0.0..=2.0).contains(&late), "step 2 fired {late:.3} s after it was due");
-    let post = &slack.received(&env.http).await[0];
-    assert!(post["body"]["text"].as_str().unwrap().contains("DB down"), "{post}");
+    // The 503 is retried: its retry is made due once the attempt is recorded.
+    wait_until(Duration::from_secs(20), "the retry to be scheduled", || async {
+        let moved = sqlx::query(
+            "update notifications set next_attempt_at = now() where status = 'pending' and attempts = 1 and channel = 'slack'",
+        )
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        moved.rows_affected() == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(20), "the retried Slack post", || async { slack.received(&env.http).await.len() == 2 })
+        .await;
+    let posts = slack.received(&env.http).await;
+    assert_eq!(posts.iter().map(|p| p["status"].as_u64().unwrap()).collect::<Vec<_>>(), [503, 200]);
+    assert!(posts[1]["body"]["text"].as_str().unwrap().contains("DB down"), "{posts:#?}");
+    let paged = hook.received(&env.http).await;
+    assert_eq!(paged.len(), 1, "{paged:#?}");
+    assert_eq!(
+        (paged[0]["body"]["type"].as_str(), paged[0]["body"]["incident"]["id"].as_str()),
+        (Some("incident.notification"), Some(id.as_str()))
+    );
     // After the last step, the policy starts over (repeat 1) at step 1.
     let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
     assert_eq!((escalation["step"].as_i64(), escalation["loop"].as_i64()), (Some(1), Some(1)), "{escalation}");
@@ -234,12 +259,12 @@ async fn steps_fire_on_time_and_an_acknowledgement_stops_them() {
         .filter(|e| e["type"] == "notification")
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["sent", "sent"], "{timeline:#?}");
+    assert_eq!(outcomes, ["sent", "sent", "sent"], "{timeline:#?}");
     let (status, body) =
         env.send_json(Method::POST, &format!("{base}/api/incidents/{id}/escalate"), &key, &Value::Null).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("CONFLICT")), "{body}");
     assert_eq!(sink.messages(&env.http).await.len(), 1);
-    assert_eq!(slack.received(&env.http).await.len(), 1);
+    assert_eq!((slack.received(&env.http).await.len(), hook.received(&env.http).await.len()), (2, 1));
 }
 
 /// A user with an e-mail contact method, made through the service modules; returns its id and
@@ -492,4 +517,87 @@ async fn nobody_on_call_escalates_at_once_and_a_reopened_incident_starts_over_on
     assert_eq!(code, 200);
     let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
     assert_eq!((escalation["status"].as_str(), &escalation["nextAt"]), (Some("STOPPED"), &Value::Null), "{escalation}");
+}
+
+/// End to end with real senders: Alertmanager fires through `/v2/enqueue`, the service's
+/// schedule's on-call user is e-mailed within 2 s of the incident opening, and when Alertmanager
+/// resolves the escalation stops and nothing more is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alertmanager_alert_pages_the_on_call_user_and_its_resolve_stops_the_escalation() {
+    use e2e::servers::PrivateAlertmanager;
+    let env = TestEnv::new().await;
+    let sink = SmtpSink::start();
+    let pipeline = pipeline(&env, &sink).await;
+    let (base, key) = (pipeline.query.clone(), env.admin_key().await);
+    let (carol, _) = reachable(&env, "Carol", "carol@example.com").await;
+    let schedule = post(&env, &base, &key, "/api/schedules", json!({"name": "Primary", "timeZone": "Europe/Berlin",
+        "layers": [{"start": "2026-01-01T00:00:00Z", "rotation": "daily", "handoffTime": "09:00", "users": [carol]}]}))
+    .await;
+    let (service, _) = escalating_service(
+        &env,
+        json!({"name": "On call", "repeat": 3, "steps": [{"escalateAfterMinutes": 1,
+               "targets": [{"type": "schedule", "id": schedule["schedule"]["id"]}]}]}),
+    )
+    .await;
+    let config = format!(
+        "route:
+  receiver: pager
+  group_by: ['alertname']
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: pager
+    pagerduty_configs:
+      - routing_key: {key}
+        url: {ingest}/v2/enqueue
+        send_resolved: true
+",
+        key = service.routing_key,
+        ingest = pipeline.ingest,
+    );
+    let alertmanager = PrivateAlertmanager::start(&config);
+    let labels = ["alertname=CheckoutErrors", "severity=critical"];
+    let mut firing = vec!["alert", "add"];
+    firing.extend(labels);
+    firing.push("--annotation=summary=Checkout errors above 5%");
+    alertmanager.amtool(&firing);
+
+    let find = || async {
+        sqlx::query_scalar::<_, String>("select id from incidents where service_id = $1")
+            .bind(&service.id)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(60), "Alertmanager's incident", || async { find().await.is_some() }).await;
+    let id = find().await.unwrap();
+    wait_until(Duration::from_secs(20), "Carol's e-mail", || async { !mail_to(&env, &sink, "carol@example.com").await.is_empty() }).await;
+    let mail = &mail_to(&env, &sink, "carol@example.com").await[0];
+    assert!(mail["subject"].as_str().unwrap().contains("CheckoutErrors"), "{mail}");
+    let created: Timestamp = incident(&env, &base, &key, &id).await["createdAt"].as_str().unwrap().parse().unwrap();
+    let latency = mail["receivedAt"].as_f64().unwrap() - created.as_millisecond() as f64 / 1000.0;
+    assert!(latency < 2.0, "e-mailed {latency:.2} s after the incident opened");
+
+    let end = format!("--end={}", Timestamp::now());
+    let mut resolved = vec!["alert", "add"];
+    resolved.extend(labels);
+    resolved.push(&end);
+    alertmanager.amtool(&resolved);
+    wait_until(Duration::from_secs(60), "the resolve", || async {
+        incident(&env, &base, &key, &id).await["status"] == "RESOLVED"
+    })
+    .await;
+    let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
+    assert_eq!((escalation["status"].as_str(), &escalation["nextAt"]), (Some("STOPPED"), &Value::Null), "{escalation}");
+    // The next step would have been due a minute after the first: make any step of it due now,
+    // and give the workers a round to show they fire nothing.
+    let moved = sqlx::query("update incidents set escalation_next_at = now() where id = $1 and escalation_status = 'ACTIVE'")
+        .bind(&id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(moved.rows_affected(), 0, "nothing left to fire");
+    assert_eq!(fired(&env, &id).await.len(), 1);
+    assert_eq!(sink.messages(&env.http).await.len(), 1);
 }
