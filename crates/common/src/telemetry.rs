@@ -135,6 +135,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                     &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0],
                 )
                 .expect("static buckets are valid")
+                // Escalation steps fire within 2 s of their due time.
+                .set_buckets_for_metric(
+                    Matcher::Full("escalation_lag_seconds".into()),
+                    &[0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0, 60.0],
+                )
+                .expect("static buckets are valid")
                 // Webhook attempts give up after 10 s.
                 .set_buckets_for_metric(
                     Matcher::Full("webhook_attempt_seconds".into()),

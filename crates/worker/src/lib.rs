@@ -121,6 +121,9 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         "webhook_deliveries_given_up_total",
         "webhook_changes_expired_total",
         "webhook_changes_unreadable_total",
+        "escalation_steps_total",
+        "notifications_total",
+        "heartbeats_missed_total",
     ]);
     let app = health_router(readiness).fallback(common::http::not_found);
     tracing::info!(listen = %listener.local_addr()?, "worker running");
