@@ -14,6 +14,9 @@ python3 -c 'import pdpyras' 2>/dev/null || python3 -m pip install --quiet pdpyra
 python3 -c 'import standardwebhooks' 2>/dev/null || python3 -m pip install --quiet standardwebhooks
 # The email tests' SMTP server (tests/support/smtp_sink.py) is aiosmtpd.
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install --quiet aiosmtpd
+# The console's browser test: Debian's Chromium driven by Playwright's Python package (no browser download).
+command -v chromium >/dev/null || apt_install chromium
+python3 -c 'import playwright' 2>/dev/null || python3 -m pip install --quiet playwright
 # The API contract test: schemathesis fuzzes every operation against the OpenAPI document.
 command -v schemathesis >/dev/null || python3 -m pip install --quiet schemathesis
 # The deployment checks: Kubernetes schemas offline, Prometheus' rule checker, certificates for TLS tests.

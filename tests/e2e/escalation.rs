@@ -227,8 +227,10 @@ async fn steps_fire_on_time_and_an_acknowledgement_stops_them() {
         moved.rows_affected() == 1
     })
     .await;
-    wait_until(Duration::from_secs(20), "the retried Slack post", || async { slack.received(&env.http).await.len() == 2 })
-        .await;
+    wait_until(Duration::from_secs(20), "the retried Slack post", || async {
+        slack.received(&env.http).await.len() == 2
+    })
+    .await;
     let posts = slack.received(&env.http).await;
     assert_eq!(posts.iter().map(|p| p["status"].as_u64().unwrap()).collect::<Vec<_>>(), [503, 200]);
     assert!(posts[1]["body"]["text"].as_str().unwrap().contains("DB down"), "{posts:#?}");
@@ -447,13 +449,12 @@ async fn an_acknowledgement_before_the_notification_is_sent_cancels_it() {
     .await;
     assert_eq!(sink.rejected(&env.http).await.len(), 1);
     assert!(sink.messages(&env.http).await.is_empty(), "nothing sent after the acknowledgement");
-    let outcome: Value = sqlx::query_scalar(
-        "select data from incident_timeline where incident_id = $1 and kind = 'notification'",
-    )
-    .bind(&id)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let outcome: Value =
+        sqlx::query_scalar("select data from incident_timeline where incident_id = $1 and kind = 'notification'")
+            .bind(&id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(outcome["outcome"], "cancelled", "{outcome}");
 }
 
@@ -477,7 +478,10 @@ async fn nobody_on_call_escalates_at_once_and_a_reopened_incident_starts_over_on
     let (service, policy) =
         escalating_service(&env, json!({"name": "P", "steps": [nobody, user(&ann), user(&ann)]})).await;
     let id = open_incidents(&env, &service.id, &["db".to_owned()]).await.remove(0);
-    wait_until(Duration::from_secs(20), "Ann's e-mail", || async { !mail_to(&env, &sink, "ann@example.com").await.is_empty() }).await;
+    wait_until(Duration::from_secs(20), "Ann's e-mail", || async {
+        !mail_to(&env, &sink, "ann@example.com").await.is_empty()
+    })
+    .await;
     let steps = fired(&env, &id).await;
     assert_eq!(steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2], "step 1 had nobody: step 2 at once");
     assert!(steps[1].1.duration_since(steps[0].1).as_secs_f64() < 2.0);
@@ -494,9 +498,13 @@ async fn nobody_on_call_escalates_at_once_and_a_reopened_incident_starts_over_on
     let v2 = json!({"name": "P", "steps": [user(&bob), user(&bob), user(&bob)]});
     let (status, _) = env.send_json(Method::PUT, &format!("{base}/api/escalation-policies/{policy}"), &key, &v2).await;
     assert_eq!(status, 200);
-    let (status, body) = env.send_json(Method::POST, &format!("{base}/api/incidents/{id}/escalate"), &key, &Value::Null).await;
+    let (status, body) =
+        env.send_json(Method::POST, &format!("{base}/api/incidents/{id}/escalate"), &key, &Value::Null).await;
     assert_eq!((status, body["incident"]["escalation"]["policyVersion"].as_i64()), (200, Some(1)), "{body}");
-    wait_until(Duration::from_secs(20), "step 3", || async { mail_to(&env, &sink, "ann@example.com").await.len() == 2 }).await;
+    wait_until(Duration::from_secs(20), "step 3", || async {
+        mail_to(&env, &sink, "ann@example.com").await.len() == 2
+    })
+    .await;
     wait_until(Duration::from_secs(20), "the escalation to complete", || async {
         incident(&env, &base, &key, &id).await["escalation"]["status"] == "COMPLETED"
     })
@@ -509,7 +517,10 @@ async fn nobody_on_call_escalates_at_once_and_a_reopened_incident_starts_over_on
             env.send_json(Method::PATCH, &format!("{base}/api/incidents/{id}"), &key, &json!({"status": status})).await;
         assert_eq!(code, 200, "{body}");
     }
-    wait_until(Duration::from_secs(20), "Bob's e-mail", || async { !mail_to(&env, &sink, "bob@example.com").await.is_empty() }).await;
+    wait_until(Duration::from_secs(20), "Bob's e-mail", || async {
+        !mail_to(&env, &sink, "bob@example.com").await.is_empty()
+    })
+    .await;
     let escalation = incident(&env, &base, &key, &id).await["escalation"].clone();
     assert_eq!((escalation["policyVersion"].as_i64(), escalation["step"].as_i64()), (Some(2), Some(2)), "{escalation}");
     let (code, _) =
@@ -530,8 +541,14 @@ async fn an_alertmanager_alert_pages_the_on_call_user_and_its_resolve_stops_the_
     let pipeline = pipeline(&env, &sink).await;
     let (base, key) = (pipeline.query.clone(), env.admin_key().await);
     let (carol, _) = reachable(&env, "Carol", "carol@example.com").await;
-    let schedule = post(&env, &base, &key, "/api/schedules", json!({"name": "Primary", "timeZone": "Europe/Berlin",
-        "layers": [{"start": "2026-01-01T00:00:00Z", "rotation": "daily", "handoffTime": "09:00", "users": [carol]}]}))
+    let schedule = post(
+        &env,
+        &base,
+        &key,
+        "/api/schedules",
+        json!({"name": "Primary", "timeZone": "Europe/Berlin",
+        "layers": [{"start": "2026-01-01T00:00:00Z", "rotation": "daily", "handoffTime": "09:00", "users": [carol]}]}),
+    )
     .await;
     let (service, _) = escalating_service(
         &env,
@@ -572,7 +589,10 @@ receivers:
     };
     wait_until(Duration::from_secs(60), "Alertmanager's incident", || async { find().await.is_some() }).await;
     let id = find().await.unwrap();
-    wait_until(Duration::from_secs(20), "Carol's e-mail", || async { !mail_to(&env, &sink, "carol@example.com").await.is_empty() }).await;
+    wait_until(Duration::from_secs(20), "Carol's e-mail", || async {
+        !mail_to(&env, &sink, "carol@example.com").await.is_empty()
+    })
+    .await;
     let mail = &mail_to(&env, &sink, "carol@example.com").await[0];
     assert!(mail["subject"].as_str().unwrap().contains("CheckoutErrors"), "{mail}");
     let created: Timestamp = incident(&env, &base, &key, &id).await["createdAt"].as_str().unwrap().parse().unwrap();
@@ -592,11 +612,12 @@ receivers:
     assert_eq!((escalation["status"].as_str(), &escalation["nextAt"]), (Some("STOPPED"), &Value::Null), "{escalation}");
     // The next step would have been due a minute after the first: make any step of it due now,
     // and give the workers a round to show they fire nothing.
-    let moved = sqlx::query("update incidents set escalation_next_at = now() where id = $1 and escalation_status = 'ACTIVE'")
-        .bind(&id)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    let moved =
+        sqlx::query("update incidents set escalation_next_at = now() where id = $1 and escalation_status = 'ACTIVE'")
+            .bind(&id)
+            .execute(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(moved.rows_affected(), 0, "nothing left to fire");
     assert_eq!(fired(&env, &id).await.len(), 1);
     assert_eq!(sink.messages(&env.http).await.len(), 1);

@@ -214,6 +214,7 @@ impl TestEnv {
             nats: self.nats.clone(),
             limits: self.limits.clone(),
             webhooks,
+            ingest_public_url: "http://localhost:8081".into(),
             log: LogConfig { format: LogFormat::Pretty, filter: test_log() },
             shutdown: ShutdownConfig { timeout_secs: 10 },
         };

@@ -232,6 +232,46 @@ impl Principal {
     }
 }
 
+/// The cookie a signed-in console holds its session token in.
+pub const SESSION_COOKIE: &str = "opssentinal_session";
+
+/// The header the console sends with every write: a cross-site page cannot set it without the
+/// CORS preflight no OpsSentinal service answers, so a write carrying a session cookie without it
+/// is refused (with `SameSite=Strict` on the cookie, two locks on the door).
+pub const CSRF_HEADER: &str = "x-opssentinal-csrf";
+
+/// The console session token a request's `Cookie` header carries, if any.
+pub fn session_from_headers(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The principal of an unexpired, unrevoked console session: its user, with every scope the
+/// user's role allows (a session is the person, not a key). Marks the session seen.
+pub async fn session_principal(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "update console_sessions s set last_seen_at = now()
+         from users u
+         where u.id = s.user_id and s.token_hash = $1 and s.revoked_at is null and s.expires_at > now()
+         returning s.id, s.user_id, u.role",
+    )
+    .bind(hash_key(token).as_slice())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(id, user_id, role)| {
+        let role = Role::parse(&role)?;
+        let scopes = Scope::ALL.into_iter().filter(|s| role.allows(*s)).collect();
+        Some(Principal { key_id: format!("session:{id}"), user_id, role, scopes, rate_limit: None })
+    }))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLookupError {
     #[error("cannot verify API keys now: {0}")]

@@ -35,12 +35,13 @@ pub struct Gate {
     pub keys: KeyStore,
     pub limiter: Arc<RateLimiter>,
     pub limits: RateLimitConfig,
+    pool: PgPool,
 }
 
 impl Gate {
     pub fn new(pool: PgPool, limiter: Arc<RateLimiter>, limits: RateLimitConfig) -> Self {
-        let keys = KeyStore::new(pool, Duration::from_secs(limits.auth_cache_ttl_secs));
-        Self { keys, limiter, limits }
+        let keys = KeyStore::new(pool.clone(), Duration::from_secs(limits.auth_cache_ttl_secs));
+        Self { keys, limiter, limits, pool }
     }
 
     fn default_limit(&self, bucket: Bucket) -> u32 {
@@ -86,7 +87,34 @@ impl Gate {
         self.limiter.check_all_or_fail_open(&format!("{kind}:{}", principal.key_id), limit, cost).await
     }
 
-    async fn failed_auth(&self, client: Option<IpAddr>, message: &str) -> ApiError {
+    /// The principal of a console session token; `401` (counted against the client's failed
+    /// authentications) when it is unknown, expired or revoked.
+    pub async fn authenticate_session(&self, token: &str, client: Option<IpAddr>) -> Result<Principal, ApiError> {
+        match crate::auth::session_principal(&self.pool, token).await {
+            Ok(Some(principal)) => Ok(principal),
+            Ok(None) => Err(self.failed_auth(client, "the session expired or was signed out; sign in again").await),
+            Err(err) => {
+                tracing::warn!(error = %err, "session lookup failed");
+                Err(ApiError::unavailable("cannot verify sessions right now, retry later", 5))
+            }
+        }
+    }
+
+    /// `429` when `client` is over its failed-authentication limit: a sign-in from it is then not
+    /// even checked, so a guessed password cannot be told from a wrong one. (Redis down: none.)
+    pub async fn locked_out(&self, client: Option<IpAddr>) -> Option<ApiError> {
+        let decision = self
+            .limiter
+            .peek(&format!("authfail:{}", client?), self.limits.auth_failures_per_minute)
+            .await
+            .inspect_err(|err| self.limiter.fail_open(err))
+            .ok()?;
+        (!decision.allowed).then(|| ApiError::rate_limited(decision.retry_after))
+    }
+
+    /// A failed authentication (a wrong password too): `401 message`, or `429` once `client`
+    /// failed more than `RATE_LIMIT_AUTH_FAILURES_PER_MINUTE` times in a minute.
+    pub async fn failed_auth(&self, client: Option<IpAddr>, message: &str) -> ApiError {
         metrics::counter!("auth_failures_total").increment(1);
         if let Some(client) = client
             && let Some(decision) = self
@@ -126,6 +154,8 @@ impl Gate {
 pub struct GateLayer {
     pub gate: Arc<Gate>,
     pub bucket: Bucket,
+    /// Whether a console session cookie authenticates too (query-api), besides API keys.
+    pub sessions: bool,
 }
 
 /// Middleware: authenticates, rate-limits, puts the [`Principal`] in the request extensions and
@@ -133,10 +163,28 @@ pub struct GateLayer {
 pub async fn authenticate(State(layer): State<GateLayer>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let client = layer.gate.client_address(peer, request.headers());
-    let principal = match layer.gate.authenticate(request.headers(), client).await {
+    let session = (layer.sessions && crate::auth::key_from_headers(request.headers()).is_none())
+        .then(|| crate::auth::session_from_headers(request.headers()))
+        .flatten();
+    let authenticated = match session {
+        Some(token) => layer.gate.authenticate_session(token, client).await,
+        None => layer.gate.authenticate(request.headers(), client).await,
+    };
+    let principal = match authenticated {
         Ok(principal) => principal,
         Err(err) => return err.into_response(),
     };
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if session.is_some() && !safe && request.headers().get(crate::auth::CSRF_HEADER).is_none_or(|v| v != "1") {
+        return ApiError::new(
+            crate::ErrorCode::Forbidden,
+            format!(
+                "a write with a session cookie must carry the {} header (cross-site requests are refused)",
+                crate::auth::CSRF_HEADER
+            ),
+        )
+        .into_response();
+    }
     let decision = layer.gate.limit(&principal, layer.bucket, 1).await;
     if let Some(decision) = decision
         && !decision.allowed

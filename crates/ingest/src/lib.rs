@@ -26,14 +26,16 @@ pub use state::AppState;
 /// ingest's API routes (authenticated), without health endpoints or fallbacks, so the
 /// one-process mode can merge them with query-api's.
 pub fn api_router(state: Arc<AppState>) -> Router {
-    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Events };
+    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Events, sessions: false };
     let (events, _) = routes::events::router().split_for_parts();
     let (pagerduty, _) = routes::pagerduty::router().split_for_parts();
     let (alertmanager, _) = routes::alertmanager::router().split_for_parts();
+    let (heartbeats, _) = routes::heartbeats::router().split_for_parts();
     events
         .layer(axum::middleware::from_fn_with_state(gate, authenticate))
         .merge(pagerduty)
         .merge(alertmanager)
+        .merge(heartbeats)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -45,6 +47,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api.merge(pagerduty);
     let (_, alertmanager): (Router<Arc<AppState>>, _) = routes::alertmanager::router().split_for_parts();
     api.merge(alertmanager);
+    let (_, heartbeats): (Router<Arc<AppState>>, _) = routes::heartbeats::router().split_for_parts();
+    api.merge(heartbeats);
     api
 }
 

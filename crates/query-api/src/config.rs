@@ -23,6 +23,10 @@ pub struct QueryApiConfig {
     pub limits: RateLimitConfig,
     #[command(flatten)]
     pub webhooks: WebhookConfig,
+    /// Ingest's address as monitored jobs reach it: heartbeats' ping URLs are
+    /// `{INGEST_PUBLIC_URL}/api/heartbeats/ping/{token}`.
+    #[arg(long = "ingest-public-url", env = "INGEST_PUBLIC_URL", default_value = "http://localhost:8081")]
+    pub ingest_public_url: String,
     #[command(flatten)]
     pub log: LogConfig,
     #[command(flatten)]
@@ -35,8 +39,22 @@ impl QueryApiConfig {
         self.database.validate()?;
         self.redis.validate()?;
         self.nats.validate()?;
+        check_public_url("INGEST_PUBLIC_URL", &self.ingest_public_url)?;
         self.limits.validate()
     }
+}
+
+/// An absolute `http` or `https` URL with a host and no query or fragment: a base other URLs are
+/// built on.
+pub fn check_public_url(name: &str, value: &str) -> anyhow::Result<()> {
+    let url = url::Url::parse(value).map_err(|err| anyhow::anyhow!("{name} must be a URL, got {value:?}: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        anyhow::bail!("{name} must be an http or https URL with a host, got {value:?}");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        anyhow::bail!("{name} must have no query or fragment, got {value:?}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -52,5 +70,16 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         QueryApiConfig::try_parse_from(["opssentinal-query-api"]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn the_ingest_public_url_must_be_a_base_url() {
+        for good in ["http://localhost:8081", "https://pager.example.com/", "https://example.com/ops"] {
+            check_public_url("INGEST_PUBLIC_URL", good).unwrap();
+        }
+        for bad in ["localhost:8081", "ftp://example.com", "https://example.com/?a=1", "not a url"] {
+            let err = check_public_url("INGEST_PUBLIC_URL", bad).unwrap_err().to_string();
+            assert!(err.contains("INGEST_PUBLIC_URL"), "{bad}: {err}");
+        }
     }
 }

@@ -6,8 +6,11 @@
 pub mod api;
 pub mod api_keys;
 pub mod config;
+pub mod console;
 pub mod escalation_policies;
+pub mod heartbeats;
 pub mod incidents;
+pub mod maintenance;
 pub mod page;
 pub mod schedules;
 pub mod services;
@@ -38,17 +41,24 @@ pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 /// The authenticated API routes, without health endpoints or fallbacks (the one-process mode
 /// merges them with ingest's).
 pub fn api_router(state: Arc<AppState>) -> Router {
-    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Api };
+    let gate = GateLayer { gate: state.gate.clone(), bucket: Bucket::Api, sessions: true };
     let (routes, _) = routes().split_for_parts();
-    let (open, _) = stream::http::open_router().split_for_parts();
-    routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).merge(open).with_state(state).route(
+    let (open, _) = open_routes().split_for_parts();
+    let routes = routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).merge(open);
+    routes.merge(console::assets_router()).with_state(state).route(
         "/api/openapi.json",
         axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
     )
 }
 
+/// The routes that authenticate themselves (a stream token, a sign-in).
+fn open_routes() -> OpenApiRouter<Arc<AppState>> {
+    stream::http::open_router().merge(console::session_router())
+}
+
 fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
+        .merge(console::router())
         .merge(incidents::router())
         .merge(services::router())
         .merge(schedules::router())
@@ -56,13 +66,15 @@ fn routes() -> OpenApiRouter<Arc<AppState>> {
         .merge(webhooks::router())
         .merge(escalation_policies::router())
         .merge(users::router())
+        .merge(maintenance::router())
+        .merge(heartbeats::router())
 }
 
 /// The query API's part of the OpenAPI 3.1 document, with the document's title, description and
 /// security schemes; ingest's part (`ingest::openapi`) is merged into it to make the whole.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-    let (_, mut api): (Router<Arc<AppState>>, _) = routes().merge(stream::http::open_router()).split_for_parts();
+    let (_, mut api): (Router<Arc<AppState>>, _) = routes().merge(open_routes()).split_for_parts();
     api.info.title = "OpsSentinal API".into();
     api.info.version = env!("CARGO_PKG_VERSION").into();
     // Not utoipa's own author and licence, which it fills in by default.
@@ -92,8 +104,9 @@ pub async fn run(config: QueryApiConfig, listener: TcpListener, shutdown: Cancel
     let gate = Arc::new(Gate::new(pool.clone(), limiter, config.limits.clone()));
     let nats = common::nats::connect(&config.nats, "opssentinal-query-api").await?;
     let streams = stream::service::Registry { redis: redis.clone(), prefix: config.redis.key_prefix.clone() };
-    let state =
-        AppState::start(pool.clone(), gate, nats, &config.nats, streams, config.webhooks.clone(), shutdown.clone());
+    let settings =
+        state::Settings { webhooks: config.webhooks.clone(), ingest_public_url: config.ingest_public_url.clone() };
+    let state = AppState::start(pool.clone(), gate, nats, &config.nats, streams, settings, shutdown.clone());
     let schema_ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set_up = {
         let (pool, shutdown, ready) = (pool.clone(), shutdown.clone(), schema_ready.clone());

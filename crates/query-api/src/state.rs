@@ -17,6 +17,16 @@ pub struct AppState {
     pub streams: Registry,
     /// Where webhooks may be sent.
     pub webhooks: common::config::WebhookConfig,
+    /// Ingest's public base URL, which heartbeats' ping URLs start with.
+    pub ingest_public_url: String,
+}
+
+/// What the handlers read of the configuration.
+pub struct Settings {
+    /// Where webhooks may be sent.
+    pub webhooks: common::config::WebhookConfig,
+    /// Ingest's public base URL (`INGEST_PUBLIC_URL`), which heartbeats' ping URLs start with.
+    pub ingest_public_url: String,
 }
 
 impl AppState {
@@ -28,11 +38,12 @@ impl AppState {
         client: async_nats::Client,
         nats: &common::config::NatsConfig,
         streams: Registry,
-        webhooks: common::config::WebhookConfig,
+        settings: Settings,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Arc<Self> {
         let js = common::nats::jetstream(client, nats.publish_timeout());
         let feed = Feed::start(js, nats.changes_stream(), shutdown);
-        Arc::new(Self { pool, gate, feed, streams, webhooks })
+        let Settings { webhooks, ingest_public_url } = settings;
+        Arc::new(Self { pool, gate, feed, streams, webhooks, ingest_public_url })
     }
 }

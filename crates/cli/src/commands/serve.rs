@@ -35,6 +35,10 @@ pub struct ServeArgs {
     shutdown: ShutdownConfig,
     #[command(flatten)]
     worker: WorkerSettings,
+    /// This entry point's address as monitored jobs reach it: heartbeats' ping URLs are
+    /// `{INGEST_PUBLIC_URL}/api/heartbeats/ping/{token}`.
+    #[arg(long = "ingest-public-url", env = "INGEST_PUBLIC_URL", default_value = "http://localhost:8080")]
+    ingest_public_url: String,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     ingest_config.validate()?;
     args.worker.validate()?;
+    query_api::config::check_public_url("INGEST_PUBLIC_URL", &args.ingest_public_url)?;
     let shutdown = common::shutdown::on_signal();
     let deadline = args.shutdown.timeout();
     let serve = {
@@ -85,7 +90,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 worker_client.clone(),
                 &args.nats,
                 streams,
-                args.worker.webhooks.clone(),
+                query_api::state::Settings {
+                    webhooks: args.worker.webhooks.clone(),
+                    ingest_public_url: args.ingest_public_url.clone(),
+                },
                 shutdown.clone(),
             );
             let app = ingest::with_fallbacks(

@@ -1,3 +1,4 @@
 pub mod alertmanager;
 pub mod events;
+pub mod heartbeats;
 pub mod pagerduty;

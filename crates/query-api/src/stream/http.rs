@@ -1,5 +1,6 @@
 //! The stream endpoints. `GET /api/stream` authenticates itself, since a browser's
-//! `EventSource` cannot send a key: an API key in the headers, or a stream token as `?token=`.
+//! `EventSource` cannot send a key: an API key in the headers, a stream token as `?token=`, or the
+//! console's session cookie.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,9 +77,14 @@ async fn open(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, ApiError> {
     let query = query.parse::<StreamQuery>();
     // Who is asking comes first: a bad query is answered only to a known caller.
-    let principal = match query.as_ref().ok().and_then(|q| q.token.as_deref()) {
-        Some(token) => state.streams.redeem(token).await?,
-        None => state.gate.authenticate(headers, state.gate.client_address(peer, headers)).await?,
+    // A stream token, an API key, or (the console's `EventSource`, same origin) a session cookie.
+    let client = state.gate.client_address(peer, headers);
+    let session =
+        common::auth::key_from_headers(headers).is_none().then(|| common::auth::session_from_headers(headers));
+    let principal = match (query.as_ref().ok().and_then(|q| q.token.as_deref()), session.flatten()) {
+        (Some(token), _) => state.streams.redeem(token).await?,
+        (None, Some(session)) => state.gate.authenticate_session(session, client).await?,
+        (None, None) => state.gate.authenticate(headers, client).await?,
     };
     if let Some(decision) = state.gate.limit(&principal, Bucket::Api, 1).await
         && !decision.allowed

@@ -31,6 +31,8 @@ impl FromStr for Email {
     }
 }
 
+common::deserialize_from_str!(Email);
+
 /// A password: at least 8 characters. Never printed.
 #[derive(Clone)]
 pub struct Password(String);
