@@ -58,6 +58,39 @@ async fn every_operation_answers_as_its_openapi_document_says() {
         )
         .await;
     assert_eq!(status, 202, "{ping}");
+    let env = &env;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let url = format!("{base}{path}");
+        async move {
+            let (status, created) = env.send_json(Method::POST, &url, key, &body).await;
+            assert_eq!(status, 201, "{path}: {created}");
+            created
+        }
+    };
+    let target = json!([{"type": "user", "id": admin}]);
+    let policy = post(
+        "/api/escalation-policies",
+        json!({"name": "Contract", "steps": [{"escalateAfterMinutes": 5, "targets": target}]}),
+    )
+    .await;
+    let (status, method) = env
+        .send_json(
+            Method::POST,
+            &format!("{base}/api/users/{admin}/contact-methods"),
+            key,
+            &json!({"type": "email", "address": "contract@example.com"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{method}");
+    let window = post(
+        "/api/maintenance-windows",
+        json!({"serviceIds": [service["id"]], "start": "2030-01-01T00:00:00Z", "end": "2030-01-01T02:00:00Z"}),
+    )
+    .await;
+    let heartbeat =
+        post("/api/heartbeats", json!({"serviceId": service["id"], "name": "backup", "intervalSeconds": 3600})).await;
+    let ping_url = heartbeat["heartbeat"]["pingUrl"].as_str().unwrap();
+    let token = json!(ping_url.rsplit('/').next().unwrap());
 
     let dir = std::env::temp_dir().join(format!("opssentinal-contract-{}", env.db_name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -84,7 +117,7 @@ async fn every_operation_answers_as_its_openapi_document_says() {
             "users",
         ),
         bind(&["body.timeZone"], "zones"),
-        bind(&["body.serviceId", "body.service_id"], "services"),
+        bind(&["body.serviceId", "body.service_id", "body.serviceIds[*]"], "services"),
         bind(&["body.routing_key"], "routing_keys"),
         operation("^/api/incidents/", "path.id", &incident["incident"]["id"]),
         operation("^/api/services/", "path.id", &service["id"]),
@@ -92,6 +125,12 @@ async fn every_operation_answers_as_its_openapi_document_says() {
         operation("^/api/integrations/alertmanager/", "path.routing_key", &service["routingKey"]),
         operation("^/api/webhooks/", "path.id", &webhook["webhook"]["id"]),
         operation("^/api/webhooks/.*/deliveries/", "path.delivery_id", &ping["delivery"]["id"]),
+        operation("^/api/escalation-policies/", "path.id", &policy["escalationPolicy"]["id"]),
+        operation("^/api/users/", "path.id", &json!(admin)),
+        operation("^/api/users/.*/contact-methods/", "path.cid", &method["contactMethod"]["id"]),
+        operation("^/api/maintenance-windows/", "path.id", &window["maintenanceWindow"]["id"]),
+        operation("^/api/heartbeats/[^p]", "path.id", &heartbeat["heartbeat"]["id"]),
+        operation("^/api/heartbeats/ping/", "path.token", &token),
     ]
     .concat();
     std::fs::write(dir.join("schemathesis.toml"), config).unwrap();
@@ -114,7 +153,7 @@ async fn every_operation_answers_as_its_openapi_document_says() {
     println!("{report}");
     assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
     // Every operation ran, in every phase.
-    assert!(report.contains("Tested: 28"), "{report}");
+    assert!(report.contains("Tested: 52"), "{report}");
     for phase in ["Examples", "Coverage", "Fuzzing"] {
         assert!(report.contains(&format!("✅ {phase}")), "{phase} did not run:\n{report}");
     }

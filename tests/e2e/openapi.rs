@@ -8,7 +8,9 @@ use reqwest::Method;
 
 #[tokio::test]
 async fn the_openapi_document_lists_exactly_the_routed_operations() {
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // Every operation is tried without a key: more failed authentications than the default allows.
+    env.limits.auth_failures_per_minute = 1000;
     let ingest = env.spawn_ingest().await;
     let query = env.spawn_query_api().await;
     let document: serde_json::Value =
@@ -51,6 +53,30 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
         ("POST", "/api/webhooks/{id}/ping"),
         ("GET", "/api/webhooks/{id}/deliveries"),
         ("POST", "/api/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
+        ("PATCH", "/api/services/{id}"),
+        ("POST", "/api/incidents/{id}/escalate"),
+        ("GET", "/api/escalation-policies"),
+        ("POST", "/api/escalation-policies"),
+        ("GET", "/api/escalation-policies/{id}"),
+        ("PUT", "/api/escalation-policies/{id}"),
+        ("DELETE", "/api/escalation-policies/{id}"),
+        ("GET", "/api/users"),
+        ("GET", "/api/users/{id}/contact-methods"),
+        ("POST", "/api/users/{id}/contact-methods"),
+        ("DELETE", "/api/users/{id}/contact-methods/{cid}"),
+        ("GET", "/api/maintenance-windows"),
+        ("POST", "/api/maintenance-windows"),
+        ("GET", "/api/maintenance-windows/{id}"),
+        ("DELETE", "/api/maintenance-windows/{id}"),
+        ("GET", "/api/heartbeats"),
+        ("POST", "/api/heartbeats"),
+        ("GET", "/api/heartbeats/{id}"),
+        ("DELETE", "/api/heartbeats/{id}"),
+        ("GET", "/api/heartbeats/ping/{token}"),
+        ("POST", "/api/heartbeats/ping/{token}"),
+        ("POST", "/api/session"),
+        ("GET", "/api/session"),
+        ("DELETE", "/api/session"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_owned(), p.to_owned()))
@@ -61,15 +87,26 @@ async fn the_openapi_document_lists_exactly_the_routed_operations() {
     // (integration endpoints refuse the bodiless request itself), while a path nobody routes gets
     // the 404 fallback.
     for (method, path) in &documented {
-        let ingested = path == "/api/events" || path.starts_with("/v2/") || path.starts_with("/api/integrations/");
+        let ingested = path == "/api/events"
+            || path.starts_with("/v2/")
+            || path.starts_with("/api/integrations/")
+            || path.starts_with("/api/heartbeats/ping/");
         let base = if ingested { &ingest } else { &query };
-        let url =
-            format!("{base}{}", path.replace("{id}", "x").replace("{routing_key}", "x").replace("{delivery_id}", "x"));
+        let url = format!(
+            "{base}{}",
+            ["{id}", "{routing_key}", "{delivery_id}", "{cid}", "{token}"]
+                .iter()
+                .fold(path.clone(), |p, name| p.replace(name, "x"))
+        );
         let response = env.http.request(Method::from_bytes(method.as_bytes()).unwrap(), &url).send().await.unwrap();
         // Integration endpoints authenticate by routing key: a bodiless request is refused as such.
-        let expected = match path {
+        // A heartbeat ping authenticates by its token (an unknown one is a 404); signing in needs
+        // no key, and refuses the bodiless request itself.
+        let expected = match path.as_str() {
             p if p.starts_with("/v2/") => 400,
             p if p.starts_with("/api/integrations/") => 415,
+            p if p.starts_with("/api/heartbeats/ping/") => 404,
+            "/api/session" if method == "POST" => 415,
             _ => 401,
         };
         assert_eq!(response.status(), expected, "{method} {path}");

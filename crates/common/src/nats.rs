@@ -314,21 +314,6 @@ pub fn consumer_name(base: &str, partition: u32) -> String {
     format!("{base}-p{partition}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_frame_splits_into_its_lines_and_positions_follow_them() {
-        let payload = b"{\"a\":1}\n{\"b\":2}\nnot json";
-        let lines: Vec<&[u8]> = frame_lines(payload).into_iter().map(|r| &payload[r]).collect();
-        assert_eq!(lines, [&b"{\"a\":1}"[..], b"{\"b\":2}", b"not json"]);
-        assert_eq!(frame_lines(b"{}"), vec![std::ops::Range { start: 0, end: 2 }]);
-        assert_eq!((event_position(7, 0), event_position(7, 3)), (7 * FRAME_SLOTS, 7 * FRAME_SLOTS + 3));
-        assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
-    }
-}
-
 /// Publishes one event in a message of its own (`Nats-Msg-Id` = its id, so a re-published copy
 /// is dropped) on its partition's subject, and waits for JetStream to store it: how the system
 /// itself raises an event (a missed heartbeat) through the normal pipeline.
@@ -346,4 +331,19 @@ pub async fn publish_event(
     })
     .await??;
     Ok(stored.sequence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_splits_into_its_lines_and_positions_follow_them() {
+        let payload = b"{\"a\":1}\n{\"b\":2}\nnot json";
+        let lines: Vec<&[u8]> = frame_lines(payload).into_iter().map(|r| &payload[r]).collect();
+        assert_eq!(lines, [&b"{\"a\":1}"[..], b"{\"b\":2}", b"not json"]);
+        assert_eq!(frame_lines(b"{}"), vec![std::ops::Range { start: 0, end: 2 }]);
+        assert_eq!((event_position(7, 0), event_position(7, 3)), (7 * FRAME_SLOTS, 7 * FRAME_SLOTS + 3));
+        assert!(event_position(7, FRAME_SLOTS as usize - 1) < event_position(8, 0));
+    }
 }

@@ -70,6 +70,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 println!("  admin email:    {}", first.email);
                 println!("  admin password: {}", first.password);
                 println!("  admin API key:  {}", first.api_key.key);
+                let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+                println!("  web console:    http://localhost:{port}/ (sign in with the admin email and password)");
             }
 
             let (ingest_state, _, streams) = ingest::AppState::connect(&ingest_config, shutdown.clone()).await?;

@@ -38,53 +38,47 @@ pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
     Ok(reopened)
 }
 
-/// Ends maintenance windows that are over (DESIGN §12): each incident a window kept
-/// `SUPPRESSED` becomes `OPEN` (a system change in its key's log, with a timeline entry), which
-/// starts its escalation, unless another window still covers its service. Returns how many
-/// incidents were opened.
+/// Opens what maintenance kept quiet once it is over (DESIGN §12): each `SUPPRESSED` incident
+/// whose service no window covers now becomes `OPEN` (a system change in its key's log, with a
+/// timeline entry naming the window that ended last), which starts its escalation. Whatever the
+/// window's end was (on time, ended early), and also for a trigger accepted inside a window but
+/// applied after it ended. At most 100 per call; returns how many were opened.
 pub async fn end_maintenance_windows(pool: &PgPool) -> Result<usize, ApiError> {
-    let ended: Vec<String> = sqlx::query_scalar(
-        "select id from maintenance_windows where ended_at is null and ends_at <= now() order by ends_at limit 20",
+    let quiet: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "select i.id, i.service_id, i.dedup_key,
+                (select w.id from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
+                 where o.service_id = i.service_id and w.ends_at <= now() order by w.ends_at desc limit 1)
+         from incidents i
+         where i.status = 'SUPPRESSED'
+           and not exists (select 1 from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
+                           where o.service_id = i.service_id and w.starts_at <= now() and w.ends_at > now())
+         limit 100",
     )
     .fetch_all(pool)
     .await?;
     let mut opened = 0;
-    for window in ended {
-        let quiet: Vec<(String, String, String)> = sqlx::query_as(
-            "select i.id, i.service_id, i.dedup_key from incidents i
-             join maintenance_window_services s on s.service_id = i.service_id and s.window_id = $1
-             where i.status = 'SUPPRESSED'
-               and not exists (select 1 from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
-                               where o.service_id = i.service_id and w.starts_at <= now() and w.ends_at > now())",
-        )
-        .bind(&window)
-        .fetch_all(pool)
-        .await?;
-        for (id, service_id, dedup_key) in quiet {
-            let mut tx = pool.begin().await?;
-            let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
-                continue;
-            };
-            if incident.status == IncidentStatus::Suppressed {
-                apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system")
-                    .await?;
-                sqlx::query(
-                    "insert into incident_timeline (incident_id, kind, actor_id, message, data)
-                     values ($1, 'maintenance_ended', 'system', 'maintenance window ended: the incident is open', $2)",
-                )
-                .bind(&id)
-                .bind(json!({"maintenanceWindowId": window}))
-                .execute(&mut *tx)
-                .await?;
-                opened += 1;
-            }
-            tx.commit().await?;
-        }
-        sqlx::query("update maintenance_windows set ended_at = now() where id = $1")
-            .bind(&window)
-            .execute(pool)
+    for (id, service_id, dedup_key, window) in quiet {
+        let mut tx = pool.begin().await?;
+        let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
+            continue;
+        };
+        if incident.status == IncidentStatus::Suppressed {
+            apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
+            sqlx::query(
+                "insert into incident_timeline (incident_id, kind, actor_id, message, data)
+                 values ($1, 'maintenance_ended', 'system', 'maintenance window ended: the incident is open', $2)",
+            )
+            .bind(&id)
+            .bind(json!({"maintenanceWindowId": window}))
+            .execute(&mut *tx)
             .await?;
+            opened += 1;
+        }
+        tx.commit().await?;
     }
+    sqlx::query("update maintenance_windows set ended_at = now() where ended_at is null and ends_at <= now()")
+        .execute(pool)
+        .await?;
     Ok(opened)
 }
 

@@ -113,29 +113,6 @@ pub async fn bootstrap_admin(pool: &PgPool, email: &str) -> Result<Option<Bootst
     Ok(Some(Bootstrap { email: email.to_owned(), password, api_key }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_stay_out_of_debug_output() {
-        let api_key = CreatedApiKey {
-            id: "key_1".into(),
-            key: "osk_secret".into(),
-            name: "n".into(),
-            prefix: "osk_sec".into(),
-            user_id: "usr_1".into(),
-            scopes: vec![],
-            rate_limit: None,
-        };
-        let bootstrap = Bootstrap { email: "a@b.c".into(), password: "hunter2".into(), api_key };
-        let shown = format!("{bootstrap:?}");
-        assert!(!shown.contains("osk_secret") && !shown.contains("hunter2"), "{shown}");
-        let password: super::super::body::Password = "correct horse".parse().unwrap();
-        assert!(!format!("{password:?}").contains("horse"));
-    }
-}
-
 /// A page of users, newest first (the API's `GET /api/users`).
 pub async fn page(pool: &PgPool, page: &PageRequest<NewestFirst>) -> Result<UserList, ApiError> {
     let select = "select t.id, t.name, t.email, t.role, t.created_at from users t";
@@ -225,4 +202,27 @@ pub async fn delete_contact_method(pool: &PgPool, user_id: &str, id: &str) -> Re
         return Err(ApiError::not_found(format!("contact method {id} of user {user_id}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let api_key = CreatedApiKey {
+            id: "key_1".into(),
+            key: "osk_secret".into(),
+            name: "n".into(),
+            prefix: "osk_sec".into(),
+            user_id: "usr_1".into(),
+            scopes: vec![],
+            rate_limit: None,
+        };
+        let bootstrap = Bootstrap { email: "a@b.c".into(), password: "hunter2".into(), api_key };
+        let shown = format!("{bootstrap:?}");
+        assert!(!shown.contains("osk_secret") && !shown.contains("hunter2"), "{shown}");
+        let password: super::super::body::Password = "correct horse".parse().unwrap();
+        assert!(!format!("{password:?}").contains("horse"));
+    }
 }
