@@ -156,9 +156,22 @@ async fn sessions_are_http_only_strict_capped_by_role_limited_and_revocable() {
     assert!(response.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     assert_eq!(with_session(&env, Method::GET, &format!("{base}/api/session"), &other, false, None).await, 401);
 
-    // Revoked (as `opssentinal user sessions revoke` does): the next request is a 401.
-    let revoked = query_api::console::service::revoke(&env.pool, "rex@example.com").await.unwrap();
-    assert_eq!(revoked, 2, "the two sessions still open");
+    // `opssentinal user sessions list` shows the two still open; `revoke` ends both: the next
+    // request is a 401.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(e2e::service_binary("opssentinal"))
+            .args(args)
+            .args(["--output", "json"])
+            .env("DATABASE_URL", &env.database.url)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let listed = cli(&["user", "sessions", "list", "--email", "rex@example.com"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let revoked = cli(&["user", "sessions", "revoke", "--email", "rex@example.com"]);
+    assert_eq!(revoked["revoked"], 2, "{revoked}");
     assert_eq!(with_session(&env, Method::GET, &format!("{base}/api/incidents"), &token, false, None).await, 401);
 
     // Wrong passwords (and unknown e-mails) are 401s, then 429s, per client address; once over

@@ -1,4 +1,4 @@
-//! `opssentinal user create|update|list`, and the original flag interface
+//! `opssentinal user create|update|list|sessions`, and the original flag interface
 //! `opssentinal --user NAME --email E --password P --role R [--update]`.
 
 use std::io::BufRead;
@@ -79,6 +79,31 @@ pub enum UserCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// The web console's sessions: list them, or revoke every session of a person (their next
+    /// request is refused and they sign in again).
+    #[command(subcommand)]
+    Sessions(SessionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List live console sessions, newest first.
+    #[command(after_help = "Example:\n  opssentinal user sessions list --email jane@example.com")]
+    List {
+        /// Only this person's sessions.
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+    /// Revoke every live console session of a person.
+    #[command(after_help = "Example:\n  opssentinal user sessions revoke --email jane@example.com")]
+    Revoke {
+        #[arg(long)]
+        email: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +159,31 @@ pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
             let rows =
                 users.iter().map(|u| vec![u.id.clone(), u.name.clone(), u.email.clone(), u.role.clone()]).collect();
             output.list(&users, &["ID", "NAME", "EMAIL", "ROLE"], rows)
+        }
+        UserCommand::Sessions(SessionCommand::List { email, database }) => {
+            let pool = super::connect(&database).await?;
+            let sessions = query_api::console::service::list(&pool, email.as_deref()).await?;
+            let rows = sessions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.clone(),
+                        s.email.clone(),
+                        s.created_at.clone(),
+                        s.last_seen_at.clone(),
+                        s.user_agent.clone(),
+                    ]
+                })
+                .collect();
+            output.list(&sessions, &["ID", "EMAIL", "SIGNED IN", "LAST SEEN", "BROWSER"], rows)
+        }
+        UserCommand::Sessions(SessionCommand::Revoke { email, database }) => {
+            let pool = super::connect(&database).await?;
+            let revoked = query_api::console::service::revoke(&pool, &email).await?;
+            output.record(
+                &serde_json::json!({"email": email, "revoked": revoked}),
+                &[("revoked sessions", revoked.to_string())],
+            )
         }
     }
 }
