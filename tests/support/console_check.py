@@ -50,9 +50,12 @@ def main():
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
         assert page.evaluate("document.cookie") == "", "the session cookie is not readable by scripts"
 
-        # An event posted to ingest appears without reloading.
+        # An event posted to ingest appears without reloading, and nothing on the page moves.
         page.wait_for_timeout(300)  # the page's change stream is open (its first request went out)
         expect(page.locator("tr.empty")).to_be_visible()
+        page.evaluate("""window.shifted = 0; new PerformanceObserver((list) => {
+            for (const entry of list.getEntries()) if (!entry.hadRecentInput) window.shifted += entry.value;
+        }).observe({type: "layout-shift", buffered: false});""")
         posted = time.monotonic()
         request("POST", INGEST + "/api/events", {
             "routing_key": ROUTING_KEY, "event_action": "trigger", "dedup_key": "checkout-5xx",
@@ -60,6 +63,9 @@ def main():
         row = page.locator("tbody tr[data-id]", has_text="Checkout errors above 5%")
         expect(row).to_be_visible(timeout=10_000)
         measured["appearSeconds"] = round(time.monotonic() - posted, 3)
+        page.wait_for_timeout(500)
+        measured["layoutShift"] = page.evaluate("window.shifted")
+        assert measured["layoutShift"] < 0.01, f"the page moved as the incident streamed in: {measured}"
         expect(row.locator("td").nth(3)).to_have_text("Checkout")
         page.wait_for_timeout(2100)  # the highlight of a new row fades
         page.screenshot(path=f"{SHOTS}/incidents.png")
