@@ -4,6 +4,7 @@ mod api_contract;
 mod bad_input;
 mod changes;
 mod cli;
+mod cli_paging;
 mod cluster;
 mod console;
 mod delivery;

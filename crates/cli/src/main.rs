@@ -56,6 +56,15 @@ enum Command {
     /// Outbound webhooks and their deliveries (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
     #[command(subcommand)]
     Webhook(commands::webhook::WebhookCommand),
+    /// Escalation policies: who is paged, step by step (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand, name = "escalation-policy")]
+    EscalationPolicy(commands::escalation_policy::EscalationPolicyCommand),
+    /// Maintenance windows: planned work that pages nobody (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand)]
+    Maintenance(commands::maintenance::MaintenanceCommand),
+    /// Heartbeats: an incident when a job stops pinging (client: OPSSENTINAL_URL, OPSSENTINAL_API_KEY).
+    #[command(subcommand)]
+    Heartbeat(commands::heartbeat::HeartbeatCommand),
     /// Run ingest, a worker and the query API in one process on one port.
     Serve(Box<commands::serve::ServeArgs>),
 }
@@ -123,6 +132,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Incident(command)) => commands::incident::run(command, output).await,
         Some(Command::Oncall(args)) => commands::oncall::run(args, output).await,
         Some(Command::Webhook(command)) => commands::webhook::run(command, output).await,
+        Some(Command::EscalationPolicy(command)) => commands::escalation_policy::run(command, output).await,
+        Some(Command::Maintenance(command)) => commands::maintenance::run(command, output).await,
+        Some(Command::Heartbeat(command)) => commands::heartbeat::run(command, output).await,
         None => commands::user::run_legacy(cli.legacy, &cli.database, output).await,
     }
 }

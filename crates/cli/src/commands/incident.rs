@@ -50,6 +50,13 @@ pub enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Fire the incident's next escalation step now, instead of when it is due.
+    #[command(after_help = "Example:\n  opssentinal incident escalate inc_0192…")]
+    Escalate {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Resolve an incident.
     #[command(after_help = "Example:\n  opssentinal incident resolve inc_0192…")]
     Resolve {
@@ -140,6 +147,20 @@ pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()>
         }
         IncidentCommand::Ack { id, client } => patch(&client, &id, json!({"status": "ACKNOWLEDGED"}), output).await,
         IncidentCommand::Resolve { id, client } => patch(&client, &id, json!({"status": "RESOLVED"}), output).await,
+        IncidentCommand::Escalate { id, client } => {
+            let path = format!("/api/incidents/{}/escalate", encode(&id));
+            let escalated = Client::new(&client)?.send(Method::POST, &path, &Value::Null).await?;
+            let incident = &escalated["incident"];
+            let escalation = &incident["escalation"];
+            output.record(
+                incident,
+                &[
+                    ("id", cell(&incident["id"])),
+                    ("firing now", format!("step {}", cell(&escalation["step"]))),
+                    ("policy", format!("{} v{}", cell(&escalation["policyId"]), cell(&escalation["policyVersion"]))),
+                ],
+            )
+        }
         IncidentCommand::Assign { id, user, client, .. } => {
             patch(&client, &id, json!({"assigneeId": user.unwrap_or_default()}), output).await
         }

@@ -1,7 +1,10 @@
 pub mod apikey;
 pub mod dlq;
+pub mod escalation_policy;
 pub mod event;
+pub mod heartbeat;
 pub mod incident;
+pub mod maintenance;
 pub mod migrate;
 pub mod oncall;
 pub mod schedule;
