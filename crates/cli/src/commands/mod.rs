@@ -1,4 +1,5 @@
 pub mod apikey;
+pub mod contact;
 pub mod dlq;
 pub mod escalation_policy;
 pub mod event;
@@ -15,8 +16,9 @@ pub mod webhook;
 
 use clap::Args;
 use common::config::DatabaseConfig;
+use serde_json::Value;
 
-use crate::client::ClientArgs;
+use crate::client::{Client, ClientArgs, encode};
 
 /// A pool for an administration command, after checking the URL.
 pub async fn connect(database: &DatabaseConfig) -> anyhow::Result<sqlx::PgPool> {
@@ -39,4 +41,19 @@ pub struct ListSource {
     pub client: ClientArgs,
     #[command(flatten)]
     pub database: DatabaseConfig,
+}
+
+/// Every row of a paged listing: `path` (its query holding at least `limit=`) and the pages after
+/// it, following `pagination.nextCursor`; `field` names the array in each page.
+pub async fn all_pages(client: &Client, path: &str, field: &str) -> anyhow::Result<Vec<Value>> {
+    let (mut rows, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let after = cursor.as_deref().map(|c| format!("&cursor={}", encode(c))).unwrap_or_default();
+        let page = client.get(&format!("{path}{after}")).await?;
+        rows.extend(page[field].as_array().cloned().unwrap_or_default());
+        match page["pagination"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(rows),
+        }
+    }
 }

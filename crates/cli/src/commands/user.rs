@@ -11,8 +11,7 @@ use common::fields::field;
 use query_api::users::body::{NewUser, User, UserChange};
 use query_api::users::service;
 
-use crate::client::{Client, ClientArgs, encode};
-use crate::output::{Output, cell};
+use crate::output::Output;
 use crate::required;
 
 pub const LEGACY_HELP: &str = "Create or update a user without a subcommand:
@@ -84,36 +83,11 @@ pub enum UserCommand {
     /// request is refused and they sign in again).
     #[command(subcommand)]
     Sessions(SessionCommand),
-    /// A user's contact methods, where escalation steps notify them (client: OPSSENTINAL_URL,
-    /// OPSSENTINAL_API_KEY; `users:write`, or the user's own key, to add).
+    /// A user's contact methods, where escalation steps notify them. Unlike the other user
+    /// commands this talks to the HTTP API, not PostgreSQL (client: OPSSENTINAL_URL,
+    /// OPSSENTINAL_API_KEY; adding needs `users:write`, or the user's own key).
     #[command(subcommand)]
-    Contact(ContactCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ContactCommand {
-    /// Add a contact method: an e-mail address, a webhook URL or a Slack incoming-webhook URL.
-    #[command(
-        after_help = "Examples:\n  opssentinal user contact add usr_0192… --type email --address jane@example.com\n  \
-                            opssentinal user contact add usr_0192… --type slack --address https://hooks.slack.com/services/T0/B0/XXXX"
-    )]
-    Add {
-        user: String,
-        /// email, webhook or slack.
-        #[arg(long = "type")]
-        kind: String,
-        #[arg(long)]
-        address: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// List a user's contact methods.
-    #[command(after_help = "Example:\n  opssentinal user contact list usr_0192…")]
-    List {
-        user: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Contact(super::contact::ContactCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,22 +165,7 @@ pub async fn run(command: UserCommand, output: Output) -> anyhow::Result<()> {
                 users.iter().map(|u| vec![u.id.clone(), u.name.clone(), u.email.clone(), u.role.clone()]).collect();
             output.list(&users, &["ID", "NAME", "EMAIL", "ROLE"], rows)
         }
-        UserCommand::Contact(ContactCommand::Add { user, kind, address, client }) => {
-            let path = format!("/api/users/{}/contact-methods", encode(&user));
-            let body = serde_json::json!({"type": kind, "address": address});
-            let created = Client::new(&client)?.send(reqwest::Method::POST, &path, &body).await?;
-            let method = &created["contactMethod"];
-            output.record(
-                method,
-                &[("id", cell(&method["id"])), ("type", cell(&method["type"])), ("address", cell(&method["address"]))],
-            )
-        }
-        UserCommand::Contact(ContactCommand::List { user, client }) => {
-            let page = Client::new(&client)?.get(&format!("/api/users/{}/contact-methods", encode(&user))).await?;
-            let methods = page["contactMethods"].as_array().cloned().unwrap_or_default();
-            let rows = methods.iter().map(|m| vec![cell(&m["id"]), cell(&m["type"]), cell(&m["address"])]).collect();
-            output.list(&methods, &["ID", "TYPE", "ADDRESS"], rows)
-        }
+        UserCommand::Contact(command) => super::contact::run(command, output).await,
         UserCommand::Sessions(SessionCommand::List { email, database }) => {
             let pool = super::connect(&database).await?;
             let sessions = query_api::console::service::list(&pool, email.as_deref()).await?;
