@@ -73,9 +73,16 @@ async fn people_are_paged_as_the_cli_sets_up() {
     let shown = String::from_utf8(cli(&base, &key, &["escalation-policy", "show", id]).stdout).unwrap();
     assert!(shown.contains(&format!("schedule:{schedule}")) && shown.contains(&format!("user:{}", jane.id)), "{shown}");
     assert!(shown.contains("10 min") && shown.contains("15 min"), "{shown}");
-    let bad = cli(&base, &key, &["escalation-policy", "create", "--name", "Bad", "--step", "soon:user:x"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--step"), "{}", String::from_utf8_lossy(&bad.stderr));
+    // A malformed step is a usage error (exit 2, like clap's own), caught before any request.
+    let bad = cli(
+        &base,
+        &key,
+        &["escalation-policy", "create", "--name", "Bad", "--step", "5:user:x", "--step", "soon:user:x"],
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--step") && stderr.contains("\"soon\" are not a whole number"), "{stderr}");
+    assert_eq!(json(&base, &key, &["escalation-policy", "list"]).as_array().unwrap().len(), 1, "nothing was sent");
 
     // Maintenance windows: made for an hour, listed as ongoing, ended, then past.
     let window = json(
@@ -91,6 +98,17 @@ async fn people_are_paged_as_the_cli_sets_up() {
     assert_eq!(ended["state"], "past", "{ended}");
     let past = json(&base, &key, &["maintenance", "list", "--state", "past"]);
     assert_eq!(past[0]["id"], window_id);
+    // A future window is deleted, not ended, and the table says so.
+    let future = json(
+        &base,
+        &key,
+        &["maintenance", "create", "--service", &service.id, "--start", "2099-01-01T00:00:00Z", "--duration", "2h"],
+    );
+    assert_eq!((future["state"].as_str(), future["end"].as_str()), (Some("future"), Some("2099-01-01T02:00:00Z")));
+    let deleted = cli(&base, &key, &["maintenance", "end", future["id"].as_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&deleted.stdout);
+    assert!(deleted.status.success() && printed.contains("deleted"), "{printed}");
+    assert!(json(&base, &key, &["maintenance", "list", "--state", "future"]).as_array().unwrap().is_empty());
 
     // Heartbeats: the ping URL is printed once.
     let created =
@@ -114,4 +132,29 @@ async fn people_are_paged_as_the_cli_sets_up() {
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("CONFLICT") && stderr.contains("no escalation policy"), "{stderr}");
+
+    // With the policy on the service, a new incident escalates: its first step fires now.
+    let (status, _) = env
+        .send_json(
+            Method::PATCH,
+            &format!("{base}/api/services/{}", service.id),
+            &key,
+            &json!({"escalationPolicyId": id}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, incident) = env
+        .send_json(
+            Method::POST,
+            &format!("{base}/api/incidents"),
+            &key,
+            &json!({"title": "Paged", "serviceId": service.id}),
+        )
+        .await;
+    assert_eq!(status, 201, "{incident}");
+    let incident = incident["incident"]["id"].as_str().unwrap();
+    let escalated = cli(&base, &key, &["incident", "escalate", incident]);
+    let printed = String::from_utf8_lossy(&escalated.stdout);
+    assert!(escalated.status.success(), "{}", String::from_utf8_lossy(&escalated.stderr));
+    assert!(printed.contains(incident) && printed.contains("step 1") && printed.contains(id), "{printed}");
 }

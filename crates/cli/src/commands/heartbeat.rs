@@ -9,20 +9,22 @@ use crate::output::{Output, cell};
 
 #[derive(Debug, Subcommand)]
 pub enum HeartbeatCommand {
-    /// Create a heartbeat: no ping for interval + grace seconds opens an incident. Prints the
-    /// ping URL, once.
+    /// Create a heartbeat: no ping for interval + grace seconds triggers an incident on the
+    /// service, the next ping resolves it. Prints the ping URL, once.
     #[command(after_help = "Example:\n  opssentinal heartbeat create --service svc_0192… --name \"Nightly backup\" \
-                            --interval 86400 --grace 3600")]
+                            --interval 86400 --grace 3600\n  \
+                            # then, at the end of the job: curl -fsS -X POST <ping URL>")]
     Create {
+        /// The service its incident opens on.
         #[arg(long = "service", value_name = "SERVICE_ID")]
         service: String,
         #[arg(long)]
         name: String,
         /// Seconds between pings (5 to 604800).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         interval: u32,
         /// Seconds a ping may be late (0 to 86400); default 60.
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         grace: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
@@ -49,25 +51,36 @@ pub async fn run(command: HeartbeatCommand, output: Output) -> anyhow::Result<()
                 &[
                     ("id", cell(&heartbeat["id"])),
                     ("name", cell(&heartbeat["name"])),
+                    ("service", cell(&heartbeat["serviceId"])),
+                    ("every", every(heartbeat)),
                     ("due", cell(&heartbeat["dueAt"])),
                     ("ping URL", cell(&heartbeat["pingUrl"])),
+                    ("", "The ping URL holds its secret and is shown once: GET or POST it from the job.".into()),
                 ],
-            )?;
-            if output == Output::Table {
-                eprintln!("The ping URL holds its secret and is shown only now: GET or POST it from the job.");
-            }
-            Ok(())
+            )
         }
         HeartbeatCommand::List { client } => {
-            let page = Client::new(&client)?.get("/api/heartbeats?limit=200").await?;
-            let heartbeats = page["heartbeats"].as_array().cloned().unwrap_or_default();
-            let rows = heartbeats.iter().map(row).collect();
-            output.list(&heartbeats, &["ID", "NAME", "STATE", "EVERY", "LAST PING", "DUE"], rows)
+            let client = Client::new(&client)?;
+            let heartbeats = super::all_pages(&client, "/api/heartbeats?limit=200", "heartbeats").await?;
+            let rows = heartbeats
+                .iter()
+                .map(|h| {
+                    vec![
+                        cell(&h["id"]),
+                        cell(&h["name"]),
+                        cell(&h["state"]),
+                        every(h),
+                        cell(&h["lastPingAt"]),
+                        cell(&h["dueAt"]),
+                        cell(&h["serviceId"]),
+                    ]
+                })
+                .collect();
+            output.list(&heartbeats, &["ID", "NAME", "STATE", "EVERY", "LAST PING", "DUE", "SERVICE"], rows)
         }
     }
 }
 
-fn row(h: &Value) -> Vec<String> {
-    let every = format!("{} s (+{} s)", cell(&h["intervalSeconds"]), cell(&h["graceSeconds"]));
-    vec![cell(&h["id"]), cell(&h["name"]), cell(&h["state"]), every, cell(&h["lastPingAt"]), cell(&h["dueAt"])]
+fn every(heartbeat: &Value) -> String {
+    format!("{} s (+{} s grace)", cell(&heartbeat["intervalSeconds"]), cell(&heartbeat["graceSeconds"]))
 }

@@ -1,4 +1,4 @@
-//! `opssentinal incident list|get|ack|resolve|assign|note|watch`: work incidents through the API.
+//! `opssentinal incident list|get|ack|escalate|resolve|assign|note|watch`: work incidents through the API.
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -50,7 +50,8 @@ pub enum IncidentCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Fire the incident's next escalation step now, instead of when it is due.
+    /// Fire the incident's next escalation step now, instead of when it is due (409 unless it is
+    /// escalating: its service has a policy and it is OPEN).
     #[command(after_help = "Example:\n  opssentinal incident escalate inc_0192…")]
     Escalate {
         id: String,
@@ -149,14 +150,18 @@ pub async fn run(command: IncidentCommand, output: Output) -> anyhow::Result<()>
         IncidentCommand::Resolve { id, client } => patch(&client, &id, json!({"status": "RESOLVED"}), output).await,
         IncidentCommand::Escalate { id, client } => {
             let path = format!("/api/incidents/{}/escalate", encode(&id));
-            let escalated = Client::new(&client)?.send(Method::POST, &path, &Value::Null).await?;
+            let escalated = Client::new(&client)?.send(Method::POST, &path, &json!({})).await?;
             let incident = &escalated["incident"];
             let escalation = &incident["escalation"];
+            let firing = match escalation["loop"].as_i64() {
+                Some(repeat) if repeat > 0 => format!("step {} (repeat {repeat})", cell(&escalation["step"])),
+                _ => format!("step {}", cell(&escalation["step"])),
+            };
             output.record(
                 incident,
                 &[
                     ("id", cell(&incident["id"])),
-                    ("firing now", format!("step {}", cell(&escalation["step"]))),
+                    ("firing now", firing),
                     ("policy", format!("{} v{}", cell(&escalation["policyId"]), cell(&escalation["policyVersion"]))),
                 ],
             )
