@@ -122,7 +122,12 @@ impl IncidentRows {
         sqlx::query_as(
             // An incident that becomes OPEN on a service with an escalation policy starts its
             // escalation at step 1, due now; one that leaves OPEN stops it (DESIGN §11).
-            "insert into incidents as i (id, service_id, dedup_key, title, description, status, urgency, alert_count,
+            "with policies as (
+                select sv.id as service_id, p.id, p.version
+                from services sv join escalation_policies p on p.id = sv.escalation_policy_id
+                where sv.id = any($2::text[])
+             )
+             insert into incidents as i (id, service_id, dedup_key, title, description, status, urgency, alert_count,
                                     opened_seq, created_at, updated_at, acknowledged_at, resolved_at, snoozed_until, version,
                                     escalation_policy_id, escalation_policy_version, escalation_status, escalation_next_at)
              select t.id, t.s, t.k, t.title, t.d, t.st, t.u, t.n, t.seq, t.c::timestamptz, t.up::timestamptz,
@@ -132,8 +137,7 @@ impl IncidentRows {
                          $8::int4[], $9::int8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
                          $15::int8[]) with ordinality
                as t(id, s, k, title, d, st, u, n, seq, c, up, a, r, z, v, o)
-             left join lateral (select p.id, p.version from services sv join escalation_policies p on p.id = sv.escalation_policy_id
-                                where sv.id = t.s and t.st = 'OPEN') e on true
+             left join policies e on e.service_id = t.s and t.st = 'OPEN'
              order by t.o
              on conflict (id) do update set
                status = excluded.status, alert_count = excluded.alert_count, opened_seq = excluded.opened_seq,
