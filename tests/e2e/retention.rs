@@ -262,3 +262,69 @@ async fn dropping_a_large_expired_day_does_not_stall_applying() {
     println!("retention pass {took:?}; longest gap between applied batches {gap:?}");
     assert!(gap < Duration::from_secs(1), "applying stalled for {gap:?} while the day was dropped");
 }
+
+/// Finished notifications are kept 30 days (their outcomes stay in the timeline); console
+/// sessions go a day after they expired or were revoked; pending notifications and live sessions
+/// stay whatever their age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_notifications_and_ended_sessions_are_dropped() {
+    let env = TestEnv::new().await;
+    let service = env.service("Checkout").await;
+    let user = env.user("Ann", "ann@example.com", common::auth::Role::Responder).await;
+    apply_batch(
+        &env.pool,
+        &[QueuedEvent { seq: 1, envelope: e2e::envelope(&service.id, "db", EventAction::Trigger, "down") }],
+    )
+    .await
+    .unwrap();
+    let (incident, _, _) = incident(&env, "db").await;
+    sqlx::query(
+        "insert into contact_methods (id, user_id, type, address) values ('cm_1', $1, 'email', 'ann@example.com')",
+    )
+    .bind(&user.id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for (id, firing, status, finished) in [
+        ("ntf_old", 1, "sent", "now() - interval '31 days'"),
+        ("ntf_recent", 2, "failed", "now() - interval '29 days'"),
+        ("ntf_pending", 3, "pending", "null"),
+    ] {
+        sqlx::query(&format!(
+            "insert into notifications (id, incident_id, firing, user_id, contact_method_id, channel, address, status, created_at, finished_at)
+             values ($1, $2, $3, $4, 'cm_1', 'email', 'ann@example.com', $5, now() - interval '40 days', {finished})"
+        ))
+        .bind(id)
+        .bind(&incident)
+        .bind(firing)
+        .bind(&user.id)
+        .bind(status)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    for (id, expires, revoked) in [
+        ("ses_expired", "now() - interval '2 days'", "null"),
+        ("ses_revoked", "now() + interval '1 hour'", "now() - interval '2 days'"),
+        ("ses_live", "now() + interval '1 hour'", "null"),
+        ("ses_just_ended", "now() - interval '1 hour'", "null"),
+    ] {
+        sqlx::query(&format!(
+            "insert into console_sessions (id, user_id, token_hash, expires_at, revoked_at) values ($1, $2, $3, {expires}, {revoked})"
+        ))
+        .bind(id)
+        .bind(&user.id)
+        .bind(id.as_bytes())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let today = jiff::Timestamp::now().to_zoned(TimeZone::UTC).date();
+    maintain(&env.pool, 30, today).await.unwrap();
+    let notifications: Vec<String> =
+        sqlx::query_scalar("select id from notifications order by id").fetch_all(&env.pool).await.unwrap();
+    assert_eq!(notifications, ["ntf_pending", "ntf_recent"]);
+    let sessions: Vec<String> =
+        sqlx::query_scalar("select id from console_sessions order by id").fetch_all(&env.pool).await.unwrap();
+    assert_eq!(sessions, ["ses_just_ended", "ses_live"]);
+}

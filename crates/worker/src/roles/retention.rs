@@ -78,6 +78,16 @@ pub async fn maintain(pool: &PgPool, retention_days: u32, today: Date) -> Result
     ))
     .execute(&mut *tx)
     .await?;
+    // Sent, failed and cancelled notifications likewise (their outcomes stay in the timelines),
+    // and console sessions a day after they expired or were revoked.
+    sqlx::query(&format!(
+        "delete from notifications where status <> 'pending' and finished_at < now() - interval '{DELIVERY_LOG_DAYS} days'"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from console_sessions where coalesce(revoked_at, expires_at) < now() - interval '1 day'")
+        .execute(&mut *tx)
+        .await?;
     for offset in -1..=DAYS_AHEAD {
         let day =
             today.checked_add(jiff::Span::new().days(offset)).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
