@@ -11,8 +11,13 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Every change the stream holds, oldest first.
+/// Every incident change the stream holds, oldest first (services' status changes left out).
 async fn changes(env: &TestEnv) -> Vec<Value> {
+    all_changes(env).await.into_iter().filter(|c| !c["incidentId"].is_null()).collect()
+}
+
+/// Every change the stream holds, oldest first.
+async fn all_changes(env: &TestEnv) -> Vec<Value> {
     let js = jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
     let stream = js.get_stream(env.nats.changes_stream()).await.unwrap();
     let held = stream.get_info().await.unwrap().state.messages as usize;
@@ -191,4 +196,74 @@ async fn a_relay_killed_at_any_point_loses_and_duplicates_nothing() {
             (Some(version), Some(status.as_str()))
         );
     }
+}
+
+/// A service's derived status goes out as a change when it changes, in order, with the
+/// service's own version: CRITICAL with an open HIGH incident, DEGRADED with another open one,
+/// OPERATIONAL with none. Alerts absorbed change nothing. `GET /api/stream?topics=services`
+/// serves exactly these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_status_changes_reach_the_stream_in_order() {
+    let env = TestEnv::new().await;
+    let ingest = env.spawn_ingest().await;
+    let query = env.spawn_query_api().await;
+    let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
+    let key = env.admin_key().await;
+    let service = env.service("Checkout").await;
+    let rk = &service.routing_key;
+    let warning = |k: &str| {
+        let mut body = trigger(rk, k, "slow");
+        body["payload"]["severity"] = json!("warning");
+        body
+    };
+    // Each step waits for the one before to be applied, so each is its own transaction.
+    for (body, applied) in [
+        (trigger(rk, "db", "down"), 1),
+        (trigger(rk, "db", "down"), 2),
+        (warning("cache"), 3),
+        (action(rk, "db", "resolve"), 4),
+        (action(rk, "cache", "resolve"), 5),
+    ] {
+        assert_eq!(env.post_event(&ingest, &key, &body).await.status(), 202);
+        env.wait_for_applied(applied, Duration::from_secs(20)).await;
+    }
+    wait_until(Duration::from_secs(20), "the service's changes", || async {
+        all_changes(&env).await.iter().filter(|c| c["incidentId"].is_null()).count() >= 3
+    })
+    .await;
+    let of_service: Vec<Value> = all_changes(&env).await.into_iter().filter(|c| c["incidentId"].is_null()).collect();
+    let seen: Vec<(&str, &str, i64)> = of_service
+        .iter()
+        .map(|c| {
+            (c["type"].as_str().unwrap(), c["service"]["status"].as_str().unwrap(), c["version"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("service.status_changed", "CRITICAL", 1),
+            ("service.status_changed", "DEGRADED", 2),
+            ("service.status_changed", "OPERATIONAL", 3)
+        ]
+    );
+    assert!(of_service.iter().all(|c| c["serviceId"] == service.id.as_str() && c["service"]["name"] == "Checkout"));
+    assert_eq!(of_service[1]["service"]["previousStatus"], "CRITICAL");
+
+    // The stream's services topic serves them, from the start.
+    let response = env
+        .http
+        .get(format!("{query}/api/stream?topics=services"))
+        .bearer_auth(&key)
+        .header("last-event-id", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = String::new();
+    let mut response = response;
+    while body.matches("event: service.status_changed").count() < 3 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk()).await.unwrap().unwrap().unwrap();
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!body.contains("event: triggered"), "only the services topic: {body}");
 }

@@ -89,6 +89,19 @@ impl Client {
     }
 }
 
+/// The change stream's last position once every accepted event is applied and every change it
+/// made relayed (the outbox is empty).
+async fn relayed_position(env: &TestEnv) -> u64 {
+    e2e::wait_until(Duration::from_secs(20), "every change relayed", || async {
+        env.backlog().await == Some(0)
+            && sqlx::query_scalar::<_, i64>("select count(*) from incident_changes").fetch_one(&env.pool).await.unwrap()
+                == 0
+    })
+    .await;
+    let js = jetstream::new(async_nats::connect(&env.nats.url).await.unwrap());
+    js.get_stream(env.nats.changes_stream()).await.unwrap().info().await.unwrap().state.last_sequence
+}
+
 async fn stream_token(env: &TestEnv, base: &str, key: &str) -> String {
     let (status, body) = env.send_json(Method::POST, &format!("{base}/api/stream/tokens"), key, &Value::Null).await;
     assert_eq!(status, 201, "{body}");
@@ -124,12 +137,16 @@ async fn a_client_that_resumes_on_another_process_misses_nothing_and_both_serve_
     let before = first.take(12).await;
     let last = before.last().unwrap().id.unwrap();
     drop(first);
-    // While it is away, more changes are made; it comes back to B with its last position.
+    // While it is away, more changes are made (60 of incidents, and the service's status
+    // changes); it comes back to B with its last position and gets every one after it.
     incidents(&env, &ingest, &key, &service.routing_key, 10..20).await;
+    let end = relayed_position(&env).await;
     let mut resumed = Client::open(&env, &format!("{b}/api/stream"), Some(&key), Some(last)).await.unwrap();
-    let after = resumed.take(60 - before.len()).await;
+    let after = resumed.take(end as usize - before.len()).await;
     let seen: Vec<u64> = before.iter().chain(&after).map(|e| e.id.unwrap()).collect();
-    assert_eq!(seen, (1..=60).collect::<Vec<u64>>(), "every position once, in order");
+    assert_eq!(seen, (1..=end).collect::<Vec<u64>>(), "every position once, in order");
+    let of_incidents = before.iter().chain(&after).filter(|e| !e.event.starts_with("service.")).count();
+    assert_eq!(of_incidents, 60, "20 incidents triggered, acknowledged and resolved");
     for event in before.iter().chain(&after) {
         let change: Value = serde_json::from_str(&event.data).unwrap();
         assert_eq!(change["type"].as_str(), Some(event.event.as_str()));
@@ -140,9 +157,11 @@ async fn a_client_that_resumes_on_another_process_misses_nothing_and_both_serve_
         Client::open(&env, &format!("{b}/api/stream"), Some(&key), None).await.unwrap(),
     );
     incidents(&env, &ingest, &key, &service.routing_key, 20..25).await;
-    let (live_a, live_b) = tokio::join!(on_a.take(15), on_b.take(15));
+    let live_end = relayed_position(&env).await;
+    let count = (live_end - end) as usize;
+    let (live_a, live_b) = tokio::join!(on_a.take(count), on_b.take(count));
     assert_eq!(live_a, live_b);
-    assert_eq!(live_a.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(), (61..=75).collect::<Vec<_>>());
+    assert_eq!(live_a.iter().map(|e| e.id.unwrap()).collect::<Vec<_>>(), (end + 1..=live_end).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,18 +175,14 @@ async fn filters_tokens_limits_and_a_resume_past_retention() {
 
     // The list tells where its snapshot ends; streaming from there with filters gets only what follows.
     incidents(&env, &ingest, &key, &one.routing_key, 0..2).await;
-    e2e::wait_until(Duration::from_secs(20), "six changes relayed", || async {
-        let response = env.http.get(format!("{query}/api/incidents")).bearer_auth(&key).send().await.unwrap();
-        response.headers().get("x-stream-sequence").is_some_and(|v| v == "6")
-    })
-    .await;
+    let snapshot = relayed_position(&env).await;
     let url = format!("{query}/api/stream?serviceId={}&status=resolved", other.id);
-    let mut filtered = Client::open(&env, &url, Some(&key), Some(6)).await.unwrap();
+    let mut filtered = Client::open(&env, &url, Some(&key), Some(snapshot)).await.unwrap();
     incidents(&env, &ingest, &key, &one.routing_key, 2..4).await;
     incidents(&env, &ingest, &key, &other.routing_key, 0..2).await;
     let got = filtered.take(2).await;
     assert!(got.iter().all(|e| e.event == "resolved" && e.data.contains(&other.id)), "{got:?}");
-    assert!(got.iter().all(|e| e.id.unwrap() > 12), "{got:?}");
+    assert!(got.iter().all(|e| e.id.unwrap() > snapshot), "{got:?}");
 
     // A token works once; no key at all is a 401.
     let token = stream_token(&env, &query, &key).await;
@@ -205,7 +220,7 @@ async fn a_client_that_stops_reading_is_cut_off_with_reset_and_a_reading_one_is_
     let _worker = env.spawn_worker(&env.worker_settings(), env.shutdown.clone()).await;
     let key = env.admin_key().await;
     let service = env.service("API").await;
-    let url = format!("{query}/api/stream?serviceId={}", service.id);
+    let url = format!("{query}/api/stream?serviceId={}&topics=incidents", service.id);
     let mut stalled = Client::open(&env, &url, Some(&key), None).await.unwrap();
     let mut reading = Client::open(&env, &url, Some(&key), None).await.unwrap();
     // About 12 MB of changes: more than the socket buffers between the two hold, then 1 MiB. The

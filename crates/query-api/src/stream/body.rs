@@ -55,7 +55,8 @@ pub struct StreamEventData {
     id: Option<uuid::Uuid>,
     /// The change's type, as the SSE `event`: triggered, alert_added, acknowledged, resolved,
     /// snoozed, reopened, assigned, urgency_changed, priority_changed, note_added, reordered,
-    /// suppressed (opened in a maintenance window), escalated (an escalation step fired).
+    /// suppressed (opened in a maintenance window), escalated (an escalation step fired), and
+    /// service.status_changed (a service's derived status; `incidentId` null, `service` instead of `incident`).
     #[serde(rename = "type")]
     kind: Option<String>,
     /// When it happened (RFC 3339).

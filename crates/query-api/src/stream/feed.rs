@@ -32,8 +32,10 @@ pub struct Change {
     /// Its type (`acknowledged`, …): the SSE `event`.
     pub kind: String,
     pub service_id: String,
-    /// The incident's status after it.
+    /// The incident's status after it (a service's, for a service's change).
     pub status: String,
+    /// Whether it is a service's change (`service.status_changed`) rather than an incident's.
+    pub of_service: bool,
     /// The change as published: the SSE `data`.
     pub data: Arc<str>,
 }
@@ -41,11 +43,14 @@ pub struct Change {
 impl Change {
     fn read(seq: u64, payload: &[u8]) -> Option<Self> {
         let value: Value = serde_json::from_slice(payload).ok()?;
+        let of_service = value["incidentId"].is_null();
+        let about = if of_service { "service" } else { "incident" };
         Some(Self {
             seq,
             kind: value["type"].as_str()?.to_owned(),
             service_id: value["serviceId"].as_str()?.to_owned(),
-            status: value["incident"]["status"].as_str().unwrap_or_default().to_owned(),
+            status: value[about]["status"].as_str().unwrap_or_default().to_owned(),
+            of_service,
             data: String::from_utf8_lossy(payload).into(),
         })
     }

@@ -37,6 +37,7 @@ pub enum Item {
 /// Which changes a client wants.
 pub struct Filter {
     incidents: bool,
+    services: bool,
     service_id: Option<String>,
     statuses: Option<Vec<&'static str>>,
 }
@@ -45,15 +46,20 @@ impl Filter {
     pub fn of(query: &StreamQuery) -> Self {
         Self {
             incidents: query.topics.as_ref().is_none_or(|t| t.0.contains(&Topic::Incidents)),
+            services: query.topics.as_ref().is_none_or(|t| t.0.contains(&Topic::Services)),
             service_id: query.service_id.clone(),
             statuses: query.status.as_ref().map(|s| s.0.iter().map(|s| s.as_str()).collect()),
         }
     }
 
+    /// The `status` filter keeps incidents' changes leaving an incident so; a service's change
+    /// leaves none, so it is sent only without one.
     fn wants(&self, change: &Change) -> bool {
-        self.incidents
-            && self.service_id.as_ref().is_none_or(|s| *s == change.service_id)
-            && self.statuses.as_ref().is_none_or(|s| s.contains(&change.status.as_str()))
+        let service = self.service_id.as_ref().is_none_or(|s| *s == change.service_id);
+        if change.of_service {
+            return self.services && service && self.statuses.is_none();
+        }
+        self.incidents && service && self.statuses.as_ref().is_none_or(|s| s.contains(&change.status.as_str()))
     }
 }
 

@@ -53,7 +53,7 @@ async fn lead(
     Ok(())
 }
 
-type Row = (i64, Uuid, String, String, i64, String, String, String, String, f64);
+type Row = (i64, Uuid, Option<String>, String, i64, String, String, String, String, f64);
 
 /// Publishes the oldest changes of the outbox and deletes those JetStream stored; returns how
 /// many. `end` is the change stream's last position as this relay last saw it (`None`: unknown).
@@ -162,11 +162,15 @@ fn message(nats: &NatsConfig, row: &Row) -> (String, async_nats::HeaderMap, Stri
     let (_, id, incident_id, service_id, version, kind, at, actor, snapshot, _) = row;
     // The snapshot and time are stored as the JSON they are published as: spliced in unparsed.
     let quoted = |text: &str| Value::from(text).to_string();
+    // A service's change carries the service (its version is the service's); an incident's, the incident.
+    let (about, incident_id) = match incident_id {
+        Some(incident_id) => ("incident", quoted(incident_id)),
+        None => ("service", "null".to_owned()),
+    };
     let body = format!(
-        r#"{{"id":"{id}","type":{},"at":{at},"actor":{},"incidentId":{},"serviceId":{},"version":{version},"incident":{snapshot}}}"#,
+        r#"{{"id":"{id}","type":{},"at":{at},"actor":{},"incidentId":{incident_id},"serviceId":{},"version":{version},"{about}":{snapshot}}}"#,
         quoted(kind),
         quoted(actor),
-        quoted(incident_id),
         quoted(service_id),
     );
     let mut headers = async_nats::HeaderMap::new();

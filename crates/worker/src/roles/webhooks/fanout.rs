@@ -79,6 +79,16 @@ struct Published<'a> {
     incident: &'a RawValue,
 }
 
+/// Whether a published change is a service's (it names no incident).
+fn of_service(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct About {
+        incident_id: Option<String>,
+    }
+    serde_json::from_slice::<About>(payload).is_ok_and(|about| about.incident_id.is_none())
+}
+
 impl Change {
     fn read(seq: u64, payload: &[u8]) -> Option<Self> {
         let change: Published = serde_json::from_slice(payload).ok()?;
@@ -201,9 +211,11 @@ async fn write(pool: &PgPool, batch: &[(u64, bytes::Bytes)], last: u64) -> anyho
     .await?;
     let mut changes = Vec::new();
     if !webhooks.is_empty() {
-        changes.extend(batch.iter().filter_map(|(seq, payload)| Change::read(*seq, payload)));
-        if changes.len() < batch.len() {
-            let skipped = batch.len() - changes.len();
+        // Webhooks are sent incidents' changes; a service's (`service.status_changed`) is not one.
+        let incidents: Vec<_> = batch.iter().filter(|(_, payload)| !of_service(payload)).collect();
+        changes.extend(incidents.iter().filter_map(|(seq, payload)| Change::read(*seq, payload)));
+        if changes.len() < incidents.len() {
+            let skipped = incidents.len() - changes.len();
             tracing::warn!(skipped, "change stream messages that are not changes; skipped");
             metrics::counter!("webhook_changes_unreadable_total").increment(skipped as u64);
         }
