@@ -121,19 +121,36 @@ pub async fn newest_first(
     select: &str,
     group: &str,
 ) -> Result<(Vec<PgRow>, i64, Pagination), ApiError> {
+    newest_first_where(pool, page, table, select, group, "true", &[]).await
+}
+
+/// [`newest_first`] of the rows matching `filter`, a condition on `t` whose parameters `$1`, `$2`,
+/// … are `params` in order (`None` binds null), with how many rows match it.
+pub async fn newest_first_where(
+    pool: &PgPool,
+    page: &PageRequest<NewestFirst>,
+    table: &str,
+    select: &str,
+    group: &str,
+    filter: &str,
+    params: &[Option<&str>],
+) -> Result<(Vec<PgRow>, i64, Pagination), ApiError> {
+    // The page's own parameters come after the filter's.
+    let [created, id, limit, offset] = [1, 2, 3, 4].map(|k| params.len() + k);
     let sql = format!(
-        "{select} where ($1::text is null or (t.created_at, t.id) < ($1::timestamptz, $2))
-         {group} order by t.created_at desc, t.id desc limit $3 offset $4"
+        "{select} where ({filter}) and (${created}::text is null or (t.created_at, t.id) < (${created}::timestamptz, ${id}))
+         {group} order by t.created_at desc, t.id desc limit ${limit} offset ${offset}"
     );
     let (after_created, after_id) = page.cursor.as_ref().map(NewestFirst::parts).unzip();
-    let mut rows = sqlx::query(&sql)
-        .bind(after_created)
-        .bind(after_id)
-        .bind(page.fetch())
-        .bind(page.skip())
-        .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(pool).await?;
+    let mut rows = sqlx::query(&sql);
+    let count_sql = format!("select count(*) from {table} t where {filter}");
+    let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+    for param in params {
+        rows = rows.bind(*param);
+        count = count.bind(*param);
+    }
+    let mut rows = rows.bind(after_created).bind(after_id).bind(page.fetch()).bind(page.skip()).fetch_all(pool).await?;
+    let total = count.fetch_one(pool).await?;
     let pagination = page.finish(&mut rows, NewestFirst::of)?;
     Ok((rows, total, pagination))
 }

@@ -13,7 +13,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{Heartbeat, HeartbeatList, HeartbeatQuery, HeartbeatWithPingUrl, NewHeartbeat};
-use crate::page::{NewestFirst, PageRequest};
+use crate::page::{NewestFirst, PageRequest, newest_first_where};
 
 const SELECT: &str = "select t.id, t.service_id, t.name, t.interval_seconds, t.grace_seconds, t.state,
         t.last_ping_at, t.due_at, t.created_at
@@ -83,25 +83,9 @@ pub async fn list(
     page: &PageRequest<NewestFirst>,
 ) -> Result<HeartbeatList, ApiError> {
     let service = query.service_id.as_ref().map(Id::as_str);
-    let sql = format!(
-        "{SELECT} where ($1::text is null or t.service_id = $1)
-           and ($2::text is null or (t.created_at, t.id) < ($2::timestamptz, $3))
-         order by t.created_at desc, t.id desc limit $4 offset $5"
-    );
-    let (after_created, after_id) = page.cursor.as_ref().map(NewestFirst::parts).unzip();
-    let mut rows = sqlx::query(&sql)
-        .bind(service)
-        .bind(after_created)
-        .bind(after_id)
-        .bind(page.fetch())
-        .bind(page.skip())
-        .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar("select count(*) from heartbeats where ($1::text is null or service_id = $1)")
-        .bind(service)
-        .fetch_one(pool)
-        .await?;
-    let pagination = page.finish(&mut rows, NewestFirst::of)?;
+    let filter = "$1::text is null or t.service_id = $1";
+    let (rows, total, pagination) =
+        newest_first_where(pool, page, "heartbeats", SELECT, "", filter, &[service]).await?;
     let heartbeats = rows.iter().map(heartbeat_of).collect::<Result<Vec<_>, _>>()?;
     Ok(HeartbeatList { heartbeats, total, pagination })
 }

@@ -17,7 +17,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{MaintenanceQuery, MaintenanceState, MaintenanceWindow, MaintenanceWindowList, NewMaintenanceWindow};
-use crate::page::{NewestFirst, PageRequest};
+use crate::page::{NewestFirst, PageRequest, newest_first_where};
 
 /// A window's state now, from its row `t`.
 const STATE: &str =
@@ -67,30 +67,16 @@ pub async fn create(pool: &PgPool, new: &NewMaintenanceWindow) -> Result<Mainten
     .on_constraint(|name| {
         (name == "maintenance_windows_interval_check").then(|| ApiError::validation("end", "must be in the future"))
     })?;
+    crate::services::service::check_ids(pool, &new.service_ids).await?;
     let ids: Vec<&str> = new.service_ids.iter().map(Id::as_str).collect();
-    // Only ids that name a service are inserted (each once); the first other one is named.
-    let inserted = sqlx::query(
+    sqlx::query(
         "insert into maintenance_window_services (window_id, service_id)
-         select distinct $1, s.id from unnest($2::text[]) as wanted (id) join services s on s.id = wanted.id",
+         select distinct $1, wanted.id from unnest($2::text[]) as wanted (id)",
     )
     .bind(&id)
     .bind(&ids)
     .execute(&mut *tx)
     .await?;
-    let distinct: i64 = sqlx::query_scalar("select count(distinct id) from unnest($1::text[]) as wanted (id)")
-        .bind(&ids)
-        .fetch_one(&mut *tx)
-        .await?;
-    if (inserted.rows_affected() as i64) < distinct {
-        let missing: i64 = sqlx::query_scalar(
-            "select min(n) - 1 from unnest($1::text[]) with ordinality as wanted (id, n)
-             where not exists (select 1 from services s where s.id = wanted.id)",
-        )
-        .bind(&ids)
-        .fetch_one(&mut *tx)
-        .await?;
-        return Err(ApiError::validation(&format!("serviceIds[{missing}]"), "names no service"));
-    }
     tx.commit().await?;
     get(pool, &id).await
 }
@@ -113,27 +99,8 @@ pub async fn list(
                                           where s.window_id = t.id and s.service_id = $2))"
     );
     let (state, service) = (query.state.map(MaintenanceState::as_str), query.service_id.as_ref().map(Id::as_str));
-    let sql = format!(
-        "{} where {filter} and ($3::text is null or (t.created_at, t.id) < ($3::timestamptz, $4))
-         order by t.created_at desc, t.id desc limit $5 offset $6",
-        select()
-    );
-    let (after_created, after_id) = page.cursor.as_ref().map(NewestFirst::parts).unzip();
-    let mut rows = sqlx::query(&sql)
-        .bind(state)
-        .bind(service)
-        .bind(after_created)
-        .bind(after_id)
-        .bind(page.fetch())
-        .bind(page.skip())
-        .fetch_all(pool)
-        .await?;
-    let total: i64 = sqlx::query_scalar(&format!("select count(*) from maintenance_windows t where {filter}"))
-        .bind(state)
-        .bind(service)
-        .fetch_one(pool)
-        .await?;
-    let pagination = page.finish(&mut rows, NewestFirst::of)?;
+    let (rows, total, pagination) =
+        newest_first_where(pool, page, "maintenance_windows", &select(), "", &filter, &[state, service]).await?;
     let maintenance_windows = rows.iter().map(window_of).collect::<Result<Vec<_>, _>>()?;
     Ok(MaintenanceWindowList { maintenance_windows, total, pagination })
 }

@@ -90,6 +90,23 @@ pub async fn create(pool: &PgPool, new: &NewService) -> Result<ServiceWithKey, A
     Ok(service)
 }
 
+/// Refuses a list of service ids (a body's `serviceIds`) with one that names no service, naming
+/// the first such entry (`serviceIds[i]`).
+pub async fn check_ids(pool: &PgPool, ids: &[Id]) -> Result<(), ApiError> {
+    let ids: Vec<&str> = ids.iter().map(Id::as_str).collect();
+    let missing: Option<i64> = sqlx::query_scalar(
+        "select min(n) - 1 from unnest($1::text[]) with ordinality as wanted (id, n)
+         where not exists (select 1 from services s where s.id = wanted.id)",
+    )
+    .bind(&ids)
+    .fetch_one(pool)
+    .await?;
+    match missing {
+        Some(i) => Err(ApiError::validation(&format!("serviceIds[{i}]"), "names no service")),
+        None => Ok(()),
+    }
+}
+
 fn unknown_policy(name: &str) -> Option<ApiError> {
     (name == "services_escalation_policy_id_fkey")
         .then(|| ApiError::validation("escalationPolicyId", "names no escalation policy"))

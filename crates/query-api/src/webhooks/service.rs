@@ -62,17 +62,8 @@ pub fn check_destination(config: &WebhookConfig, url: &WebhookUrl, field: &str) 
 
 /// Refuses service ids that name no service, naming the first such entry (`serviceIds[i]`).
 async fn check_services(pool: &PgPool, ids: Option<&Vec<Id>>) -> Result<(), ApiError> {
-    let Some(ids) = ids else { return Ok(()) };
-    let ids: Vec<&str> = ids.iter().map(Id::as_str).collect();
-    let missing: Option<i64> = sqlx::query_scalar(
-        "select min(n) - 1 from unnest($1::text[]) with ordinality as wanted (id, n)
-         where not exists (select 1 from services s where s.id = wanted.id)",
-    )
-    .bind(&ids)
-    .fetch_one(pool)
-    .await?;
-    match missing {
-        Some(i) => Err(ApiError::validation(&format!("serviceIds[{i}]"), "names no service")),
+    match ids {
+        Some(ids) => crate::services::service::check_ids(pool, ids).await,
         None => Ok(()),
     }
 }

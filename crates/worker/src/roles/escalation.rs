@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use common::incident::change::record_change;
-use common::incident::store::{ChangeKind, timestamp};
+use common::incident::store::ChangeKind;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -210,10 +210,7 @@ async fn fire(tx: &mut PgConnection, incident: &Due) -> anyhow::Result<()> {
 /// The people a step's targets are now, in order, each once: a user, or whoever a schedule has
 /// on call at this instant (nobody when no one is).
 async fn resolve(tx: &mut PgConnection, step: &Step) -> anyhow::Result<Vec<String>> {
-    let now: jiff::Timestamp = {
-        let row = sqlx::query("select now() as now").fetch_one(&mut *tx).await?;
-        timestamp(&row, "now")?
-    };
+    let now = jiff::Timestamp::now();
     let mut people: Vec<String> = Vec::new();
     for target in &step.targets {
         let person = match target.kind.as_str() {
