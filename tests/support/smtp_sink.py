@@ -25,16 +25,13 @@ import argparse
 import asyncio
 import email
 import email.policy
-import json
 import logging
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiosmtpd.smtp import SMTP
 
-DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+from json_http import DISCONNECTED, JsonHandler, Server
 TRANSIENT = "451 4.3.0 try again later"
 PERMANENT = "550 5.1.1 no such user"
 
@@ -122,27 +119,8 @@ class Sink:
         return answer or "250 2.0.0 OK"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(JsonHandler):
     server_version = "smtp-sink"
-    sys_version = ""
-
-    def log_message(self, format, *args):
-        pass
-
-    def answer(self, status, payload=None):
-        data = b"" if payload is None else json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            if payload is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if data:
-                self.wfile.write(data)
-            self.wfile.flush()
-        except DISCONNECTED:
-            self.close_connection = True
 
     def do_GET(self):
         path = self.path.split("?", 1)[0]
@@ -160,8 +138,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length > 0 else b""
+            body = self.read_body()
         except DISCONNECTED:
             self.close_connection = True
             return
@@ -172,26 +149,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/configure":
             self.answer(404, {"error": "not found"})
             return
-        try:
-            config = json.loads(body or b"{}")
-        except ValueError as error:
-            self.answer(400, {"error": "the config is not JSON: {}".format(error)})
-            return
-        error = apply_config(config)
-        if error:
-            self.answer(400, {"error": error})
-        else:
-            self.answer(204)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], DISCONNECTED):
-            return
-        super().handle_error(request, client_address)
+        self.configure(body, apply_config)
 
 
 async def serve(smtp_port, http):

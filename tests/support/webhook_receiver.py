@@ -25,15 +25,13 @@ take a status from the queue.
 
 import argparse
 import json
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 
 CONTROL_PREFIX = "/_control/"
-DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+from json_http import DISCONNECTED, JsonHandler, Server
 
 
 class State:
@@ -102,43 +100,8 @@ def verify(secret, body, headers):
         return False, str(error) or type(error).__name__
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(JsonHandler):
     server_version = "webhook-receiver"
-    sys_version = ""
-
-    def log_message(self, format, *args):
-        pass
-
-    def read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def answer(self, status, payload=None, headers=()):
-        data = b"" if payload is None else json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            for name, value in headers:
-                self.send_header(name, value)
-            if payload is not None:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if data:
-                self.wfile.write(data)
-            self.wfile.flush()
-        except DISCONNECTED:
-            self.close_connection = True
 
     def do_GET(self):
         try:
@@ -171,16 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         if path != CONTROL_PREFIX + "config":
             self.answer(404, {"error": "not found"})
             return
-        try:
-            config = json.loads(body or b"{}")
-        except ValueError as error:
-            self.answer(400, {"error": "the config is not JSON: {}".format(error)})
-            return
-        error = apply_config(config)
-        if error:
-            self.answer(400, {"error": error})
-        else:
-            self.answer(204)
+        self.configure(body, apply_config)
 
     def deliver(self, body):
         arrived = time.time()
@@ -221,18 +175,6 @@ class Handler(BaseHTTPRequestHandler):
         if error:
             payload["error"] = error
         self.answer(status, payload, extra)
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request, client_address):
-        # A client that went away is normal (a test that timed out a hanging delivery); any
-        # other failure is printed to stderr, and the server keeps serving.
-        if isinstance(sys.exc_info()[1], DISCONNECTED):
-            return
-        super().handle_error(request, client_address)
 
 
 def main():
