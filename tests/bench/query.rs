@@ -56,7 +56,7 @@ async fn load(env: &TestEnv, incidents: usize) {
     }
     // Fold the counts the bulk load produced (a running worker does this every second), then
     // vacuum, as a long-running database would be.
-    common::incident::change::fold_count_deltas(&env.pool).await.expect("fold counts");
+    worker::roles::upkeep::fold_count_deltas(&env.pool).await.expect("fold counts");
     sqlx::query("vacuum analyze").execute(&env.pool).await.expect("vacuum");
     let (events, timeline): (i64, i64) =
         sqlx::query_as("select (select count(*) from events), (select count(*) from incident_timeline)")

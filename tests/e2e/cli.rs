@@ -131,7 +131,7 @@ async fn an_operator_creates_users_keys_and_services_with_the_cli() {
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    assert!(hash.starts_with("$argon2id$") && common::auth::verify_password("from standard input", &hash));
+    assert!(hash.starts_with("$argon2id$") && query_api::credentials::verify_password("from standard input", &hash));
 
     let listed = json_of(&run(&env, &["user", "list", "--output", "json"]));
     assert_eq!(listed.as_array().unwrap().len(), 3);

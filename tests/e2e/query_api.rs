@@ -431,3 +431,19 @@ async fn a_key_without_the_scope_is_refused_before_its_query_is_read() {
     let (status, body) = env.get_json(&format!("{base}/api/incidents?limit=10&limit=5"), &reader).await;
     assert_eq!((status, body["error"]["details"]["field"].as_str()), (400, Some("limit")), "{body}");
 }
+
+#[tokio::test]
+async fn a_body_over_512_kib_is_refused_with_a_json_413() {
+    let env = TestEnv::new().await;
+    let base = env.spawn_query_api().await;
+    let key = env.admin_key().await;
+    let service = env.service("API").await;
+    let url = format!("{base}/api/incidents");
+    let body = |title: usize| json!({"title": "t", "serviceId": service.id, "description": "x".repeat(title)});
+    let (status, error) = env.send_json(Method::POST, &url, &key, &body(600 * 1024)).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")), "{error}");
+    // Just under the bound, the body is read and judged on its fields.
+    let (status, error) = env.send_json(Method::POST, &url, &key, &body(500 * 1024)).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["details"]["field"], "description", "{error}");
+}

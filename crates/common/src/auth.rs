@@ -6,10 +6,7 @@
 
 use std::time::Duration;
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use axum::http::HeaderMap;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -140,57 +137,9 @@ impl Role {
     }
 }
 
-/// A freshly generated API key: the secret (shown once) and what is stored.
-pub struct NewApiKey {
-    pub secret: String,
-    pub prefix: String,
-    pub hash: [u8; 32],
-}
-
-impl std::fmt::Debug for NewApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewApiKey").field("prefix", &self.prefix).finish_non_exhaustive()
-    }
-}
-
-/// Random hex token of `bytes` random bytes.
-pub fn random_token(bytes: usize) -> String {
-    let mut raw = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut raw);
-    hex::encode(raw)
-}
-
-/// A new signing secret for a webhook, as Standard Webhooks writes them: `whsec_` and the
-/// base64 of 32 random bytes.
-pub fn new_webhook_secret() -> String {
-    use base64::Engine;
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(raw))
-}
-
-pub fn generate_api_key() -> NewApiKey {
-    let secret = format!("{KEY_PREFIX}{}", random_token(24));
-    NewApiKey { prefix: secret[..KEY_PREFIX.len() + 8].to_owned(), hash: hash_key(&secret), secret }
-}
-
+/// What an API key's secret is stored as, and looked up by.
 pub fn hash_key(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
-}
-
-/// argon2id hash of a password, in PHC string form.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let mut salt = [0u8; 16];
-    rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))?
-        .to_string())
-}
-
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 /// The API key a request carries: `Authorization: Bearer KEY`, `Authorization: Api-Key KEY`
@@ -255,7 +204,7 @@ pub fn session_from_headers(headers: &HeaderMap) -> Option<&str> {
 
 /// The principal of an unexpired, unrevoked console session: its user, with every scope the
 /// user's role allows (a session is the person, not a key). Marks the session seen.
-pub async fn session_principal(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
+pub(crate) async fn session_principal(pool: &PgPool, token: &str) -> Result<Option<Principal>, sqlx::Error> {
     let row: Option<(String, String, String)> = sqlx::query_as(
         "update console_sessions s set last_seen_at = now()
          from users u
@@ -328,16 +277,6 @@ mod tests {
     use axum::http::HeaderValue;
 
     #[test]
-    fn generated_keys_are_prefixed_and_hash_to_what_is_stored() {
-        let key = generate_api_key();
-        assert!(key.secret.starts_with(KEY_PREFIX));
-        assert_eq!(key.secret.len(), KEY_PREFIX.len() + 48);
-        assert!(key.secret.starts_with(&key.prefix));
-        assert_eq!(hash_key(&key.secret), key.hash);
-        assert!(!format!("{key:?}").contains(&key.secret));
-    }
-
-    #[test]
     fn all_three_header_styles_carry_the_key() {
         for (name, value) in [
             ("authorization", "Bearer osk_abc"),
@@ -362,13 +301,5 @@ mod tests {
         assert!(Role::Responder.allows(Scope::IncidentsWrite));
         assert!(Role::User.allows(Scope::IncidentsRead));
         assert!(!Role::User.allows(Scope::EventsWrite));
-    }
-
-    #[test]
-    fn passwords_verify_only_against_their_hash() {
-        let hash = hash_password("correct horse").unwrap();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse", &hash));
-        assert!(!verify_password("battery staple", &hash));
     }
 }

@@ -267,7 +267,7 @@ impl NatsConfig {
 }
 
 /// Most partitions a stream may have.
-pub const MAX_PARTITIONS: u32 = 1024;
+pub(crate) const MAX_PARTITIONS: u32 = 1024;
 
 /// Largest `NATS_MAX_FRAME_EVENTS`: a frame's events must fit the positions its stream sequence
 /// spans (`common::nats::FRAME_SLOTS`, which `nats` checks at compile time).
@@ -418,7 +418,7 @@ impl WebhookConfig {
 /// benchmarking, IETF protocol, unspecified, broadcast, multicast, documentation or reserved,
 /// nor an IPv6 address that carries an IPv4 address of those kinds (mapped, compatible, NAT64,
 /// 6to4) or is site-local.
-pub fn is_public(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_public(ip: std::net::IpAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {

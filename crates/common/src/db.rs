@@ -14,13 +14,10 @@ pub const WEBHOOK_WAKE_CHANNEL: &str = "webhook_deliveries";
 /// idle escalator fires it at once.
 pub const ESCALATION_WAKE_CHANNEL: &str = "escalations";
 
-/// The channel queued notifications are announced on, so idle senders send them at once.
-pub const NOTIFY_WAKE_CHANNEL: &str = "notifications";
-
 use crate::config::DatabaseConfig;
 
 /// The schema, embedded in every binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// A pool that connects lazily, so a service can start (and ingest keep accepting) while
 /// PostgreSQL is down.
@@ -50,23 +47,6 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         }
         _ => false,
     }
-}
-
-/// Whether an error says the database could not apply the statement for now, not that the data
-/// is wrong: a conflict (deadlock, serialization), a statement or lock timeout (57014, 55P03), or
-/// insufficient resources or a system error (classes 53 and 58: disk full, out of memory, too
-/// many connections, I/O error). Retrying later may succeed, so it is never counted as a failed
-/// attempt toward the dead-letter bound.
-pub fn is_transient(err: &sqlx::Error) -> bool {
-    is_conflict(err)
-        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-            c == "57014" || c == "55P03" || c.starts_with("53") || c.starts_with("58")
-        }))
-}
-
-/// Whether an error is a transaction conflict worth retrying at once (deadlock, serialization).
-pub fn is_conflict(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
 }
 
 /// Applies migrations, waiting (with backoff) for PostgreSQL to become reachable. Returns `Ok`

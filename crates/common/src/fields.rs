@@ -238,6 +238,55 @@ impl<T: FromStr> FromStr for CommaList<T> {
     }
 }
 
+/// A list of `MIN ..= MAX` items: the one pair of bounds both the check and the schema read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct List<T, const MIN: usize, const MAX: usize>(Vec<T>);
+
+impl<T, const MIN: usize, const MAX: usize> List<T, MIN, MAX> {
+    pub fn new(items: Vec<T>) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&items.len()) {
+            Ok(Self(items))
+        } else {
+            Err(format!("must have {MIN} to {MAX} items"))
+        }
+    }
+}
+
+impl<T, const MIN: usize, const MAX: usize> std::ops::Deref for List<T, MIN, MAX> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>, const MIN: usize, const MAX: usize> Deserialize<'de> for List<T, MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::new(Vec::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<T: utoipa::ToSchema, const MIN: usize, const MAX: usize> utoipa::PartialSchema for List<T, MIN, MAX> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, Ref};
+        ArrayBuilder::new().items(Ref::from_schema_name(T::name())).min_items(Some(MIN)).max_items(Some(MAX)).into()
+    }
+}
+
+/// Named after its items and bounds (`StepList1To20`), so lists of different bounds never share a
+/// component; fields inline it (`#[schema(inline)]`) to state the array where it is used.
+impl<T: utoipa::ToSchema, const MIN: usize, const MAX: usize> utoipa::ToSchema for List<T, MIN, MAX> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        format!("{}List{MIN}To{MAX}", T::name()).into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((T::name().into_owned(), T::schema()));
+        T::schemas(schemas);
+    }
+}
+
 /// An instant as sent: RFC 3339 (`2026-12-01T08:00:00Z`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instant(pub jiff::Timestamp);

@@ -468,3 +468,53 @@ pub fn redis_pool(url: &str, timeout: Duration) -> anyhow::Result<deadpool_redis
     config.pool = Some(pool_config);
     config.create_pool(Some(deadpool_redis::Runtime::Tokio1)).map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::{ApiQuery, parse_value};
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        inner: Inner,
+        limit: Option<u32>,
+    }
+
+    fn field_of(error: &crate::ApiError) -> String {
+        error.body()["error"]["details"]["field"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// serde reports a missing, unknown or repeated field only in its message, at the parent's
+    /// path: these pin the one place that message is read, so a serde release that words it
+    /// differently fails here rather than naming the wrong field.
+    #[test]
+    fn missing_unknown_and_repeated_fields_are_named_at_their_own_path() {
+        let read = parse_value::<Outer>(json!({"inner": {"name": "a"}, "limit": 3})).unwrap();
+        assert_eq!((read.inner.name.as_str(), read.limit), ("a", Some(3)));
+        let missing = parse_value::<Outer>(json!({"inner": {}})).unwrap_err();
+        assert_eq!(field_of(&missing), "inner.name");
+        let unknown = parse_value::<Outer>(json!({"inner": {"name": "a", "nmae": "b"}})).unwrap_err();
+        assert_eq!(field_of(&unknown), "inner.nmae");
+        let top = parse_value::<Outer>(json!({"inner": {"name": "a"}, "extra": 1})).unwrap_err();
+        assert_eq!(field_of(&top), "extra");
+        let wrong_type = parse_value::<Outer>(json!({"inner": {"name": 7}})).unwrap_err();
+        assert_eq!(field_of(&wrong_type), "inner.name");
+        let twice = ApiQuery(Some("limit=1&limit=2".into())).parse::<QueryOnly>().unwrap_err();
+        assert_eq!(field_of(&twice), "limit");
+        assert_eq!(ApiQuery(Some("limit=5".into())).parse::<QueryOnly>().unwrap().limit, Some(5));
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct QueryOnly {
+        limit: Option<u32>,
+    }
+}

@@ -102,7 +102,7 @@ pub const ORIGINAL_SEQ_HEADER: &str = "OpsSentinal-Original-Seq";
     "JetStream stream {stream} was made with {found:?}, but this service is configured with {wanted:?} \
      (NATS_PARTITIONS must match the stream's; to change it, drain the stream and delete it)"
 )]
-pub struct PartitionMismatch {
+pub(crate) struct PartitionMismatch {
     pub stream: String,
     pub found: String,
     pub wanted: String,
@@ -188,7 +188,7 @@ pub async fn ensure_streams(js: &jetstream::Context, config: &NatsConfig) -> any
 }
 
 /// How long the change stream keeps a change (DESIGN §9: 24 h).
-pub const CHANGES_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const CHANGES_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 fn partitions_description(partitions: u32) -> String {
     format!("OpsSentinal events; partitions={partitions}")
@@ -312,25 +312,6 @@ impl PartitionConsumers<'_> {
 /// The durable consumer of `partition` among the consumers named `base`: `<base>-p<partition>`.
 pub fn consumer_name(base: &str, partition: u32) -> String {
     format!("{base}-p{partition}")
-}
-
-/// Publishes one event in a message of its own (`Nats-Msg-Id` = its id, so a re-published copy
-/// is dropped) on its partition's subject, and waits for JetStream to store it: how the system
-/// itself raises an event (a missed heartbeat) through the normal pipeline.
-pub async fn publish_event(
-    js: &jetstream::Context,
-    config: &NatsConfig,
-    event: &crate::event::EventEnvelope,
-) -> anyhow::Result<u64> {
-    let partition = crate::config::partition_of(&event.service_id, &event.dedup_key, config.partitions);
-    let message = jetstream::message::PublishMessage::build()
-        .payload(serde_json::to_vec(event)?.into())
-        .message_id(event.event_id.to_string());
-    let stored = tokio::time::timeout(config.publish_timeout(), async {
-        js.send_publish(config.partition_subject(partition), message).await?.await
-    })
-    .await??;
-    Ok(stored.sequence)
 }
 
 #[cfg(test)]

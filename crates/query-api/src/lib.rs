@@ -7,6 +7,8 @@ pub mod api;
 pub mod api_keys;
 pub mod config;
 pub mod console;
+pub mod constraint;
+pub mod credentials;
 pub mod escalation_policies;
 pub mod heartbeats;
 pub mod incidents;
@@ -45,10 +47,14 @@ pub fn api_router(state: Arc<AppState>) -> Router {
     let (routes, _) = routes().split_for_parts();
     let (open, _) = open_routes().split_for_parts();
     let routes = routes.layer(axum::middleware::from_fn_with_state(gate, authenticate)).merge(open);
-    routes.merge(console::assets_router()).with_state(state).route(
-        "/api/openapi.json",
-        axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
-    )
+    routes
+        .merge(console::assets_router())
+        .with_state(state)
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(common::event::MAX_BODY_BYTES))
 }
 
 /// The routes that authenticate themselves (a stream token, a sign-in).

@@ -38,7 +38,7 @@ pub struct Applier {
     pub settings: WorkerSettings,
 }
 
-/// When a batch the database could not apply for now (see `common::db::is_transient`) is
+/// When a batch the database could not apply for now (see `is_transient`) is
 /// delivered again.
 const TRANSIENT_RETRY: Duration = Duration::from_secs(1);
 
@@ -226,7 +226,7 @@ impl Applier {
                     self.wait_for_database(shutdown).await;
                     return;
                 }
-                Err(err) if common::db::is_transient(&err) => {
+                Err(err) if is_transient(&err) => {
                     tracing::warn!(error = %err, batch = chunk.len(), "the database cannot apply the batch for now; retrying it, no attempt counted");
                     metrics::counter!("worker_transient_failures_total").increment(1);
                     done[offset..offset + chunk.len()].fill(Disposition::Retry(TRANSIENT_RETRY));
@@ -266,7 +266,7 @@ impl Applier {
                 self.wait_for_database(shutdown).await;
                 Disposition::Retry(Duration::from_secs(2))
             }
-            Err(err) if common::db::is_transient(&err) => {
+            Err(err) if is_transient(&err) => {
                 metrics::counter!("worker_transient_failures_total").increment(1);
                 Disposition::Retry(TRANSIENT_RETRY)
             }
@@ -281,7 +281,7 @@ impl Applier {
             .with_jitter();
         (|| apply_batch(&self.pool, events))
             .retry(backoff)
-            .when(common::db::is_conflict)
+            .when(is_conflict)
             .notify(|_, _| metrics::counter!("worker_conflict_retries_total").increment(1))
             .await
     }
@@ -490,4 +490,21 @@ pub async fn nak(message: &Message, delay: Duration) {
 
 async fn nak_all(messages: &[&Message], delay: Duration) {
     join_all(messages.iter().map(|m| nak(m, delay))).await;
+}
+
+/// Whether an error says the database could not apply the statement for now, not that the data
+/// is wrong: a conflict (deadlock, serialization), a statement or lock timeout (57014, 55P03), or
+/// insufficient resources or a system error (classes 53 and 58: disk full, out of memory, too
+/// many connections, I/O error). Retrying later may succeed, so it is never counted as a failed
+/// attempt toward the dead-letter bound.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    is_conflict(err)
+        || matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+            c == "57014" || c == "55P03" || c.starts_with("53") || c.starts_with("58")
+        }))
+}
+
+/// Whether an error is a transaction conflict worth retrying at once (deadlock, serialization).
+pub fn is_conflict(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
 }

@@ -1,100 +1,18 @@
 //! Status changes made outside the event stream: by people (query-api's incidents service builds
-//! on these) and by upkeep (ended snoozes). A status change takes the same per-key lock as workers
-//! applying events and is recorded in the key's event log at the key's current stream position,
-//! so a re-fold replays it in its place.
+//! on these) and by the workers' upkeep (ended snoozes and maintenance windows). A status change
+//! takes the same per-key lock as workers applying events and is recorded in the key's event log
+//! at the key's current stream position, so a re-fold replays it in its place.
 
 use jiff::Timestamp;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::ApiError;
 use crate::incident::state::{FoldAction, FoldEvent, IncidentState, IncidentStatus, KeyFold, ManualChange};
 use crate::incident::store::{
     ChangeKind, ChangeRows, EventRows, INCIDENT_COLUMNS, IncidentRows, LoggedEvent, incident_from_row, lock_keys,
     snapshot,
 };
-
-/// Returns incidents whose snooze ended to `OPEN` (a system change in their key's log), at most
-/// 100 per call; returns how many were reopened.
-pub async fn reopen_due_snoozes(pool: &PgPool) -> Result<usize, ApiError> {
-    let due: Vec<(String, String, String)> = sqlx::query_as(
-        "select id, service_id, dedup_key from incidents where status = 'SNOOZED' and snoozed_until <= now() limit 100",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut reopened = 0;
-    for (id, service_id, dedup_key) in due {
-        let mut tx = pool.begin().await?;
-        let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
-            continue;
-        };
-        if incident.status == IncidentStatus::Snoozed && snooze_ended(&incident) {
-            apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
-            reopened += 1;
-        }
-        tx.commit().await?;
-    }
-    Ok(reopened)
-}
-
-/// Opens what maintenance kept quiet once it is over (DESIGN §12): each `SUPPRESSED` incident
-/// whose service no window covers now becomes `OPEN` (a system change in its key's log, with a
-/// timeline entry naming the window that ended last), which starts its escalation. Whatever the
-/// window's end was (on time, ended early), and also for a trigger accepted inside a window but
-/// applied after it ended. At most 100 per call; returns how many were opened.
-pub async fn end_maintenance_windows(pool: &PgPool) -> Result<usize, ApiError> {
-    let quiet: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "select i.id, i.service_id, i.dedup_key,
-                (select w.id from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
-                 where o.service_id = i.service_id and w.ends_at <= now() order by w.ends_at desc limit 1)
-         from incidents i
-         where i.status = 'SUPPRESSED'
-           and not exists (select 1 from maintenance_window_services o join maintenance_windows w on w.id = o.window_id
-                           where o.service_id = i.service_id and w.starts_at <= now() and w.ends_at > now())
-         limit 100",
-    )
-    .fetch_all(pool)
-    .await?;
-    let mut opened = 0;
-    for (id, service_id, dedup_key, window) in quiet {
-        let mut tx = pool.begin().await?;
-        let Some((position, incident)) = lock_incident(&mut tx, &service_id, &dedup_key, &id).await? else {
-            continue;
-        };
-        if incident.status == IncidentStatus::Suppressed {
-            apply_status(&mut tx, &service_id, &dedup_key, position, incident, ManualChange::Reopen, "system").await?;
-            sqlx::query(
-                "insert into incident_timeline (incident_id, kind, actor_id, message, data)
-                 values ($1, 'maintenance_ended', 'system', 'maintenance window ended: the incident is open', $2)",
-            )
-            .bind(&id)
-            .bind(json!({"maintenanceWindowId": window}))
-            .execute(&mut *tx)
-            .await?;
-            opened += 1;
-        }
-        tx.commit().await?;
-    }
-    sqlx::query("update maintenance_windows set ended_at = now() where ended_at is null and ends_at <= now()")
-        .execute(pool)
-        .await?;
-    Ok(opened)
-}
-
-/// Folds the pending count deltas into the counts, in one statement (so any reader sees either
-/// the deltas or their sum, never both or neither).
-pub async fn fold_count_deltas(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        "with moved as (delete from incident_count_deltas returning service_id, status, urgency, n)
-         insert into incident_counts (service_id, status, urgency, n)
-         select service_id, status, urgency, sum(n) from moved group by 1, 2, 3 order by 1, 2, 3
-         on conflict (service_id, status, urgency) do update set n = incident_counts.n + excluded.n",
-    )
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
-}
 
 /// Whether the incident is snoozed with its snooze over (it reads as `OPEN`).
 pub fn snooze_ended(incident: &IncidentState) -> bool {
@@ -173,7 +91,7 @@ pub async fn apply_status(
 }
 
 /// A change's actor as the change stream names it: `user:<id>`, or `system`.
-pub fn actor_of(actor: &str) -> String {
+pub(crate) fn actor_of(actor: &str) -> String {
     if actor == "system" { actor.to_owned() } else { format!("user:{actor}") }
 }
 

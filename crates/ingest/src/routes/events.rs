@@ -131,3 +131,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
     Ok(Some(text.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_IDEMPOTENCY_KEY;
+
+    /// utoipa takes only a literal for a header's `max_length`: this keeps it the check's bound.
+    #[test]
+    fn the_documented_idempotency_key_bound_is_the_checked_one() {
+        let api = serde_json::to_value(crate::openapi()).unwrap();
+        let params = api["paths"]["/api/events"]["post"]["parameters"].as_array().unwrap();
+        let key = params.iter().find(|p| p["name"] == "Idempotency-Key").unwrap();
+        assert_eq!(key["schema"]["maxLength"], MAX_IDEMPOTENCY_KEY, "{key}");
+    }
+}

@@ -1,7 +1,9 @@
 //! API keys in PostgreSQL: typed input in, keys out.
 
 use common::ApiError;
-use common::auth::{Role, Scope, generate_api_key};
+use common::auth::{Role, Scope};
+
+use crate::credentials::generate_api_key;
 use common::ids::new_id;
 use sqlx::PgPool;
 

@@ -14,7 +14,6 @@ common::bounded_text! {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
-    #[schema(value_type = String, format = "email")]
     pub email: Email,
     pub password: TypedPassword,
 }

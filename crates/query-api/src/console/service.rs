@@ -2,7 +2,9 @@
 //! sign out, list and revoke. The HTTP handlers and the CLI both call these.
 
 use common::ApiError;
-use common::auth::{Role, Scope, hash_key, hash_password, random_token, verify_password};
+use common::auth::{Role, Scope, hash_key};
+
+use crate::credentials::{hash_password, random_token, verify_password};
 use common::ids::new_id;
 use sqlx::PgPool;
 

@@ -1,6 +1,6 @@
 //! What the escalation policy endpoints are sent and answer.
 
-use common::fields::{Id, Name};
+use common::fields::{Id, List, Name};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -33,18 +33,20 @@ pub struct Target {
     pub id: Id,
 }
 
-/// A step: at most 10 targets, notified together.
+/// A step's targets, notified together: 1 to 10.
+pub type Targets = List<Target, 1, 10>;
+
+/// A policy's steps, in order: 1 to 20.
+pub type Steps = List<Step, 1, 20>;
+
+/// A step: its targets and how long it waits.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
     pub escalate_after_minutes: EscalateAfter,
-    #[schema(min_items = 1, max_items = 10)]
-    pub targets: Vec<Target>,
+    #[schema(inline)]
+    pub targets: Targets,
 }
-
-/// Most steps a policy has, and targets a step has.
-pub const MAX_STEPS: usize = 20;
-pub const MAX_TARGETS: usize = 10;
 
 /// A policy as created or replaced (`PUT` takes the whole policy).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -54,8 +56,8 @@ pub struct NewPolicy {
     #[serde(default)]
     pub repeat: Repeat,
     /// 1 to 20 steps, in order.
-    #[schema(min_items = 1, max_items = 20)]
-    pub steps: Vec<Step>,
+    #[schema(inline)]
+    pub steps: Steps,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -66,7 +68,8 @@ pub struct Policy {
     /// Rises by one on every `PUT`.
     pub version: i32,
     pub repeat: i32,
-    pub steps: Vec<Step>,
+    #[schema(inline)]
+    pub steps: Steps,
     /// The services that use it.
     pub service_ids: Vec<String>,
     pub created_at: Timestamp,

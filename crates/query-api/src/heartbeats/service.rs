@@ -4,8 +4,9 @@
 //! it when a heartbeat is missed.
 
 use common::ApiError;
-use common::auth::{hash_key, random_token};
-use common::error::OnConstraint;
+use common::auth::hash_key;
+
+use crate::credentials::random_token;
 use common::fields::Id;
 use common::ids::new_id;
 use common::incident::store::{optional_timestamp, timestamp};
@@ -13,6 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{Heartbeat, HeartbeatList, HeartbeatQuery, HeartbeatWithPingUrl, NewHeartbeat};
+use crate::constraint::OnConstraint;
 use crate::page::{NewestFirst, PageRequest, newest_first_where};
 
 const SELECT: &str = "select t.id, t.service_id, t.name, t.interval_seconds, t.grace_seconds, t.state,

@@ -3,7 +3,6 @@
 //! lock as workers applying events (`common::incident::change`).
 
 use common::ApiError;
-use common::error::OnConstraint;
 use common::event::Urgency;
 use common::ids::new_id;
 use common::incident::change::{apply_status, lock_incident, record_change, snooze_ended};
@@ -21,6 +20,7 @@ use super::body::{
     IncidentDetail, IncidentList, IncidentQuery, LoggedEntry, NoteEntry, ServiceName, SortField, SortOrder,
     StatusChange, StoredPayload, TimelineEntry,
 };
+use crate::constraint::OnConstraint;
 use crate::page::PageRequest;
 
 /// An incident whose snooze has ended reads as `OPEN` at once, before the background task

@@ -2,8 +2,8 @@
 
 use std::str::FromStr;
 
-use common::fields::{Id, Instant, blank_as_none};
-use serde::{Deserialize, Deserializer, Serialize};
+use common::fields::{Id, Instant, List, blank_as_none};
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::api::Timestamp;
@@ -14,17 +14,8 @@ common::bounded_text! {
     pub struct MaintenanceDescription { min: 0, max: 1024, trim: false }
 }
 
-/// Most services one window covers.
-pub const MAX_SERVICES: usize = 100;
-
-/// The services of a window: 1 to [`MAX_SERVICES`] service ids.
-fn service_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Id>, D::Error> {
-    let ids = Vec::<Id>::deserialize(deserializer)?;
-    if ids.is_empty() || ids.len() > MAX_SERVICES {
-        return Err(serde::de::Error::custom(format!("must name 1 to {MAX_SERVICES} services")));
-    }
-    Ok(ids)
-}
+/// The services of a window: 1 to 100 service ids.
+pub type ServiceIds = List<Id, 1, 100>;
 
 /// A new maintenance window. A `start` in the past is taken as the moment it is created.
 #[derive(Deserialize, ToSchema)]
@@ -32,9 +23,8 @@ fn service_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Id>, D:
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewMaintenanceWindow {
     /// The services whose triggers it suppresses (a repeated id counts once).
-    #[serde(deserialize_with = "service_ids")]
-    #[schema(min_items = 1, max_items = 100)]
-    pub service_ids: Vec<Id>,
+    #[schema(inline)]
+    pub service_ids: ServiceIds,
     pub start: Instant,
     /// After `start`, and in the future.
     pub end: Instant,

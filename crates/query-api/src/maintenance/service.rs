@@ -1,7 +1,7 @@
 //! Maintenance windows in PostgreSQL (DESIGN §12): typed input in, windows out. The HTTP
 //! handlers and the CLI both call these. The worker decides what a window suppresses (a trigger
 //! accepted inside a window of its service opens or feeds its incident `SUPPRESSED`) and ends
-//! windows (`common::incident::change::end_maintenance_windows`: once `ends_at` passed, what the
+//! windows (`worker::roles::upkeep::end_maintenance_windows`: once `ends_at` passed, what the
 //! window kept `SUPPRESSED` is opened and `ended_at` set).
 //!
 //! A window never starts before it is created: a `start` in the past is taken as now, so no
@@ -9,7 +9,6 @@
 //! decides as its first fold did.
 
 use common::ApiError;
-use common::error::OnConstraint;
 use common::fields::Id;
 use common::ids::new_id;
 use common::incident::store::timestamp;
@@ -17,6 +16,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{MaintenanceQuery, MaintenanceState, MaintenanceWindow, MaintenanceWindowList, NewMaintenanceWindow};
+use crate::constraint::OnConstraint;
 use crate::page::{NewestFirst, PageRequest, newest_first_where};
 
 /// A window's state now, from its row `t`.
@@ -67,16 +67,25 @@ pub async fn create(pool: &PgPool, new: &NewMaintenanceWindow) -> Result<Mainten
     .on_constraint(|name| {
         (name == "maintenance_windows_interval_check").then(|| ApiError::validation("end", "must be in the future"))
     })?;
-    crate::services::service::check_ids(pool, &new.service_ids).await?;
     let ids: Vec<&str> = new.service_ids.iter().map(Id::as_str).collect();
-    sqlx::query(
+    let covered = sqlx::query(
         "insert into maintenance_window_services (window_id, service_id)
          select distinct $1, wanted.id from unnest($2::text[]) as wanted (id)",
     )
     .bind(&id)
     .bind(&ids)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(|name| {
+        (name == "maintenance_window_services_service_id_fkey")
+            .then(|| ApiError::validation("serviceIds", "names no service"))
+    });
+    if let Err(refused) = covered {
+        drop(tx);
+        // The foreign key refused the list: name the entry that is missing, if it still is.
+        crate::services::service::check_ids(pool, &new.service_ids).await?;
+        return Err(refused);
+    }
     tx.commit().await?;
     get(pool, &id).await
 }

@@ -87,8 +87,8 @@ impl ToSchema for Members {
 pub struct HandoffTime(pub jiff::civil::Time);
 
 impl HandoffTime {
-    /// What the schema documents. The runtime reads it with jiff, which also takes seconds
-    /// (`09:00:30`, kept as 09:00).
+    /// The format read, and the pattern the schema states for it.
+    pub const FORMAT: &str = "%H:%M";
     pub const PATTERN: &str = "^([01][0-9]|2[0-3]):[0-5][0-9]$";
 }
 
@@ -102,7 +102,11 @@ impl FromStr for HandoffTime {
     type Err = &'static str;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        value.trim().parse().map(Self).map_err(|_| "must be HH:MM")
+        let value = value.trim();
+        // strptime also takes one-digit hours and minutes (`9:5`); the schema's pattern does not.
+        let two_digits = value.len() == 5 && value.as_bytes()[2] == b':';
+        let time = jiff::civil::Time::strptime(Self::FORMAT, value).ok().filter(|_| two_digits);
+        time.map(Self).ok_or("must be HH:MM")
     }
 }
 
@@ -364,4 +368,19 @@ pub struct ShiftUser {
     pub id: String,
     /// Null for a user deleted since.
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HandoffTime;
+
+    #[test]
+    fn a_handoff_time_is_read_exactly_as_the_schema_states_it() {
+        let read = |text: &str| text.parse::<HandoffTime>().ok().map(|t| t.0.strftime(HandoffTime::FORMAT).to_string());
+        assert_eq!(read(" 09:30 ").as_deref(), Some("09:30"));
+        assert_eq!(read("23:59").as_deref(), Some("23:59"));
+        for refused in ["9:30", "09:5", "09:00:30", "24:00", "12:60", "noon", ""] {
+            assert_eq!(read(refused), None, "{refused:?}");
+        }
+    }
 }

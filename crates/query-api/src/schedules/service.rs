@@ -3,7 +3,6 @@
 //! `common::schedule::oncall` from the stored layers and overrides.
 
 use common::ApiError;
-use common::error::OnConstraint;
 use common::ids::new_id;
 use common::incident::store::{optional_timestamp, timestamp};
 use jiff::tz::TimeZone;
@@ -11,10 +10,11 @@ use jiff::{SignedDuration, Timestamp as Instant};
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::body::{
-    CreatedOverride, LayerName, LayerView, NewLayer, NewOverride, NewSchedule, OnCall, OnCallBody, OnCallUser,
-    OverrideView, RotationHours, RotationKind, Schedule, ScheduleList, ScheduleSummary, ShiftSource, ShiftUser,
-    ShiftView, ShiftsBody, UserName,
+    CreatedOverride, HandoffTime, LayerName, LayerView, NewLayer, NewOverride, NewSchedule, OnCall, OnCallBody,
+    OnCallUser, OverrideView, RotationHours, RotationKind, Schedule, ScheduleList, ScheduleSummary, ShiftSource,
+    ShiftUser, ShiftView, ShiftsBody, UserName,
 };
+use crate::constraint::OnConstraint;
 use crate::page::{NewestFirst, PageRequest, newest_first};
 use common::schedule::oncall::{Layer, Override, Rotation, Schedule as Evaluable, Source};
 
@@ -91,7 +91,7 @@ async fn insert_layer(
     .bind(layer.end.map(|e| e.0.to_string()))
     .bind(layer.rotation.as_str())
     .bind(valid.hours.map(|h| h.get() as i32))
-    .bind(layer.handoff_time.unwrap_or_default().0.strftime("%H:%M").to_string())
+    .bind(layer.handoff_time.unwrap_or_default().0.strftime(HandoffTime::FORMAT).to_string())
     .execute(&mut *tx)
     .await?;
     for (position, user) in layer.users.iter().enumerate() {

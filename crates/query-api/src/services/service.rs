@@ -1,9 +1,8 @@
 //! Services in PostgreSQL: typed input in, services out. The HTTP handlers and the CLI both call
 //! these.
 
+use crate::credentials::random_token;
 use common::ApiError;
-use common::auth::random_token;
-use common::error::OnConstraint;
 use common::fields::{Id, Name};
 use common::ids::new_id;
 use common::incident::store::timestamp;
@@ -11,6 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use super::body::{NewService, OpenIncidents, Service, ServiceList, ServicePatch, ServiceStatus, ServiceWithKey};
+use crate::constraint::OnConstraint;
 use crate::page::{NewestFirst, PageRequest, newest_first};
 
 const SELECT: &str = "select t.id, t.name, t.description, t.routing_key, t.rate_limit, t.created_at, t.updated_at,

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::ApiError;
-use common::auth::{Principal, Role, Scope, random_token};
+use common::auth::{Principal, Role, Scope};
+
+use crate::credentials::random_token;
 use deadpool_redis::redis;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};

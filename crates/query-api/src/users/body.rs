@@ -25,13 +25,26 @@ impl FromStr for Email {
     fn from_str(value: &str) -> Result<Self, String> {
         let email = value.trim();
         let valid = !email.contains('\0')
-            && email.len() <= Self::MAX_CHARS
+            && email.chars().count() <= Self::MAX_CHARS
             && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
         if valid { Ok(Self(email.to_owned())) } else { Err(format!("{email:?} is not an email address")) }
     }
 }
 
 common::deserialize_from_str!(Email);
+
+impl utoipa::PartialSchema for Email {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Email)))
+            .max_length(Some(Self::MAX_CHARS))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Email {}
 
 /// A password: at least 8 characters. Never printed.
 #[derive(Clone)]

@@ -1,9 +1,10 @@
 //! Users and their contact methods in PostgreSQL: typed input in, users out.
 
 use common::ApiError;
-use common::auth::{Role, Scope, hash_password, random_token};
+use common::auth::{Role, Scope};
+
+use crate::credentials::{hash_password, random_token};
 use common::config::WebhookConfig;
-use common::error::OnConstraint;
 use common::fields::field;
 use common::ids::new_id;
 use common::incident::store::timestamp;
@@ -14,6 +15,7 @@ use super::body::{
     ContactMethod, ContactMethodList, ContactType, Email, NewContactMethod, NewUser, User, UserChange, UserList,
 };
 use crate::api_keys::body::{CreatedApiKey, NewApiKey};
+use crate::constraint::OnConstraint;
 use crate::page::{NewestFirst, PageRequest, newest_first};
 use crate::webhooks::body::WebhookUrl;
 use crate::webhooks::service::check_destination;

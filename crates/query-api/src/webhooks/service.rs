@@ -2,8 +2,8 @@
 //! and the CLI both call these. Workers send the deliveries (`worker::roles::webhooks`); asking
 //! for one here (ping, redeliver) wakes them with a notification.
 
+use crate::credentials::new_webhook_secret;
 use common::ApiError;
-use common::auth::new_webhook_secret;
 use common::config::WebhookConfig;
 use common::fields::Id;
 use common::ids::new_id;
@@ -60,7 +60,8 @@ pub fn check_destination(config: &WebhookConfig, url: &WebhookUrl, field: &str) 
     Ok(())
 }
 
-/// Refuses service ids that name no service, naming the first such entry (`serviceIds[i]`).
+/// Refuses service ids that name no service, naming the first such entry (`serviceIds[i]`). A
+/// webhook's services are a filter held in an array, which no foreign key can check.
 async fn check_services(pool: &PgPool, ids: Option<&Vec<Id>>) -> Result<(), ApiError> {
     match ids {
         Some(ids) => crate::services::service::check_ids(pool, ids).await,

@@ -117,7 +117,7 @@ pub async fn round(pool: &PgPool) -> anyhow::Result<usize> {
     tx.commit().await?;
     if !due.is_empty() {
         // The notifications queued by these steps are ready to send.
-        sqlx::query("select pg_notify($1, '')").bind(common::db::NOTIFY_WAKE_CHANNEL).execute(pool).await?;
+        sqlx::query("select pg_notify($1, '')").bind(super::notify::WAKE_CHANNEL).execute(pool).await?;
     }
     Ok(due.len())
 }

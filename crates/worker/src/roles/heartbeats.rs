@@ -55,11 +55,30 @@ async fn round(pool: &PgPool, js: &jetstream::Context, nats: &NatsConfig) -> any
             custom_details: details.as_object().cloned(),
         };
         let event = heartbeat_event(&id, &row.try_get::<String, _>("service_id")?, Some(payload));
-        common::nats::publish_event(js, nats, &event).await?;
+        publish_event(js, nats, &event).await?;
         sqlx::query("update heartbeats set state = 'down' where id = $1").bind(&id).execute(&mut *tx).await?;
         metrics::counter!("heartbeats_missed_total").increment(1);
         tracing::info!(heartbeat = %id, %name, "heartbeat missed; incident triggered");
     }
     tx.commit().await?;
     Ok(missed.len())
+}
+
+/// Publishes one event in a message of its own (`Nats-Msg-Id` = its id, so a re-published copy
+/// is dropped) on its partition's subject, and waits for JetStream to store it: how the system
+/// itself raises an event (a missed heartbeat) through the normal pipeline.
+pub async fn publish_event(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    event: &common::event::EventEnvelope,
+) -> anyhow::Result<u64> {
+    let partition = common::config::partition_of(&event.service_id, &event.dedup_key, config.partitions);
+    let message = jetstream::message::PublishMessage::build()
+        .payload(serde_json::to_vec(event)?.into())
+        .message_id(event.event_id.to_string());
+    let stored = tokio::time::timeout(config.publish_timeout(), async {
+        js.send_publish(config.partition_subject(partition), message).await?.await
+    })
+    .await??;
+    Ok(stored.sequence)
 }

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::webhooks::send::{TIMEOUT, backoff, client, describe};
 use crate::config::NotifyConfig;
+
+/// The channel queued notifications are announced on, so idle senders send them at once.
+pub const WAKE_CHANNEL: &str = "notifications";
 use common::config::WebhookConfig;
 
 /// How long a claim lasts: past it, the notification is due again (its sender died).
@@ -89,7 +92,7 @@ fn senders(webhooks: &WebhookConfig, config: &NotifyConfig) -> anyhow::Result<Se
 
 async fn send(pool: &PgPool, senders: &Senders, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut wake = PgListener::connect_with(pool).await?;
-    wake.listen(common::db::NOTIFY_WAKE_CHANNEL).await?;
+    wake.listen(WAKE_CHANNEL).await?;
     let mut in_flight: JoinSet<()> = JoinSet::new();
     loop {
         if shutdown.is_cancelled() {
