@@ -482,8 +482,9 @@ async fn scale(settings: &Settings, workers: usize, results: &mut Series) {
         cpu.summary()
     );
     let (lag_p50, lag_p99) = pipeline.relay_lag().await;
+    let changes = pipeline.worker_metric("changes_relayed_total").await / applied as f64;
     println!(
-        "      change outbox to change stream: p50 ≤ {lag_p50:.0} ms, p99 ≤ {lag_p99:.0} ms (histogram bucket bounds)"
+        "      change outbox to change stream: p50 ≤ {lag_p50:.0} ms, p99 ≤ {lag_p99:.0} ms (histogram bucket bounds); {changes:.2} changes per event"
     );
     let name = |what: &str| format!("{workers} {what}");
     results.push(&name("accepted"), rate(load.accepted, load.elapsed));
