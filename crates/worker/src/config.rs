@@ -14,7 +14,7 @@ pub struct WorkerSettings {
     #[arg(long = "worker-consumer", env = "WORKER_CONSUMER", default_value = "workers")]
     pub consumer: String,
     /// Most events applied in one transaction.
-    #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long = "worker-batch-size", env = "WORKER_BATCH_SIZE", default_value_t = 2000)]
     pub batch_size: usize,
     /// Spacing of a lane's transactions while its batches are not full, in milliseconds: a batch
     /// under WORKER_BATCH_SIZE starts no sooner than this after the lane's previous one started,
