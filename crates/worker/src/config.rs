@@ -20,7 +20,7 @@ pub struct WorkerSettings {
     /// under WORKER_BATCH_SIZE starts no sooner than this after the lane's previous one started,
     /// and gathers events meanwhile (every lane of every worker commits on its own clock, so
     /// this is what keeps transactions large as workers are added).
-    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 200)]
+    #[arg(long = "worker-batch-linger-ms", env = "WORKER_BATCH_LINGER_MS", default_value_t = 500)]
     pub batch_linger_ms: u64,
     /// Transactions one worker process runs at once (lanes; the partitions it owns feed them in
     /// turn, each partition always the same one). Two use both cores of a small machine on a
