@@ -128,8 +128,9 @@ async fn a_crash_after_commit_and_before_ack_applies_once_on_redelivery() {
     let consumer = partition_consumer(&js, &env, &settings, &event).await;
     publish_copy(&js, &env, &event).await;
 
-    // A worker takes the message and commits it, then dies before acknowledging.
-    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
+    // A worker takes the message (waiting up to 10 s for JetStream to offer it) and commits it,
+    // then dies before acknowledging.
+    let mut messages = consumer.batch().max_messages(1).expires(Duration::from_secs(10)).messages().await.unwrap();
     let message = messages.next().await.unwrap().unwrap();
     let seq = i64::try_from(common::nats::event_position(message.info().unwrap().stream_sequence, 0)).unwrap();
     let envelope: EventEnvelope = serde_json::from_slice(&message.payload).unwrap();
