@@ -267,3 +267,26 @@ async fn a_services_status_changes_reach_the_stream_in_order() {
     }
     assert!(!body.contains("event: triggered"), "only the services topic: {body}");
 }
+
+/// A worker standing by for a one-at-a-time role (the relay, the webhook fan-out) keeps the
+/// connection it tries the role's lock on: over a few seconds of standing by, two workers open
+/// no new PostgreSQL sessions (one per attempt would be two a second per role).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_standing_by_for_a_role_opens_no_session_per_attempt() {
+    let env = TestEnv::new().await;
+    let settings = env.worker_settings();
+    let _first = env.spawn_worker(&settings, env.shutdown.child_token()).await;
+    let _second = env.spawn_worker(&settings, env.shutdown.child_token()).await;
+    env.wait_for_even_ownership(2, "two workers to share the partitions").await;
+    let sessions = || async {
+        sqlx::query_scalar::<_, i64>("select sessions from pg_stat_database where datname = current_database()")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    let before = sessions().await;
+    // A window to observe: the standby worker retries each role's lock three or four times in it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let opened = sessions().await - before;
+    assert!(opened <= 2, "{opened} new sessions in 4 s of standing by");
+}
