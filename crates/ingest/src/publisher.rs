@@ -27,7 +27,6 @@
 //! A full stream (`NATS_STREAM_MAX_BYTES`, the stream's own cap with the discard-new policy)
 //! refuses the publish: its events are answered `503` saying so, and nothing stored is dropped.
 
-use std::collections::HashMap;
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,7 +134,7 @@ impl Publisher {
                 // A message of its own, as many in flight as there are requests.
                 let message = message(&[&line]).message_id(event.event_id.to_string());
                 let subject = self.nats.partition_subject(partition).into();
-                let sent = send(&self.js, subject, message, 1).await?;
+                let sent = write(&self.js, subject, message, 1).await?;
                 let stored = acknowledged(sent, self.nats.publish_timeout(), 1).await;
                 return stored.map(|seq| event_position(seq, 0));
             }
@@ -202,7 +201,7 @@ impl Rounds {
         loaded: bool,
     ) -> (Vec<Frame>, Option<Pending>) {
         // Each partition's frame that still takes events.
-        let mut open: HashMap<u32, usize> = HashMap::new();
+        let mut open: Vec<Option<usize>> = vec![None; self.subjects.len()];
         let mut frames: Vec<Frame> = Vec::new();
         let mut next = Some(first);
         let mut yields = if loaded { GATHER_YIELDS } else { 0 };
@@ -219,7 +218,7 @@ impl Rounds {
                     Err(_) => return (frames, None),
                 },
             };
-            let open_frame = open.get(&pending.partition).copied().filter(|&i| {
+            let open_frame = open[pending.partition as usize].filter(|&i| {
                 let frame = &frames[i];
                 frame.events.len() < self.max_events && frame.bytes + 1 + pending.line.json.len() <= MAX_FRAME_BYTES
             });
@@ -227,7 +226,7 @@ impl Rounds {
                 Some(i) => i,
                 None if frames.len() == MAX_ROUND_FRAMES => return (frames, Some(pending)),
                 None => {
-                    open.insert(pending.partition, frames.len());
+                    open[pending.partition as usize] = Some(frames.len());
                     frames.push(Frame { partition: pending.partition, events: Vec::new(), bytes: 0 });
                     frames.len() - 1
                 }
@@ -255,7 +254,7 @@ impl Rounds {
             }
             let lines: Vec<&Line> = events.iter().map(|p| &p.line).collect();
             let subject = self.subjects[frame.partition as usize].clone();
-            let publish = send(&self.js, subject, message(&lines), events.len()).await;
+            let publish = write(&self.js, subject, message(&lines), events.len()).await;
             sent.push((events, publish));
         }
         sent
@@ -295,7 +294,7 @@ fn message(lines: &[&Line]) -> PublishMessage {
 
 /// Writes a message of `events` events; the future of its acknowledgement, or the `503` its
 /// events are answered with.
-async fn send(
+async fn write(
     js: &jetstream::Context,
     subject: Subject,
     message: PublishMessage,
