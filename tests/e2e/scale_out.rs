@@ -232,3 +232,41 @@ async fn a_partition_consumer_deleted_from_under_its_worker_is_re_created() {
     env.wait_for_applied(EVENTS, Duration::from_secs(30)).await;
     assert!(env.partition_consumers().await.contains(&0), "{deleted} was not re-created");
 }
+
+/// A partition's backlog of many times what one pull may bring in bytes (4 MiB) is pulled in full
+/// pulls, one after the other: JetStream ends each at its byte limit, which is not a failure to
+/// retry with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_a_pull_drains_without_a_failed_pull() {
+    let mut env = TestEnv::new().await;
+    env.nats.partitions = 1;
+    let service = env.service("API").await;
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let js = common::nats::jetstream(client.clone(), Duration::from_secs(5));
+    common::nats::ensure_streams(&js, &env.nats).await.unwrap();
+    let publisher = Publisher::new(client, js, &env.nats);
+    // Published many at a time, so they share frames of up to NATS_MAX_FRAME_EVENTS events.
+    const EVENTS: i64 = 60_000;
+    for chunk in 0..EVENTS / 2_000 {
+        let events: Vec<EventEnvelope> = (0..2_000)
+            .map(|k| {
+                let key = format!("key-{}", (chunk * 2_000 + k) % 500);
+                e2e::envelope(&service.id, &key, common::event::EventAction::Trigger, "disk full on the primary volume")
+            })
+            .collect();
+        let published =
+            futures_util::future::join_all(events.iter().map(|e| publisher.publish(e, Company::Shared))).await;
+        assert!(published.iter().all(Result::is_ok), "every event accepted");
+    }
+    let client = async_nats::connect(&env.nats.url).await.unwrap();
+    let mut stream = async_nats::jetstream::new(client).get_stream(&env.nats.stream).await.unwrap();
+    let stored = stream.info().await.unwrap().state.bytes;
+    assert!(stored > 3 * 4 * 1024 * 1024, "the backlog ({stored} bytes) holds several pulls");
+
+    let worker = ServiceProcess::start("opssentinal-worker", &env.service_env());
+    env.wait_for_applied(EVENTS, Duration::from_secs(120)).await;
+    env.wait_until_drained(Duration::from_secs(30)).await;
+    let metrics = env.http.get(format!("{}/metrics", worker.url())).send().await.unwrap().text().await.unwrap();
+    let failed = metrics.lines().find_map(|l| l.strip_prefix("worker_pull_failures_total "));
+    assert_eq!(failed, Some("0"), "pulls failed");
+}
