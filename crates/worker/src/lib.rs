@@ -116,7 +116,6 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, shutdown: Cancella
         "worker_refolds_total",
         "worker_retries_total",
         "worker_transient_failures_total",
-        "worker_pull_failures_total",
         "worker_database_unavailable_total",
         "webhook_deliveries_made_total",
         "webhook_deliveries_given_up_total",

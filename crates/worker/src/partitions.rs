@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream;
@@ -46,16 +45,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// `NATS_MAX_FRAME_EVENTS` events, so a count of messages alone does not bound the memory
 /// (larger than NATS's largest message, which must always fit).
 const PULL_BYTES: usize = 4 * 1024 * 1024;
-
-/// What JetStream's status says when it ends a pull at its byte limit (409).
-const PULL_BYTES_REACHED: &str = "Message Size Exceeds MaxBytes";
-
-/// How long a pull of a partition that holds nothing waits for its first message (it returns
-/// with that message at once).
-const IDLE_PULL: Duration = Duration::from_secs(5);
-
-/// The most time [`pull_spacing`] puts between two pulls of a busy partition.
-const MAX_PULL_SPACING: Duration = Duration::from_millis(50);
 
 /// A partition this worker fetches.
 struct Owned {
@@ -191,23 +180,19 @@ impl Coordinator {
         }
     }
 
-    fn fetch(&self, consumer: PullConsumer, sender: mpsc::Sender<Delivery>, shutdown: &CancellationToken) -> Owned {
-        let (stop, in_flight) = (shutdown.child_token(), Arc::new(InFlight::default()));
-        let feed = Feed {
-            applier: self.applier.clone(),
-            sender,
-            buffer: self.buffer.clone(),
-            in_flight: in_flight.clone(),
-            stop: stop.clone(),
-        };
-        Owned { stop, fetch: tokio::spawn(fetch(feed, consumer)), in_flight }
+    fn fetch(&self, consumer: PullConsumer, lane: mpsc::Sender<Delivery>, shutdown: &CancellationToken) -> Owned {
+        let stop = shutdown.child_token();
+        let in_flight = Arc::new(InFlight::default());
+        let buffer = self.buffer.clone();
+        let fetch = tokio::spawn(fetch(self.applier.clone(), consumer, lane, buffer, in_flight.clone(), stop.clone()));
+        Owned { stop, fetch, in_flight }
     }
 }
 
 /// Waits for `wait`, acknowledging progress on `message` every half ack wait so JetStream does not
 /// deliver it again meanwhile; `None` if `stop` fires first.
 async fn kept_alive<T>(
-    message: &Message,
+    message: &async_nats::jetstream::Message,
     ack_wait: Duration,
     stop: &CancellationToken,
     wait: impl Future<Output = T>,
@@ -235,121 +220,75 @@ async fn drained(in_flight: &InFlight) {
     }
 }
 
-/// Pulls one partition into its lane until `stop`, in pulls: each asks JetStream for what the
-/// partition holds now (up to `WORKER_BATCH_SIZE` messages and `PULL_BYTES`, never more than its
-/// room under `WORKER_MAX_ACK_PENDING`), or, if it holds nothing, for the first message to arrive
-/// within `IDLE_PULL`. A pull that brought less than it asked for is followed by the next one no
-/// sooner than [`pull_spacing`] after it started, so that what arrives meanwhile comes in one
-/// delivery: a message pushed the moment it is stored costs the worker (and the server) a wake-up
-/// each, and workers sharing a box pay that per process. A quiet partition's next event is still
-/// delivered at once. Retries a failed pull with backoff; ends by itself if the consumer was
-/// deleted from under it (the coordinator re-creates it).
-async fn fetch(into: Feed, consumer: PullConsumer) {
-    let settings = &into.applier.settings;
-    let (spacing, max_pending) =
-        (pull_spacing(settings), usize::try_from(settings.max_ack_pending).unwrap_or(usize::MAX));
+/// Pulls one partition into its lane until `stop`, reconnecting the pull stream when it fails;
+/// ends by itself if the consumer was deleted from under it (the coordinator re-creates it).
+async fn fetch(
+    applier: Arc<Applier>,
+    consumer: PullConsumer,
+    lane: mpsc::Sender<Delivery>,
+    buffer: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
+    stop: CancellationToken,
+) {
+    let ack_wait = applier.settings.ack_wait();
+    let budget = applier.settings.max_buffered_bytes;
     let mut delay = Duration::from_millis(100);
-    while !into.stop.is_cancelled() {
-        let started = tokio::time::Instant::now();
-        let asked = settings.batch_size.min(max_pending.saturating_sub(into.in_flight.count())).max(1);
-        let pulled = consumer.fetch().max_messages(asked).max_bytes(PULL_BYTES).expires(IDLE_PULL).messages().await;
-        let (mut brought, mut full) = (0, false);
+    while !stop.is_cancelled() {
+        let pulled = consumer
+            .stream()
+            .max_messages_per_batch(applier.settings.batch_size)
+            .max_bytes_per_batch(PULL_BYTES)
+            .messages()
+            .await;
         let failure = match pulled {
             Ok(mut messages) => loop {
                 let next = tokio::select! {
-                    () = into.stop.cancelled() => return,
+                    () = stop.cancelled() => return,
                     next = messages.next() => next,
                 };
-                match next {
-                    Some(Ok(message)) => {
-                        brought += 1;
-                        if !into.hand_over(message).await {
-                            return;
-                        }
-                    }
-                    // JetStream ends a pull whose next message would pass its byte limit with a
-                    // status the client reports as an error: the pull is full, not failed.
-                    Some(Err(err)) if err.to_string().contains(PULL_BYTES_REACHED) => {
-                        full = true;
-                        break None;
-                    }
-                    Some(Err(err)) => break Some(err.to_string()),
-                    None => break None,
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => break err.to_string(),
+                    None => break "message stream ended".to_owned(),
+                };
+                delay = Duration::from_millis(100);
+                let (events, rejected) = decode(&message, applier.settings.oldest_kept());
+                let deliveries = message.info().map_or(0, |i| i.delivered);
+                let mut kept = true;
+                for line in &rejected {
+                    kept &= applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
                 }
+                if !kept {
+                    nak(&message, Duration::from_secs(5)).await;
+                    continue;
+                }
+                if events.is_empty() {
+                    ack(&message).await;
+                    continue;
+                }
+                // Room in the worker's buffer (a message larger than all of it takes all of it),
+                // then in the lane; not applied if the partition is given up meanwhile: it stays
+                // stored for the next owner.
+                let bytes = u32::try_from(message.payload.len()).unwrap_or(u32::MAX).min(budget);
+                let room = kept_alive(&message, ack_wait, &stop, buffer.clone().acquire_many_owned(bytes)).await;
+                let Some(Ok(room)) = room else { return };
+                let delivery = Delivery::new(message, events, in_flight.clone(), stop.clone(), room);
+                let Some(Ok(slot)) = kept_alive(&delivery.message, ack_wait, &stop, lane.reserve()).await else {
+                    return;
+                };
+                slot.send(delivery);
             },
-            Err(err) => Some(err.to_string()),
+            Err(err) => err.to_string(),
         };
-        let Some(failure) = failure else {
-            delay = Duration::from_millis(100);
-            if brought > 0 && brought < asked && !full {
-                tokio::select! {
-                    () = into.stop.cancelled() => return,
-                    () = tokio::time::sleep_until(started + spacing) => {}
-                }
-            }
-            continue;
-        };
-        metrics::counter!("worker_pull_failures_total").increment(1);
         if gone(&consumer).await {
             tracing::warn!(error = %failure, "the partition's consumer is gone; re-creating it");
             return;
         }
         tracing::warn!(error = %failure, retry_in_ms = delay.as_millis(), "partition pull failed; retrying");
         tokio::select! {
-            () = into.stop.cancelled() => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
-}
-
-/// Where a partition's fetched messages go: its lane, through the worker's buffer.
-struct Feed {
-    applier: Arc<Applier>,
-    sender: mpsc::Sender<Delivery>,
-    buffer: Arc<Semaphore>,
-    in_flight: Arc<InFlight>,
-    /// Fires when the partition is given up.
-    stop: CancellationToken,
-}
-
-impl Feed {
-    /// Dead-letters a fetched frame's lines that can never be applied and hands the rest to the
-    /// lane, once the worker's buffer and the lane have room (a message larger than all of the
-    /// buffer takes all of it); false if `stop` fired meanwhile: the message is then not applied
-    /// and stays stored for the partition's next owner.
-    async fn hand_over(&self, message: Message) -> bool {
-        let settings = &self.applier.settings;
-        let (events, rejected) = decode(&message, settings.oldest_kept());
-        let deliveries = message.info().map_or(0, |i| i.delivered);
-        let mut kept = true;
-        for line in &rejected {
-            kept &= self.applier.dead_letter(&line.line, line.position, deliveries, &line.reason).await;
-        }
-        if !kept {
-            nak(&message, Duration::from_secs(5)).await;
-            return true;
-        }
-        if events.is_empty() {
-            ack(&message).await;
-            return true;
-        }
-        let (ack_wait, stop) = (settings.ack_wait(), &self.stop);
-        let bytes = u32::try_from(message.payload.len()).unwrap_or(u32::MAX).min(settings.max_buffered_bytes);
-        let room = kept_alive(&message, ack_wait, stop, self.buffer.clone().acquire_many_owned(bytes)).await;
-        let Some(Ok(room)) = room else { return false };
-        let delivery = Delivery::new(message, events, self.in_flight.clone(), stop.clone(), room);
-        let Some(Ok(slot)) = kept_alive(&delivery.message, ack_wait, stop, self.sender.reserve()).await else {
-            return false;
-        };
-        slot.send(delivery);
-        true
-    }
-}
-
-/// The least time from one pull of a partition to the next while it is busy: a tenth of
-/// `WORKER_BATCH_LINGER_MS` (the spacing of the lane's transactions, so the lane gathers several
-/// pulls per transaction), at most [`MAX_PULL_SPACING`]; none with no linger.
-pub fn pull_spacing(settings: &crate::WorkerSettings) -> Duration {
-    (settings.batch_linger() / 10).min(MAX_PULL_SPACING)
 }
