@@ -310,11 +310,13 @@ async fn a_frame_larger_than_the_batch_size_is_applied_in_batches_and_acknowledg
 }
 
 /// An event reaching an idle lane is applied at once, in a transaction of its own; events arriving
-/// within `WORKER_BATCH_LINGER_MS` after it wait and share the next transaction. (Events of one transaction share the rows' `xmin`.)
+/// within `WORKER_BATCH_LINGER_MS` after it, each within `WORKER_BATCH_QUIET_MS` of the one before,
+/// wait and share the next transaction. (Events of one transaction share the rows' `xmin`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
     let (env, service, mut settings, js) = stream_setup().await;
     settings.batch_linger_ms = 1000;
+    settings.batch_quiet_ms = 300;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
     let publish = |key: &str| {
         let line = serde_json::to_string(&envelope(&service.id, key, EventAction::Trigger)).unwrap();
@@ -336,6 +338,30 @@ async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
             .await
             .unwrap();
     assert_eq!(transactions, [("first".to_owned(), 1), ("later-0".to_owned(), 4)]);
+}
+
+/// When a burst ends, its last event does not wait out the linger: a waiting batch starts once
+/// nothing arrived at its lane for `WORKER_BATCH_QUIET_MS`. (`applied_at` is its transaction's
+/// start; a batch that waited out the linger would start at least 1,000 ms after the first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_batch_starts_once_its_lane_is_quiet() {
+    let (env, service, mut settings, js) = stream_setup().await;
+    settings.batch_linger_ms = 1000;
+    settings.batch_quiet_ms = 50;
+    let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
+    for (i, key) in ["first", "last"].into_iter().enumerate() {
+        let line = serde_json::to_string(&envelope(&service.id, key, EventAction::Trigger)).unwrap();
+        js.publish(env.nats.event_subject(&service.id, key), line.into()).await.unwrap().await.unwrap();
+        env.wait_for_applied(i as i64 + 1, Duration::from_secs(30)).await;
+    }
+    let (transactions, apart_ms): (i64, f64) = sqlx::query_as(
+        "select count(distinct xmin::text), extract(epoch from max(applied_at) - min(applied_at))::float8 * 1000 from events",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(transactions, 2, "the last event came after the first was applied");
+    assert!(apart_ms < 750.0, "the last event's transaction started {apart_ms:.0} ms after the first's");
 }
 
 /// Concurrent events for one partition share JetStream messages (frames); with

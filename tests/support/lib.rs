@@ -269,6 +269,7 @@ impl TestEnv {
             consumer: self.consumer.clone(),
             batch_size: 200,
             batch_linger_ms: 10,
+            batch_quiet_ms: 100,
             retention_days: 30,
             concurrency: 1,
             ack_wait_secs: 30,

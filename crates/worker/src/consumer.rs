@@ -144,12 +144,13 @@ pub enum Disposition {
 ///
 /// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` after
 /// the lane's previous transaction started, gathering company meanwhile (PostgreSQL pays per
-/// transaction and per key touched as much as per event). An event arriving at a lane that has
-/// been idle for that long is applied at once. A frame whose partition was given up before its
+/// transaction and per key touched as much as per event), unless nothing arrived for
+/// `WORKER_BATCH_QUIET_MS`: then what it holds is all there is for now. An event arriving at a lane that has
+/// been idle for the linger is applied at once. A frame whose partition was given up before its
 /// transaction starts is dropped here, unacknowledged, for the partition's next owner.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
-    let linger = applier.settings.batch_linger();
+    let (linger, quiet) = (applier.settings.batch_linger(), applier.settings.batch_quiet());
     let (sender, mut receiver) = mpsc::channel::<Delivery>(batch_size * 2);
     let task = async move {
         let mut waiting: Option<Delivery> = None;
@@ -166,9 +167,10 @@ pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender
             let mut batch = vec![first];
             let start_at = last_started.map(|started| started + linger);
             while events < batch_size {
+                let now = tokio::time::Instant::now();
                 let next = match start_at {
-                    Some(at) if at > tokio::time::Instant::now() => {
-                        tokio::time::timeout_at(at, receiver.recv()).await.ok().flatten()
+                    Some(at) if at > now => {
+                        tokio::time::timeout_at(at.min(now + quiet), receiver.recv()).await.ok().flatten()
                     }
                     _ => receiver.try_recv().ok(),
                 };
