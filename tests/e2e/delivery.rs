@@ -350,8 +350,7 @@ async fn a_waiting_batch_starts_once_its_lane_is_quiet() {
     settings.batch_quiet_ms = 50;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
     for (i, key) in ["first", "last"].into_iter().enumerate() {
-        let line = serde_json::to_string(&envelope(&service.id, key, EventAction::Trigger)).unwrap();
-        js.publish(env.nats.event_subject(&service.id, key), line.into()).await.unwrap().await.unwrap();
+        publish_copy(&js, &env, &envelope(&service.id, key, EventAction::Trigger)).await;
         env.wait_for_applied(i as i64 + 1, Duration::from_secs(30)).await;
     }
     let (transactions, apart_ms): (i64, f64) = sqlx::query_as(

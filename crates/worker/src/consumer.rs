@@ -145,9 +145,10 @@ pub enum Disposition {
 /// A batch that is not full starts its transaction no sooner than `WORKER_BATCH_LINGER_MS` after
 /// the lane's previous transaction started, gathering company meanwhile (PostgreSQL pays per
 /// transaction and per key touched as much as per event), unless nothing arrived for
-/// `WORKER_BATCH_QUIET_MS`: then what it holds is all there is for now. An event arriving at a lane that has
-/// been idle for the linger is applied at once. A frame whose partition was given up before its
-/// transaction starts is dropped here, unacknowledged, for the partition's next owner.
+/// `WORKER_BATCH_QUIET_MS`: then what it holds is all there is for now. An event arriving at a
+/// lane that has been idle for the linger is applied at once. A frame whose partition was given
+/// up before its transaction starts is dropped here, unacknowledged, for the partition's next
+/// owner.
 pub fn lane(applier: Arc<Applier>, shutdown: CancellationToken) -> (mpsc::Sender<Delivery>, impl Future<Output = ()>) {
     let batch_size = applier.settings.batch_size;
     let (linger, quiet) = (applier.settings.batch_linger(), applier.settings.batch_quiet());
