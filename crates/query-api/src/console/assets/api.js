@@ -9,17 +9,29 @@ export class ApiError extends Error {
   }
 }
 
+// Reads (GET) the server could not answer for now (503: a dependency is down; 429: over the rate
+// limit) are tried again after the Retry-After it names (at most 10 s), three times in all; a write
+// is never repeated, since the server may have done it.
+const READ_ATTEMPTS = 3;
+const LONGEST_RETRY_MS = 10_000;
+
 export async function api(method, path, body) {
   const init = { method, credentials: "same-origin", headers: { "X-OpsSentinal-CSRF": "1", Accept: "application/json" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
-  if (response.status === 204) return null;
-  const json = await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(response.status, json);
-  return json;
+  for (let attempt = 1; ; attempt++) {
+    const response = await fetch(path, init);
+    if (response.status === 204) return null;
+    const json = await response.json().catch(() => null);
+    if (response.ok) return json;
+    const retried = method === "GET" && (response.status === 503 || response.status === 429) && attempt < READ_ATTEMPTS;
+    if (!retried) throw new ApiError(response.status, json);
+    const seconds = Number(response.headers.get("Retry-After"));
+    const wait = Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds * 1000, LONGEST_RETRY_MS) : 1000;
+    await new Promise((resolve) => setTimeout(resolve, wait));
+  }
 }
 
 // Every change type the stream names its events by (DESIGN §9).
