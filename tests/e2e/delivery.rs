@@ -318,17 +318,11 @@ async fn events_arriving_soon_after_a_transaction_share_the_next_one() {
     settings.batch_linger_ms = 1000;
     settings.batch_quiet_ms = 300;
     let _worker = env.spawn_worker(&settings, env.shutdown.clone()).await;
-    let publish = |key: &str| {
-        let line = serde_json::to_string(&envelope(&service.id, key, EventAction::Trigger)).unwrap();
-        let js = js.clone();
-        let subject = env.nats.event_subject(&service.id, key);
-        async move { js.publish(subject, line.into()).await.unwrap().await.unwrap() }
-    };
-    publish("first").await;
+    publish_copy(&js, &env, &envelope(&service.id, "first", EventAction::Trigger)).await;
     env.wait_for_applied(1, Duration::from_secs(30)).await;
     // Paced apart, all within the linger.
     for i in 0..4 {
-        publish(&format!("later-{i}")).await;
+        publish_copy(&js, &env, &envelope(&service.id, &format!("later-{i}"), EventAction::Trigger)).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
     env.wait_for_applied(5, Duration::from_secs(30)).await;
