@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod ownership;
 pub mod partitions;
 pub mod roles;
+pub mod scheduling;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
