@@ -194,7 +194,7 @@ async fn a_running_worker_is_scheduled_as_batch_work_and_ingest_is_not() {
     ingest.wait_ready(&env.http, Duration::from_secs(30)).await;
 
     let workers = thread_policies(worker.pid());
-    // The main thread and the runtime's threads at least (one per core, and the blocking pool).
+    // The main thread and the runtime's at least.
     assert!(workers.len() >= 2, "{workers:?}");
     assert!(
         workers.iter().all(|(_, policy)| *policy == SCHED_BATCH),

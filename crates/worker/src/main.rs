@@ -7,7 +7,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<()> {
     // Before any thread starts: every thread of the process inherits the policy.
     let batch = worker::scheduling::run_as_batch_work();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        runtime.worker_threads(worker::scheduling::RUNTIME_THREADS);
+    }
+    runtime.enable_all().build()?.block_on(async {
         let config = WorkerConfig::parse();
         let _telemetry = common::telemetry::init_tracing(&config.log, "opssentinal-worker")?;
         if let Err(err) = batch {

@@ -5,6 +5,14 @@
 //! up does not preempt the thread on the core; it runs when that thread's slice ends or it
 //! blocks. On a host shared with the rest of the pipeline, workers then take their CPU without
 //! interrupting the requests in flight, however many of them there are (docs/benchmarks.md).
+//!
+//! For the same reason a worker runs its tasks on one runtime thread unless
+//! `TOKIO_WORKER_THREADS` says otherwise: most of a transaction's time is PostgreSQL's, one
+//! thread drains about 30,000 events/s, and a second one mostly hands wake-ups across cores.
+//! More throughput comes from more workers (more partitions applied at once).
+
+/// The worker's runtime threads unless `TOKIO_WORKER_THREADS` is set.
+pub const RUNTIME_THREADS: usize = 1;
 
 /// Runs the calling thread, and every thread it starts afterwards, under `SCHED_BATCH`.
 #[cfg(target_os = "linux")]
