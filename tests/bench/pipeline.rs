@@ -27,8 +27,8 @@
 //! Every phase is run BENCH_RUNS times and reported with medians. Other settings: BENCH_KEYS
 //! (1000 dedup keys), BENCH_PARTITIONS (12, the default NATS_PARTITIONS), BENCH_FRAME_EVENTS (1024,
 //! the default NATS_MAX_FRAME_EVENTS; 1 publishes every event alone), BENCH_WORKER_THREADS and
-//! BENCH_INGEST_THREADS (the workers' and ingest's tokio threads, TOKIO_WORKER_THREADS; by default
-//! one for a worker, one per core for ingest), BENCH_WORKER_CPU (unset: each worker process held to that share of one core
+//! BENCH_INGEST_THREADS (the workers' and ingest's tokio threads, TOKIO_WORKER_THREADS; one per
+//! core by default), BENCH_WORKER_CPU (unset: each worker process held to that share of one core
 //! by a cgroup of its own, e.g. 0.05, so that workers are the bottleneck), BENCH_PRELOAD_ROWS (0:
 //! old events put in the log before each run, to show that rates do not depend on the log's size).
 

@@ -1,8 +1,7 @@
 //! What operators deploy (`deploy/`): the Kubernetes manifests validate against the Kubernetes
 //! schemas (`kubernetes-validate`, offline), the alert rules parse (`promtool check rules`),
 //! every metric the Grafana dashboard and the alert rules use is exported by the running services,
-//! the consumer KEDA scales on is one a running worker creates, and a running worker's threads
-//! are scheduled as batch work while ingest's are not.
+//! and the consumer KEDA scales on is one a running worker creates.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -163,44 +162,4 @@ print(meta["stream"], meta["consumer"])
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(missing.is_empty(), "used by the dashboard or the alert rules but not exported: {missing:?}");
-}
-
-/// Each thread's scheduling policy (`/proc/<pid>/task/<tid>/stat`, the 41st field: 0 is
-/// `SCHED_OTHER`, 3 `SCHED_BATCH`), by thread name.
-fn thread_policies(pid: u32) -> Vec<(String, u32)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
-    tasks
-        .map(|task| {
-            let dir = task.expect("a thread").path();
-            let name = std::fs::read_to_string(dir.join("comm")).expect("comm").trim().to_owned();
-            let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-            // The name (field 2) may hold spaces: count from the parenthesis that closes it.
-            let after_name = &stat[stat.rfind(')').expect("the name's end") + 2..];
-            let policy = after_name.split(' ').nth(38).expect("the policy field").parse().expect("a number");
-            (name, policy)
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_worker_is_scheduled_as_batch_work_and_ingest_is_not() {
-    const SCHED_OTHER: u32 = 0;
-    const SCHED_BATCH: u32 = 3;
-    let env = TestEnv::new().await;
-    let vars = env.service_env();
-    let worker = ServiceProcess::start("opssentinal-worker", &vars);
-    let ingest = ServiceProcess::start("opssentinal-ingest", &vars);
-    worker.wait_ready(&env.http, Duration::from_secs(30)).await;
-    ingest.wait_ready(&env.http, Duration::from_secs(30)).await;
-
-    let workers = thread_policies(worker.pid());
-    // The main thread and the runtime's at least.
-    assert!(workers.len() >= 2, "{workers:?}");
-    assert!(
-        workers.iter().all(|(_, policy)| *policy == SCHED_BATCH),
-        "every worker thread under SCHED_BATCH: {workers:?}"
-    );
-    // Started the same way by the same process, so the policy is the worker's own doing.
-    let ingests = thread_policies(ingest.pid());
-    assert!(ingests.iter().all(|(_, policy)| *policy == SCHED_OTHER), "ingest's threads as any process's: {ingests:?}");
 }

@@ -8,7 +8,6 @@ pub mod consumer;
 pub mod ownership;
 pub mod partitions;
 pub mod roles;
-pub mod scheduling;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
